@@ -1,0 +1,50 @@
+"""The one registry of sequence encoders. A new backbone is one file plus one line in `BACKBONES`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from mdcns_tf.backbones.base import Backbone
+from mdcns_tf.backbones.sasrec import SASRec
+
+BACKBONES: dict[str, type[Backbone]] = {
+    "sasrec": SASRec,
+}
+
+
+def get_backbone_class(name: str) -> type[Backbone]:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; registered backbones: {sorted(BACKBONES)}") from None
+
+
+def backbone_options(name: str, block: dict[str, Any] | None) -> Any:
+    """Validates the config block ``model.<name>`` against the backbone's ``Options`` dataclass."""
+    options_cls = get_backbone_class(name).Options
+    block = dict(block or {})
+    known = {f.name for f in dataclasses.fields(options_cls)}
+    unknown = sorted(set(block) - known)
+    if unknown:
+        raise ValueError(f"model.{name}: unknown option(s) {unknown}; known: {sorted(known)}")
+    return options_cls(**block)
+
+
+def build_backbone(model_config: Any, n_items: int, max_len: int, name: str | None = None) -> Backbone:
+    """Builds the backbone ``name`` (default ``model_config.backbone``) with the shared sizes of ``model_config``."""
+    name = name or model_config.backbone
+    cls = get_backbone_class(name)
+    return cls(
+        n_items=n_items,
+        max_len=max_len,
+        dim=model_config.dim,
+        num_layers=model_config.num_layers,
+        num_heads=model_config.num_heads,
+        dropout=model_config.dropout,
+        options=backbone_options(name, model_config.options.get(name)),
+        name=name,
+    )
+
+
+__all__ = ["BACKBONES", "Backbone", "backbone_options", "build_backbone", "get_backbone_class"]

@@ -1,0 +1,314 @@
+"""Typed configuration: dataclasses loaded from layered YAML with dotted command-line overrides.
+
+A YAML file may name parents with ``base: [other.yaml, ...]`` (paths relative to the file); parents are merged
+first, the child wins key by key. ``--set train.epochs=3`` style overrides are applied last. Every key is checked
+against the dataclasses below, so a typo is an error that names the key and the known keys, raised before any
+graph is built. Registry-typed blocks (``model.options.<backbone>``, ``sampler.<name>``) are validated by the
+backbone or sampler they configure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, reported with the offending key."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    dir: str = "data/quickstart"
+    max_len: int = 50
+    # "all": every position of a training sequence predicts its next item; "last": prefix-augmented samples,
+    # only the last position trained (the MDCNS authors' code).
+    train_positions: str = "all"
+    batch_size: int = 256
+    eval_batch_size: int = 512
+    shuffle_buffer: int = 100_000
+    # Limits for quick runs and tests: 0 means everything.
+    max_train_sequences: int = 0
+    max_eval_users: int = 0
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    backbone: str = "sasrec"
+    dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    dropout: float = 0.2
+    # Backbone-specific options, one block per backbone name: {"mamba4rec": {"d_state": 16}}.
+    options: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class SamplerConfig:
+    """``name`` picks a registered sampler; its hyperparameters live in a block named after it."""
+
+    name: str = "uniform"
+    num_negatives: int = 1
+    blocks: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class LossConfig:
+    # bce | bpr | softmax (full softmax cross-entropy over all items, no sampling) | sampled_softmax
+    name: str = "bce"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 200
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10
+    # Early stopping / model selection monitor (validation metric, maximised).
+    monitor: str = "ndcg@20"
+    steps_per_epoch: int = 0  # 0: one pass over the training data
+    validation_freq: int = 1
+    jit_compile: bool = False
+    distribute: str = "default"  # default | mirrored | multi_worker
+    verbose: int = 2  # Keras fit verbosity: 1 progress bar, 2 one line per epoch
+    tensorboard: bool = True
+    backup_and_restore: bool = True
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    ks: list = dataclasses.field(default_factory=lambda: [5, 10, 20])
+    # Evaluate the test split at the end (best weights restored).
+    test: bool = True
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    enabled: bool = True
+    model_name: str = "mdcns"
+    top_k: int = 20
+    version: int = 0  # 0: next free version number
+
+
+@dataclasses.dataclass
+class MDCNSConfig:
+    """DESIGN section 5. Used when ``trainer: mdcns``."""
+
+    peer_backbone: str = "gru4rec"
+    pool_size: int = 100
+    top_m: int = 1
+    beta_d: float = 1.0
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 1.0
+    tau: float = 1.0
+    mu: float = 1.0
+    # How the batch is reduced in the distillation loss: "mean" (paper) or "sum" (authors' code).
+    distill_reduction: str = "mean"
+    # Teacher: "mean" or "sum" consensus of self and peer (weight-free), "ema" (EMA copy of the self model),
+    # or "frozen" (weights loaded from teacher_checkpoint and never trained).
+    teacher: str = "mean"
+    teacher_ema_decay: float = 0.999
+    teacher_checkpoint: str = ""
+    peer_learning_rate: float = 0.0  # 0: same as train.learning_rate
+    no_distillation: bool = False
+    no_divergence: bool = False
+    self_view_only: bool = False
+
+
+@dataclasses.dataclass
+class Config:
+    seed: int = 42
+    output_dir: str = "runs/quickstart"
+    trainer: str = "single"  # single | mdcns
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    mdcns: MDCNSConfig = dataclasses.field(default_factory=MDCNSConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        blocks = out["sampler"].pop("blocks")
+        out["sampler"].update(blocks)
+        return out
+
+
+CHOICES = {
+    "trainer": ("single", "mdcns"),
+    "data.train_positions": ("all", "last"),
+    "loss.name": ("bce", "bpr", "softmax", "sampled_softmax"),
+    "train.distribute": ("default", "mirrored", "multi_worker"),
+    "mdcns.distill_reduction": ("mean", "sum"),
+    "mdcns.teacher": ("mean", "sum", "ema", "frozen"),
+}
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"config inheritance cycle: {' -> '.join(seen + (path,))}")
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    parents = raw.pop("base", []) or []
+    if isinstance(parents, str):
+        parents = [parents]
+    merged: dict = {}
+    for parent in parents:
+        merged = _deep_merge(merged, _read_yaml(os.path.join(os.path.dirname(path), parent), seen + (path,)))
+    return _deep_merge(merged, raw)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like dotted.key=value")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
+
+
+def _check_type(path: str, value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool):
+        if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+            raise ConfigError(f"{path}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    if annotation is list or origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return value
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        return value
+    return value
+
+
+def _build(cls: type, raw: dict, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if key not in fields or (cls is SamplerConfig and key == "blocks"):
+            if cls is SamplerConfig and isinstance(value, dict):
+                extra[key] = value
+                continue
+            raise ConfigError(f"unknown config key {path!r}; known keys here: {sorted(fields)}")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _build(annotation, value, path + ".")
+        else:
+            kwargs[key] = _check_type(path, value, annotation)
+    if extra:
+        kwargs["blocks"] = extra
+    return cls(**kwargs)
+
+
+def validate(config: Config) -> Config:
+    """Cross-field checks and registry lookups; raises `ConfigError` naming the key."""
+    flat = {
+        "trainer": config.trainer,
+        "data.train_positions": config.data.train_positions,
+        "loss.name": config.loss.name,
+        "train.distribute": config.train.distribute,
+        "mdcns.distill_reduction": config.mdcns.distill_reduction,
+        "mdcns.teacher": config.mdcns.teacher,
+    }
+    for key, value in flat.items():
+        if value not in CHOICES[key]:
+            raise ConfigError(f"{key}: {value!r} is not one of {CHOICES[key]}")
+    positive = {
+        "data.max_len": config.data.max_len,
+        "data.batch_size": config.data.batch_size,
+        "data.eval_batch_size": config.data.eval_batch_size,
+        "model.dim": config.model.dim,
+        "model.num_layers": config.model.num_layers,
+        "model.num_heads": config.model.num_heads,
+        "sampler.num_negatives": config.sampler.num_negatives,
+        "train.epochs": config.train.epochs,
+        "export.top_k": config.export.top_k,
+        "mdcns.pool_size": config.mdcns.pool_size,
+        "mdcns.top_m": config.mdcns.top_m,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    if config.model.dim % config.model.num_heads:
+        raise ConfigError(f"model.dim ({config.model.dim}) must be divisible by model.num_heads")
+    if not 0.0 <= config.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
+    if config.mdcns.top_m > config.mdcns.pool_size:
+        raise ConfigError("mdcns.top_m must not exceed mdcns.pool_size")
+    if config.mdcns.tau <= 0:
+        raise ConfigError("mdcns.tau must be positive")
+    if config.mdcns.teacher == "frozen" and not config.mdcns.teacher_checkpoint:
+        raise ConfigError("mdcns.teacher: frozen needs mdcns.teacher_checkpoint")
+    bad_ks = [k for k in config.eval.ks if not isinstance(k, int) or k <= 0]
+    if bad_ks:
+        raise ConfigError(f"eval.ks: positive integers expected, got {bad_ks}")
+    monitor_k = config.train.monitor.split("@")
+    if monitor_k[0] not in ("ndcg", "recall", "mrr") or (len(monitor_k) == 2 and int(monitor_k[1]) not in config.eval.ks):
+        raise ConfigError(f"train.monitor: {config.train.monitor!r} must be mrr or ndcg@K / recall@K with K in eval.ks")
+
+    # Registry-typed blocks: imported lazily so that loading a config does not build TensorFlow graphs.
+    from mdcns_tf import backbones, samplers
+
+    try:
+        backbones.get_backbone_class(config.model.backbone)
+        for name, block in config.model.options.items():
+            backbones.backbone_options(name, block)
+        if config.trainer == "mdcns":
+            backbones.get_backbone_class(config.mdcns.peer_backbone)
+        samplers.get_sampler_class(config.sampler.name)
+        for name, block in config.sampler.blocks.items():
+            samplers.sampler_params(name, block)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return config
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Loads ``path`` (with its ``base`` parents), applies ``overrides`` (``a.b=value``), validates."""
+    raw = _read_yaml(path) if path else {}
+    for text in overrides or []:
+        keys, value = _parse_override(text)
+        node = raw
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {key!r} is not a mapping")
+        node[keys[-1]] = value
+    config = _build(Config, raw, "")
+    return validate(config)

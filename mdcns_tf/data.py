@@ -1,0 +1,144 @@
+"""`tf.data` input from the pipeline's TFRecords (format: `mdcns_tf.features`).
+
+Training elements (a dict, no labels: the trainer's `train_step` reads it):
+    input_ids      `(batch, max_len)` int32, left-padded model input
+    target_ids     `(batch, max_len)` int32, next item per position, 0 where the position is not trained
+    exclusion_ids  `(batch, x)` int32, the user's whole training sequence (a negative is never one of these)
+    user_index     `(batch,)` int32
+
+Evaluation elements:
+    input_ids      `(batch, max_len)` int32, the last max_len items of the history, left-padded
+    history_ids    `(batch, x)` int32, the whole history (masked out of the ranking), 0-padded
+    target         `(batch,)` int32, the held-out item
+    user_index     `(batch,)` int32
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+
+from mdcns_tf import features
+
+
+def split_files(data_dir: str, split: str) -> list[str]:
+    files = sorted(glob.glob(features.split_pattern(data_dir, split)))
+    if not files:
+        raise FileNotFoundError(
+            f"no {split} TFRecords matching {features.split_pattern(data_dir, split)!r}; run the pipeline first"
+        )
+    return files
+
+
+def read_records(data_dir: str, split: str) -> tf.data.Dataset:
+    """Parsed records: dicts with ``user_index`` (), ``item_ids`` (None,) and ``target`` (), all int32."""
+    dataset = tf.data.TFRecordDataset(split_files(data_dir, split), compression_type="GZIP")
+    spec = features.feature_spec()
+
+    def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        parsed = tf.io.parse_single_example(serialized, spec)
+        return {
+            features.USER_INDEX: tf.cast(parsed[features.USER_INDEX], tf.int32),
+            features.ITEM_IDS: tf.cast(tf.sparse.to_dense(parsed[features.ITEM_IDS]), tf.int32),
+            features.TARGET: tf.cast(parsed[features.TARGET], tf.int32),
+        }
+
+    return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def left_pad(ids: tf.Tensor, length: int) -> tf.Tensor:
+    """Keeps the last ``length`` ids of a 1-D tensor and left-pads with 0 to exactly ``length``."""
+    ids = ids[-length:]
+    return tf.pad(ids, [[length - tf.shape(ids)[0], 0]])
+
+
+def _all_positions(record: dict[str, tf.Tensor], max_len: int) -> dict[str, tf.Tensor]:
+    sequence = record[features.ITEM_IDS]
+    return {
+        "input_ids": left_pad(sequence[:-1], max_len),
+        "target_ids": left_pad(sequence[1:], max_len),
+        "exclusion_ids": sequence,
+        "user_index": record[features.USER_INDEX],
+    }
+
+
+def _prefixes(record: dict[str, tf.Tensor], max_len: int) -> tf.data.Dataset:
+    """Prefix augmentation: one sample per position t >= 1, only its last position trained."""
+    sequence = record[features.ITEM_IDS]
+    only_last = tf.concat([tf.zeros([max_len - 1], tf.int32), [1]], axis=0)
+
+    def prefix(t: tf.Tensor) -> dict[str, tf.Tensor]:
+        t = tf.cast(t, tf.int32)
+        return {
+            "input_ids": left_pad(sequence[:t], max_len),
+            "target_ids": only_last * sequence[t],
+            "exclusion_ids": sequence,
+            "user_index": record[features.USER_INDEX],
+        }
+
+    return tf.data.Dataset.range(1, tf.cast(tf.shape(sequence)[0], tf.int64)).map(prefix)
+
+
+def count_train_examples(data_dir: str, train_positions: str, max_sequences: int = 0) -> int:
+    """Number of training samples one epoch yields (for the progress bar and step budgets)."""
+    records = read_records(data_dir, "train")
+    if max_sequences:
+        records = records.take(max_sequences)
+    lengths = records.map(lambda r: tf.shape(r[features.ITEM_IDS], out_type=tf.int64)[0])
+    if train_positions == "all":
+        per_record = lengths.map(lambda n: tf.cast(n >= 2, tf.int64))
+    else:
+        per_record = lengths.map(lambda n: tf.maximum(n - 1, 0))
+    return int(per_record.reduce(tf.constant(0, tf.int64), lambda total, n: total + n))
+
+
+def train_dataset(
+    data_dir: str,
+    max_len: int,
+    batch_size: int,
+    train_positions: str = "all",
+    seed: int = 0,
+    shuffle_buffer: int = 100_000,
+    max_sequences: int = 0,
+) -> tf.data.Dataset:
+    """Shuffled, batched training samples; one pass over the data per iteration (Keras epochs)."""
+    records = read_records(data_dir, "train")
+    if max_sequences:
+        records = records.take(max_sequences)
+    records = records.filter(lambda r: tf.shape(r[features.ITEM_IDS])[0] >= 2)
+    if train_positions == "all":
+        samples = records.map(lambda r: _all_positions(r, max_len), num_parallel_calls=tf.data.AUTOTUNE)
+    elif train_positions == "last":
+        samples = records.flat_map(lambda r: _prefixes(r, max_len))
+    else:
+        raise ValueError(f"train_positions must be 'all' or 'last', got {train_positions!r}")
+    samples = samples.cache().shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    padded_shapes = {"input_ids": [max_len], "target_ids": [max_len], "exclusion_ids": [None], "user_index": []}
+    return samples.padded_batch(batch_size, padded_shapes=padded_shapes).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(data_dir: str, split: str, max_len: int, batch_size: int, max_users: int = 0) -> tf.data.Dataset:
+    """Batched evaluation users of ``split`` (``valid`` or ``test``), in file order."""
+    records = read_records(data_dir, split)
+    if max_users:
+        records = records.take(max_users)
+
+    def to_eval(record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        history = record[features.ITEM_IDS]
+        return {
+            "input_ids": left_pad(history, max_len),
+            "history_ids": history,
+            "target": record[features.TARGET],
+            "user_index": record[features.USER_INDEX],
+        }
+
+    padded_shapes = {"input_ids": [max_len], "history_ids": [None], "target": [], "user_index": []}
+    dataset = records.map(to_eval, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    return dataset.padded_batch(batch_size, padded_shapes=padded_shapes).prefetch(tf.data.AUTOTUNE)
+
+
+def has_split(data_dir: str, split: str) -> bool:
+    return bool(glob.glob(os.path.join(data_dir, split, "*" + features.TFRECORD_SUFFIX)))

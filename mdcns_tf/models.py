@@ -1,0 +1,118 @@
+"""Keras models: the shared full-ranking evaluation and the single-model trainer (any backbone x any sampler)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import mdcns_tf  # noqa: F401
+import tensorflow as tf
+import tf_keras as keras
+
+from mdcns_tf import losses, metrics
+from mdcns_tf.backbones import Backbone
+from mdcns_tf.samplers import NegativeSampler, SamplingContext
+from mdcns_tf.samplers.candidates import score_items
+
+
+class RetrievalModel(keras.Model):
+    """Evaluation shared by every trainer: ``test_step`` ranks all items for the backbone ``self.encoder``.
+
+    Subclasses set ``self.encoder`` (the model that is validated and exported) and implement ``train_step``.
+    """
+
+    def __init__(self, encoder: Backbone, ks: Sequence[int] = (5, 10, 20), eval_chunk_size: int = 65_536, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.ks = tuple(ks)
+        self.eval_chunk_size = eval_chunk_size
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.ranking_trackers = {
+            name: keras.metrics.Mean(name=metrics.keras_name(name)) for name in metrics.metric_names(self.ks)
+        }
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return [self.loss_tracker, *self.ranking_trackers.values(), *self.extra_trackers()]
+
+    def extra_trackers(self) -> list[keras.metrics.Metric]:
+        return []
+
+    def build_for_input(self, max_len: int) -> None:
+        """Creates every variable before `fit`, so that `BackupAndRestore` can restore into them."""
+        self(tf.zeros([1, max_len], tf.int32))
+
+    def call(self, input_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """`(batch, seq_len)` ids -> `(batch, seq_len, dim)` states of the evaluated model."""
+        return self.encoder(input_ids, training=training)
+
+    def query_embeddings(self, input_ids: tf.Tensor) -> tf.Tensor:
+        """`(batch, seq_len)` left-padded ids -> `(batch, dim)`, the state at the last (most recent) position."""
+        return self.encoder(input_ids, training=False)[:, -1, :]
+
+    def test_step(self, data: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        ranks = metrics.target_ranks(
+            self.query_embeddings(data["input_ids"]),
+            self.encoder.item_embeddings,
+            data["target"],
+            data["history_ids"],
+            chunk_size=self.eval_chunk_size,
+        )
+        for name, values in metrics.metrics_from_ranks(ranks, self.ks).items():
+            self.ranking_trackers[name].update_state(values)
+        return {tracker.name: tracker.result() for tracker in self.ranking_trackers.values()}
+
+
+def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean of ``values`` over positions where ``mask`` is true; 0 for an empty mask."""
+    mask = tf.cast(mask, values.dtype)
+    return tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
+
+
+class SequentialRecommender(RetrievalModel):
+    """One backbone trained with one negative sampler and a pairwise loss, or with full softmax (no sampler)."""
+
+    def __init__(self, encoder: Backbone, sampler: NegativeSampler | None, loss_name: str, **kwargs):
+        super().__init__(encoder, **kwargs)
+        self.sampler = sampler
+        self.loss_name = loss_name
+
+    def compute_training_loss(self, data: dict[str, tf.Tensor], training: bool = True) -> tf.Tensor:
+        target_ids = data["target_ids"]
+        trained = tf.not_equal(target_ids, 0)
+        states = self.encoder(data["input_ids"], training=training)
+        item_embeddings = self.encoder.item_embeddings
+        if self.loss_name == "softmax":
+            return tf.reduce_mean(
+                losses.full_softmax(
+                    tf.boolean_mask(states, trained), item_embeddings, tf.boolean_mask(target_ids, trained)
+                )
+            )
+        context = SamplingContext(
+            input_ids=data["input_ids"],
+            target_ids=target_ids,
+            exclusion_ids=data["exclusion_ids"],
+            user_index=data["user_index"],
+            states=states,
+            item_embeddings=item_embeddings,
+        )
+        negatives = self.sampler.sample(context)
+        positive_scores = tf.reduce_sum(states * tf.gather(item_embeddings, target_ids), axis=-1)
+        negative_scores = score_items(states, item_embeddings, negatives.ids)
+        per_position = self.sampler.loss(context, negatives, positive_scores, negative_scores)
+        return masked_mean(per_position, trained)
+
+    def epoch_end_hooks(self) -> list:
+        return [self.sampler.on_epoch_end] if self.sampler is not None else []
+
+    def train_step(self, data: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            loss = self.compute_training_loss(data)
+            if self.losses:
+                loss += tf.add_n(self.losses)
+        variables = self.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.loss_tracker.update_state(loss)
+        logs = {"loss": self.loss_tracker.result()}
+        if self.sampler is not None:
+            logs.update(self.sampler.metrics())
+        return logs

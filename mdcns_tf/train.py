@@ -1,0 +1,255 @@
+"""Config -> fit -> evaluate -> export.
+
+    python -m mdcns_tf.train --config configs/quickstart.yaml [--set train.epochs=3 --set seed=1 ...]
+
+Writes ``<output_dir>/metrics.json``, ``<output_dir>/config.yaml`` (the resolved config), TensorBoard logs in
+``<output_dir>/tensorboard``, a resumable backup in ``<output_dir>/backup`` and the SavedModel in
+``<output_dir>/export/<model_name>/<version>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import mdcns_tf  # noqa: F401
+import tensorflow as tf
+import tf_keras as keras
+import yaml
+
+from mdcns_tf import data, export, metrics
+from mdcns_tf.backbones import build_backbone
+from mdcns_tf.config import Config, ConfigError, load_config
+from mdcns_tf.features import Metadata
+from mdcns_tf.models import RetrievalModel, SequentialRecommender
+from mdcns_tf.samplers import build_sampler
+
+log = logging.getLogger("mdcns_tf.train")
+
+
+def check_data(config: Config, metadata: Metadata) -> None:
+    """Fails early, with the fix, when the config and the dataset do not fit together."""
+    for split in ("train", "valid"):
+        if not data.has_split(config.data.dir, split):
+            raise ConfigError(f"data.dir {config.data.dir!r} has no {split} TFRecords; run the pipeline first")
+    if config.eval.test and not data.has_split(config.data.dir, "test"):
+        raise ConfigError(f"data.dir {config.data.dir!r} has no test TFRecords; set eval.test=false or re-run")
+    if metadata.n_items < 2:
+        raise ConfigError(f"the dataset has {metadata.n_items} items; at least 2 are needed")
+    if config.export.top_k > metadata.n_items:
+        raise ConfigError(f"export.top_k ({config.export.top_k}) exceeds the number of items ({metadata.n_items})")
+    if config.trainer == "mdcns" and config.mdcns.pool_size >= metadata.n_items:
+        raise ConfigError(f"mdcns.pool_size ({config.mdcns.pool_size}) must be below n_items ({metadata.n_items})")
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
+    """The trainer named by ``config.trainer``, built for the dataset described by ``metadata``."""
+    if config.trainer == "mdcns":
+        from mdcns_tf.mdcns import build_mdcns_model
+
+        return build_mdcns_model(config, metadata)
+    encoder = build_backbone(config.model, metadata.n_items, config.data.max_len)
+    sampler = None
+    if config.loss.name != "softmax":
+        sampler = build_sampler(config, metadata.n_items, metadata.n_users, metadata.item_counts)
+    return SequentialRecommender(encoder, sampler, config.loss.name, ks=config.eval.ks, name="single")
+
+
+class ModelSelection(keras.callbacks.Callback):
+    """Early stopping on a validation metric with the best weights kept on disk.
+
+    Unlike `keras.callbacks.EarlyStopping`, its state (best value, best epoch, epochs without improvement) and the
+    best weights survive a killed run, so a run resumed by `BackupAndRestore` selects the same model.
+    """
+
+    def __init__(self, monitor: str, patience: int, directory: str) -> None:
+        super().__init__()
+        self.monitor = "val_" + metrics.keras_name(monitor)
+        self.patience = patience
+        self.directory = directory
+        self.state_path = os.path.join(directory, "state.json")
+        self.weights_path = os.path.join(directory, "weights")
+        self.best = -math.inf
+        self.best_epoch = 0
+        self.wait = 0
+        self.history: list[dict[str, float]] = []
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        if os.path.exists(self.state_path):
+            with open(self.state_path) as f:
+                state = json.load(f)
+            self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+            self.history = state.get("history", [])
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        self.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
+        value = logs.get(self.monitor)
+        if value is not None:
+            if value > self.best:
+                self.best, self.best_epoch, self.wait = float(value), epoch + 1, 0
+                self.model.save_weights(self.weights_path)
+            else:
+                self.wait += 1
+                if self.wait >= self.patience:
+                    log.info("early stop: no %s improvement for %d evaluations", self.monitor, self.wait)
+                    self.model.stop_training = True
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "history": self.history}, f)
+        os.replace(tmp, self.state_path)
+
+    def restore_best(self) -> None:
+        if os.path.exists(self.weights_path + ".index"):
+            self.model.load_weights(self.weights_path).expect_partial()
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """One log line an epoch with the epoch time and an ETA, and the sampler's end-of-epoch hook."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.epoch_seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        seconds = time.perf_counter() - self.started
+        self.epoch_seconds.append(seconds)
+        remaining = (self.epochs - epoch - 1) * sum(self.epoch_seconds) / len(self.epoch_seconds)
+        monitored = {k: round(float(v), 4) for k, v in (logs or {}).items() if k in ("loss", "val_ndcg_20")}
+        log.info("epoch %d/%d took %.1fs, ETA %.0fs at most; %s", epoch + 1, self.epochs, seconds, remaining, monitored)
+        for hook in getattr(self.model, "epoch_end_hooks", lambda: [])():
+            hook(epoch)
+
+
+def named_metrics(results: dict[str, float]) -> dict[str, float]:
+    """Keras names (``ndcg_10``) back to report names (``ndcg@10``)."""
+    out = {}
+    for name, value in results.items():
+        if name == "loss":
+            continue
+        out[name.replace("_", "@") if name != "mrr" else name] = float(value)
+    return out
+
+
+def run(config: Config) -> dict[str, Any]:
+    """Trains, evaluates and exports as ``config`` says; returns what ``metrics.json`` holds."""
+    metadata = Metadata.load(config.data.dir)
+    check_data(config, metadata)
+    os.makedirs(config.output_dir, exist_ok=True)
+    with open(os.path.join(config.output_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+    keras.utils.set_random_seed(config.seed)
+
+    cfg = config.data
+    steps = data.count_train_examples(cfg.dir, cfg.train_positions, cfg.max_train_sequences)
+    steps_per_epoch = config.train.steps_per_epoch or math.ceil(steps / cfg.batch_size)
+    train_ds = data.train_dataset(
+        cfg.dir, cfg.max_len, cfg.batch_size, cfg.train_positions, config.seed, cfg.shuffle_buffer,
+        cfg.max_train_sequences,
+    )
+    if not config.train.steps_per_epoch:
+        train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
+    else:
+        train_ds = train_ds.repeat()
+    valid_ds = data.eval_dataset(cfg.dir, "valid", cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users)
+
+    strategy = make_strategy(config.train.distribute)
+    with strategy.scope():
+        model = build_model(config, metadata)
+        model.build_for_input(cfg.max_len)
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.train.learning_rate, weight_decay=config.train.weight_decay or None),
+            jit_compile=config.train.jit_compile,
+        )
+
+    selection = ModelSelection(config.train.monitor, config.train.patience, os.path.join(config.output_dir, "best"))
+    progress = ProgressLog(config.train.epochs)
+    callbacks: list[keras.callbacks.Callback] = [progress, selection]
+    if config.train.backup_and_restore:
+        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(config.output_dir, "backup")))
+    if config.train.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.output_dir, "tensorboard"), update_freq="epoch"))
+
+    log.info(
+        "training %s (%s, sampler %s, loss %s): %d samples, %d steps/epoch, up to %d epochs",
+        config.trainer, config.model.backbone, config.sampler.name, config.loss.name, steps, steps_per_epoch,
+        config.train.epochs,
+    )
+    started = time.perf_counter()
+    history = model.fit(
+        train_ds,
+        validation_data=valid_ds,
+        epochs=config.train.epochs,
+        steps_per_epoch=steps_per_epoch if config.train.steps_per_epoch else None,
+        validation_freq=config.train.validation_freq,
+        callbacks=callbacks,
+        verbose=config.train.verbose,
+    )
+    train_seconds = time.perf_counter() - started
+    selection.restore_best()
+
+    result: dict[str, Any] = {
+        "valid": named_metrics(model.evaluate(valid_ds, return_dict=True, verbose=0)),
+        "best_epoch": selection.best_epoch,
+        "epochs_run": len(selection.history),
+        "train_seconds": round(train_seconds, 2),
+        "seconds_per_epoch": [round(s, 2) for s in progress.epoch_seconds],
+        "steps_per_epoch": steps_per_epoch,
+        "history": selection.history or [{"epoch": i + 1} for i in range(len(history.epoch))],
+        "dataset": {"dir": cfg.dir, "n_users": metadata.n_users, "n_items": metadata.n_items,
+                    "split": metadata.split},
+    }
+    if config.eval.test:
+        test_ds = data.eval_dataset(cfg.dir, "test", cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users)
+        result["test"] = named_metrics(model.evaluate(test_ds, return_dict=True, verbose=0))
+    if config.export.enabled:
+        result["export_path"] = export.export_saved_model(
+            model.encoder, os.path.join(config.output_dir, "export"), config.export.model_name, cfg.max_len,
+            config.export.top_k, config.export.version,
+        )
+    with open(os.path.join(config.output_dir, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    log.info("valid %s", json.dumps(result["valid"]))
+    if "test" in result:
+        log.info("test %s", json.dumps(result["test"]))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config (may name parents with `base:`)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("tensorflow", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        config = load_config(args.config, args.set)
+        run(config)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
