@@ -105,12 +105,18 @@ class SequentialRecommender(RetrievalModel):
         return [self.sampler.on_epoch_end] if self.sampler is not None else []
 
     def train_step(self, data: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        with tf.GradientTape() as tape:
+        # A sampler that learns from gradients (AutoSample) needs the step's tape again after the model's gradient.
+        sampler_hook = self.sampler is not None and self.sampler.uses_tape
+        with tf.GradientTape(persistent=sampler_hook) as tape:
             loss = self.compute_training_loss(data)
             if self.losses:
                 loss += tf.add_n(self.losses)
         variables = self.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        gradients = tape.gradient(loss, variables)
+        if sampler_hook:
+            self.sampler.update_from_tape(tape, variables)
+            del tape
+        self.optimizer.apply_gradients(zip(gradients, variables))
         self.loss_tracker.update_state(loss)
         logs = {"loss": self.loss_tracker.result()}
         if self.sampler is not None:

@@ -6,10 +6,18 @@ import dataclasses
 from typing import Any
 
 from mdcns_tf.backbones.base import Backbone
+from mdcns_tf.backbones.fmlprec import FMLPRec
+from mdcns_tf.backbones.gru4rec import GRU4Rec
+from mdcns_tf.backbones.linrec import LinRec
+from mdcns_tf.backbones.mamba4rec import Mamba4Rec
 from mdcns_tf.backbones.sasrec import SASRec
 
 BACKBONES: dict[str, type[Backbone]] = {
     "sasrec": SASRec,
+    "gru4rec": GRU4Rec,
+    "fmlprec": FMLPRec,
+    "linrec": LinRec,
+    "mamba4rec": Mamba4Rec,
 }
 
 

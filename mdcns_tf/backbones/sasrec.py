@@ -8,6 +8,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from mdcns_tf.backbones.base import Backbone
+from mdcns_tf.backbones.layers import right_aligned_positions
 
 
 @dataclasses.dataclass
@@ -58,7 +59,9 @@ class SASRec(Backbone):
         seq_len = tf.shape(item_ids)[1]
         padding = self.padding_mask(item_ids)
         x = self.item_embedding(item_ids) * (self.dim**0.5)
-        x += self.position_embedding(tf.range(seq_len))[tf.newaxis]
+        # Right-aligned: identical to range(seq_len) at seq_len == max_len, and a shorter left-padded window gives
+        # the most recent item the same position vector as in training.
+        x += self.position_embedding(right_aligned_positions(seq_len, self.max_len))[tf.newaxis]
         x = self.input_dropout(x, training=training) * padding
         causal = tf.linalg.band_part(tf.ones((seq_len, seq_len), tf.bool), -1, 0)
         # A query may attend only to earlier real items; padded queries attend to themselves to avoid NaNs.

@@ -55,6 +55,9 @@ class NegativeSampler(tf.Module):
     """Base class. Subclasses set ``Params`` (their config block ``sampler.<name>``) and implement `sample`."""
 
     Params: ClassVar[type] = NoParams
+    # True for samplers that learn from the training step's gradients (AutoSample's bi-level update): the trainer
+    # then records the step on a persistent tape and calls `update_from_tape` before applying the gradients.
+    uses_tape: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -87,6 +90,10 @@ class NegativeSampler(tf.Module):
         if negatives.logq is not None:
             negative_scores = negative_scores - negatives.logq
         return losses.pairwise_loss(self.loss_name, positive_scores, negative_scores, negatives.weights)
+
+    def update_from_tape(self, tape: tf.GradientTape, variables: list[tf.Variable]) -> None:
+        """In-graph hook after the loss, before the model's update (only when ``uses_tape``). ``tape`` is the
+        persistent tape of the step's forward pass, ``variables`` the model's trainable variables."""
 
     def on_epoch_end(self, epoch: int) -> None:
         """Eager hook once per epoch (SRNS rotates its score history here)."""

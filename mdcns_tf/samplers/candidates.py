@@ -93,3 +93,72 @@ def top_m_uniform_pick(generator: tf.random.Generator, scores: tf.Tensor, m: int
 def gather_pool(pool_ids: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
     """Item ids of pool positions: pool_ids `(batch, n)`, indices `(batch, seq_len, k)` -> `(batch, seq_len, k)`."""
     return tf.gather(pool_ids, indices, batch_dims=1)
+
+
+def pooled_hard_negatives(
+    generator: tf.random.Generator,
+    states: tf.Tensor,
+    item_embeddings: tf.Tensor,
+    exclusion_ids: tf.Tensor,
+    n_items: int,
+    pool_size: int,
+    m: int,
+    num_negatives: int,
+) -> tf.Tensor:
+    """DNS(M,N) mechanism: per sequence and per negative, ``pool_size`` uniform candidates outside the history,
+    scored at every position; each position picks uniformly among the top-``m`` of each sub-pool.
+
+    The pool is drawn once per sequence and shared by its positions (one `(batch, k * pool_size)` draw instead of
+    `(batch, seq_len, ...)`): the positions of one sequence share the history, so the candidates are equally
+    valid for all of them, and only the scores (hence the picks) differ per position. ``num_negatives`` sub-pools
+    keep the k negatives independent (a shared top-1 would give k copies of one item).
+
+    states `(batch, seq_len, dim)`, item_embeddings `(n_items + 1, dim)`, exclusion_ids `(batch, x)`
+    -> ids `(batch, seq_len, num_negatives)`.
+    """
+    pool_ids = sample_excluding(generator, exclusion_ids, n_items, num_negatives * pool_size)
+    # Selection only: no gradient flows through the choice, so the tape need not keep this (B, L, N) product.
+    scores = score_candidates(tf.stop_gradient(states), tf.stop_gradient(item_embeddings), pool_ids)
+    batch, seq_len = tf.shape(scores)[0], tf.shape(scores)[1]
+    scores = tf.reshape(scores, [batch, seq_len, num_negatives, pool_size])
+    picks = top_m_uniform_pick(generator, scores, m, num_picks=1)[..., 0]  # (B, L, k) index within sub-pool
+    picks += tf.range(num_negatives, dtype=picks.dtype) * pool_size
+    return gather_pool(pool_ids, picks)
+
+
+def gumbel_top_k(generator: tf.random.Generator, logits: tf.Tensor, k: int) -> tf.Tensor:
+    """``k`` indices drawn without replacement with probabilities softmax(``logits``) (successive sampling, as
+    `numpy.random.choice(p=softmax, replace=False)`), via the Gumbel-top-k trick: one `top_k`, no loop.
+
+    logits `(..., n)` (``-inf`` = never drawn) -> indices `(..., k)`.
+    """
+    uniform = generator.uniform(tf.shape(logits), minval=1e-20, maxval=1.0, dtype=logits.dtype)
+    gumbel = -tf.math.log(-tf.math.log(uniform))
+    return tf.math.top_k(logits + gumbel, k=k).indices
+
+
+def positive_scores(states: tf.Tensor, item_embeddings: tf.Tensor, target_ids: tf.Tensor) -> tf.Tensor:
+    """Score of each position's target: states `(batch, seq_len, dim)`, target_ids `(batch, seq_len)`
+    -> `(batch, seq_len)`."""
+    return tf.reduce_sum(states * tf.gather(item_embeddings, target_ids), axis=-1)
+
+
+def last_trained_position(target_ids: tf.Tensor) -> tf.Tensor:
+    """Index of the last trained position of each sequence (``target != 0``); `(batch, seq_len)` -> `(batch,)`.
+
+    Inputs are left-padded, so this is ``seq_len - 1`` for both training-position modes; computing it keeps
+    stateful samplers correct for any masking the data layer may add.
+    """
+    trained = tf.cast(tf.not_equal(target_ids, 0), tf.int32)
+    seq_len = tf.shape(target_ids)[1]
+    return seq_len - 1 - tf.argmax(tf.reverse(trained, axis=[1]), axis=1, output_type=tf.int32)
+
+
+def at_position(values: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
+    """values `(batch, seq_len, ...)`, positions `(batch,)` -> `(batch, ...)`, the entry at each row's position."""
+    return tf.gather(values, positions, batch_dims=1)
+
+
+def duplicates_of(candidate_ids: tf.Tensor, reference_ids: tf.Tensor) -> tf.Tensor:
+    """bool `(batch, n)`: which candidates `(batch, n)` already appear in reference_ids `(batch, r)` (r small)."""
+    return tf.reduce_any(tf.equal(candidate_ids[:, :, tf.newaxis], reference_ids[:, tf.newaxis, :]), axis=-1)

@@ -1,0 +1,140 @@
+"""LinRec (Liu et al., SIGIR 2023): SASRec-style encoder with L2-normalised linear attention, made causal.
+
+The authors' attention ("ELU-Norm"): ``Q' = elu(Q) / ||elu(Q)||``, ``K' = elu(K) / ||elu(K)||`` (each query and each
+key L2-normalised over the head dimension, as in their code), ``A = Q' (K'^T V) / sqrt(d_head)``. The paper's
+``K'^T V`` sums over the *whole* sequence, so every state reads future items. Here it is the causal prefix sum
+``S_t = sum_{s <= t} k'_s v_s^T`` and ``out_t = q'_t S_t / sqrt(d_head)``: the same attention restricted to past
+and present keys, still linear in the sequence length:
+
+* ``causal_mode="cumsum"`` (default): ``cumsum`` over the per-position outer products ``k'_s v_s^T``,
+  O(L d_head^2) time and memory per head: the recurrent (RNN) view of linear attention.
+* ``causal_mode="masked"``: ``((Q' K'^T) * lower_triangle) V``, O(L^2 d_head): the same numbers, cheaper when
+  ``L < d_head``-ish; kept as an exact cross-check of the cumulative form.
+
+Padded keys are zeroed so they add nothing to ``S_t``; there is no softmax, so no denominator to fix. Like the
+authors' code: no attention dropout (their ``attn_dropout`` is unused), post-LN residual blocks, FFN inner size
+``4 dim`` with gelu, LayerNorm eps 1e-12, item + position embeddings -> LayerNorm -> dropout, no final norm.
+Deviations: causality (above), right-aligned positions (see `right_aligned_positions`), padded states zeroed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import tensorflow as tf
+import tf_keras as keras
+
+from mdcns_tf.backbones.base import Backbone
+from mdcns_tf.backbones.layers import FeedForward, check_length, normal_initializer, right_aligned_positions
+
+CAUSAL_MODES = ("cumsum", "masked")
+
+
+@dataclasses.dataclass
+class LinRecOptions:
+    """``inner_multiplier``: FFN width / dim (4); ``hidden_act``: FFN activation (gelu); ``layer_norm_eps``
+    (1e-12); ``causal_mode``: ``cumsum`` (O(L d^2)) or ``masked`` (O(L^2 d)), identical outputs."""
+
+    inner_multiplier: int = 4
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    causal_mode: str = "cumsum"
+
+    def __post_init__(self) -> None:
+        if self.inner_multiplier < 1:
+            raise ValueError(f"linrec.inner_multiplier must be >= 1, got {self.inner_multiplier}")
+        if self.causal_mode not in CAUSAL_MODES:
+            raise ValueError(f"linrec.causal_mode must be one of {list(CAUSAL_MODES)}, got {self.causal_mode!r}")
+        keras.activations.get(self.hidden_act)
+
+
+def causal_linear_attention(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor, mode: str = "cumsum") -> tf.Tensor:
+    """``out_t = q_t . sum_{s <= t} k_s v_s^T`` for every head, without normalisation.
+
+    query, key `(batch, seq_len, heads, d_k)`, value `(batch, seq_len, heads, d_v)` -> `(batch, seq_len, heads, d_v)`.
+    """
+    if mode == "cumsum":
+        state = tf.cumsum(tf.einsum("blhd,blhe->blhde", key, value), axis=1)  # S_t, (batch, L, heads, d_k, d_v)
+        return tf.einsum("blhd,blhde->blhe", query, state)
+    seq_len = tf.shape(query)[1]
+    scores = tf.einsum("blhd,bshd->bhls", query, key)
+    causal = tf.linalg.band_part(tf.ones((seq_len, seq_len), scores.dtype), -1, 0)
+    return tf.einsum("bhls,bshe->blhe", scores * causal, value)
+
+
+class LinRecAttention(keras.layers.Layer):
+    """Causal ELU-Norm linear attention with the post-LN residual: ``LN(x + Dropout(W_o A(x)))``."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float, epsilon: float, mode: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if dim % num_heads:
+            raise ValueError(f"linrec: dim {dim} must be a multiple of num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.mode = mode
+        self.query = keras.layers.Dense(dim, kernel_initializer=normal_initializer(), name="query")
+        self.key = keras.layers.Dense(dim, kernel_initializer=normal_initializer(), name="key")
+        self.value = keras.layers.Dense(dim, kernel_initializer=normal_initializer(), name="value")
+        self.output_dense = keras.layers.Dense(dim, kernel_initializer=normal_initializer(), name="output")
+        self.dropout = keras.layers.Dropout(dropout)
+        self.norm = keras.layers.LayerNormalization(epsilon=epsilon)
+
+    def _heads(self, x: tf.Tensor) -> tf.Tensor:
+        """`(batch, seq_len, dim)` -> `(batch, seq_len, heads, head_dim)`."""
+        return tf.reshape(x, tf.concat([tf.shape(x)[:2], [self.num_heads, self.head_dim]], axis=0))
+
+    def call(self, x: tf.Tensor, padding: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """x `(batch, seq_len, dim)`, padding `(batch, seq_len, 1)` -> `(batch, seq_len, dim)`."""
+        # l2_normalize clamps the squared norm at 1e-16, i.e. the authors' norm.clamp_min(1e-8).
+        query = tf.math.l2_normalize(tf.nn.elu(self._heads(self.query(x))), axis=-1, epsilon=1e-16)
+        key = tf.math.l2_normalize(tf.nn.elu(self._heads(self.key(x))), axis=-1, epsilon=1e-16)
+        key *= padding[..., tf.newaxis]  # padded keys contribute nothing to any state
+        value = self._heads(self.value(x))
+        context = causal_linear_attention(query, key, value, self.mode) / math.sqrt(self.head_dim)
+        context = tf.reshape(context, tf.shape(x))
+        return self.norm(x + self.dropout(self.output_dense(context), training=training))
+
+
+class LinRec(Backbone):
+    """Causal LinRec: item + position embeddings, then ``num_layers`` x (linear attention, FFN); see module doc."""
+
+    Options = LinRecOptions
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        opts: LinRecOptions = self.options
+        self.position_embedding = keras.layers.Embedding(
+            self.max_len, self.dim, embeddings_initializer=normal_initializer(), name="position_embedding"
+        )
+        self.input_norm = keras.layers.LayerNormalization(epsilon=opts.layer_norm_eps)
+        self.input_dropout = keras.layers.Dropout(self.dropout_rate)
+        self.attentions = [
+            LinRecAttention(
+                self.dim, self.num_heads, self.dropout_rate, opts.layer_norm_eps, opts.causal_mode, name=f"attn_{i}"
+            )
+            for i in range(self.num_layers)
+        ]
+        self.ffns = [
+            FeedForward(
+                self.dim,
+                self.dim * opts.inner_multiplier,
+                self.dropout_rate,
+                activation=opts.hidden_act,
+                epsilon=opts.layer_norm_eps,
+                name=f"ffn_{i}",
+            )
+            for i in range(self.num_layers)
+        ]
+
+    def encode(self, item_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """item_ids `(batch, seq_len)`, ``seq_len <= max_len`` -> states `(batch, seq_len, dim)`, 0 at padding."""
+        check_length(item_ids, self.max_len)
+        padding = self.padding_mask(item_ids)
+        positions = right_aligned_positions(tf.shape(item_ids)[1], self.max_len)
+        x = self.item_embedding(item_ids) + self.position_embedding(positions)[tf.newaxis]
+        x = self.input_dropout(self.input_norm(x), training=training) * padding
+        for attention, ffn in zip(self.attentions, self.ffns):
+            x = ffn(attention(x, padding, training=training), training=training) * padding
+        return x

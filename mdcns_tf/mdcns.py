@@ -1,0 +1,261 @@
+"""MDCNS: Multi-source Divergence-Consensus Negative Sampling (SIGIR 2026, arXiv 2605.19651), DESIGN section 5.
+
+One Keras model holds three submodels: the **self** backbone (validated, early-stopped on and exported), the
+**peer** backbone (a different architecture trained jointly and symmetrically with its own optimizer) and the
+**teacher** (by default a weight-free consensus of the two students' scores). Per training step, in-graph:
+
+1. candidate pool C `(batch, N)`: uniform items outside the sequence (history and targets), one pool per sequence
+   shared by all its positions;
+2. scores of both students on the positives `(batch, len)` and on C `(batch, len, N)` by batched matmul (never a
+   `(batch, len, N, dim)` tensor), teacher scores = consensus;
+3. divergence d = |s_self - s_peer| (no gradient); each view * in {self, peer, teacher} re-ranks C by
+   s* + beta_d . d, takes the top-M with `tf.math.top_k` and picks one uniformly: three negatives per position;
+4. recommendation loss of each student on its own scores: alpha on its own view's negative, beta on the other
+   student's, gamma on the teacher's;
+5. consensus distillation tau^2 . KL(p_teacher || p_student) over {positive} + C with temperature tau, teacher
+   without gradient, for both students; total = L_self + L_peer + mu . L_dis.
+
+Ablations: ``no_distillation`` (CD), ``no_divergence`` (DR: beta_d = 0), ``self_view_only`` (MS: only the self
+view's negative for each student, i.e. DNS(M,N)).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import mdcns_tf  # noqa: F401
+import tensorflow as tf
+import tf_keras as keras
+
+from mdcns_tf import losses
+from mdcns_tf.backbones import Backbone, build_backbone
+from mdcns_tf.config import Config, MDCNSConfig
+from mdcns_tf.features import Metadata
+from mdcns_tf.models import RetrievalModel, masked_mean
+from mdcns_tf.samplers.candidates import sample_excluding, score_candidates, top_m_uniform_pick
+
+log = logging.getLogger(__name__)
+
+
+def positive_and_pool_scores(
+    states: tf.Tensor, item_embeddings: tf.Tensor, target_ids: tf.Tensor, pool_ids: tf.Tensor
+) -> tf.Tensor:
+    """Scores of [positive, pool...] at every position.
+
+    states `(batch, len, dim)`, target_ids `(batch, len)`, pool_ids `(batch, N)` -> `(batch, len, 1 + N)`;
+    column 0 is the positive.
+    """
+    positive = tf.reduce_sum(states * tf.gather(item_embeddings, target_ids), axis=-1, keepdims=True)
+    return tf.concat([positive, score_candidates(states, item_embeddings, pool_ids)], axis=-1)
+
+
+class ConsensusTeacher(keras.layers.Layer):
+    """Weight-free teacher: the mean (authors' code) or sum (paper) of the students' scores, `(..., n)` each."""
+
+    def __init__(self, reduction: str = "mean", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"consensus reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+
+    def call(self, self_scores: tf.Tensor, peer_scores: tf.Tensor) -> tf.Tensor:
+        total = self_scores + peer_scores
+        return 0.5 * total if self.reduction == "mean" else total
+
+
+class BackboneTeacher(keras.layers.Layer):
+    """A teacher with weights of its own: a frozen pre-trained backbone, or an EMA copy of the self backbone.
+
+    Its weights are never trained by the optimizers: ``ema`` follows the self model after each step
+    (w <- decay . w + (1 - decay) . w_self), ``frozen`` is restored once from a checkpoint of a single-model run.
+    """
+
+    def __init__(self, backbone: Backbone, mode: str, ema_decay: float = 0.999, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.mode = mode
+        self.ema_decay = ema_decay
+        self.backbone.trainable = False
+
+    def call(self, input_ids: tf.Tensor, target_ids: tf.Tensor, pool_ids: tf.Tensor) -> tf.Tensor:
+        states = self.backbone(input_ids, training=False)
+        return positive_and_pool_scores(states, self.backbone.item_embeddings, target_ids, pool_ids)
+
+    def follow(self, source: Backbone) -> None:
+        """EMA update from the self backbone (no-op for a frozen teacher)."""
+        if self.mode != "ema":
+            return
+        for target, value in zip(self.backbone.weights, source.weights, strict=True):
+            target.assign(self.ema_decay * target + (1.0 - self.ema_decay) * value)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Loads the ``encoder`` of a checkpoint written by `mdcns_tf.train` (``<output_dir>/best/weights``)."""
+        status = tf.train.Checkpoint(encoder=self.backbone).restore(checkpoint_path)
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+
+
+class MDCNSModel(RetrievalModel):
+    """Teacher-Peer-Self model. ``self.encoder`` is the self backbone; only it is evaluated and exported."""
+
+    def __init__(
+        self,
+        self_backbone: Backbone,
+        peer_backbone: Backbone,
+        params: MDCNSConfig,
+        n_items: int,
+        loss_name: str,
+        seed: int,
+        peer_learning_rate: float,
+        teacher_backbone: Backbone | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(self_backbone, **kwargs)
+        if loss_name not in ("bce", "bpr"):
+            raise ValueError(f"MDCNS trains with bce or bpr, got loss {loss_name!r}")
+        self.peer = peer_backbone
+        self.params = params
+        self.n_items = n_items
+        self.loss_name = loss_name
+        self.generator = tf.random.Generator.from_seed(seed)
+        self.peer_optimizer = keras.optimizers.Adam(peer_learning_rate)
+        if params.teacher in ("mean", "sum"):
+            self.teacher = ConsensusTeacher(params.teacher, name="teacher")
+        else:
+            if teacher_backbone is None:
+                raise ValueError(f"teacher {params.teacher!r} needs a teacher backbone")
+            self.teacher = BackboneTeacher(teacher_backbone, params.teacher, params.teacher_ema_decay, name="teacher")
+        names = ["self_loss", "peer_loss", "distill_kl", "divergence", "view_agreement"]
+        self.step_trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    def extra_trackers(self) -> list[keras.metrics.Metric]:
+        return list(self.step_trackers.values())
+
+    def build_for_input(self, max_len: int) -> None:
+        super().build_for_input(max_len)
+        dummy = tf.zeros([1, max_len], tf.int32)
+        self.peer(dummy)
+        if isinstance(self.teacher, BackboneTeacher):
+            self.teacher.backbone(dummy)
+            if self.params.teacher == "ema":
+                for target, value in zip(self.teacher.backbone.weights, self.encoder.weights, strict=True):
+                    target.assign(value)
+            else:
+                self.teacher.restore(self.params.teacher_checkpoint)
+
+    def view_negatives(self, self_pool: tf.Tensor, peer_pool: tf.Tensor, teacher_pool: tf.Tensor) -> dict:
+        """Divergence re-ranking: pool scores `(batch, len, N)` of each view -> picked pool indices `(batch, len)`."""
+        divergence = tf.stop_gradient(tf.abs(self_pool - peer_pool))
+        beta_d = 0.0 if self.params.no_divergence else self.params.beta_d
+        picks = {}
+        for view, scores in (("self", self_pool), ("peer", peer_pool), ("teacher", teacher_pool)):
+            reranked = tf.stop_gradient(scores) + beta_d * divergence
+            picks[view] = top_m_uniform_pick(self.generator, reranked, self.params.top_m)[..., 0]
+        return {"picks": picks, "divergence": divergence}
+
+    def student_loss(self, scores: tf.Tensor, own: tf.Tensor, other: tf.Tensor, teacher: tf.Tensor) -> tf.Tensor:
+        """Per-position loss `(batch, len)` of one student from its [positive, pool] scores `(batch, len, 1 + N)`.
+
+        own / other / teacher: pool indices `(batch, len)` picked by this student's view, the other student's view
+        and the teacher's view; the scores used are always this student's own.
+        """
+        positive, pool = scores[..., 0], scores[..., 1:]
+
+        def term(pick: tf.Tensor) -> tf.Tensor:
+            negative = tf.gather(pool, pick[..., tf.newaxis], batch_dims=2)
+            return losses.pairwise_loss(self.loss_name, positive, negative)
+
+        p = self.params
+        if p.self_view_only:
+            return p.alpha * term(own)
+        return p.alpha * term(own) + p.beta * term(other) + p.gamma * term(teacher)
+
+    def reduce_distillation(self, per_position: tf.Tensor, trained: tf.Tensor) -> tf.Tensor:
+        if self.params.distill_reduction == "sum":
+            return tf.reduce_sum(per_position * tf.cast(trained, per_position.dtype))
+        return masked_mean(per_position, trained)
+
+    def compute_losses(self, data: dict[str, tf.Tensor], training: bool = True) -> dict[str, tf.Tensor]:
+        """All loss terms and step statistics for one batch (see the module docstring)."""
+        input_ids, target_ids = data["input_ids"], data["target_ids"]
+        trained = tf.not_equal(target_ids, 0)
+        pool_ids = sample_excluding(self.generator, data["exclusion_ids"], self.n_items, self.params.pool_size)
+
+        self_scores = positive_and_pool_scores(
+            self.encoder(input_ids, training=training), self.encoder.item_embeddings, target_ids, pool_ids
+        )
+        peer_scores = positive_and_pool_scores(
+            self.peer(input_ids, training=training), self.peer.item_embeddings, target_ids, pool_ids
+        )
+        if isinstance(self.teacher, ConsensusTeacher):
+            teacher_scores = self.teacher(self_scores, peer_scores)
+        else:
+            teacher_scores = self.teacher(input_ids, target_ids, pool_ids)
+        teacher_scores = tf.stop_gradient(teacher_scores)
+
+        views = self.view_negatives(self_scores[..., 1:], peer_scores[..., 1:], teacher_scores[..., 1:])
+        picks = views["picks"]
+        self_loss = masked_mean(self.student_loss(self_scores, picks["self"], picks["peer"], picks["teacher"]), trained)
+        peer_loss = masked_mean(self.student_loss(peer_scores, picks["peer"], picks["self"], picks["teacher"]), trained)
+
+        if self.params.no_distillation:
+            distill = tf.constant(0.0)
+        else:
+            tau = self.params.tau
+            distill = self.reduce_distillation(
+                losses.kl_distillation(teacher_scores, self_scores, tau)
+                + losses.kl_distillation(teacher_scores, peer_scores, tau),
+                trained,
+            )
+        agree = tf.equal(picks["self"], picks["peer"]) & tf.equal(picks["self"], picks["teacher"])
+        return {
+            "loss": self_loss + peer_loss + self.params.mu * distill,
+            "self_loss": self_loss,
+            "peer_loss": peer_loss,
+            "distill_kl": distill,
+            "divergence": masked_mean(tf.reduce_mean(views["divergence"], axis=-1), trained),
+            "view_agreement": masked_mean(tf.cast(agree, tf.float32), trained),
+        }
+
+    def train_step(self, data: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            terms = self.compute_losses(data, training=True)
+            loss = terms["loss"]
+        # The divergence, the picks and the teacher carry no gradient, so d loss / d self-weights is exactly
+        # d (L_self + mu . KL_self) / d self-weights and likewise for the peer: one tape, two optimizers.
+        self_vars, peer_vars = self.encoder.trainable_variables, self.peer.trainable_variables
+        gradients = tape.gradient(loss, self_vars + peer_vars)
+        self.optimizer.apply_gradients(zip(gradients[: len(self_vars)], self_vars))
+        self.peer_optimizer.apply_gradients(zip(gradients[len(self_vars) :], peer_vars))
+        if isinstance(self.teacher, BackboneTeacher):
+            self.teacher.follow(self.encoder)
+        self.loss_tracker.update_state(loss)
+        for name, tracker in self.step_trackers.items():
+            tracker.update_state(terms[name])
+        return {"loss": self.loss_tracker.result(), **{n: t.result() for n, t in self.step_trackers.items()}}
+
+
+def build_mdcns_model(config: Config, metadata: Metadata) -> MDCNSModel:
+    """Self backbone ``model.backbone``, peer ``mdcns.peer_backbone`` (same sizes), teacher per ``mdcns.teacher``."""
+    params = config.mdcns
+    if params.peer_backbone == config.model.backbone:
+        log.warning("MDCNS peer backbone equals the self backbone (%s); the paper uses a different one", params.peer_backbone)
+    max_len = config.data.max_len
+    self_backbone = build_backbone(config.model, metadata.n_items, max_len)
+    peer_backbone = build_backbone(config.model, metadata.n_items, max_len, name=params.peer_backbone)
+    teacher_backbone = None
+    if params.teacher in ("ema", "frozen"):
+        teacher_backbone = build_backbone(config.model, metadata.n_items, max_len)
+    return MDCNSModel(
+        self_backbone,
+        peer_backbone,
+        params,
+        n_items=metadata.n_items,
+        loss_name=config.loss.name,
+        seed=config.seed,
+        peer_learning_rate=params.peer_learning_rate or config.train.learning_rate,
+        teacher_backbone=teacher_backbone,
+        ks=config.eval.ks,
+        name="mdcns",
+    )

@@ -1,0 +1,62 @@
+"""Popularity negatives: item i drawn with probability proportional to count(i)^alpha among items not in the
+user's sequence (word2vec's unigram^0.75 distribution), with an optional logQ correction."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from mdcns_tf.samplers.base import NegativeSampler, Negatives, SamplingContext
+from mdcns_tf.samplers.candidates import sample_excluding
+
+
+@dataclasses.dataclass
+class PopularityParams:
+    """Config block ``sampler.popularity``.
+
+    alpha            exponent on the training interaction count: 1 = raw popularity, 0 = uniform.
+    count_offset     added to every count before the power. 0 (the definition) never draws an item without a
+                     training interaction; 1 gives such items a small chance (useful under the user split, where
+                     items seen only by held-out users have count 0).
+    logq_correction  subtract log(k . q(j)) from each negative's score in the loss (Yi et al. 2019): with sampled
+                     softmax this makes the negatives an unbiased estimate of the full softmax's partition
+                     function. q is the catalogue-wide distribution, not renormalised per user (the user's
+                     history is a negligible share of the mass, and renormalising would cost a gather per draw).
+    """
+
+    alpha: float = 0.75
+    count_offset: float = 0.0
+    logq_correction: bool = False
+
+
+class PopularitySampler(NegativeSampler):
+    Params = PopularityParams
+
+    def __init__(self, params: PopularityParams, n_items: int, *args, **kwargs) -> None:
+        super().__init__(params, n_items, *args, **kwargs)
+        counts = np.asarray(self.item_counts, dtype=np.float64)
+        if counts.shape != (n_items + 1,):
+            raise ValueError(f"popularity: item_counts has {counts.shape[0]} entries, expected n_items + 1")
+        weights = (counts[1:] + params.count_offset) ** params.alpha
+        weights[counts[1:] + params.count_offset <= 0] = 0.0
+        if not weights.sum() > 0:
+            raise ValueError("popularity: every item has weight 0; set sampler.popularity.count_offset > 0")
+        log_weights = np.full(n_items + 1, -np.inf)
+        with np.errstate(divide="ignore"):
+            log_weights[1:] = np.log(weights)
+        # Constants, not variables: they follow from the data and need no checkpoint.
+        self.log_weights = tf.constant(log_weights, tf.float64)
+        self.log_probs = tf.constant(log_weights - math.log(weights.sum()), tf.float32)
+
+    def sample(self, context: SamplingContext) -> Negatives:
+        batch, seq_len = tf.shape(context.target_ids)[0], tf.shape(context.target_ids)[1]
+        k = self.num_negatives
+        ids = sample_excluding(self.generator, context.exclusion_ids, self.n_items, seq_len * k, self.log_weights)
+        ids = tf.reshape(ids, [batch, seq_len, k])
+        logq = None
+        if self.params.logq_correction:
+            logq = tf.gather(self.log_probs, ids) + math.log(k)
+        return Negatives(ids=ids, logq=logq)

@@ -1,0 +1,393 @@
+"""Raw interaction logs -> TFRecords + metadata (`mdcns_tf.features` layout), as a Beam pipeline.
+
+    python -m pipeline.run --input PATH --input_format {interactions,sequences,pairs} --split {loo,user} \\
+        --output DIR [--seed 42] [--kcore K] [--min_seq_len N] [--delimiter auto] [--dedupe] [BEAM OPTIONS]
+
+Our flags are parsed with ``parse_known_args`` and everything else goes to `PipelineOptions` (the apache/beam
+wordcount shape), e.g. ``--runner=DataflowRunner --project ... --region ... --temp_location gs://... \\
+--setup_file ./setup.py``. Without ``--runner`` the pipeline runs on the Python ``FnApiRunner`` (the direct runner's
+engine), because Beam 2.77's ``DirectRunner`` first tries to download the Prism runner binary, which fails offline
+before falling back. ``--direct_num_workers=2 --direct_running_mode=multi_processing`` uses two local processes.
+
+Everything written (records, vocabularies, ``metadata.json``) is computed inside the pipeline, so the same code
+works on a distributed runner with ``gs://``-style paths. Row accounting is in `pipeline.formats`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from mdcns_tf import features
+from pipeline import formats, splits, transforms
+
+LOG = logging.getLogger("pipeline")
+
+DEFAULT_RUNNER = "FnApiRunner"
+_DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "whitespace": None, "space": None}
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Our (non-Beam) flags, validated."""
+
+    input: str
+    input_format: str
+    split: str
+    output: str
+    seed: int = 42
+    kcore: int = 0
+    kcore_rounds: int = 10
+    min_seq_len: int | None = None  # None = the protocol's minimum (3 for loo, 2 for user)
+    delimiter: str = "auto"
+    columns: str | None = None
+    dedupe: bool = False
+    valid_fraction: float = 0.2
+    test_fraction: float = 0.1
+    num_shards: int = 0
+    max_line_bytes: int = formats.DEFAULT_MAX_LINE_BYTES
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.input_format not in formats.FORMATS:
+            raise ValueError(f"--input_format must be one of {formats.FORMATS}, got {self.input_format!r}")
+        if self.split not in splits.PROTOCOLS:
+            raise ValueError(f"--split must be one of {splits.PROTOCOLS}, got {self.split!r}")
+        minimum = splits.MIN_SEQ_LEN[self.split]
+        if self.min_seq_len is not None and self.min_seq_len < minimum:
+            raise ValueError(f"--min_seq_len {self.min_seq_len} is below {minimum}, the minimum for --split {self.split}")
+        if self.kcore < 0 or self.kcore_rounds < 1:
+            raise ValueError("--kcore must be >= 0 and --kcore_rounds >= 1")
+        if self.split == "user":
+            splits.split_sizes(0, self.valid_fraction, self.test_fraction)  # validates the fractions
+        if self.columns is not None:
+            if self.input_format != "interactions":
+                raise ValueError("--columns only applies to --input_format interactions")
+            formats.parse_columns(self.columns)
+
+    @property
+    def effective_min_seq_len(self) -> int:
+        return self.min_seq_len if self.min_seq_len is not None else splits.MIN_SEQ_LEN[self.split]
+
+    @property
+    def delimiter_value(self) -> tuple[str | None, bool]:
+        """``(delimiter, fixed)``; ``fixed=False`` means detect per file."""
+        if self.delimiter == "auto":
+            return None, False
+        return _DELIMITER_NAMES.get(self.delimiter, self.delimiter), True
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.run",
+        description="Interaction logs -> gzip TFRecords + metadata.json. Unknown flags are Beam pipeline options.",
+    )
+    parser.add_argument("--input", required=True, help="file path or glob (local, gs://, ...); .gz read transparently")
+    parser.add_argument("--input_format", required=True, choices=formats.FORMATS)
+    parser.add_argument("--split", required=True, choices=splits.PROTOCOLS, help="loo = leave-one-out; user = 70/20/10")
+    parser.add_argument("--output", required=True, help="output directory")
+    parser.add_argument("--seed", type=int, default=42, help="user-split shuffle seed")
+    parser.add_argument("--kcore", type=int, default=0, help="keep users and items with >= K interactions (0 = off)")
+    parser.add_argument("--kcore_rounds", type=int, default=10, help="k-core rounds (unrolled in the graph)")
+    parser.add_argument("--min_seq_len", type=int, default=None, help="default: 3 for loo, 2 for user")
+    parser.add_argument(
+        "--delimiter",
+        default="auto",
+        help="auto (per file: tab, then '::', then comma, else whitespace), tab, comma, whitespace, or a literal",
+    )
+    parser.add_argument(
+        "--columns",
+        default=None,
+        help="interactions column layout, e.g. user,item,rating,timestamp (_ = ignore); default: header or guess",
+    )
+    parser.add_argument("--dedupe", action="store_true", help="drop repeated events (counted as rows_filtered)")
+    parser.add_argument("--valid_fraction", type=float, default=0.2, help="user split: share of validation users")
+    parser.add_argument("--test_fraction", type=float, default=0.1, help="user split: share of test users")
+    parser.add_argument("--num_shards", type=int, default=0, help="TFRecord shards per split (0 = runner decides)")
+    parser.add_argument("--max_line_bytes", type=int, default=formats.DEFAULT_MAX_LINE_BYTES)
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous pipeline output in --output")
+    return parser
+
+
+def with_default_runner(beam_args: Sequence[str]) -> list[str]:
+    """Adds ``--runner=FnApiRunner`` unless the user chose a runner (see the module docstring for why)."""
+    beam_args = list(beam_args)
+    if not any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args):
+        beam_args.append(f"--runner={DEFAULT_RUNNER}")
+    return beam_args
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[PipelineConfig, PipelineOptions]:
+    known, beam_args = build_arg_parser().parse_known_args(argv)
+    config = PipelineConfig(**vars(known))
+    return config, PipelineOptions(with_default_runner(beam_args))
+
+
+def match_inputs(pattern: str) -> list[tuple[int, str, int]]:
+    """``(file_ordinal, path, size)`` of the matched files in path order (the ordinal orders ties across files)."""
+    metadata = FileSystems.match([pattern])[0].metadata_list
+    paths = sorted((m.path, m.size_in_bytes) for m in metadata)
+    if not paths:
+        raise FileNotFoundError(f"--input {pattern!r} matches no file")
+    return [(i, path, size) for i, (path, size) in enumerate(paths)]
+
+
+_OWNED = [
+    features.METADATA_FILE,
+    features.ITEMS_FILE,
+    features.USERS_FILE,
+    *(f"{split}/*{features.TFRECORD_SUFFIX}" for split in features.SPLITS),
+    "rejected/*.txt",
+]
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuses to mix runs: stale shards of an earlier run would be read as part of this one."""
+    existing = []
+    for pattern in _OWNED:
+        existing += [m.path for m in FileSystems.match([FileSystems.join(output, pattern)])[0].metadata_list]
+    if existing and not overwrite:
+        raise FileExistsError(f"{output!r} already holds pipeline output ({len(existing)} files); pass --overwrite")
+    if existing:
+        LOG.info("--overwrite: deleting %d files of the previous output in %s", len(existing), output)
+        FileSystems.delete(existing)
+
+
+def _write_text(path: str, text: str) -> None:
+    with FileSystems.create(path, mime_type="text/plain", compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(text.encode("utf-8"))
+
+
+def write_metadata(
+    _: Any,
+    *,
+    config: PipelineConfig,
+    files: list[str],
+    read_counts: dict[str, int],
+    users_grouped: int,
+    rows_after_dedupe: int,
+    rows_after_kcore: int,
+    rows_written: int,
+    item_vocab: list[str],
+    user_vocab: list[str],
+    records: dict[str, int],
+    item_counts: dict[int, int],
+    kcore_left: dict[str, int],
+    written: list[str],
+) -> dict[str, Any]:
+    """The final step: ``items.txt``, ``users.txt`` and ``metadata.json`` (returns the metadata dict).
+
+    Runs once, after every sink (``written`` is their output, taken as a side input only to order this step last).
+    """
+    del written
+    n_items, n_users = len(item_vocab), len(user_vocab)
+    dense_counts = [0] * (n_items + 1)
+    for item_id, count in item_counts.items():
+        dense_counts[item_id] = count
+    rows_parsed = read_counts.get("rows_parsed", 0)
+    counts = {
+        "lines_read": read_counts.get("lines_read", 0),
+        "empty_lines": read_counts.get("empty_lines", 0),
+        "header_lines": read_counts.get("header_lines", 0),
+        "rows_read": read_counts.get("rows_read", 0),
+        "rows_rejected": read_counts.get("rows_rejected", 0),
+        "rows_written": rows_written,
+        "rows_filtered": rows_parsed - rows_written,
+        "rows_filtered_dedupe": rows_parsed - rows_after_dedupe,
+        "rows_filtered_kcore": rows_after_dedupe - rows_after_kcore,
+        "rows_filtered_min_seq_len": rows_after_kcore - rows_written,
+        "users_read": users_grouped,
+        "users_written": n_users,
+        **{k: v for k, v in sorted(read_counts.items()) if k.startswith("rejected_")},
+        **kcore_left,
+    }
+    if counts["rows_read"] != counts["rows_written"] + counts["rows_rejected"] + counts["rows_filtered"]:
+        raise AssertionError(f"row accounting is broken (a bug): {counts}")
+    meta = features.Metadata(
+        schema_version=features.SCHEMA_VERSION,
+        n_users=n_users,
+        n_items=n_items,
+        item_counts=dense_counts,
+        split={
+            "protocol": config.split,
+            "seed": config.seed,
+            "fractions": (
+                {"train": 1.0 - config.valid_fraction - config.test_fraction, "valid": config.valid_fraction,
+                 "test": config.test_fraction}
+                if config.split == "user"
+                else None
+            ),
+            "min_seq_len": config.effective_min_seq_len,
+        },
+        counts=counts,
+        records=records,
+        source={
+            "input": config.input,
+            "files": files,
+            "format": config.input_format,
+            "options": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("input", "output")},
+        },
+    )
+    _write_text(FileSystems.join(config.output, features.ITEMS_FILE), "".join(k + "\n" for k in item_vocab))
+    _write_text(FileSystems.join(config.output, features.USERS_FILE), "".join(k + "\n" for k in user_vocab))
+    if "://" in config.output:
+        _write_text(FileSystems.join(config.output, features.METADATA_FILE), json.dumps(dataclasses.asdict(meta), indent=1))
+    else:
+        meta.save(config.output)
+    if kcore_left.get("kcore_items_below_k") or kcore_left.get("kcore_users_below_k"):
+        LOG.warning("k-core did not reach its fixed point in %d rounds: %s", config.kcore_rounds, kcore_left)
+    LOG.info("wrote %s: %d users, %d items, records %s, counts %s", config.output, n_users, n_items, records, counts)
+    return dataclasses.asdict(meta)
+
+
+def build_pipeline(p: beam.Pipeline, config: PipelineConfig, inputs: list[tuple[int, str, int]]) -> beam.PCollection:
+    """Adds the whole graph to ``p``; returns the singleton PCollection of the metadata dict (for tests)."""
+    delimiter, fixed = config.delimiter_value
+    columns = formats.parse_columns(config.columns) if config.columns else None
+    out = config.output
+    singleton = beam.pvalue.AsSingleton
+
+    parsed = (
+        p
+        | "Files" >> beam.Create(inputs)
+        # Spread files over workers; a file itself is read by one worker, streaming, to keep line order.
+        | "SpreadFiles" >> beam.Reshuffle()
+        | "ReadAndParse"
+        >> beam.ParDo(
+            transforms.ReadAndParse(config.input_format, delimiter, fixed, columns, config.max_line_bytes)
+        ).with_outputs(transforms.REJECTED, transforms.COUNTS, main="rows")
+    )
+    read_counts = parsed[transforms.COUNTS] | "SumCounts" >> beam.CombineGlobally(transforms.SumDicts())
+    rejected_files = parsed[transforms.REJECTED] | "WriteRejected" >> beam.io.WriteToText(
+        FileSystems.join(out, "rejected", "rejected"), file_name_suffix=".txt", num_shards=1
+    )
+
+    sequences = parsed.rows | "Sequences" >> transforms.BuildSequences(
+        has_timestamps=config.input_format == "interactions", dedupe=config.dedupe
+    )
+    users_grouped = sequences | "CountUsers" >> beam.combiners.Count.Globally()
+    rows_after_dedupe = transforms.total_length(sequences, "AfterDedupe")
+    if config.kcore > 1:
+        sequences = sequences | "KCore" >> transforms.KCore(config.kcore, config.kcore_rounds)
+        kcore_left = transforms.kcore_violations(sequences, config.kcore)
+    else:
+        kcore_left = p | "NoKCore" >> beam.Create([{}])
+    rows_after_kcore = transforms.total_length(sequences, "AfterKCore")
+    sequences = sequences | "MinSeqLen" >> beam.Filter(lambda kv, n=config.effective_min_seq_len: len(kv[1]) >= n)
+    rows_written = transforms.total_length(sequences, "Written")
+
+    item_vocab = (
+        sequences | "ItemKeys" >> beam.Map(lambda kv: kv[1]) | "ItemVocab" >> beam.CombineGlobally(transforms.Vocabulary())
+    )
+    user_vocab = (
+        sequences
+        | "UserKeys" >> beam.Map(lambda kv: (kv[0],))
+        | "UserVocab" >> beam.CombineGlobally(transforms.Vocabulary())
+    )
+    records = sequences | "MakeRecords" >> beam.ParDo(
+        transforms.MakeRecords(config.split, config.seed, config.valid_fraction, config.test_fraction),
+        singleton(item_vocab),
+        singleton(user_vocab),
+    ).with_outputs(*features.SPLITS)
+
+    written, record_counts = [rejected_files], {}
+    for split in features.SPLITS:
+        written.append(
+            records[split]
+            | f"Serialize_{split}" >> beam.Map(transforms.serialize_record)
+            | f"Write_{split}"
+            >> beam.io.WriteToTFRecord(
+                FileSystems.join(out, split, "part"),
+                file_name_suffix=features.TFRECORD_SUFFIX,
+                num_shards=config.num_shards,
+                compression_type=CompressionTypes.GZIP,
+            )
+        )
+        record_counts[split] = records[split] | f"Count_{split}" >> beam.combiners.Count.Globally()
+    records_per_split = (
+        p
+        | "SplitNames" >> beam.Create([None])
+        | "RecordCounts"
+        >> beam.Map(lambda _, **n: dict(n), **{s: singleton(c) for s, c in record_counts.items()})
+    )
+    item_counts = records.train | "TrainItemCounts" >> beam.CombineGlobally(transforms.ItemCounts())
+    all_written = written | "AllWritten" >> beam.Flatten()
+
+    return (
+        p
+        | "Finish" >> beam.Create([None])
+        | "WriteMetadata"
+        >> beam.Map(
+            write_metadata,
+            config=config,
+            files=[path for _, path, _ in inputs],
+            read_counts=singleton(read_counts),
+            users_grouped=singleton(users_grouped),
+            rows_after_dedupe=singleton(rows_after_dedupe),
+            rows_after_kcore=singleton(rows_after_kcore),
+            rows_written=singleton(rows_written),
+            item_vocab=singleton(item_vocab),
+            user_vocab=singleton(user_vocab),
+            records=singleton(records_per_split),
+            item_counts=singleton(item_counts),
+            kcore_left=singleton(kcore_left),
+            written=beam.pvalue.AsList(all_written),
+        )
+    )
+
+
+def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult:
+    """Parses ``argv`` (ours + Beam's), builds and runs the pipeline, waits for it; returns the Beam result."""
+    config, options = parse_args(argv)
+    return run_config(config, options)
+
+
+def run_config(config: PipelineConfig, options: PipelineOptions) -> beam.runners.runner.PipelineResult:
+    inputs = match_inputs(config.input)
+    prepare_output(config.output, config.overwrite)
+    LOG.info(
+        "pipeline: %d input file(s), runner %s, %s", len(inputs), options.view_as(StandardOptions).runner, config
+    )
+    start = time.monotonic()
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, config, inputs)
+    result = p.run()
+    result.wait_until_finish()
+    LOG.info("pipeline finished in %.1fs (state %s)", time.monotonic() - start, result.state)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # usage errors get a one-line message; failures inside the pipeline keep their traceback
+        config, options = parse_args(argv)
+        match_inputs(config.input)
+        prepare_output(config.output, config.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run_config(config, options)
+    if "://" not in config.output:
+        meta = features.Metadata.load(config.output)
+        print(
+            f"{config.output}: {meta.n_users} users, {meta.n_items} items, records {meta.records}, "
+            f"rows read {meta.counts['rows_read']} = written {meta.counts['rows_written']} + rejected "
+            f"{meta.counts['rows_rejected']} + filtered {meta.counts['rows_filtered']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

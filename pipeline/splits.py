@@ -1,0 +1,65 @@
+"""Pure split logic: which records a user's id sequence becomes under each protocol (DESIGN section 4).
+
+Records are ``(user_index, item_ids, target)`` tuples in `mdcns_tf.features` terms (target 0 = training record).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+
+from mdcns_tf.features import PADDING_ID
+
+PROTOCOLS = ("loo", "user")
+MIN_SEQ_LEN = {"loo": 3, "user": 2}  # loo: >= 1 training item besides the 2 held out; user: >= 1 input + target
+
+Record = tuple[int, list[int], int]
+
+
+def loo_records(user_index: int, ids: Sequence[int]) -> dict[str, Record]:
+    """Leave-one-out: train ``s[:-2]`` (target 0), valid ``s[:-2] -> s[-2]``, test ``s[:-1] -> s[-1]``."""
+    if len(ids) < MIN_SEQ_LEN["loo"]:
+        raise ValueError(f"leave-one-out needs >= {MIN_SEQ_LEN['loo']} items, user {user_index} has {len(ids)}")
+    ids = list(ids)
+    return {
+        "train": (user_index, ids[:-2], PADDING_ID),
+        "valid": (user_index, ids[:-2], ids[-2]),
+        "test": (user_index, ids[:-1], ids[-1]),
+    }
+
+
+def user_records(user_index: int, ids: Sequence[int], split: str) -> dict[str, Record]:
+    """User split: a train user's whole sequence (target 0); a held-out user's ``s[:-1] -> s[-1]``."""
+    if len(ids) < MIN_SEQ_LEN["user"]:
+        raise ValueError(f"user split needs >= {MIN_SEQ_LEN['user']} items, user {user_index} has {len(ids)}")
+    ids = list(ids)
+    if split == "train":
+        return {"train": (user_index, ids, PADDING_ID)}
+    return {split: (user_index, ids[:-1], ids[-1])}
+
+
+def split_sizes(n_users: int, valid_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    """Exact ``(n_train, n_valid, n_test)``: valid and test are rounded half up, train takes the rest."""
+    if not (0 <= valid_fraction and 0 <= test_fraction and valid_fraction + test_fraction < 1):
+        raise ValueError(f"need 0 <= valid_fraction, test_fraction and their sum < 1, got {valid_fraction}, {test_fraction}")
+    n_valid = math.floor(n_users * valid_fraction + 0.5)
+    n_test = math.floor(n_users * test_fraction + 0.5)
+    return n_users - n_valid - n_test, n_valid, n_test
+
+
+def shuffle_key(seed: int, user_key: str) -> bytes:
+    """The seeded position of a user: a hash, so it does not depend on Python's RNG or on the other users."""
+    return hashlib.sha256(f"{seed}\x00{user_key}".encode()).digest()
+
+
+def user_split_assignment(
+    user_keys: Sequence[str], seed: int, valid_fraction: float, test_fraction: float
+) -> dict[str, str]:
+    """``{user_key: split}`` for the user protocol: users ordered by `shuffle_key`, cut exactly by `split_sizes`."""
+    order = sorted(user_keys, key=lambda key: (shuffle_key(seed, key), key))
+    n_train, n_valid, _ = split_sizes(len(order), valid_fraction, test_fraction)
+    return {
+        key: "train" if rank < n_train else "valid" if rank < n_train + n_valid else "test"
+        for rank, key in enumerate(order)
+    }

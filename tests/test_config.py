@@ -1,0 +1,53 @@
+"""Config loading: layering, overrides and errors that name the key, before any graph is built."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from mdcns_tf.config import ConfigError, load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_layered_yaml_and_overrides(tmp_path):
+    write(tmp_path / "parent.yaml", "seed: 1\ntrain: {epochs: 5, patience: 2}\nmodel: {dim: 32}\n")
+    child = write(tmp_path / "child.yaml", "base: parent.yaml\ntrain: {epochs: 7}\n")
+    config = load_config(child, ["model.dropout=0.1", "sampler.name=uniform"])
+    assert (config.seed, config.train.epochs, config.train.patience) == (1, 7, 2)
+    assert config.model.dim == 32 and config.model.dropout == 0.1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epoch=3", "unknown config key 'train.epoch'"),
+        ("train.epochs=three", "train.epochs: expected int"),
+        ("model.backbone=transformer9", "unknown backbone 'transformer9'"),
+        ("sampler.name=nope", "unknown sampler 'nope'"),
+        ("loss.name=hinge", "loss.name"),
+        ("model.num_heads=3", "divisible"),
+        ("sampler.uniform.alpha=1", "sampler.uniform: unknown parameter"),
+        ("model.options.sasrec.depth=3", "model.sasrec: unknown option"),
+        ("train.monitor=ndcg@7", "train.monitor"),
+        ("mdcns.teacher=frozen", "teacher_checkpoint"),
+    ],
+)
+def test_bad_configs_are_reported_with_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(None, [override])
+
+
+def test_every_shipped_config_loads():
+    paths = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
+    paths = [p for p in paths if os.sep + "benchmarks" + os.sep not in p]
+    assert paths
+    for path in paths:
+        load_config(path)
