@@ -116,7 +116,7 @@ class SequentialRecommender(RetrievalModel):
         if sampler_hook:
             self.sampler.update_from_tape(tape, variables)
             del tape
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         self.loss_tracker.update_state(loss)
         logs = {"loss": self.loss_tracker.result()}
         if self.sampler is not None:

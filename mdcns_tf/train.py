@@ -221,9 +221,10 @@ def run(config: Config) -> dict[str, Any]:
         test_ds = data.eval_dataset(cfg.dir, "test", cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users)
         result["test"] = named_metrics(model.evaluate(test_ds, return_dict=True, verbose=0))
     if config.export.enabled:
+        # data_dir: its items.txt becomes the vocabulary of the serve_keys signature (raw item keys in and out).
         result["export_path"] = export.export_saved_model(
             model.encoder, os.path.join(config.output_dir, "export"), config.export.model_name, cfg.max_len,
-            config.export.top_k, config.export.version,
+            config.export.top_k, config.export.version, data_dir=cfg.dir,
         )
     with open(os.path.join(config.output_dir, "metrics.json"), "w") as f:
         json.dump(result, f, indent=1)

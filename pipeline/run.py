@@ -370,7 +370,8 @@ def run_config(config: PipelineConfig, options: PipelineOptions) -> beam.runners
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: importing Beam already logged through (and so configured) the root logger
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     try:  # usage errors get a one-line message; failures inside the pipeline keep their traceback
         config, options = parse_args(argv)
         match_inputs(config.input)

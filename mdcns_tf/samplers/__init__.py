@@ -5,11 +5,23 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mdcns_tf.samplers.base import NegativeSampler, Negatives, SamplingContext
+from mdcns_tf.samplers.autosample import AutoSampleSampler
+from mdcns_tf.samplers.base import Negatives, NegativeSampler, SamplingContext
+from mdcns_tf.samplers.dns import DNSSampler
+from mdcns_tf.samplers.dns_mn import DNSMNSampler
+from mdcns_tf.samplers.gdns import GDNSSampler
+from mdcns_tf.samplers.popularity import PopularitySampler
+from mdcns_tf.samplers.srns import SRNSSampler
 from mdcns_tf.samplers.uniform import UniformSampler
 
 SAMPLERS: dict[str, type[NegativeSampler]] = {
     "uniform": UniformSampler,
+    "popularity": PopularitySampler,
+    "dns": DNSSampler,
+    "dns_mn": DNSMNSampler,
+    "srns": SRNSSampler,
+    "gdns": GDNSSampler,
+    "autosample": AutoSampleSampler,
 }
 
 

@@ -76,7 +76,8 @@ def score_candidates(states: tf.Tensor, item_embeddings: tf.Tensor, candidate_id
 
 
 def score_items(states: tf.Tensor, item_embeddings: tf.Tensor, item_ids: tf.Tensor) -> tf.Tensor:
-    """Scores per-position items: states `(batch, seq_len, dim)`, item_ids `(batch, seq_len, k)` -> `(batch, seq_len, k)`."""
+    """Scores per-position items: states `(batch, seq_len, dim)`, item_ids `(batch, seq_len, k)`
+    -> `(batch, seq_len, k)`."""
     return tf.einsum("bld,blkd->blk", states, tf.gather(item_embeddings, item_ids))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mdcns_tf.samplers.base import NegativeSampler, Negatives, SamplingContext
+from mdcns_tf.samplers.base import Negatives, NegativeSampler, SamplingContext
 from mdcns_tf.samplers.candidates import pooled_hard_negatives
 
 

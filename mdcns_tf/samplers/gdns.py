@@ -33,7 +33,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from mdcns_tf.samplers.base import NegativeSampler, Negatives, SamplingContext
+from mdcns_tf.samplers.base import Negatives, NegativeSampler, SamplingContext
 from mdcns_tf.samplers.candidates import positive_scores, sample_excluding, score_candidates
 
 # H of an item not yet observed (real H values are means of sigmoids, in (0, 1)).
@@ -96,9 +96,7 @@ class GDNSSampler(NegativeSampler):
         rows = n_users + 1  # user_index is 1-based; row 0 unused
         self.pool_ids = tf.Variable(tf.zeros([rows, params.pool_size], tf.int32), trainable=False, name="pool_ids")
         self.gap = tf.Variable(tf.fill([rows, params.pool_size], UNSEEN), trainable=False, name="gap")
-        self.gain = tf.Variable(
-            tf.fill([rows, params.pool_size], params.initial_gain), trainable=False, name="gain"
-        )
+        self.gain = tf.Variable(tf.fill([rows, params.pool_size], params.initial_gain), trainable=False, name="gain")
 
     @staticmethod
     def bytes_per_user(params: GDNSParams) -> int:

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from mdcns_tf.samplers.base import NegativeSampler, Negatives, SamplingContext
+from mdcns_tf.samplers.base import Negatives, NegativeSampler, SamplingContext
 from mdcns_tf.samplers.candidates import sample_excluding
 
 

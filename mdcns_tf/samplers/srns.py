@@ -36,7 +36,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from mdcns_tf.samplers.base import NegativeSampler, Negatives, SamplingContext
+from mdcns_tf.samplers.base import Negatives, NegativeSampler, SamplingContext
 from mdcns_tf.samplers.candidates import (
     at_position,
     duplicates_of,
@@ -112,9 +112,7 @@ class SRNSSampler(NegativeSampler):
         rows, s1, window = n_users + 1, params.memory_size, params.history_epochs  # row 0: user_index is 1-based
         # id 0 = empty slot: a user's memory is filled from its first fresh draw.
         self.memory_ids = tf.Variable(tf.zeros([rows, s1], tf.int32), trainable=False, name="memory_ids")
-        self.memory_history = tf.Variable(
-            tf.fill([rows, s1, window], EMPTY), trainable=False, name="memory_history"
-        )
+        self.memory_history = tf.Variable(tf.fill([rows, s1, window], EMPTY), trainable=False, name="memory_history")
         self.history_stamps = tf.Variable(tf.fill([rows, window], -1), trainable=False, name="history_stamps")
         self.epoch = tf.Variable(0, trainable=False, name="epoch")
 

@@ -1,0 +1,174 @@
+"""MDCNS on hand-made tensors: pool, top-M, teacher, KL, gradient paths, submodel updates, export contents."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+
+import mdcns_tf  # noqa: F401
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from mdcns_tf import losses
+from mdcns_tf.backbones import BACKBONES
+from mdcns_tf.config import load_config
+from mdcns_tf.export import export_saved_model
+from mdcns_tf.features import Metadata
+from mdcns_tf.mdcns import ConsensusTeacher, build_mdcns_model
+from mdcns_tf.samplers.candidates import sample_excluding, top_m_uniform_pick
+
+N_ITEMS, MAX_LEN = 40, 8
+PEER = "gru4rec" if "gru4rec" in BACKBONES else "sasrec"
+
+
+def tiny_metadata() -> Metadata:
+    return Metadata(1, 10, N_ITEMS, [1] * (N_ITEMS + 1), {}, {}, {})
+
+
+def tiny_model(*overrides: str):
+    config = load_config(
+        None,
+        [
+            "trainer=mdcns",
+            f"mdcns.peer_backbone={PEER}",
+            "mdcns.pool_size=10",
+            "model.dim=16",
+            "model.dropout=0.0",
+            f"data.max_len={MAX_LEN}",
+            *overrides,
+        ],
+    )
+    model = build_mdcns_model(config, tiny_metadata())
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    model.build_for_input(MAX_LEN)
+    return model, config
+
+
+def tiny_batch() -> dict[str, tf.Tensor]:
+    rng = np.random.default_rng(0)
+    sequences = rng.integers(1, N_ITEMS + 1, size=(4, MAX_LEN + 1))
+    return {
+        "input_ids": tf.constant(sequences[:, :-1], tf.int32),
+        "target_ids": tf.constant(sequences[:, 1:], tf.int32),
+        "exclusion_ids": tf.constant(sequences, tf.int32),
+        "user_index": tf.constant([1, 2, 3, 4], tf.int32),
+    }
+
+
+def test_pool_never_contains_history_or_target():
+    generator = tf.random.Generator.from_seed(0)
+    exclusions = tf.constant([[1, 2, 3, 4, 5, 6, 7, 0], [8, 9, 10, 11, 12, 13, 14, 15]])
+    pool = sample_excluding(generator, exclusions, n_items=20, num_samples=500).numpy()
+    assert pool.min() >= 1 and pool.max() <= 20
+    for row, excluded in zip(pool, exclusions.numpy(), strict=True):
+        assert not set(row.tolist()) & set(excluded.tolist())
+        assert len(set(row.tolist())) == 20 - len(set(excluded.tolist()) - {0})  # every allowed item is reachable
+
+
+def test_top_m_picks_exactly_the_expected_indices():
+    generator = tf.random.Generator.from_seed(0)
+    scores = tf.constant([[[0.1, 0.9, 0.3, 0.8, 0.2]]])  # (batch 1, len 1, N 5)
+    assert top_m_uniform_pick(generator, scores, m=1).numpy().ravel().tolist() == [1]
+    picks = top_m_uniform_pick(generator, scores, m=2, num_picks=400).numpy().ravel()
+    assert set(picks.tolist()) == {1, 3}
+    assert 150 < (picks == 1).sum() < 250  # uniform among the top 2
+
+
+def test_divergence_reranking_moves_the_pick_toward_disagreement():
+    model, _ = tiny_model("mdcns.beta_d=10.0")
+    self_pool = tf.constant([[[1.0, 0.9, 0.0]]])
+    peer_pool = tf.constant([[[1.0, -0.9, 0.0]]])  # item 1: self 0.9 vs peer -0.9 -> divergence 1.8
+    views = model.view_negatives(self_pool, peer_pool, 0.5 * (self_pool + peer_pool))
+    assert {view: int(p.numpy().ravel()[0]) for view, p in views["picks"].items()} == {
+        "self": 1,
+        "peer": 1,
+        "teacher": 1,
+    }
+    model.params.no_divergence = True
+    views = model.view_negatives(self_pool, peer_pool, 0.5 * (self_pool + peer_pool))
+    assert int(views["picks"]["peer"].numpy().ravel()[0]) == 0  # without divergence the peer picks its own max
+
+
+def test_teacher_equals_the_consensus():
+    a, b = tf.constant([1.0, -2.0]), tf.constant([3.0, 4.0])
+    np.testing.assert_allclose(ConsensusTeacher("mean")(a, b).numpy(), [2.0, 1.0])
+    np.testing.assert_allclose(ConsensusTeacher("sum")(a, b).numpy(), [4.0, 2.0])
+
+
+def test_kl_distillation_by_hand():
+    logits = tf.constant([[0.3, -1.0, 2.0]])
+    assert abs(float(losses.kl_distillation(logits, logits, tau=2.0)[0])) < 1e-6
+    teacher, student, tau = np.array([1.0, 0.0]), np.array([0.0, 1.0]), 2.0
+    p = np.exp(teacher / tau) / np.exp(teacher / tau).sum()
+    q = np.exp(student / tau) / np.exp(student / tau).sum()
+    expected = tau**2 * float((p * np.log(p / q)).sum())
+    got = float(losses.kl_distillation(tf.constant([teacher]), tf.constant([student]), tau)[0])
+    assert math.isclose(got, expected, rel_tol=1e-5)
+
+
+def test_no_gradient_flows_from_the_self_loss_into_the_peer():
+    model, _ = tiny_model()
+    with tf.GradientTape() as tape:
+        terms = model.compute_losses(tiny_batch())
+    # The self loss uses negatives picked by the peer's and the teacher's views and the divergence: all of
+    # them are stop-gradient, so the peer receives nothing from it.
+    gradients = tape.gradient(terms["self_loss"], model.peer.trainable_variables)
+    assert all(g is None or float(tf.reduce_max(tf.abs(tf.convert_to_tensor(g)))) == 0.0 for g in gradients)
+
+
+def test_a_step_updates_both_students():
+    model, _ = tiny_model()
+    before_self = [v.numpy().copy() for v in model.encoder.trainable_variables]
+    before_peer = [v.numpy().copy() for v in model.peer.trainable_variables]
+    logs = model.train_step(tiny_batch())
+    assert {"self_loss", "peer_loss", "distill_kl", "divergence", "view_agreement"} <= set(logs)
+    assert any(not np.allclose(b, v.numpy()) for b, v in zip(before_self, model.encoder.trainable_variables))
+    assert any(not np.allclose(b, v.numpy()) for b, v in zip(before_peer, model.peer.trainable_variables))
+
+
+def test_frozen_teacher_does_not_change(tmp_path):
+    # A "pre-trained" single model: its encoder checkpoint is what a frozen teacher loads.
+    source, _ = tiny_model()
+    path = os.path.join(tmp_path, "weights")
+    source.save_weights(path)
+    model, _ = tiny_model("mdcns.teacher=frozen", f"mdcns.teacher_checkpoint={path}")
+    teacher_weights = [v.numpy().copy() for v in model.teacher.backbone.weights]
+    np.testing.assert_allclose(teacher_weights[0], source.encoder.weights[0].numpy())
+    model.train_step(tiny_batch())
+    for before, after in zip(teacher_weights, model.teacher.backbone.weights, strict=True):
+        np.testing.assert_array_equal(before, after.numpy())
+
+
+def test_ema_teacher_follows_the_self_model():
+    model, _ = tiny_model("mdcns.teacher=ema", "mdcns.teacher_ema_decay=0.5")
+    model.train_step(tiny_batch())
+    table = model.teacher.backbone.item_embeddings.numpy()
+    assert not np.allclose(table, model.encoder.item_embeddings.numpy())  # a lagging average, not a copy
+
+
+@pytest.mark.parametrize("ablation", ["mdcns.no_distillation=true", "mdcns.self_view_only=true"])
+def test_ablations_train(ablation):
+    model, _ = tiny_model(ablation)
+    logs = model.train_step(tiny_batch())
+    if "distillation" in ablation:
+        assert float(logs["distill_kl"]) == 0.0
+    assert np.isfinite(float(logs["loss"]))
+
+
+def test_export_holds_only_self_variables(tmp_path):
+    model, _ = tiny_model()
+    model.train_step(tiny_batch())
+    path = export_saved_model(model.encoder, str(tmp_path), "m", MAX_LEN, top_k=5)
+    stored = tf.train.list_variables(os.path.join(path, "variables", "variables"))
+    exported_sizes = sorted(int(np.prod(shape)) for name, shape in stored if "OBJECT_GRAPH" not in name and shape)
+    self_sizes = Counter(int(np.prod(v.shape)) for v in model.encoder.variables)
+    # Everything stored is the self encoder, plus at most a copy of its item table (minus padding) and the ids in
+    # a brute-force index; every self variable is there.
+    allowed = self_sizes + Counter([N_ITEMS * 16, N_ITEMS])
+    assert not Counter(exported_sizes) - allowed
+    assert not self_sizes - Counter(exported_sizes)
+    peer_only = {int(np.prod(v.shape)) for v in model.peer.variables} - set(allowed)
+    assert peer_only and not peer_only & set(exported_sizes)

@@ -1,0 +1,409 @@
+"""Baseline negative samplers: each picks what its definition says on hand-made scores (DESIGN section 6).
+
+Scores are made by hand with 1-d embeddings: item j's embedding is its score, a position's state is +1 (or -1 to
+reverse the order), so ``score(l, j) = state_l . e_j`` is known exactly. Statistical checks use a chi-square
+statistic computed here against hard-coded critical values at p = 0.001 (no scipy), with fixed seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import mdcns_tf  # noqa: F401
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mdcns_tf.samplers import SAMPLERS, SamplingContext, sampler_params
+from mdcns_tf.samplers.autosample import RETRAIN, SEARCH, architecture_gradient
+from mdcns_tf.samplers.base import Negatives
+from mdcns_tf.samplers.candidates import gumbel_top_k, sample_excluding, top_m_uniform_pick
+from mdcns_tf.samplers.gdns import UNSEEN
+from mdcns_tf.samplers.srns import EMPTY
+
+# Chi-square critical values at p = 0.001 by degrees of freedom.
+CHI2_CRITICAL_001 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515}
+
+
+def chi_square(counts: np.ndarray, probabilities: np.ndarray) -> float:
+    expected = probabilities * counts.sum()
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def make_sampler(name: str, n_items: int, n_users: int = 4, k: int = 1, counts=None, seed: int = 0, **params):
+    return SAMPLERS[name](
+        params=sampler_params(name, params),
+        n_items=n_items,
+        n_users=n_users,
+        num_negatives=k,
+        item_counts=counts if counts is not None else [0] + [1] * n_items,
+        loss_name="bce",
+        seed=seed,
+        name=name,
+    )
+
+
+def scored_context(item_scores, states, target_ids, exclusion_ids, user_index=None) -> SamplingContext:
+    """Context whose score(l, j) = states[b, l] * item_scores[j] (1-d embeddings)."""
+    target_ids = tf.constant(target_ids, tf.int32)
+    batch = target_ids.shape[0]
+    return SamplingContext(
+        input_ids=tf.ones_like(target_ids),
+        target_ids=target_ids,
+        exclusion_ids=tf.constant(exclusion_ids, tf.int32),
+        user_index=tf.constant(user_index if user_index is not None else np.arange(1, batch + 1), tf.int32),
+        states=tf.constant(np.asarray(states, np.float32)[..., None]),
+        item_embeddings=tf.constant(np.asarray(item_scores, np.float32)[:, None]),
+    )
+
+
+# --- DNS and DNS(M,N) -------------------------------------------------------------------------------------------
+
+
+def test_top_m_pick_with_m_1_is_the_argmax():
+    scores = tf.constant([[[0.1, 3.0, -2.0, 2.9], [5.0, 0.0, 1.0, 4.0]]])
+    picks = top_m_uniform_pick(tf.random.Generator.from_seed(0), scores, m=1, num_picks=3)
+    np.testing.assert_array_equal(picks.numpy(), [[[1, 1, 1], [0, 0, 0]]])
+
+
+def test_dns_takes_the_maximum_of_its_candidates_per_position():
+    # 12 items scored by their id; the user's sequence holds 1, 2, 12 (12 would be the maximum). A pool of 300
+    # draws over the 9 allowed items contains all of them (miss probability 9 . (8/9)^300 ~ 1e-14).
+    item_scores = np.arange(13, dtype=np.float32)
+    sampler = make_sampler("dns", n_items=12, pool_size=300)
+    # Position 0 ranks by +score (max allowed id 11); position 1 by -score (so its maximum is id 3).
+    context = scored_context(item_scores, [[1.0, -1.0]], [[2, 12]], [[1, 2, 12]])
+    ids = sampler.sample(context).ids.numpy()
+    np.testing.assert_array_equal(ids, [[[11], [3]]])
+
+
+def test_dns_mn_picks_uniformly_among_the_top_m_only():
+    # Hand-made pool scores: the top-3 are indices 1 (2.0), 5 (1.7) and 3 (1.5).
+    scores = tf.constant([[[0.3, 2.0, -1.0, 1.5, 0.9, 1.7]]])
+    picks = top_m_uniform_pick(tf.random.Generator.from_seed(1), scores, m=3, num_picks=6000).numpy().ravel()
+    assert set(picks) == {1, 3, 5}
+    counts = np.array([(picks == i).sum() for i in (1, 3, 5)])
+    assert chi_square(counts, np.full(3, 1 / 3)) < CHI2_CRITICAL_001[2]
+
+
+def test_dns_mn_sampler_picks_among_the_top_m_of_its_pool_uniformly():
+    # 2000 items scored by id, 600 sequences with a pool of 10. The pool is re-drawn from a copy of the sampler's
+    # generator, so each pick can be ranked within its own pool.
+    n_items, batch, pool_size = 2000, 600, 10
+    sampler = make_sampler("dns_mn", n_items=n_items, n_users=batch, pool_size=pool_size, top_m=3, seed=3)
+    exclusion = np.tile([1, 2], [batch, 1])
+    twin = tf.random.Generator.from_state(sampler.generator.state.read_value(), sampler.generator.algorithm)
+    pools = sample_excluding(twin, tf.constant(exclusion), n_items, pool_size).numpy()
+    context = scored_context(np.arange(n_items + 1), np.ones([batch, 1]), np.full([batch, 1], 1), exclusion)
+    picks = sampler.sample(context).ids.numpy()[:, 0, 0]
+    ranks = []
+    for pool, pick in zip(pools, picks, strict=True):
+        assert pick in pool
+        top = np.sort(pool)[::-1][:3]
+        assert pick in top, "DNS(M,N) picked outside the top-M of its pool"
+        if len(set(top)) == 3:  # rows whose top-3 holds a repeated draw are left out of the uniformity count
+            ranks.append(int(np.where(top == pick)[0][0]))
+    counts = np.bincount(ranks, minlength=3)
+    assert counts.sum() > 500
+    assert chi_square(counts, np.full(3, 1 / 3)) < CHI2_CRITICAL_001[2]
+
+
+def test_dns_draws_k_independent_negatives():
+    item_scores = np.arange(31, dtype=np.float32)
+    sampler = make_sampler("dns", n_items=30, k=3, pool_size=5, seed=4)
+    context = scored_context(item_scores, np.ones([64, 2]), np.full([64, 2], 1), np.ones([64, 1]))
+    ids = sampler.sample(context).ids.numpy()
+    assert ids.shape == (64, 2, 3)
+    # Three sub-pools of 5: the negatives are not three copies of one maximum.
+    assert (ids[..., 0] != ids[..., 1]).mean() > 0.5
+
+
+# --- Popularity ---------------------------------------------------------------------------------------------------
+
+
+def test_popularity_frequencies_follow_count_to_the_alpha():
+    counts = [0, 1, 2, 5, 10, 20, 40]
+    sampler = make_sampler("popularity", n_items=6, n_users=200, counts=counts, seed=5, alpha=0.75)
+    # Item 4 is in every history: the draw is count^0.75 restricted to items {1, 2, 3, 5, 6}.
+    context = scored_context(np.zeros(7), np.ones([200, 50]), np.full([200, 50], 4), np.full([200, 1], 4))
+    ids = sampler.sample(context).ids.numpy().ravel()
+    allowed = np.array([1, 2, 3, 5, 6])
+    assert set(ids) <= set(allowed)
+    weights = np.array([counts[i] for i in allowed], dtype=np.float64) ** 0.75
+    observed = np.array([(ids == i).sum() for i in allowed])
+    assert chi_square(observed, weights / weights.sum()) < CHI2_CRITICAL_001[4]
+
+
+def test_popularity_logq_is_the_log_of_k_times_the_catalogue_probability():
+    counts = [0, 1, 4, 9]
+    sampler = make_sampler("popularity", n_items=3, k=2, counts=counts, alpha=1.0, logq_correction=True)
+    negatives = sampler.sample(scored_context(np.zeros(4), np.ones([1, 2]), [[1, 1]], [[1]]))
+    ids, logq = negatives.ids.numpy(), negatives.logq.numpy()
+    np.testing.assert_allclose(logq, np.log(2 * np.array(counts)[ids] / 14.0), rtol=1e-5)
+    # The correction enters the loss: scores minus log(k q) (BCE on -logq when all scores are 0).
+    loss = sampler.loss(None, negatives, tf.zeros([1, 2]), tf.zeros([1, 2, 2])).numpy()
+    expected = math.log(2) + np.log1p(np.exp(-logq)).sum(-1)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+# --- SRNS ---------------------------------------------------------------------------------------------------------
+
+
+def set_srns_memory(sampler, user: int, ids, history, stamps, epoch: int) -> None:
+    sampler.memory_ids.scatter_nd_update([[user]], [ids])
+    sampler.memory_history.scatter_nd_update([[user]], [history])
+    sampler.history_stamps.scatter_nd_update([[user]], [stamps])
+    sampler.epoch.assign(epoch)
+
+
+@pytest.mark.parametrize("alpha, expected", [(0.0, 3), (1.0, 4)])
+def test_srns_prefers_the_higher_variance_candidate_among_high_scores(alpha, expected):
+    # Memory of user 1: items 3, 4, 5 scored 2.1, 2.0, -3.0 against a positive (item 1) scored 0.
+    item_scores = np.zeros(21, dtype=np.float32)
+    item_scores[[3, 4, 5]] = [2.1, 2.0, -3.0]
+    history = np.array(
+        [
+            [0.8, 0.8, 0.8, 0.8, 0.8],  # item 3: stable score (a likely false negative), std 0
+            [0.6, 0.9, 0.7, 1.0, 0.8],  # item 4: fluctuating, std 0.1414
+            [0.0, 1.0, 0.0, 1.0, 0.0],  # item 5: most variable (std 0.49) but its score is low
+        ],
+        dtype=np.float32,
+    )
+    sampler = make_sampler("srns", n_items=20, memory_size=3, fresh_size=3, alpha=alpha, warmup_epochs=5)
+    # Epoch 5 = warmup: the variance weight is alpha. Stamps 5, 1..4: all five entries are recent.
+    set_srns_memory(sampler, 1, [3, 4, 5], history, [5, 1, 2, 3, 4], epoch=5)
+    context = scored_context(item_scores, [[1.0]], [[1]], [[1, 2]], user_index=[1])
+    # By hand: sig(2.1) = .8909, sig(2.0) + alpha . .1414 = .8808 + .1414 alpha, sig(-3) + .49 alpha = .0474 + .49 alpha.
+    assert sampler.sample(context).ids.numpy().item() == expected
+
+
+def test_srns_records_the_likelihood_in_the_current_epoch_slot():
+    item_scores = np.zeros(21, dtype=np.float32)
+    item_scores[[3, 4]] = [1.0, -1.0]
+    sampler = make_sampler("srns", n_items=20, memory_size=2, fresh_size=2, temperature=1e-3)
+    history = np.full([2, 5], EMPTY, np.float32)
+    set_srns_memory(sampler, 1, [3, 4], history, [-1] * 5, epoch=7)
+    # Fresh items score 0 < 1 and the temperature is tiny: item 3 survives the resampling deterministically.
+    sampler.sample(scored_context(item_scores, [[1.0]], [[1]], [[1]], user_index=[1]))
+    row = list(sampler.memory_ids.numpy()[1])
+    assert 3 in row
+    stored = sampler.memory_history.numpy()[1, row.index(3)]
+    np.testing.assert_allclose(stored[7 % 5], sigmoid(1.0), rtol=1e-6)
+    assert (np.delete(stored, 7 % 5) == EMPTY).all()
+    assert sampler.history_stamps.numpy()[1, 7 % 5] == 7
+
+
+def test_gumbel_top_k_draws_follow_the_softmax():
+    scores, temperature = np.array([0.0, 10.0, 20.0, 30.0]), 10.0
+    logits = tf.constant(np.tile(scores / temperature, [20000, 1]), tf.float32)
+    picks = gumbel_top_k(tf.random.Generator.from_seed(6), logits, 1).numpy().ravel()
+    probabilities = np.exp(scores / temperature) / np.exp(scores / temperature).sum()
+    counts = np.bincount(picks, minlength=4)
+    assert chi_square(counts, probabilities) < CHI2_CRITICAL_001[3]
+
+
+def test_srns_memory_update_follows_softmax_of_score_over_temperature():
+    # S1 = S2 = 1: each user keeps its memory item (id 2, score 20) or its fresh item f with probability
+    # softmax over {2, f} of score / T, T = 10. Items 3..6 score 0, 10, 30, 40; item 1 is the history.
+    n_users, temperature = 4000, 10.0
+    item_scores = np.array([0, 0, 20, 0, 10, 30, 40], np.float32)
+    sampler = make_sampler(
+        "srns", n_items=6, n_users=n_users, memory_size=1, fresh_size=1, temperature=temperature, seed=7
+    )
+    sampler.memory_ids.assign(tf.fill([n_users + 1, 1], 2))
+    context = scored_context(
+        item_scores, np.ones([n_users, 1]), np.ones([n_users, 1]), np.ones([n_users, 1]), np.arange(1, n_users + 1)
+    )
+    sampler.sample(context)
+    kept_memory = (sampler.memory_ids.numpy()[1:, 0] == 2).mean()
+    # Fresh f uniform over {2, ..., 6}; f = 2 duplicates the memory item and is masked (memory kept).
+    e = np.exp(item_scores / temperature)
+    expected = np.mean([1.0] + [e[2] / (e[2] + e[f]) for f in (3, 4, 5, 6)])
+    assert abs(kept_memory - expected) < 4 * math.sqrt(expected * (1 - expected) / n_users)
+
+
+# --- GDNS ---------------------------------------------------------------------------------------------------------
+
+
+def test_gdns_gain_follows_its_ema_and_the_largest_gain_is_picked():
+    ema, eps = 0.5, 1e-6
+    item_scores = np.zeros(11, np.float32)
+    item_scores[[1, 2, 3, 4, 5, 6]] = [1.0, -0.5, -4.0, 0.5, 0.0, 2.0]
+    sampler = make_sampler("gdns", n_items=10, pool_size=4, refresh=0, ema=ema, eps=eps)
+    pool = [3, 4, 5, 6]
+    previous = np.array([0.9, 0.2, UNSEEN, 0.4], np.float32)
+    gain = np.array([0.5, 0.6, 0.5, 0.9], np.float32)
+    sampler.pool_ids.scatter_nd_update([[1]], [pool])
+    sampler.gap.scatter_nd_update([[1]], [previous])
+    sampler.gain.scatter_nd_update([[1]], [gain])
+    # Two trained positions (targets 1 and 2, scored 1.0 and -0.5) and one untrained position.
+    states = np.array([[1.0, 1.0, 1.0]])
+    context = scored_context(item_scores, states, [[1, 2, 0]], [[1, 2]], user_index=[1])
+    ids = sampler.sample(context).ids.numpy()
+
+    s = states[0, :2, None] * item_scores[pool][None, :]  # (2 trained positions, 4 items)
+    positive = states[0, :2] * item_scores[[1, 2]]
+    current = sigmoid(s - positive[:, None]).mean(axis=0)
+    expected_gain = np.where(
+        previous >= 0, ema * gain + (1 - ema) * sigmoid((previous - current) / (current + eps)), gain
+    )
+    np.testing.assert_allclose(sampler.gap.numpy()[1], current, rtol=1e-5)
+    np.testing.assert_allclose(sampler.gain.numpy()[1], expected_gain, rtol=1e-5)
+    # By hand: H = .018, .554, (unseen), .828 -> G = .75, .473, .5, .637. Item 3's gap collapsed (0.9 -> .018):
+    # the largest gain, though item 6 had the largest gain before.
+    np.testing.assert_allclose(expected_gain, [0.75, 0.473, 0.5, 0.637], atol=2e-3)
+    assert pool[int(np.argmax(expected_gain))] == 3
+    np.testing.assert_array_equal(ids, [[[3], [3], [3]]])
+
+
+def test_gdns_refresh_evicts_the_lowest_gains():
+    sampler = make_sampler("gdns", n_items=30, pool_size=4, refresh=1, ema=0.5)
+    sampler.pool_ids.scatter_nd_update([[1]], [[3, 4, 5, 6]])
+    sampler.gain.scatter_nd_update([[1]], [[0.9, 0.1, 0.8, 0.7]])  # all unseen: gains unchanged by the step
+    sampler.sample(scored_context(np.zeros(31), [[1.0]], [[1]], [[1, 2]], user_index=[1]))
+    row = sampler.pool_ids.numpy()[1]
+    assert list(row[[0, 2, 3]]) == [3, 5, 6] and row[1] not in (0, 1, 2, 4)
+    assert sampler.gap.numpy()[1, 1] == UNSEEN and sampler.gain.numpy()[1, 1] == pytest.approx(0.5)
+
+
+def test_gdns_group_wise_margin_loss():
+    sampler = make_sampler("gdns", n_items=10, margin=1.0)
+    positive = tf.constant([[1.0, 0.0]])
+    negative = tf.constant([[[0.5, -1.0], [0.2, 2.0]]])
+    loss = sampler.loss(None, Negatives(ids=tf.zeros([1, 2, 2], tf.int32)), positive, negative).numpy()
+    # Position 0: max(0, .5 - 1 + 1) + max(0, -1 - 1 + 1) = .5; position 1: (.2 + 1) + (2 + 1) = 4.2.
+    np.testing.assert_allclose(loss, [[0.5, 4.2]], rtol=1e-6)
+
+
+# --- AutoSample ---------------------------------------------------------------------------------------------------
+
+
+def test_architecture_gradient_formula():
+    weights, alignment = np.array([0.2, 0.3, 0.5]), np.array([1.0, -2.0, 0.5])
+    mean = (weights * alignment).sum()
+    np.testing.assert_allclose(
+        architecture_gradient(tf.constant(weights), tf.constant(alignment)).numpy(), -weights * (alignment - mean)
+    )
+
+
+def test_autosample_weights_move_toward_the_sampler_whose_step_lowers_the_validation_loss():
+    # A model with parameters theta. Validation loss |theta - a|^2; candidate A's training loss |theta - a|^2
+    # (lower, and its step lowers the validation loss), candidate B's |theta - b|^2 (higher, and its step
+    # moves theta away from a).
+    sampler = make_sampler("autosample", n_items=10, candidates=["uniform", "popularity"], arch_learning_rate=0.05)
+    theta = tf.Variable([0.0, 0.0])
+    a, b = tf.constant([1.0, 0.0]), tf.constant([-2.0, 0.0])
+    for _ in range(20):
+        with tf.GradientTape(persistent=True) as tape:
+            sampler._component_losses = [tf.reduce_sum((theta - a) ** 2), tf.reduce_sum((theta - b) ** 2)]
+            sampler._validation_loss = tf.reduce_sum((theta - a) ** 2)
+        sampler.update_from_tape(tape, [theta])
+    weights = tf.nn.softmax(sampler.arch_logits).numpy()
+    assert weights[0] > 0.7 > 0.3 > weights[1]
+    # The search ends after search_epochs: the argmax candidate is selected.
+    sampler.on_epoch_end(sampler.params.search_epochs - 1)
+    assert int(sampler.phase.numpy()) == RETRAIN and int(sampler.selected.numpy()) == 0
+
+
+def test_autosample_loss_is_the_weighted_mixture_and_the_retrain_uses_the_selection():
+    sampler = make_sampler(
+        "autosample", n_items=10, n_users=64, candidates=["uniform", "dns"], val_fraction=0.5, seed=3
+    )
+    sampler.arch_logits.assign([0.0, math.log(3.0)])  # weights 1/4, 3/4
+    context = scored_context(np.zeros(11), np.ones([64, 1]), np.ones([64, 1]), np.ones([64, 1]))
+    positive = tf.constant(np.linspace(-1, 1, 64, dtype=np.float32)[:, None])
+    negative = tf.constant(np.tile([[[0.5, -0.5]]], [64, 1, 1]).astype(np.float32))
+    negatives = Negatives(ids=tf.ones([64, 1, 2], tf.int32), logq=tf.zeros([64, 1, 2]))
+    loss = sampler.loss(context, negatives, positive, negative).numpy()[:, 0]
+    pos = positive.numpy()[:, 0]
+    bce = lambda n: np.log1p(np.exp(-pos)) + np.log1p(np.exp(n))  # noqa: E731
+    mixture = 0.25 * bce(0.5) + 0.75 * bce(-0.5)
+    held_out = loss == 0.0
+    assert 10 < held_out.sum() < 54  # about val_fraction of the users are held out for the validation loss
+    np.testing.assert_allclose(loss[~held_out], mixture[~held_out], rtol=1e-5)
+
+    sampler.phase.assign(RETRAIN)
+    sampler.selected.assign(1)
+    loss = sampler.loss(context, negatives, positive, negative).numpy()[:, 0]
+    np.testing.assert_allclose(loss, bce(-0.5), rtol=1e-5)  # every user trains, on the selected candidate only
+    assert SEARCH != RETRAIN
+
+
+# --- Every sampler ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_no_sampler_returns_a_history_item_or_the_target(name):
+    rng = np.random.default_rng(0)
+    n_items, n_users, seq_len, k = 40, 16, 6, 2
+    histories = [rng.choice(np.arange(1, n_items + 1), size=rng.integers(8, 30), replace=False) for _ in range(n_users)]
+    width = max(len(h) for h in histories)
+    exclusion = np.zeros([n_users, width], np.int32)
+    targets = np.zeros([n_users, seq_len], np.int32)
+    for u, history in enumerate(histories):
+        exclusion[u, : len(history)] = history
+        targets[u, -min(seq_len, len(history) - 1) :] = history[1 : seq_len + 1][: min(seq_len, len(history) - 1)]
+    counts = [0] + list(rng.integers(1, 50, n_items))
+    sampler = make_sampler(name, n_items=n_items, n_users=n_users, k=k, counts=counts, seed=1)
+
+    def check(epoch: int) -> None:
+        context = SamplingContext(
+            input_ids=tf.constant(targets),
+            target_ids=tf.constant(targets),
+            exclusion_ids=tf.constant(exclusion),
+            user_index=tf.range(1, n_users + 1),
+            states=tf.constant(rng.normal(size=[n_users, seq_len, 8]), tf.float32),
+            item_embeddings=tf.constant(rng.normal(size=[n_items + 1, 8]), tf.float32),
+        )
+        ids = sampler.sample(context).ids.numpy()
+        assert ids.shape[:2] == (n_users, seq_len) and ids.shape[2] % k == 0
+        assert ((ids >= 1) & (ids <= n_items)).all()
+        for u in range(n_users):
+            assert not set(ids[u].ravel()) & set(histories[u]), f"{name} returned a history item for user {u}"
+        sampler.on_epoch_end(epoch)
+
+    for epoch in range(7):  # AutoSample's default search ends after 5 epochs: both stages are checked
+        check(epoch)
+
+
+# --- End to end ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_sampler_trains_end_to_end(name, tiny_dataset, tmp_path):
+    from mdcns_tf.config import load_config
+    from mdcns_tf.train import run
+
+    overrides = [
+        f"data.dir={tiny_dataset}",
+        f"output_dir={tmp_path}",
+        "data.max_len=12",
+        "data.batch_size=128",
+        "data.bucket_by_length=false",
+        "model.dim=16",
+        "model.num_layers=1",
+        "model.num_heads=1",
+        "train.epochs=1",
+        "train.verbose=0",
+        "train.tensorboard=false",
+        "train.backup_and_restore=false",
+        "eval.test=false",
+        "export.enabled=false",
+        "export.top_k=10",
+        f"sampler.name={name}",
+    ]
+    if name == "autosample":
+        # One search epoch, then one retraining epoch with the selected candidate.
+        overrides += ["train.epochs=2", "sampler.autosample={search_epochs: 1, candidate_params: {dns: {pool_size: 20}}}"]
+    result = run(load_config(None, overrides))
+    assert result["epochs_run"] == (2 if name == "autosample" else 1)
+    assert all(math.isfinite(epoch["loss"]) for epoch in result["history"])
+    assert result["valid"]["ndcg@20"] > 0
+    with open(os.path.join(tmp_path, "metrics.json")) as f:
+        assert json.load(f)["valid"]
