@@ -372,6 +372,8 @@ def run_config(config: PipelineConfig, options: PipelineOptions) -> beam.runners
 def main(argv: Sequence[str] | None = None) -> int:
     # force: importing Beam already logged through (and so configured) the root logger
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    # Beam logs one INFO line per string type hint (from `from __future__ import annotations`): noise for users.
+    logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
     try:  # usage errors get a one-line message; failures inside the pipeline keep their traceback
         config, options = parse_args(argv)
         match_inputs(config.input)

@@ -26,7 +26,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline import formats, splits
+from pipeline import encoding, formats, splits
 
 LOG = logging.getLogger("pipeline")
 
@@ -333,11 +333,11 @@ class ItemCounts(beam.CombineFn):
 
 
 def serialize_record(record: splits.Record) -> bytes:
-    """`mdcns_tf.features.make_example` bytes of one record (TensorFlow is imported lazily, once per worker)."""
-    import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-    from mdcns_tf import features
+    """The record as a serialised ``tf.train.Example``, equal to `mdcns_tf.features.make_example`'s proto.
 
-    return features.make_example(*record)
+    `pipeline.encoding` writes the wire format directly: no TensorFlow import in the Beam workers.
+    """
+    return encoding.encode_example(*record)
 
 
 def total_length(sequences: beam.PCollection, label: str) -> beam.PCollection:

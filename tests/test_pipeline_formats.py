@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from pipeline import formats, splits
 
 
@@ -183,3 +184,19 @@ def test_fuzz_never_crashes_and_accounts_for_every_row(fmt: str) -> None:
             totals[key] = totals.get(key, 0) + value
     print(f"fuzz {fmt}: {dict(sorted(totals.items()))}")
     assert totals["rows_rejected"] > 0 and totals["rows_parsed"] > 0
+
+
+@pytest.mark.parametrize(
+    "record", [(3, [1, 2, 300], 7), (1, [], 0), (2**40, [2**62, 1], 5), (9, list(range(1, 2000, 7)), 0), (1, [-1], 0)]
+)
+def test_encoding_equals_make_example(record: tuple) -> None:
+    tf = pytest.importorskip("tensorflow")
+    from mdcns_tf import features
+
+    from pipeline import encoding
+
+    expected = tf.train.Example.FromString(features.make_example(*record))
+    assert tf.train.Example.FromString(encoding.encode_example(*record)) == expected
+    parsed = tf.io.parse_single_example(encoding.encode_example(*record), features.feature_spec())
+    assert tf.sparse.to_dense(parsed[features.ITEM_IDS]).numpy().tolist() == record[1]
+    assert (int(parsed[features.USER_INDEX]), int(parsed[features.TARGET])) == (record[0], record[2])

@@ -384,7 +384,7 @@ def test_sampler_trains_end_to_end(name, tiny_dataset, tmp_path):
         f"data.dir={tiny_dataset}",
         f"output_dir={tmp_path}",
         "data.max_len=12",
-        "data.batch_size=128",
+        "data.batch_size=512",  # one step an epoch: one trace, no partial batch
         "data.bucket_by_length=false",
         "model.dim=16",
         "model.num_layers=1",

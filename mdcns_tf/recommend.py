@@ -1,0 +1,67 @@
+"""Query an exported SavedModel in-process, exactly as TF Serving would run its `serving_default` signature.
+
+    python -m mdcns_tf.recommend --model runs/quickstart/export/mdcns --history 12,7,33 [--data data/quickstart]
+
+``--model`` is a model folder (the newest numeric version is used) or one version folder. With ``--data`` the raw
+item keys from ``items.txt`` are printed beside the ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+import mdcns_tf  # noqa: F401
+import numpy as np
+import tensorflow as tf
+
+from mdcns_tf import features
+
+
+def newest_version(model_dir: str) -> str:
+    if os.path.exists(os.path.join(model_dir, "saved_model.pb")):
+        return model_dir
+    versions = sorted((int(v) for v in os.listdir(model_dir) if re.fullmatch(r"\d+", v)), reverse=True)
+    if not versions:
+        raise FileNotFoundError(f"no numeric version folder in {model_dir!r}")
+    return os.path.join(model_dir, str(versions[0]))
+
+
+def recommend(version_dir: str, history: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Top-K (ids, scores) for one history (oldest first), through the ``serving_default`` signature."""
+    serve = tf.saved_model.load(version_dir).signatures["serving_default"]
+    max_len = serve.structured_input_signature[1]["item_ids"].shape[1]
+    padded = ([0] * max_len + history)[-max_len:]
+    outputs = serve(item_ids=tf.constant([padded], tf.int32))
+    return outputs["item_ids"].numpy()[0], outputs["scores"].numpy()[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="export/<model_name> folder or one version folder")
+    parser.add_argument("--history", required=True, help="comma-separated item ids, oldest first")
+    parser.add_argument("--data", help="pipeline output folder, to print raw item keys")
+    args = parser.parse_args(argv)
+    try:
+        history = [int(x) for x in args.history.split(",") if x.strip()]
+        version_dir = newest_version(args.model)
+        ids, scores = recommend(version_dir, history)
+    except (ValueError, FileNotFoundError, tf.errors.InvalidArgumentError) as e:
+        message = e.message if isinstance(e, tf.errors.OpError) else str(e)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    keys = None
+    if args.data:
+        with open(os.path.join(args.data, features.ITEMS_FILE)) as f:
+            keys = [""] + [line.rstrip("\n") for line in f]
+    print(f"model {version_dir}; history {history}")
+    for rank, (item, score) in enumerate(zip(ids, scores, strict=True), start=1):
+        key = f" (key {keys[item]})" if keys else ""
+        print(f"{rank:3d}. item {item}{key}  score {score:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
