@@ -88,6 +88,9 @@ class EvalConfig:
     ks: list = dataclasses.field(default_factory=lambda: [5, 10, 20])
     # Evaluate the test split at the end (best weights restored).
     test: bool = True
+    # Full ranking scores this many items at a time (metrics.target_ranks): memory is eval_batch_size x chunk floats,
+    # so a 1M-item catalogue never needs a (batch, n_items) score matrix.
+    item_chunk_size: int = 65_536
 
 
 @dataclasses.dataclass
@@ -144,6 +147,10 @@ class Config:
         out["sampler"].update(blocks)
         return out
 
+
+# Samplers whose per-user or search state lives in variables updated inside `train_step` (scatter/assign in
+# replica context): those updates have no cross-replica meaning, and tf.distribute rejects them at trace time.
+REPLICA_LOCAL_STATE_SAMPLERS = ("srns", "gdns", "autosample")
 
 CHOICES = {
     "trainer": ("single", "mdcns"),
@@ -264,6 +271,7 @@ def validate(config: Config) -> Config:
         "export.top_k": config.export.top_k,
         "mdcns.pool_size": config.mdcns.pool_size,
         "mdcns.top_m": config.mdcns.top_m,
+        "eval.item_chunk_size": config.eval.item_chunk_size,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -278,6 +286,17 @@ def validate(config: Config) -> Config:
         raise ConfigError("mdcns.tau must be positive")
     if config.mdcns.teacher == "frozen" and not config.mdcns.teacher_checkpoint:
         raise ConfigError("mdcns.teacher: frozen needs mdcns.teacher_checkpoint")
+    if (
+        config.train.distribute != "default"
+        and config.trainer == "single"
+        and config.loss.name != "softmax"
+        and config.sampler.name in REPLICA_LOCAL_STATE_SAMPLERS
+    ):
+        raise ConfigError(
+            f"train.distribute={config.train.distribute}: sampler {config.sampler.name!r} keeps per-user state that "
+            "is updated inside the training step and cannot be shared across replicas; use train.distribute=default "
+            f"or a stateless sampler (not one of {list(REPLICA_LOCAL_STATE_SAMPLERS)})"
+        )
     bad_ks = [k for k in config.eval.ks if not isinstance(k, int) or k <= 0]
     if bad_ks:
         raise ConfigError(f"eval.ks: positive integers expected, got {bad_ks}")

@@ -104,8 +104,14 @@ def train_dataset(
     shuffle_buffer: int = 100_000,
     max_sequences: int = 0,
     bucket_by_length: bool = False,
+    epoch: tf.Variable | None = None,
 ) -> tf.data.Dataset:
     """Shuffled, batched training samples; one pass over the data per iteration (Keras epochs).
+
+    With ``epoch`` (an int64 variable the trainer sets before each epoch's iterator is created) the shuffle order of
+    an iteration is a function of ``(seed, epoch)`` only, so a run resumed at epoch k sees the same order as an
+    uninterrupted run does at epoch k. Without it, ``reshuffle_each_iteration`` derives the order from how many
+    iterators this process has created, which restarts at 0 after a resume.
 
     With ``bucket_by_length`` the shuffled stream is grouped into batches of similar length and each batch is
     trimmed to its longest sequence: ``input_ids``/``target_ids`` become `(batch, t)` with t <= max_len, holding
@@ -122,7 +128,19 @@ def train_dataset(
         samples = records.flat_map(lambda r: _prefixes(r, max_len))
     else:
         raise ValueError(f"train_positions must be 'all' or 'last', got {train_positions!r}")
-    samples = samples.cache().shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    samples = samples.cache()
+    if epoch is None:
+        samples = samples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    else:
+        # The epoch is read once when an iterator starts; the cache above is shared by all iterations.
+        cached = samples
+        samples = (
+            tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
+            .map(lambda _: epoch.read_value())
+            .flat_map(
+                lambda e: cached.shuffle(shuffle_buffer, seed=epoch_seed(seed, e), reshuffle_each_iteration=False)
+            )
+        )
     padded_shapes = {"input_ids": [max_len], "target_ids": [max_len], "exclusion_ids": [None], "user_index": []}
     if not bucket_by_length:
         return samples.padded_batch(batch_size, padded_shapes=padded_shapes).prefetch(tf.data.AUTOTUNE)
@@ -134,6 +152,11 @@ def train_dataset(
         padded_shapes=padded_shapes,
     )
     return batches.map(trim_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    """The shuffle seed of one epoch: distinct per (seed, epoch), within int64."""
+    return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
 
 
 def trim_batch(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:

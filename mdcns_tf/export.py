@@ -114,15 +114,21 @@ class ServingModule(tf.Module):
         # asset (copied to assets/ and re-pointed at load time), so the version folder is self-contained.
         self.key_to_line = tf.lookup.StaticHashTable(
             tf.lookup.TextFileInitializer(
-                vocabulary_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
-                tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+                vocabulary_file,
+                tf.string,
+                tf.lookup.TextFileIndex.WHOLE_LINE,
+                tf.int64,
+                tf.lookup.TextFileIndex.LINE_NUMBER,
             ),
             default_value=-1,
         )
         self.line_to_key = tf.lookup.StaticHashTable(
             tf.lookup.TextFileInitializer(
-                vocabulary_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
-                tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+                vocabulary_file,
+                tf.int64,
+                tf.lookup.TextFileIndex.LINE_NUMBER,
+                tf.string,
+                tf.lookup.TextFileIndex.WHOLE_LINE,
             ),
             default_value="",
         )
@@ -300,9 +306,7 @@ def warmup_inputs(
     return requests
 
 
-def write_warmup(
-    path: str, model_name: str, requests: Sequence[tuple[str, dict[str, np.ndarray]]]
-) -> None:
+def write_warmup(path: str, model_name: str, requests: Sequence[tuple[str, dict[str, np.ndarray]]]) -> None:
     """Writes ``requests`` as a TFRecord of `PredictionLog` (the format TF Serving reads from assets.extra)."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
@@ -327,9 +331,7 @@ def read_warmup(path: str) -> list[tuple[str, dict[str, np.ndarray]]]:
     out = []
     for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
         request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
-        out.append(
-            (request.model_spec.signature_name, {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
-        )
+        out.append((request.model_spec.signature_name, {k: tf.make_ndarray(v) for k, v in request.inputs.items()}))
     return out
 
 
@@ -446,4 +448,3 @@ def export_saved_model(
         shutil.rmtree(staging, ignore_errors=True)
     log.info("exported %s (signatures: %s)", final_path, ", ".join(SIGNATURES))
     return final_path
-

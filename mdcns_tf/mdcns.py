@@ -32,7 +32,7 @@ from mdcns_tf import losses
 from mdcns_tf.backbones import Backbone, build_backbone
 from mdcns_tf.config import Config, MDCNSConfig
 from mdcns_tf.features import Metadata
-from mdcns_tf.models import RetrievalModel, masked_mean
+from mdcns_tf.models import RetrievalModel, masked_mean, replica_scale
 from mdcns_tf.samplers.candidates import sample_excluding, score_candidates, top_m_uniform_pick
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,8 @@ class MDCNSModel(RetrievalModel):
         self.params = params
         self.n_items = n_items
         self.loss_name = loss_name
+        # Created under the strategy scope (train.run builds the model there): each replica then draws its own
+        # stream (seed hashed with the global replica id), and the state is a checkpointed variable.
         self.generator = tf.random.Generator.from_seed(seed)
         self.peer_optimizer = keras.optimizers.Adam(peer_learning_rate)
         if params.teacher in ("mean", "sum"):
@@ -222,10 +224,17 @@ class MDCNSModel(RetrievalModel):
         with tf.GradientTape() as tape:
             terms = self.compute_losses(data, training=True)
             loss = terms["loss"]
+            # Replicas' gradients are summed: batch means are divided by the replica count; a batch *sum*
+            # (distill_reduction "sum") is already additive over replicas and is not.
+            distill = self.params.mu * terms["distill_kl"]
+            if self.params.distill_reduction == "mean":
+                gradient_loss = replica_scale(loss)
+            else:
+                gradient_loss = replica_scale(loss - distill) + distill
         # The divergence, the picks and the teacher carry no gradient, so d loss / d self-weights is exactly
         # d (L_self + mu . KL_self) / d self-weights and likewise for the peer: one tape, two optimizers.
         self_vars, peer_vars = self.encoder.trainable_variables, self.peer.trainable_variables
-        gradients = tape.gradient(loss, self_vars + peer_vars)
+        gradients = tape.gradient(gradient_loss, self_vars + peer_vars)
         self.optimizer.apply_gradients(zip(gradients[: len(self_vars)], self_vars))
         self.peer_optimizer.apply_gradients(zip(gradients[len(self_vars) :], peer_vars))
         if isinstance(self.teacher, BackboneTeacher):
@@ -257,5 +266,6 @@ def build_mdcns_model(config: Config, metadata: Metadata) -> MDCNSModel:
         peer_learning_rate=params.peer_learning_rate or config.train.learning_rate,
         teacher_backbone=teacher_backbone,
         ks=config.eval.ks,
+        eval_chunk_size=config.eval.item_chunk_size,
         name="mdcns",
     )

@@ -62,6 +62,17 @@ class RetrievalModel(keras.Model):
         return {tracker.name: tracker.result() for tracker in self.ranking_trackers.values()}
 
 
+def replica_scale(loss: tf.Tensor) -> tf.Tensor:
+    """``loss`` / number of replicas in sync, the loss to differentiate in a custom ``train_step``.
+
+    Under `tf.distribute` each replica computes the mean loss of its share of the global batch and the optimizer
+    *sums* the replicas' gradients (``apply_gradients`` all-reduces with SUM), so the per-replica loss is divided by
+    the replica count to get the gradient of the global mean (what Keras's compiled losses do). A no-op on one device.
+    """
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss / replicas if replicas > 1 else loss
+
+
 def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """Mean of ``values`` over positions where ``mask`` is true; 0 for an empty mask."""
     mask = tf.cast(mask, values.dtype)
@@ -111,8 +122,9 @@ class SequentialRecommender(RetrievalModel):
             loss = self.compute_training_loss(data)
             if self.losses:
                 loss += tf.add_n(self.losses)
+            scaled_loss = replica_scale(loss)
         variables = self.trainable_variables
-        gradients = tape.gradient(loss, variables)
+        gradients = tape.gradient(scaled_loss, variables)
         if sampler_hook:
             self.sampler.update_from_tape(tape, variables)
             del tape

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -48,12 +49,73 @@ def check_data(config: Config, metadata: Metadata) -> None:
         raise ConfigError(f"mdcns.pool_size ({config.mdcns.pool_size}) must be below n_items ({metadata.n_items})")
 
 
+def check_cluster(name: str) -> None:
+    """``multi_worker`` needs a usable ``TF_CONFIG``; says what is missing before TensorFlow tries to connect."""
+    if name != "multi_worker":
+        return
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw:
+        raise ConfigError(
+            "train.distribute=multi_worker needs the TF_CONFIG environment variable on every worker, e.g. "
+            '{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker", "index": 0}} '
+            "(see docs/distributed.md); use train.distribute=mirrored for the devices of one machine"
+        )
+    try:
+        tf_config = json.loads(raw)
+        workers = tf_config["cluster"]["worker"]
+        task = tf_config["task"]
+        index = int(task["index"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"TF_CONFIG is not a cluster spec with cluster.worker and task.type/index: {e!r}") from None
+    if task.get("type") == "worker" and not 0 <= index < len(workers):
+        raise ConfigError(f"TF_CONFIG task.index {index} is outside cluster.worker ({len(workers)} workers)")
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy of ``train.distribute``. Call it before any other TensorFlow op: a
+    `MultiWorkerMirroredStrategy` configures the collective ops of the process and must come first."""
+    check_cluster(name)
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def worker_dir(directory: str, strategy: tf.distribute.Strategy) -> str:
+    """Where this worker writes what would otherwise go to ``directory``.
+
+    The chief (and a single-worker run) writes to ``directory`` itself; the other workers of a multi-worker run
+    write to ``directory/workertemp_<task>``, deleted when the run ends. As in the TF multi-worker Keras guide every
+    worker must still save (saving reads variables that are synchronised across workers), but only the chief's copy
+    is kept, so two workers never write the same file.
+    """
+    if strategy.extended.should_checkpoint:
+        return directory
+    return os.path.join(directory, f"workertemp_{strategy.cluster_resolver.task_id}")
+
+
+def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Auto-shard by element, not by file: a dataset usually has a single TFRecord file per split, and FILE
+    sharding needs at least one file per worker (with fewer, workers would read nothing or TF falls back with a
+    warning). Each worker reads all files and keeps every n-th element; a no-op on one worker."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def resumed_epoch(backup_dir: str) -> int:
+    """The epoch `BackupAndRestore` will resume at (0 without a backup): the epoch-level backup in
+    ``<backup_dir>/chief`` records the last completed epoch as ``ckpt_saved_epoch``."""
+    latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    if not latest:
+        return 0
+    try:
+        saved = int(tf.train.load_variable(latest, "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (tf.errors.NotFoundError, ValueError):
+        log.warning("backup %s has no ckpt_saved_epoch: resumed data order differs from an uninterrupted run", latest)
+        return 0
+    return saved + 1 if saved >= 0 else 0
 
 
 def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
@@ -66,7 +128,24 @@ def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
     sampler = None
     if config.loss.name != "softmax":
         sampler = build_sampler(config, metadata.n_items, metadata.n_users, metadata.item_counts)
-    return SequentialRecommender(encoder, sampler, config.loss.name, ks=config.eval.ks, name="single")
+    return SequentialRecommender(
+        encoder, sampler, config.loss.name, ks=config.eval.ks, eval_chunk_size=config.eval.item_chunk_size, name="single"
+    )
+
+
+class ShuffleEpoch(keras.callbacks.Callback):
+    """Keeps the epoch variable that seeds the training shuffle (`data.train_dataset`) at the epoch about to run.
+
+    Keras creates an epoch's data iterator after the previous epoch's ``on_epoch_end`` and before its own
+    ``on_epoch_begin``, so the next epoch is set at the end of each epoch; the first one is set before `fit`.
+    """
+
+    def __init__(self, variable: tf.Variable) -> None:
+        super().__init__()
+        self.variable = variable
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.variable.assign(epoch + 1)
 
 
 class ModelSelection(keras.callbacks.Callback):
@@ -95,6 +174,23 @@ class ModelSelection(keras.callbacks.Callback):
                 state = json.load(f)
             self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
             self.history = state.get("history", [])
+        self.resuming = True
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        # A run killed after this callback saved epoch e but before `BackupAndRestore` did resumes at epoch e
+        # again: forget what was recorded for it and later epochs, and replay the selection state.
+        if getattr(self, "resuming", False):
+            self.resuming = False
+            self.history = [h for h in self.history if h["epoch"] <= epoch]
+            self.best, self.best_epoch, self.wait = -math.inf, 0, 0
+            for h in self.history:
+                value = h.get(self.monitor)
+                if value is None:
+                    continue
+                if value > self.best:
+                    self.best, self.best_epoch, self.wait = value, h["epoch"], 0
+                else:
+                    self.wait += 1
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
@@ -154,24 +250,38 @@ def run(config: Config) -> dict[str, Any]:
     """Trains, evaluates and exports as ``config`` says; returns what ``metrics.json`` holds."""
     metadata = Metadata.load(config.data.dir)
     check_data(config, metadata)
-    os.makedirs(config.output_dir, exist_ok=True)
-    with open(os.path.join(config.output_dir, "config.yaml"), "w") as f:
+    strategy = make_strategy(config.train.distribute)
+    out_dir = worker_dir(config.output_dir, strategy)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.yaml"), "w") as f:
         yaml.safe_dump(config.to_dict(), f, sort_keys=False)
     keras.utils.set_random_seed(config.seed)
+    # Layers' dropout draws from `tf.random.Generator`s (variables in the checkpoint, a distinct stream per replica)
+    # instead of TF1 stateful ops, whose state restarts with the process: a resumed run then drops the same units.
+    keras.backend.experimental.enable_tf_random_generator()
 
     cfg = config.data
     steps = data.count_train_examples(cfg.dir, cfg.train_positions, cfg.max_train_sequences)
     # With length buckets the number of batches varies a little (one partial batch a bucket): an estimate.
     steps_per_epoch = config.train.steps_per_epoch or math.ceil(steps / cfg.batch_size)
+    backup_dir = os.path.join(config.output_dir, "backup")
+    # One pass per epoch: the shuffle is seeded with the epoch (resumable); with train.steps_per_epoch the data
+    # repeats and epochs do not align with passes, so the order after a resume is not the uninterrupted one.
+    shuffle_epoch = None
+    if not config.train.steps_per_epoch:
+        first_epoch = resumed_epoch(backup_dir) if config.train.backup_and_restore else 0
+        shuffle_epoch = tf.Variable(first_epoch, dtype=tf.int64, trainable=False, name="shuffle_epoch")
     train_ds = data.train_dataset(
         cfg.dir, cfg.max_len, cfg.batch_size, cfg.train_positions, config.seed, cfg.shuffle_buffer,
-        cfg.max_train_sequences, cfg.bucket_by_length,
+        cfg.max_train_sequences, cfg.bucket_by_length, epoch=shuffle_epoch,
     )
     if config.train.steps_per_epoch:
         train_ds = train_ds.repeat()
-    valid_ds = data.eval_dataset(cfg.dir, "valid", cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users)
+    train_ds = shard_by_data(train_ds)
+    valid_ds = shard_by_data(
+        data.eval_dataset(cfg.dir, "valid", cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users)
+    )
 
-    strategy = make_strategy(config.train.distribute)
     with strategy.scope():
         model = build_model(config, metadata)
         model.build_for_input(cfg.max_len)
@@ -180,11 +290,14 @@ def run(config: Config) -> dict[str, Any]:
             jit_compile=config.train.jit_compile,
         )
 
-    selection = ModelSelection(config.train.monitor, config.train.patience, os.path.join(config.output_dir, "best"))
+    selection = ModelSelection(config.train.monitor, config.train.patience, os.path.join(out_dir, "best"))
     progress = ProgressLog(config.train.epochs)
     callbacks: list[keras.callbacks.Callback] = [progress, selection]
+    if shuffle_epoch is not None:
+        callbacks.append(ShuffleEpoch(shuffle_epoch))
     if config.train.backup_and_restore:
-        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(config.output_dir, "backup")))
+        # Epoch-level: a run killed mid-epoch redoes that epoch from its start (Keras handles the chief/worker dirs).
+        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
     if config.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.output_dir, "tensorboard"), update_freq="epoch"))
 
@@ -219,15 +332,18 @@ def run(config: Config) -> dict[str, Any]:
     }
     if config.eval.test:
         test_ds = data.eval_dataset(cfg.dir, "test", cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users)
+        test_ds = shard_by_data(test_ds)
         result["test"] = named_metrics(model.evaluate(test_ds, return_dict=True, verbose=0))
     if config.export.enabled:
         # data_dir: its items.txt becomes the vocabulary of the serve_keys signature (raw item keys in and out).
         result["export_path"] = export.export_saved_model(
-            model.encoder, os.path.join(config.output_dir, "export"), config.export.model_name, cfg.max_len,
+            model.encoder, os.path.join(out_dir, "export"), config.export.model_name, cfg.max_len,
             config.export.top_k, config.export.version, data_dir=cfg.dir,
         )
-    with open(os.path.join(config.output_dir, "metrics.json"), "w") as f:
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(result, f, indent=1)
+    if out_dir != config.output_dir:  # a non-chief worker: its copies were only written to keep in step
+        shutil.rmtree(out_dir, ignore_errors=True)
     log.info("valid %s", json.dumps(result["valid"]))
     if "test" in result:
         log.info("test %s", json.dumps(result["test"]))

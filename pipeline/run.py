@@ -67,7 +67,9 @@ class PipelineConfig:
             raise ValueError(f"--split must be one of {splits.PROTOCOLS}, got {self.split!r}")
         minimum = splits.MIN_SEQ_LEN[self.split]
         if self.min_seq_len is not None and self.min_seq_len < minimum:
-            raise ValueError(f"--min_seq_len {self.min_seq_len} is below {minimum}, the minimum for --split {self.split}")
+            raise ValueError(
+                f"--min_seq_len {self.min_seq_len} is below {minimum}, the minimum for --split {self.split}"
+            )
         if self.kcore < 0 or self.kcore_rounds < 1:
             raise ValueError("--kcore must be >= 0 and --kcore_rounds >= 1")
         if self.split == "user":
@@ -175,44 +177,42 @@ def write_metadata(
     *,
     config: PipelineConfig,
     files: list[str],
-    read_counts: dict[str, int],
-    users_grouped: int,
-    rows_after_dedupe: int,
-    rows_after_kcore: int,
-    rows_written: int,
+    stats: dict[str, int],
     item_vocab: list[str],
     user_vocab: list[str],
-    records: dict[str, int],
     item_counts: dict[int, int],
-    kcore_left: dict[str, int],
     written: list[str],
 ) -> dict[str, Any]:
     """The final step: ``items.txt``, ``users.txt`` and ``metadata.json`` (returns the metadata dict).
 
-    Runs once, after every sink (``written`` is their output, taken as a side input only to order this step last).
+    ``stats`` holds the summed bookkeeping (see `build_pipeline`). Runs once, after every sink (``written`` is their
+    output, taken as a side input only to order this step last).
     """
     del written
     n_items, n_users = len(item_vocab), len(user_vocab)
     dense_counts = [0] * (n_items + 1)
     for item_id, count in item_counts.items():
         dense_counts[item_id] = count
-    rows_parsed = read_counts.get("rows_parsed", 0)
+    stat = lambda key: int(stats.get(key, 0))  # noqa: E731  (absent = nothing was counted)
+    rows_parsed = stat("rows_parsed")
     counts = {
-        "lines_read": read_counts.get("lines_read", 0),
-        "empty_lines": read_counts.get("empty_lines", 0),
-        "header_lines": read_counts.get("header_lines", 0),
-        "rows_read": read_counts.get("rows_read", 0),
-        "rows_rejected": read_counts.get("rows_rejected", 0),
-        "rows_written": rows_written,
-        "rows_filtered": rows_parsed - rows_written,
-        "rows_filtered_dedupe": rows_parsed - rows_after_dedupe,
-        "rows_filtered_kcore": rows_after_dedupe - rows_after_kcore,
-        "rows_filtered_min_seq_len": rows_after_kcore - rows_written,
-        "users_read": users_grouped,
+        "lines_read": stat("lines_read"),
+        "empty_lines": stat("empty_lines"),
+        "header_lines": stat("header_lines"),
+        "rows_read": stat("rows_read"),
+        "rows_rejected": stat("rows_rejected"),
+        "rows_written": stat("rows_written"),
+        "rows_filtered": rows_parsed - stat("rows_written"),
+        "rows_filtered_dedupe": rows_parsed - stat("rows_after_dedupe"),
+        "rows_filtered_kcore": stat("rows_after_dedupe") - stat("rows_after_kcore"),
+        "rows_filtered_min_seq_len": stat("rows_after_kcore") - stat("rows_written"),
+        "users_read": stat("users_read"),
         "users_written": n_users,
-        **{k: v for k, v in sorted(read_counts.items()) if k.startswith("rejected_")},
-        **kcore_left,
+        **{k: v for k, v in sorted(stats.items()) if k.startswith("rejected_")},
     }
+    if config.kcore > 1:
+        counts["kcore_items_below_k"] = stat("kcore_items_below_k")
+        counts["kcore_users_below_k"] = stat("kcore_users_below_k")
     if counts["rows_read"] != counts["rows_written"] + counts["rows_rejected"] + counts["rows_filtered"]:
         raise AssertionError(f"row accounting is broken (a bug): {counts}")
     meta = features.Metadata(
@@ -224,15 +224,18 @@ def write_metadata(
             "protocol": config.split,
             "seed": config.seed,
             "fractions": (
-                {"train": 1.0 - config.valid_fraction - config.test_fraction, "valid": config.valid_fraction,
-                 "test": config.test_fraction}
+                {
+                    "train": 1.0 - config.valid_fraction - config.test_fraction,
+                    "valid": config.valid_fraction,
+                    "test": config.test_fraction,
+                }
                 if config.split == "user"
                 else None
             ),
             "min_seq_len": config.effective_min_seq_len,
         },
         counts=counts,
-        records=records,
+        records={split: stat(f"records_{split}") for split in features.SPLITS},
         source={
             "input": config.input,
             "files": files,
@@ -242,18 +245,33 @@ def write_metadata(
     )
     _write_text(FileSystems.join(config.output, features.ITEMS_FILE), "".join(k + "\n" for k in item_vocab))
     _write_text(FileSystems.join(config.output, features.USERS_FILE), "".join(k + "\n" for k in user_vocab))
-    if "://" in config.output:
-        _write_text(FileSystems.join(config.output, features.METADATA_FILE), json.dumps(dataclasses.asdict(meta), indent=1))
+    if "://" in config.output:  # Metadata.save writes local files only
+        _write_text(
+            FileSystems.join(config.output, features.METADATA_FILE), json.dumps(dataclasses.asdict(meta), indent=1)
+        )
     else:
         meta.save(config.output)
-    if kcore_left.get("kcore_items_below_k") or kcore_left.get("kcore_users_below_k"):
-        LOG.warning("k-core did not reach its fixed point in %d rounds: %s", config.kcore_rounds, kcore_left)
-    LOG.info("wrote %s: %d users, %d items, records %s, counts %s", config.output, n_users, n_items, records, counts)
+    if counts.get("kcore_items_below_k") or counts.get("kcore_users_below_k"):
+        LOG.warning(
+            "k-core did not reach its fixed point in %d rounds (%d items, %d users still below k=%d): "
+            "raise --kcore_rounds",
+            config.kcore_rounds,
+            counts["kcore_items_below_k"],
+            counts["kcore_users_below_k"],
+            config.kcore,
+        )
+    LOG.info(
+        "wrote %s: %d users, %d items, records %s, counts %s", config.output, n_users, n_items, meta.records, counts
+    )
     return dataclasses.asdict(meta)
 
 
 def build_pipeline(p: beam.Pipeline, config: PipelineConfig, inputs: list[tuple[int, str, int]]) -> beam.PCollection:
-    """Adds the whole graph to ``p``; returns the singleton PCollection of the metadata dict (for tests)."""
+    """Adds the whole graph to ``p``; returns the singleton PCollection of the metadata dict.
+
+    Bookkeeping: every step that changes the row count emits ``(name, n)`` stats (per-file read counts, per-user
+    lengths after dedupe / k-core / min length, one per record); one keyed sum turns them into ``metadata.counts``.
+    """
     delimiter, fixed = config.delimiter_value
     columns = formats.parse_columns(config.columns) if config.columns else None
     out = config.output
@@ -269,27 +287,28 @@ def build_pipeline(p: beam.Pipeline, config: PipelineConfig, inputs: list[tuple[
             transforms.ReadAndParse(config.input_format, delimiter, fixed, columns, config.max_line_bytes)
         ).with_outputs(transforms.REJECTED, transforms.COUNTS, main="rows")
     )
-    read_counts = parsed[transforms.COUNTS] | "SumCounts" >> beam.CombineGlobally(transforms.SumDicts())
-    rejected_files = parsed[transforms.REJECTED] | "WriteRejected" >> beam.io.WriteToText(
-        FileSystems.join(out, "rejected", "rejected"), file_name_suffix=".txt", num_shards=1
-    )
+    stats = [parsed[transforms.COUNTS] | "ReadStats" >> beam.FlatMap(dict.items)]
+    written = [
+        parsed[transforms.REJECTED]
+        | "WriteRejected"
+        >> beam.io.WriteToText(FileSystems.join(out, "rejected", "rejected"), file_name_suffix=".txt", num_shards=1)
+    ]
 
     sequences = parsed.rows | "Sequences" >> transforms.BuildSequences(
         has_timestamps=config.input_format == "interactions", dedupe=config.dedupe
     )
-    users_grouped = sequences | "CountUsers" >> beam.combiners.Count.Globally()
-    rows_after_dedupe = transforms.total_length(sequences, "AfterDedupe")
+    stats.append(transforms.sequence_stats(sequences, "rows_after_dedupe", users_key="users_read"))
     if config.kcore > 1:
         sequences = sequences | "KCore" >> transforms.KCore(config.kcore, config.kcore_rounds)
-        kcore_left = transforms.kcore_violations(sequences, config.kcore)
-    else:
-        kcore_left = p | "NoKCore" >> beam.Create([{}])
-    rows_after_kcore = transforms.total_length(sequences, "AfterKCore")
+        stats.append(transforms.kcore_violations(sequences, config.kcore))
+    stats.append(transforms.sequence_stats(sequences, "rows_after_kcore"))
     sequences = sequences | "MinSeqLen" >> beam.Filter(lambda kv, n=config.effective_min_seq_len: len(kv[1]) >= n)
-    rows_written = transforms.total_length(sequences, "Written")
+    stats.append(transforms.sequence_stats(sequences, "rows_written"))
 
     item_vocab = (
-        sequences | "ItemKeys" >> beam.Map(lambda kv: kv[1]) | "ItemVocab" >> beam.CombineGlobally(transforms.Vocabulary())
+        sequences
+        | "ItemKeys" >> beam.Map(lambda kv: kv[1])
+        | "ItemVocab" >> beam.CombineGlobally(transforms.Vocabulary())
     )
     user_vocab = (
         sequences
@@ -302,7 +321,6 @@ def build_pipeline(p: beam.Pipeline, config: PipelineConfig, inputs: list[tuple[
         singleton(user_vocab),
     ).with_outputs(*features.SPLITS)
 
-    written, record_counts = [rejected_files], {}
     for split in features.SPLITS:
         written.append(
             records[split]
@@ -315,14 +333,9 @@ def build_pipeline(p: beam.Pipeline, config: PipelineConfig, inputs: list[tuple[
                 compression_type=CompressionTypes.GZIP,
             )
         )
-        record_counts[split] = records[split] | f"Count_{split}" >> beam.combiners.Count.Globally()
-    records_per_split = (
-        p
-        | "SplitNames" >> beam.Create([None])
-        | "RecordCounts"
-        >> beam.Map(lambda _, **n: dict(n), **{s: singleton(c) for s, c in record_counts.items()})
-    )
+        stats.append(records[split] | f"Stats_records_{split}" >> beam.Map(lambda _, key=f"records_{split}": (key, 1)))
     item_counts = records.train | "TrainItemCounts" >> beam.CombineGlobally(transforms.ItemCounts())
+    stats_dict = stats | "AllStats" >> beam.Flatten() | "SumStats" >> transforms.SumStats()
     all_written = written | "AllWritten" >> beam.Flatten()
 
     return (
@@ -333,16 +346,10 @@ def build_pipeline(p: beam.Pipeline, config: PipelineConfig, inputs: list[tuple[
             write_metadata,
             config=config,
             files=[path for _, path, _ in inputs],
-            read_counts=singleton(read_counts),
-            users_grouped=singleton(users_grouped),
-            rows_after_dedupe=singleton(rows_after_dedupe),
-            rows_after_kcore=singleton(rows_after_kcore),
-            rows_written=singleton(rows_written),
+            stats=singleton(stats_dict),
             item_vocab=singleton(item_vocab),
             user_vocab=singleton(user_vocab),
-            records=singleton(records_per_split),
             item_counts=singleton(item_counts),
-            kcore_left=singleton(kcore_left),
             written=beam.pvalue.AsList(all_written),
         )
     )
@@ -357,9 +364,7 @@ def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult
 def run_config(config: PipelineConfig, options: PipelineOptions) -> beam.runners.runner.PipelineResult:
     inputs = match_inputs(config.input)
     prepare_output(config.output, config.overwrite)
-    LOG.info(
-        "pipeline: %d input file(s), runner %s, %s", len(inputs), options.view_as(StandardOptions).runner, config
-    )
+    LOG.info("pipeline: %d input file(s), runner %s, %s", len(inputs), options.view_as(StandardOptions).runner, config)
     start = time.monotonic()
     p = beam.Pipeline(options=options)
     build_pipeline(p, config, inputs)

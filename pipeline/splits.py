@@ -42,7 +42,9 @@ def user_records(user_index: int, ids: Sequence[int], split: str) -> dict[str, R
 def split_sizes(n_users: int, valid_fraction: float, test_fraction: float) -> tuple[int, int, int]:
     """Exact ``(n_train, n_valid, n_test)``: valid and test are rounded half up, train takes the rest."""
     if not (0 <= valid_fraction and 0 <= test_fraction and valid_fraction + test_fraction < 1):
-        raise ValueError(f"need 0 <= valid_fraction, test_fraction and their sum < 1, got {valid_fraction}, {test_fraction}")
+        raise ValueError(
+            f"need 0 <= valid_fraction, test_fraction and their sum < 1, got {valid_fraction}, {test_fraction}"
+        )
     n_valid = math.floor(n_users * valid_fraction + 0.5)
     n_test = math.floor(n_users * test_fraction + 0.5)
     return n_users - n_valid - n_test, n_valid, n_test

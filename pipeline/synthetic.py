@@ -27,10 +27,16 @@ from typing import TextIO
 import numpy as np
 
 
+def check_sizes(users: int, items: int, events: int, min_len: int) -> None:
+    if users <= 0 or items < 2 or min_len < 1 or events < users * min_len:
+        raise ValueError(
+            f"need users > 0, items >= 2, min_len >= 1 and events >= users * min_len ({users} * {min_len}); "
+            f"got users={users}, items={items}, events={events}"
+        )
+
+
 def sequence_lengths(users: int, events: int, min_len: int, rng: np.random.Generator) -> Iterator[int]:
     """Streams ``users`` lengths >= ``min_len`` summing exactly to ``events`` (pairs of users get +d / -d)."""
-    if users <= 0 or events < users * min_len:
-        raise ValueError(f"need users > 0 and events >= users * min_len ({users} * {min_len}), got events={events}")
     base, extra = divmod(events, users)
     spread = base - min_len  # the largest symmetric deviation that keeps both users of a pair >= min_len
     for u in range(0, users, 2):
@@ -89,8 +95,7 @@ def generate(
     pool: int = 64,
 ) -> int:
     """Writes ``events`` rows ``user\\titem\\ttimestamp`` to ``out``; returns the number of rows written."""
-    if items < 2:
-        raise ValueError("need at least 2 items")
+    check_sizes(users, items, events, min_len)
     rng = np.random.default_rng(seed)
     model = MarkovItems(items, rng, successors, follow, popularity_exponent)
     lengths = sequence_lengths(users, events, min_len, rng)
@@ -141,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min_len", type=int, default=5, help="minimum events per user")
     args = parser.parse_args(argv)
     try:
+        check_sizes(args.users, args.items, args.events, args.min_len)
         with open(args.output, "w") as f:
             n = generate(
                 f,

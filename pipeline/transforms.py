@@ -2,9 +2,9 @@
 
 Element shapes between the steps (``K`` = raw key string):
 
-    ReadAndParse       (file_ordinal, path, size_bytes) -> main: (user K, (timestamp, file_ordinal, line_no, (item K, ...)))
-                                                         rejected: "path\\tline\\treason\\traw" lines
-                                                         counts: one dict[str, int] per file
+    ReadAndParse       (file_ordinal, path, size_bytes)
+                         -> main: (user K, (timestamp, file_ordinal, line_no, (item K, ...)))
+                            rejected: "path\\tline\\treason\\traw" lines; counts: one dict[str, int] per file
     BuildSequences     (user K, values) grouped per user -> (user K, [item K, ...]) sorted by (timestamp, file, line)
     KCore / min length (user K, [item K, ...]) -> same, fewer
     MakeRecords        (user K, [item K, ...]) -> tagged train/valid/test (user_index, [item id], target)
@@ -233,24 +233,35 @@ class KCore(beam.PTransform):
 
 
 def kcore_violations(sequences: beam.PCollection, k: int, label: str = "KCoreCheck") -> beam.PCollection:
-    """Singleton ``{"kcore_items_below_k": n, "kcore_users_below_k": m}`` of a filtered collection."""
+    """Stats ``("kcore_items_below_k", 1)`` per item and ``("kcore_users_below_k", 1)`` per user still below k."""
     items_low = (
         sequences
         | f"{label}ItemCounts" >> beam.FlatMap(_item_counts)
         | f"{label}SumItems" >> beam.CombinePerKey(sum)
-        | f"{label}LowItems" >> beam.Filter(lambda kv: kv[1] < k)
-        | f"{label}CountLowItems" >> beam.combiners.Count.Globally()
+        | f"{label}LowItems" >> beam.FlatMap(lambda kv: [("kcore_items_below_k", 1)] if kv[1] < k else [])
     )
-    users_low = (
-        sequences
-        | f"{label}LowUsers" >> beam.Filter(lambda kv: len(kv[1]) < k)
-        | f"{label}CountLowUsers" >> beam.combiners.Count.Globally()
+    users_low = sequences | f"{label}LowUsers" >> beam.FlatMap(
+        lambda kv: [("kcore_users_below_k", 1)] if len(kv[1]) < k else []
     )
-    return (
-        (items_low | f"{label}ItemsKey" >> beam.Map(lambda n: {"kcore_items_below_k": n}))
-        | f"{label}Join"
-        >> beam.Map(lambda d, users: {**d, "kcore_users_below_k": users}, beam.pvalue.AsSingleton(users_low))
-    )
+    return (items_low, users_low) | f"{label}Flatten" >> beam.Flatten()
+
+
+def sequence_stats(sequences: beam.PCollection, label: str, users_key: str | None = None) -> beam.PCollection:
+    """Stats ``(label, len(items))`` (and ``(users_key, 1)``) per ``(user, [item])``, to be summed per key.
+
+    All bookkeeping goes through one `SumStats` at the end: one cheap keyed sum instead of a `CombineGlobally` per
+    number (each of which costs Beam ~0.5 s of graph construction).
+    """
+    if users_key is None:
+        return sequences | f"Stats_{label}" >> beam.Map(lambda kv: (label, len(kv[1])))
+    return sequences | f"Stats_{label}" >> beam.FlatMap(lambda kv: [(label, len(kv[1])), (users_key, 1)])
+
+
+class SumStats(beam.PTransform):
+    """``(name, int)`` collections -> a singleton ``dict[name, total]`` (absent names are simply missing)."""
+
+    def expand(self, stats: beam.PCollection) -> beam.PCollection:
+        return stats | "SumPerName" >> beam.CombinePerKey(sum) | "ToDict" >> beam.combiners.ToDict()
 
 
 class Vocabulary(beam.CombineFn):
@@ -338,8 +349,3 @@ def serialize_record(record: splits.Record) -> bytes:
     `pipeline.encoding` writes the wire format directly: no TensorFlow import in the Beam workers.
     """
     return encoding.encode_example(*record)
-
-
-def total_length(sequences: beam.PCollection, label: str) -> beam.PCollection:
-    """Singleton: the number of interactions in a ``(user, [item])`` collection."""
-    return sequences | f"{label}Lengths" >> beam.Map(lambda kv: len(kv[1])) | f"{label}Sum" >> beam.CombineGlobally(sum)

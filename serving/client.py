@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import json
 import random
-import socket
 import sys
 import time
 import urllib.error
@@ -106,7 +105,9 @@ def _pairs(items: Sequence[Any], scores: Sequence[float], no_item: Any) -> list[
 def _max_len_from_signature(signature: dict[str, Any], name: str) -> int:
     """Reads the sequence length from a SignatureDef in proto-JSON form (shape sizes may be strings)."""
     try:
-        dims = next(iter(signature["inputs"].values()))["tensorShape"]["dim"]
+        tensor = next(iter(signature["inputs"].values()))
+        # TF Serving writes proto field names (tensor_shape); accept the camelCase JSON mapping too.
+        dims = (tensor.get("tensor_shape") or tensor["tensorShape"])["dim"]
         return int(dims[1]["size"])
     except (KeyError, IndexError, StopIteration, ValueError) as e:
         raise ServingError(f"signature {name!r} has no (batch, max_len) input in the model metadata") from e
@@ -147,10 +148,10 @@ class RestClient:
             except (ValueError, AttributeError):
                 message = e.reason
             raise ServingError(f"HTTP {e.code} from {url}: {message}", e.code, e.code in RETRYABLE_HTTP) from None
-        except (TimeoutError, socket.timeout) as e:
+        except TimeoutError as e:  # socket.timeout is an alias of TimeoutError
             raise ServingTimeout(f"no answer from {url} within {self.timeout}s", "timeout", True) from e
         except urllib.error.URLError as e:
-            if isinstance(e.reason, TimeoutError | socket.timeout):
+            if isinstance(e.reason, TimeoutError):
                 raise ServingTimeout(f"no answer from {url} within {self.timeout}s", "timeout", True) from e
             raise ServingError(f"cannot reach {url}: {e.reason}", "unreachable", True) from e
         except ConnectionError as e:  # reset mid-response
@@ -164,7 +165,10 @@ class RestClient:
             body: dict[str, Any] = {"signature_name": signature, "inputs": inputs}
         else:
             batch = len(next(iter(inputs.values())))
-            body = {"signature_name": signature, "instances": [{k: v[i] for k, v in inputs.items()} for i in range(batch)]}
+            body = {
+                "signature_name": signature,
+                "instances": [{k: v[i] for k, v in inputs.items()} for i in range(batch)],
+            }
         answer = call_with_retries(lambda: self._request(self.base + ":predict", body), self.retry)
         if columnar:
             return answer["outputs"]
@@ -184,7 +188,10 @@ class RestClient:
         return self._max_len[signature]
 
     def recommend(
-        self, histories: Sequence[Sequence[int | str]], keys: bool = False, columnar: bool = False,
+        self,
+        histories: Sequence[Sequence[int | str]],
+        keys: bool = False,
+        columnar: bool = False,
         max_len: int | None = None,
     ) -> Recommendations:
         """Top-K ``(item, score)`` per history; items are ids, or raw keys with ``keys=True``."""
@@ -284,7 +291,9 @@ class GrpcClient:
             signatures = get_model_metadata_pb2.SignatureDefMap()
             response.metadata["signature_def"].Unpack(signatures)
             if signature not in signatures.signature_def:
-                raise ServingError(f"the model has no signature {signature!r}; it has {sorted(signatures.signature_def)}")
+                raise ServingError(
+                    f"the model has no signature {signature!r}; it has {sorted(signatures.signature_def)}"
+                )
             dims = next(iter(signatures.signature_def[signature].inputs.values())).tensor_shape.dim
             if len(dims) != 2:
                 raise ServingError(f"signature {signature!r} has no (batch, max_len) input")

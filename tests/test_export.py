@@ -205,31 +205,59 @@ def test_wrong_length_fails_in_the_graph_too(exported):
                 session._do_run(None, [], fetch, {feed.ref(): np.ones((1, length), np.int32)}, None, None)
 
 
-def run_cli(path: str, signature: str, *args: str, outdir: str | None = None) -> subprocess.CompletedProcess:
-    command = [SAVED_MODEL_CLI, "run", "--dir", path, "--tag_set", "serve", "--signature_def", signature, *args]
-    if outdir:
-        command += ["--outdir", outdir, "--overwrite"]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+def cli_command(path: str, signature: str, *args: str) -> list[str]:
+    return [SAVED_MODEL_CLI, "run", "--dir", path, "--tag_set", "serve", "--signature_def", signature, *args]
 
 
-def test_saved_model_cli_runs_every_signature(exported, tmp_path):
-    """`saved_model_cli run` uses the session-based loader of the C++ server: every signature must run there."""
+@pytest.fixture(scope="module")
+def cli_runs(exported, tmp_path_factory):
+    """`saved_model_cli run` on every signature plus two bad inputs, as concurrent subprocesses (each one pays
+    for a TensorFlow import): name -> (CompletedProcess-like result, output folder)."""
     encoder, path = exported
-    ids = histories(2)
-    np.save(tmp_path / "ids.npy", ids)
-    np.save(tmp_path / "some.npy", np.array([1, 7, N_ITEMS], np.int32))
-    expected_ids, expected_scores = reference_top_k(encoder, ids, TOP_K)
-    keys = [["", ""] + KEYS[:MAX_LEN - 2]]
-
+    tmp = tmp_path_factory.mktemp("cli")
+    np.save(tmp / "ids.npy", histories(2))
+    np.save(tmp / "some.npy", np.array([1, 7, N_ITEMS], np.int32))
+    np.save(tmp / "short.npy", np.ones((1, MAX_LEN - 4), np.int32))
+    too_big = histories(1)
+    too_big[0, -1] = N_ITEMS + 5
+    np.save(tmp / "big.npy", too_big)
+    keys = [["", ""] + KEYS[: MAX_LEN - 2]]
     runs = {
-        "serving_default": ["--inputs", f"item_ids={tmp_path / 'ids.npy'}"],
-        "query_embedding": ["--inputs", f"item_ids={tmp_path / 'ids.npy'}"],
-        "item_embeddings": ["--inputs", f"item_ids={tmp_path / 'some.npy'}"],
-        "serve_keys": ["--input_exprs", f"item_keys={keys!r}"],
+        "serving_default": ("serving_default", "--inputs", f"item_ids={tmp / 'ids.npy'}"),
+        "query_embedding": ("query_embedding", "--inputs", f"item_ids={tmp / 'ids.npy'}"),
+        "item_embeddings": ("item_embeddings", "--inputs", f"item_ids={tmp / 'some.npy'}"),
+        "serve_keys": ("serve_keys", "--input_exprs", f"item_keys={keys!r}"),
+        "short": ("serving_default", "--inputs", f"item_ids={tmp / 'short.npy'}"),
+        "big": ("serving_default", "--inputs", f"item_ids={tmp / 'big.npy'}"),
     }
-    for signature, args in runs.items():
-        outdir = tmp_path / signature
-        result = run_cli(path, signature, *args, outdir=str(outdir))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    processes = {}
+    for name, (signature, *args) in runs.items():
+        outdir = tmp / name
+        command = cli_command(path, signature, *args, "--outdir", str(outdir), "--overwrite")
+        processes[name] = (
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env),
+            outdir,
+        )
+    results = {}
+    try:
+        for name, (process, outdir) in processes.items():
+            stdout, stderr = process.communicate(timeout=300)
+            results[name] = (subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), outdir)
+    finally:
+        for process, _ in processes.values():
+            if process.poll() is None:
+                process.kill()
+    return results
+
+
+def test_saved_model_cli_runs_every_signature(exported, cli_runs):
+    """`saved_model_cli run` uses the session-based loader of the C++ server: every signature must run there."""
+    encoder, _ = exported
+    ids = histories(2)
+    expected_ids, expected_scores = reference_top_k(encoder, ids, TOP_K)
+    for signature in export.SIGNATURES:
+        result, outdir = cli_runs[signature]
         assert result.returncode == 0, result.stderr[-2000:]
         outputs = {f[:-4]: np.load(outdir / f, allow_pickle=True) for f in os.listdir(outdir)}
         if signature == "serving_default":
@@ -247,19 +275,12 @@ def test_saved_model_cli_runs_every_signature(exported, tmp_path):
             assert outputs["unknown_keys"].tolist() == [0]
 
 
-def test_saved_model_cli_reports_bad_inputs(exported, tmp_path):
-    _, path = exported
-    np.save(tmp_path / "short.npy", np.ones((1, MAX_LEN - 4), np.int32))
-    too_big = histories(1)
-    too_big[0, -1] = N_ITEMS + 5
-    np.save(tmp_path / "big.npy", too_big)
-
-    short = run_cli(path, "serving_default", "--inputs", f"item_ids={tmp_path / 'short.npy'}")
+def test_saved_model_cli_reports_bad_inputs(cli_runs):
+    short, _ = cli_runs["short"]
     assert short.returncode != 0
     assert f"Cannot feed value of shape (1, {MAX_LEN - 4})" in short.stderr
     assert f"which has shape (None, {MAX_LEN})" in short.stderr
-
-    big = run_cli(path, "serving_default", "--inputs", f"item_ids={tmp_path / 'big.npy'}")
+    big, _ = cli_runs["big"]
     assert big.returncode != 0
     assert f"item_ids must be <= n_items ({N_ITEMS})" in big.stderr
 
@@ -270,7 +291,9 @@ def test_export_holds_only_the_encoder_variables(tmp_path):
     optimizer = keras.optimizers.Adam(1e-3)
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(encoder(tf.constant(histories(4)), training=True) ** 2)
-    optimizer.apply_gradients(zip(tape.gradient(loss, encoder.trainable_variables), encoder.trainable_variables))
+    optimizer.apply_gradients(
+        zip(tape.gradient(loss, encoder.trainable_variables), encoder.trainable_variables, strict=True)
+    )
     sampler_state = tf.Variable(tf.zeros([N_ITEMS + 1]), name="sampler_scores")  # noqa: F841 (must not leak)
     path = export.export_saved_model(encoder, str(tmp_path), "m", MAX_LEN, TOP_K, verify=False)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mdcns_tf import features
-from pipeline import readback, run, synthetic
+from pipeline import readback, run, splits, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -108,20 +108,26 @@ def test_user_split_end_to_end(tmp_path: Path) -> None:
         "fractions": {"train": pytest.approx(0.7), "valid": 0.2, "test": 0.1},
         "min_seq_len": 2,
     }
-    # deterministic in the seed, different across seeds
-    again = run_pipeline(tmp_path / "log.csv", tmp_path / "again", "interactions", "user", "--seed=7")
-    other = run_pipeline(tmp_path / "log.csv", tmp_path / "other", "interactions", "user", "--seed=8")
-    assert again.records == meta.records
+    # the assignment is the seeded one (deterministic: a pure function of the user keys and the seed)
+    users = readback.read_vocab(str(tmp_path / "out"), features.USERS_FILE)
+    expected = splits.user_split_assignment(users, 7, 0.2, 0.1)
     for split in features.SPLITS:
-        assert readback.read_split(str(tmp_path / "again"), split) == readback.read_split(str(tmp_path / "out"), split)
-    assert readback.read_split(str(tmp_path / "other"), "test") != readback.read_split(str(tmp_path / "out"), "test")
-    assert other.records == meta.records
+        assert {users[u - 1] for u in split_users[split]} == {k for k, v in expected.items() if v == split}
+    assert expected != splits.user_split_assignment(users, 8, 0.2, 0.1)
+    # held-out users: input = sequence minus the last item, target = the last item
+    full = readback.full_sequences(str(tmp_path / "out"))
+    items = readback.read_vocab(str(tmp_path / "out"), features.ITEMS_FILE)
+    for split in ("valid", "test"):
+        for u, ids, target in readback.read_split(str(tmp_path / "out"), split):
+            assert [items[i - 1] for i in ids] + [items[target - 1]] == full[users[u - 1]]
 
 
 def test_kcore_dedupe_min_len_and_overwrite(tmp_path: Path) -> None:
     # pairs: u1 has a consecutive duplicate; item z appears once (k=2 removes it, then u3 falls below 2... )
     (tmp_path / "pairs.txt").write_text("u1 a\nu1 a\nu1 b\nu1 c\nu2 a\nu2 b\nu2 c\nu3 z\nu3 a\nu3 b\nu3 c\n")
-    meta = run_pipeline(tmp_path / "pairs.txt", tmp_path / "out", "pairs", "loo", "--kcore=2", "--dedupe")
+    meta = run_pipeline(
+        tmp_path / "pairs.txt", tmp_path / "out", "pairs", "loo", "--kcore=2", "--kcore_rounds=3", "--dedupe"
+    )
     check_accounting(meta, tmp_path / "out")
     c = meta.counts
     assert (c["rows_filtered_dedupe"], c["rows_filtered_kcore"], c["rows_filtered_min_seq_len"]) == (1, 1, 0)
@@ -140,7 +146,9 @@ def test_fuzzed_file_never_crashes_and_accounts_for_every_row(tmp_path: Path) ->
     for _ in range(3000):
         kind = rng.random()
         if kind < 0.6:
-            lines.append(f"{rng.randrange(40)}\t{rng.randrange(60)}\t{rng.randrange(5)}\t{rng.randrange(10**9)}".encode())
+            lines.append(
+                f"{rng.randrange(40)}\t{rng.randrange(60)}\t{rng.randrange(5)}\t{rng.randrange(10**9)}".encode()
+            )
         elif kind < 0.7:
             lines.append(bytes(rng.randrange(256) for _ in range(rng.randrange(30))))
         elif kind < 0.75:
@@ -206,7 +214,11 @@ def test_real_s3rec_files_round_trip(tmp_path: Path, name: str) -> None:
     assert meta.counts["rows_read"] == meta.counts["rows_written"] == sum(len(s) for s in raw.values())
     assert readback.full_sequences(str(tmp_path / "out")) == raw
     # S3-Rec ids are 1..n and contiguous, so the vocabulary keeps them
-    assert readback.read_vocab(str(tmp_path / "out"), features.ITEMS_FILE) == [str(i) for i in range(1, meta.n_items + 1)]
-    assert readback.read_vocab(str(tmp_path / "out"), features.USERS_FILE) == [str(i) for i in range(1, meta.n_users + 1)]
+    assert readback.read_vocab(str(tmp_path / "out"), features.ITEMS_FILE) == [
+        str(i) for i in range(1, meta.n_items + 1)
+    ]
+    assert readback.read_vocab(str(tmp_path / "out"), features.USERS_FILE) == [
+        str(i) for i in range(1, meta.n_users + 1)
+    ]
     published = {"LastFM": (1090, 3646, 52551), "Beauty": (22363, 12101, 198502)}[name]
     assert (meta.n_users, meta.n_items, meta.counts["rows_written"]) == published

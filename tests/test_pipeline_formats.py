@@ -192,7 +192,6 @@ def test_fuzz_never_crashes_and_accounts_for_every_row(fmt: str) -> None:
 def test_encoding_equals_make_example(record: tuple) -> None:
     tf = pytest.importorskip("tensorflow")
     from mdcns_tf import features
-
     from pipeline import encoding
 
     expected = tf.train.Example.FromString(features.make_example(*record))

@@ -11,11 +11,11 @@ import json
 import math
 import os
 
-import mdcns_tf  # noqa: F401
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import mdcns_tf  # noqa: F401
 from mdcns_tf.samplers import SAMPLERS, SamplingContext, sampler_params
 from mdcns_tf.samplers.autosample import RETRAIN, SEARCH, architecture_gradient
 from mdcns_tf.samplers.base import Negatives
@@ -179,7 +179,7 @@ def test_srns_prefers_the_higher_variance_candidate_among_high_scores(alpha, exp
     # Epoch 5 = warmup: the variance weight is alpha. Stamps 5, 1..4: all five entries are recent.
     set_srns_memory(sampler, 1, [3, 4, 5], history, [5, 1, 2, 3, 4], epoch=5)
     context = scored_context(item_scores, [[1.0]], [[1]], [[1, 2]], user_index=[1])
-    # By hand: sig(2.1) = .8909, sig(2.0) + alpha . .1414 = .8808 + .1414 alpha, sig(-3) + .49 alpha = .0474 + .49 alpha.
+    # By hand: sig(2.1) = .8909; sig(2.0) + alpha . std = .8808 + .1414 alpha; sig(-3) + .49 alpha = .0474 + .49 alpha.
     assert sampler.sample(context).ids.numpy().item() == expected
 
 
@@ -301,8 +301,8 @@ def test_autosample_weights_move_toward_the_sampler_whose_step_lowers_the_valida
     a, b = tf.constant([1.0, 0.0]), tf.constant([-2.0, 0.0])
     for _ in range(20):
         with tf.GradientTape(persistent=True) as tape:
-            sampler._component_losses = [tf.reduce_sum((theta - a) ** 2), tf.reduce_sum((theta - b) ** 2)]
-            sampler._validation_loss = tf.reduce_sum((theta - a) ** 2)
+            sampler.trace.component_losses = [tf.reduce_sum((theta - a) ** 2), tf.reduce_sum((theta - b) ** 2)]
+            sampler.trace.validation_loss = tf.reduce_sum((theta - a) ** 2)
         sampler.update_from_tape(tape, [theta])
     weights = tf.nn.softmax(sampler.arch_logits).numpy()
     assert weights[0] > 0.7 > 0.3 > weights[1]
@@ -392,7 +392,8 @@ def test_sampler_trains_end_to_end(name, tiny_dataset, tmp_path):
         "train.epochs=1",
         "train.verbose=0",
         "train.tensorboard=false",
-        "train.backup_and_restore=false",
+        # The stateful samplers' variables go through the checkpoint of BackupAndRestore.
+        f"train.backup_and_restore={str(name in ('srns', 'gdns', 'autosample')).lower()}",
         "eval.test=false",
         "export.enabled=false",
         "export.top_k=10",
@@ -400,7 +401,10 @@ def test_sampler_trains_end_to_end(name, tiny_dataset, tmp_path):
     ]
     if name == "autosample":
         # One search epoch, then one retraining epoch with the selected candidate.
-        overrides += ["train.epochs=2", "sampler.autosample={search_epochs: 1, candidate_params: {dns: {pool_size: 20}}}"]
+        overrides += [
+            "train.epochs=2",
+            "sampler.autosample={search_epochs: 1, candidate_params: {dns: {pool_size: 20}}}",
+        ]
     result = run(load_config(None, overrides))
     assert result["epochs_run"] == (2 if name == "autosample" else 1)
     assert all(math.isfinite(epoch["loss"]) for epoch in result["history"])

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
 
 import tensorflow as tf
 
@@ -152,10 +153,13 @@ class AutoSampleSampler(NegativeSampler):
         self.steps = tf.Variable(0, trainable=False, name="steps")
         self.phase = tf.Variable(SEARCH, trainable=False, name="phase")
         self.selected = tf.Variable(0, trainable=False, name="selected")
-        self.has_logq = [False] * k
-        # Scalars of the current trace, read by update_from_tape in the same train step.
-        self._component_losses: list[tf.Tensor] = []
-        self._validation_loss: tf.Tensor | None = None
+        # Per-trace bookkeeping in a plain namespace: tf.Module would wrap a list attribute for checkpointing, and
+        # item assignment on such a wrapper makes the whole model unsaveable.
+        self.trace = types.SimpleNamespace(
+            has_logq=[False] * k,  # whether candidate s returns a logQ correction (known once it has been traced)
+            component_losses=[],  # per-candidate training losses of this step, for update_from_tape
+            validation_loss=None,  # the held-out users' loss of this step
+        )
 
     def weights(self) -> tf.Tensor:
         """Mixture weights `(K,)`: softmax(alpha) while searching, one-hot on the selection afterwards."""
@@ -167,7 +171,7 @@ class AutoSampleSampler(NegativeSampler):
 
     def _draw(self, index: int, context: SamplingContext) -> tuple[tf.Tensor, tf.Tensor]:
         negatives = self.candidates[index].sample(context)
-        self.has_logq[index] = negatives.logq is not None
+        self.trace.has_logq[index] = negatives.logq is not None
         logq = negatives.logq if negatives.logq is not None else tf.zeros(tf.shape(negatives.ids), tf.float32)
         return negatives.ids, logq
 
@@ -182,7 +186,9 @@ class AutoSampleSampler(NegativeSampler):
             return tf.concat([d[0] for d in drawn], -1), tf.concat([d[1] for d in drawn], -1)
 
         def retrain() -> tuple[tf.Tensor, tf.Tensor]:
-            ids, logq = tf.switch_case(tf.convert_to_tensor(self.selected), [lambda i=i: self._draw(i, context) for i in range(count)])
+            ids, logq = tf.switch_case(
+                tf.convert_to_tensor(self.selected), [lambda i=i: self._draw(i, context) for i in range(count)]
+            )
             return tf.tile(ids, [1, 1, count]), tf.tile(logq, [1, 1, count])
 
         ids, logq = tf.cond(tf.equal(self.phase, SEARCH), search, retrain)
@@ -201,22 +207,24 @@ class AutoSampleSampler(NegativeSampler):
         per_candidate = []
         for s, candidate in enumerate(self.candidates):
             part = slice(s * k, (s + 1) * k)
-            slot = Negatives(ids=negatives.ids[..., part], logq=negatives.logq[..., part] if self.has_logq[s] else None)
+            slot = Negatives(
+                ids=negatives.ids[..., part], logq=negatives.logq[..., part] if self.trace.has_logq[s] else None
+            )
             per_candidate.append(candidate.loss(context, slot, positive_scores, negative_scores[..., part]))
         weights = self.weights()
         mixture = tf.add_n([weights[s] * value for s, value in enumerate(per_candidate)])
-        self._component_losses = [masked_mean(value, train_mask) for value in per_candidate]
+        self.trace.component_losses = [masked_mean(value, train_mask) for value in per_candidate]
 
         last = last_trained_position(context.target_ids)
         valid_rows = tf.logical_and(held_out, tf.not_equal(at_position(context.target_ids, last), 0))
-        self._validation_loss = tf.reduce_mean(
+        self.trace.validation_loss = tf.reduce_mean(
             losses.full_softmax(
                 tf.boolean_mask(at_position(context.states, last), valid_rows),
                 context.item_embeddings,
                 tf.boolean_mask(at_position(context.target_ids, last), valid_rows),
             )
         )
-        self._validation_loss = tf.where(tf.reduce_any(valid_rows), self._validation_loss, 0.0)
+        self.trace.validation_loss = tf.where(tf.reduce_any(valid_rows), self.trace.validation_loss, 0.0)
         return tf.where(held_out[:, tf.newaxis], tf.zeros_like(mixture), mixture)
 
     def update_from_tape(self, tape: tf.GradientTape, variables: list[tf.Variable]) -> None:
@@ -225,11 +233,11 @@ class AutoSampleSampler(NegativeSampler):
         due = tf.logical_and(tf.equal(self.phase, SEARCH), tf.equal(self.steps % self.params.arch_every, 0))
 
         def step() -> tf.Tensor:
-            validation_gradient = tape.gradient(self._validation_loss, variables)
+            validation_gradient = tape.gradient(self.trace.validation_loss, variables)
             alignment = tf.stack(
                 [
                     dot_gradients(validation_gradient, tape.gradient(value, variables))
-                    for value in self._component_losses
+                    for value in self.trace.component_losses
                 ]
             )
             self.apply_architecture_gradient(architecture_gradient(tf.nn.softmax(self.arch_logits), alignment))

@@ -77,6 +77,8 @@ class NegativeSampler(tf.Module):
         self.num_negatives = num_negatives
         self.item_counts = item_counts
         self.loss_name = loss_name
+        # Build samplers under the trainer's strategy scope: a generator created there gives each replica its own
+        # stream (seed hashed with the global replica id) and its state is a variable saved by BackupAndRestore.
         self.generator = tf.random.Generator.from_seed(seed)
 
     def sample(self, context: SamplingContext) -> Negatives:  # pragma: no cover

@@ -25,6 +25,7 @@ Choices (the paper leaves them open or is written for (user, item) collaborative
 
 State per user (tf.Variables, in-graph scatter updates): ``pool_size`` int32 ids + float32 H + float32 G:
 12 . 32 = 384 bytes a user with the defaults; Sports (35,598 users) 13.7 MB, Games (31,013) 11.9 MB.
+Users appearing twice in one batch (prefix samples) write their rows once; which write wins is unspecified.
 """
 
 from __future__ import annotations

@@ -1,0 +1,186 @@
+"""Run JSONs of a grid -> ``results.md`` (mean ± std over seeds, published numbers beside ours) and PNG plots."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import statistics
+from collections import defaultdict
+from typing import Any
+
+TABLE_METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "mrr")
+
+
+def load_runs(runs_dir: str) -> list[dict[str, Any]]:
+    """Every finished run JSON under ``runs_dir`` (``<dataset>/<backbone>/<method>/seed<k>.json``)."""
+    runs = []
+    for path in sorted(glob.glob(os.path.join(runs_dir, "*", "*", "*", "seed*.json"))):
+        with open(path) as f:
+            run = json.load(f)
+        if run.get("status") == "done":
+            runs.append(run)
+    return runs
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n - 1 in the denominator; None for a single seed)."""
+    mean = sum(values) / len(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def fmt_mean_std(values: list[float], digits: int = 4) -> str:
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def group_runs(runs: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str], list[dict[str, Any]]]]:
+    """dataset -> (backbone, method) -> runs, keeping the grid's order (runs carry ``order``)."""
+    grouped: dict[str, dict[tuple[str, str], list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for run in sorted(runs, key=lambda r: (r.get("order", 0), r["seed"])):
+        grouped[run["dataset"]][(run["backbone"], run["method"])].append(run)
+    return grouped
+
+
+def _published_cell(runs: list[dict[str, Any]]) -> str:
+    published = runs[0].get("published")
+    if not published:
+        return ""
+    recall = published.get("recall@10")
+    text = f"{published['ndcg@10']:.4f}" + (f" / {recall:.4f}" if recall is not None else "")
+    return f"{text} ({published['source']})"
+
+
+def results_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = TABLE_METRICS) -> str:
+    """One Markdown table a dataset: test metrics mean ± std over seeds, published NDCG@10 / Recall@10, timings."""
+    lines: list[str] = []
+    for dataset, by_method in group_runs(runs).items():
+        first = next(iter(by_method.values()))[0]
+        info = first.get("dataset_info", {})
+        lines.append(f"### {dataset}")
+        lines.append("")
+        if info:
+            lines.append(
+                f"`{info.get('input', '?')}`, split `{info.get('split', '?')}`: {info.get('n_users', '?')} users, "
+                f"{info.get('n_items', '?')} items, records {info.get('records', {})}."
+            )
+            lines.append("")
+        header = ["backbone", "method", "seeds", *[f"test {m}" for m in metrics], "published NDCG@10 / Recall@10",
+                  "best epoch", "epochs run", "s/epoch", "train min/run"]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for (backbone, method), group in by_method.items():
+            row = [backbone, method, ",".join(str(r["seed"]) for r in group)]
+            for metric in metrics:
+                row.append(fmt_mean_std([r["metrics"]["test"][metric] for r in group if metric in r["metrics"].get("test", {})]))
+            row.append(_published_cell(group))
+            row.append(fmt_mean_std([float(r["metrics"]["best_epoch"]) for r in group], 1))
+            row.append(fmt_mean_std([float(r["metrics"]["epochs_run"]) for r in group], 1))
+            row.append(fmt_mean_std([r["timings"]["seconds_per_epoch_median"] for r in group], 1))
+            row.append(fmt_mean_std([r["timings"]["train_seconds"] / 60 for r in group], 1))
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_markdown(
+    path: str, runs: list[dict[str, Any]], header: dict[str, Any], notes: list[str] | None = None
+) -> str:
+    """``results.md``: what was run (grid, budget, command, machine, versions), the tables, then the notes."""
+    out = [f"# Quality grid `{header['grid']}`", ""]
+    if header.get("description"):
+        out += [header["description"], ""]
+    out += [
+        f"- Command: `{header['command']}`",
+        f"- Grid file: `{header['grid_file']}`; budget: `{json.dumps(header['budget'])}`; seeds: {header['seeds']}",
+        f"- Machine: {header['machine'].get('cores')} cores, {header['machine'].get('cpu_model')}; "
+        f"versions: {', '.join(f'{k} {v}' for k, v in header['versions'].items())}",
+        f"- Code: commit `{header.get('git', {}).get('commit', '?')}`"
+        + (" (uncommitted changes)" if header.get("git", {}).get("dirty") else ""),
+        f"- Updated: {header['updated']}; runs: {len(runs)} finished, wall time of the finished runs "
+        f"{sum(r['timings']['wall_seconds'] for r in runs) / 60:.1f} min",
+        "",
+        "Test metrics at the best validation epoch (model selection on validation NDCG@20), full ranking, mean ± "
+        "sample std over seeds. Published numbers (DESIGN.md section 7) are the papers' own runs, mostly "
+        "best-of-grid single seeds with a full budget (up to 300 epochs): compare them with a grid of that budget.",
+        "",
+        results_table(runs),
+    ]
+    if notes:
+        out += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    text = "\n".join(out).rstrip() + "\n"
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
+def _label(backbone: str, method: str, backbones: set[str]) -> str:
+    return method if len(backbones) == 1 else f"{backbone}/{method}"
+
+
+def write_plots(out_dir: str, runs: list[dict[str, Any]]) -> list[str]:
+    """Per dataset: ``ndcg10_<dataset>.png`` (test NDCG@10 per method, error bars = sample std over seeds) and
+    ``val_ndcg20_<dataset>.png`` (validation NDCG@20 per epoch, mean over seeds, one line per method)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on the benchmark machines
+    import matplotlib.pyplot as plt
+
+    written = []
+    for dataset, by_method in group_runs(runs).items():
+        backbones = {b for b, _ in by_method}
+        labels, means, stds = [], [], []
+        for (backbone, method), group in by_method.items():
+            values = [r["metrics"]["test"]["ndcg@10"] for r in group if "ndcg@10" in r["metrics"].get("test", {})]
+            if not values:
+                continue
+            mean, std = mean_std(values)
+            labels.append(_label(backbone, method, backbones))
+            means.append(mean)
+            stds.append(std or 0.0)
+        fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(labels) + 1.5), 3.6))
+        ax.bar(range(len(labels)), means, yerr=stds, capsize=4, color="#4C72B0")
+        labelled = False
+        for i, group in enumerate(g for g in by_method.values() if g[0]["metrics"].get("test")):
+            published = group[0].get("published")
+            if published:
+                ax.plot([i - 0.4, i + 0.4], [published["ndcg@10"]] * 2, color="#C44E52", lw=2,
+                        label=None if labelled else "published")
+                labelled = True
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+        ax.set_ylabel("test NDCG@10")
+        ax.set_title(f"{dataset}: test NDCG@10 (mean ± std over seeds)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right")
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"ndcg10_{dataset}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+        fig, ax = plt.subplots(figsize=(6.0, 3.8))
+        for (backbone, method), group in by_method.items():
+            curves = [[(h["epoch"], h["val_ndcg_20"]) for h in r["metrics"].get("history", []) if "val_ndcg_20" in h]
+                      for r in group]
+            length = min((len(c) for c in curves if c), default=0)
+            if not length:
+                continue
+            # Early stopping ends seeds at different epochs: the mean is drawn over the epochs every seed ran.
+            epochs = [e for e, _ in curves[0][:length]]
+            mean = [sum(c[i][1] for c in curves) / len(curves) for i in range(length)]
+            ax.plot(epochs, mean, marker="o" if length < 30 else None, ms=3, label=_label(backbone, method, backbones))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation NDCG@20")
+        ax.set_title(f"{dataset}: validation NDCG@20 (mean over seeds)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"val_ndcg20_{dataset}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+

@@ -1,0 +1,123 @@
+"""Training-step time of every baseline sampler relative to uniform, side by side in one process.
+
+    python -m benchmarks.sampler_step_time [--batch 256 --max-len 50 --dim 64 --n-items 12102 --n-users 22363]
+
+Beauty shapes by default (SASRec, 2 layers, BCE, every position trained, full-length sequences). Each sampler gets
+its own model; the step is `SequentialRecommender.train_step` in a `tf.function`. The samplers are timed in
+interleaved rounds and the ratio to uniform is taken per round, then the median over rounds, so a load change on
+a shared machine hits every sampler alike. Writes ``benchmarks/results/sampler_step_time.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+import mdcns_tf  # noqa: F401
+from benchmarks import common
+from mdcns_tf.backbones.sasrec import SASRec
+from mdcns_tf.models import SequentialRecommender
+from mdcns_tf.samplers import SAMPLERS, sampler_params
+
+
+def synthetic_batch(rng: np.random.Generator, batch: int, max_len: int, n_items: int) -> dict[str, tf.Tensor]:
+    """Full-length sequences of distinct random items: inputs, next-item targets, the sequence as exclusions."""
+    sequences = np.stack([rng.choice(np.arange(1, n_items + 1), max_len + 1, replace=False) for _ in range(batch)])
+    return {
+        "input_ids": tf.constant(sequences[:, :-1], tf.int32),
+        "target_ids": tf.constant(sequences[:, 1:], tf.int32),
+        "exclusion_ids": tf.constant(sequences, tf.int32),
+        "user_index": tf.constant(rng.choice(np.arange(1, 22_000), batch, replace=False), tf.int32),
+    }
+
+
+def build_step(name: str, blocks: dict[str, Any], args: argparse.Namespace, item_counts: list[int]):
+    encoder = SASRec(n_items=args.n_items, max_len=args.max_len, dim=args.dim, num_layers=2, num_heads=2, dropout=0.5)
+    sampler = SAMPLERS[name](
+        params=sampler_params(name, blocks),
+        n_items=args.n_items,
+        n_users=args.n_users,
+        num_negatives=1,
+        item_counts=item_counts,
+        loss_name="bce",
+        seed=0,
+        name=name,
+    )
+    model = SequentialRecommender(encoder, sampler, "bce")
+    model.build_for_input(args.max_len)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    return model, tf.function(model.train_step)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--n-items", type=int, default=12_102)
+    parser.add_argument("--n-users", type=int, default=22_363)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per sampler per round")
+    parser.add_argument("--samplers", nargs="*", default=None)
+    parser.add_argument("--output", default=os.path.join(common.RESULTS, "sampler_step_time.json"))
+    args = parser.parse_args(argv)
+
+    rng = np.random.default_rng(0)
+    batch = synthetic_batch(rng, args.batch, args.max_len, args.n_items)
+    item_counts = [0, *rng.zipf(1.5, args.n_items).clip(max=5_000).tolist()]
+    # AutoSample is timed in both stages: the search (mixture + bi-level update) and the retraining.
+    variants: dict[str, tuple[str, dict]] = {name: (name, {}) for name in args.samplers or SAMPLERS}
+    if "autosample" in variants:
+        variants["autosample_retrain"] = ("autosample", {})
+    steps = {}
+    for label, (name, blocks) in variants.items():
+        model, step = build_step(name, blocks, args, item_counts)
+        if label == "autosample_retrain":
+            model.sampler.phase.assign(1)
+            model.sampler.selected.assign(model.sampler.names.index("dns"))
+        step(batch)  # trace + warm up
+        step(batch)
+        steps[label] = step
+        print(f"built {label}", flush=True)
+
+    seconds: dict[str, list[float]] = {label: [] for label in steps}
+    for _ in range(args.rounds):
+        for label, step in steps.items():
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                logs = step(batch)
+            float(logs["loss"])  # wait for the work to finish
+            seconds[label].append((time.perf_counter() - started) / args.steps)
+    result = {}
+    for label, values in seconds.items():
+        ratios = [v / u for v, u in zip(values, seconds["uniform"], strict=True)]
+        result[label] = {
+            "median_step_ms": round(1000 * statistics.median(values), 1),
+            "ratio_to_uniform": round(statistics.median(ratios), 2),
+        }
+        print(f"{label:20s} {result[label]['median_step_ms']:8.1f} ms/step  x{result[label]['ratio_to_uniform']:.2f}")
+    payload = {
+        "benchmark": "sampler_step_time",
+        "command": common.command_line("benchmarks.sampler_step_time", argv),
+        "when": common.now(),
+        "machine": common.machine_info(),
+        "versions": common.versions(),
+        "git": common.git_state(),
+        "shape": {k: getattr(args, k) for k in ("batch", "max_len", "dim", "n_items", "n_users")},
+        "backbone": "sasrec (2 layers, 2 heads), loss bce, every position trained, default sampler params",
+        "results": result,
+    }
+    common.write_json(args.output, payload)
+    print(f"wrote {common.repo_relative(args.output)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

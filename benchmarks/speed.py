@@ -1,0 +1,391 @@
+"""Train-step and evaluation speed per sampler and per backbone, as ratios measured side by side in one process.
+
+    python -m benchmarks.speed [--quick] [--tiny] [--only PATTERN] [--no-pipeline] [--out benchmarks/results]
+
+Shapes are Beauty's (batch 256, max length 50, d 64, 12,101 items + padding, 22,363 users) on synthetic random
+batches: the step's cost depends on the shapes, not on the ids. Every variant is built with
+`mdcns_tf.train.build_model` from ``configs/base.yaml`` plus overrides and a `Metadata` stub, and its
+``model.train_step`` runs inside a `tf.function`. The machine is shared and noisy, so absolute times are only
+indicative: variants are interleaved in rounds (the order rotates every round so none always runs first or last)
+and the report gives per-variant medians and ratios to uniform SASRec taken over the same rounds.
+
+Also measured: full-ranking evaluation throughput (users/s through ``model.test_step``, batch 512, every backbone)
+and the Beam pipeline's throughput (events/s on a synthetic log via ``python -m pipeline.run``; the marginal rate
+between two sizes cancels the fixed start-up cost).
+
+Writes ``<out>/speed.json`` and ``<out>/speed.md`` with the command, the machine and the versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from benchmarks import common
+
+log = logging.getLogger("benchmarks.speed")
+
+BASE_CONFIG = os.path.join(common.REPO, "configs", "base.yaml")
+REFERENCE = "sasrec/uniform"
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    batch: int = 256
+    max_len: int = 50
+    dim: int = 64
+    n_items: int = 12_101
+    n_users: int = 22_363
+    eval_batch: int = 512
+
+
+BEAUTY = Shape()
+TINY = Shape(batch=8, max_len=8, dim=16, n_items=200, n_users=64, eval_batch=16)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    group: str  # sampler | backbone | mdcns
+    overrides: tuple[str, ...]
+
+
+def default_variants() -> list[Variant]:
+    """Uniform SASRec (the reference), every sampler on SASRec, every backbone with uniform, MDCNS with two peers.
+
+    Read from the registries, so a sampler or backbone that lands later is measured without touching this file.
+    """
+    from mdcns_tf.backbones import BACKBONES
+    from mdcns_tf.samplers import SAMPLERS
+
+    variants = [Variant(REFERENCE, "reference", ("sampler.name=uniform",))]
+    variants += [Variant(f"sasrec/{s}", "sampler", (f"sampler.name={s}",)) for s in SAMPLERS if s != "uniform"]
+    variants += [Variant(f"{b}/uniform", "backbone", (f"model.backbone={b}",)) for b in BACKBONES if b != "sasrec"]
+    for peer in ("gru4rec", "mamba4rec"):
+        variants.append(Variant(f"mdcns/sasrec+{peer}", "mdcns", ("trainer=mdcns", f"mdcns.peer_backbone={peer}")))
+    return variants
+
+
+def stub_metadata(shape: Shape) -> Any:
+    """A `Metadata` with Zipf-like item counts, so the popularity sampler draws from a realistic distribution."""
+    from mdcns_tf.features import SCHEMA_VERSION, Metadata
+
+    counts = [0] + [max(1, int(1000 / (rank**0.8))) for rank in range(1, shape.n_items + 1)]
+    return Metadata(
+        schema_version=SCHEMA_VERSION,
+        n_users=shape.n_users,
+        n_items=shape.n_items,
+        item_counts=counts,
+        split={"protocol": "user", "seed": 0},
+        counts={},
+        records={},
+    )
+
+
+def synthetic_batches(shape: Shape, count: int, seed: int) -> tuple[list[dict], dict]:
+    """``count`` training batches (full-length sequences: with dense backbones padding costs what a real token
+    costs, so tokens/s = batch x max_len / step time) and one evaluation batch."""
+    import tensorflow as tf
+
+    rng = tf.random.Generator.from_seed(seed)
+
+    def ids(*dims: int) -> tf.Tensor:
+        return rng.uniform(dims, 1, shape.n_items + 1, dtype=tf.int32)
+
+    train = []
+    for _ in range(count):
+        sequence = ids(shape.batch, shape.max_len + 1)
+        train.append({
+            "input_ids": sequence[:, :-1],
+            "target_ids": sequence[:, 1:],
+            "exclusion_ids": sequence,
+            "user_index": rng.uniform([shape.batch], 1, shape.n_users + 1, dtype=tf.int32),
+        })
+    history = ids(shape.eval_batch, shape.max_len)
+    evaluation = {
+        "input_ids": history,
+        "history_ids": history,
+        "target": ids(shape.eval_batch),
+        "user_index": rng.uniform([shape.eval_batch], 1, shape.n_users + 1, dtype=tf.int32),
+    }
+    return train, evaluation
+
+
+def build(variant: Variant, shape: Shape, metadata: Any) -> Any:
+    """The compiled model of a variant; raises `ConfigError` when its sampler/backbone is not registered."""
+    import tf_keras as keras
+
+    from mdcns_tf.config import load_config
+    from mdcns_tf.train import build_model
+
+    overrides = [
+        f"model.dim={shape.dim}", f"data.max_len={shape.max_len}", f"data.batch_size={shape.batch}",
+        f"data.eval_batch_size={shape.eval_batch}", "seed=1", *variant.overrides,
+    ]
+    config = load_config(BASE_CONFIG, overrides)
+    model = build_model(config, metadata)
+    model.build_for_input(shape.max_len)
+    model.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate))
+    return model
+
+
+def timed(fn: Any, batches: list, steps: int) -> float:
+    """Seconds per call of ``fn`` over ``steps`` calls; the last output is read back so the work is finished."""
+    started = time.perf_counter()
+    out = None
+    for i in range(steps):
+        out = fn(batches[i % len(batches)])
+    if out is not None:
+        next(iter(out.values())).numpy()
+    return (time.perf_counter() - started) / steps
+
+
+def interleaved(fns: dict[str, Any], batches: list, rounds: int, steps: int) -> dict[str, list[float]]:
+    """Per-variant step times over ``rounds`` rounds; the order rotates each round to spread machine noise."""
+    names = list(fns)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            samples[name].append(timed(fns[name], batches, steps))
+        log.info("round %d/%d done", r + 1, rounds)
+    return samples
+
+
+def ratio_stats(samples: dict[str, list[float]], reference: str) -> dict[str, float]:
+    """Median over rounds of (variant time / reference time in the same round): noise that hits a whole round
+    cancels, unlike a ratio of two medians."""
+    ref = samples[reference]
+    return {name: statistics.median(t / r for t, r in zip(times, ref, strict=True)) for name, times in samples.items()}
+
+
+def measure_models(shape: Shape, variants: list[Variant], rounds: int, steps: int) -> tuple[list, list, list[str]]:
+    import tensorflow as tf
+
+    metadata = stub_metadata(shape)
+    batches, eval_batch = synthetic_batches(shape, count=3, seed=0)
+    notes: list[str] = []
+    train_fns: dict[str, Any] = {}
+    eval_fns: dict[str, Any] = {}
+    built: dict[str, Any] = {}
+    params: dict[str, int] = {}
+    for variant in variants:
+        try:
+            model = build(variant, shape, metadata)
+        except Exception as e:  # noqa: BLE001  (a missing or broken piece is a note, never the end of the run)
+            notes.append(f"{variant.name} skipped: {type(e).__name__}: {e}")
+            log.warning("%s", notes[-1])
+            continue
+        fn = tf.function(model.train_step)
+        started = time.perf_counter()
+        try:
+            timed(fn, batches, 2)  # trace + warm up (first-call allocation) outside the measurement
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"{variant.name} skipped: train_step failed: {type(e).__name__}: {str(e)[:300]}")
+            log.warning("%s", notes[-1])
+            continue
+        log.info("built %s (trace + 2 steps %.1fs)", variant.name, time.perf_counter() - started)
+        built[variant.name] = model
+        train_fns[variant.name] = fn
+        params[variant.name] = int(sum(v.shape.num_elements() for v in model.trainable_variables))
+        if variant.group in ("reference", "backbone"):
+            eval_fn = tf.function(model.test_step)
+            timed(eval_fn, [eval_batch], 2)
+            eval_fns[variant.name.split("/")[0]] = eval_fn
+    if REFERENCE not in train_fns:
+        raise RuntimeError(f"the reference variant {REFERENCE} could not be built: {notes}")
+
+    samples = interleaved(train_fns, batches, rounds, steps)
+    ratios = ratio_stats(samples, REFERENCE)
+    rows = []
+    for variant in variants:
+        if variant.name not in samples:
+            continue
+        step = statistics.median(samples[variant.name])
+        rows.append({
+            "variant": variant.name,
+            "group": variant.group,
+            "step_ms_median": round(1000 * step, 2),
+            "step_ms_rounds": [round(1000 * t, 2) for t in samples[variant.name]],
+            "ratio_to_uniform_sasrec": round(ratios[variant.name], 3),
+            "sequences_per_s": round(shape.batch / step, 1),
+            "tokens_per_s": round(shape.batch * shape.max_len / step, 0),
+            "trainable_parameters": params[variant.name],
+        })
+
+    eval_rows = []
+    if eval_fns:
+        eval_samples = interleaved(eval_fns, [eval_batch], rounds, max(1, steps // 2))
+        eval_ratios = ratio_stats(eval_samples, "sasrec") if "sasrec" in eval_samples else {}
+        for name, times in eval_samples.items():
+            step = statistics.median(times)
+            eval_rows.append({
+                "backbone": name,
+                "batch_ms_median": round(1000 * step, 2),
+                "users_per_s": round(shape.eval_batch / step, 1),
+                "ratio_to_sasrec": round(eval_ratios.get(name, float("nan")), 3),
+            })
+    return rows, eval_rows, notes
+
+
+def measure_pipeline(sizes: tuple[int, int], timeout: float = 900) -> dict[str, Any]:
+    """Wall time of ``pipeline.run`` (loo split, interactions format) on two synthetic logs; events/s at each size
+    and the marginal rate (extra events / extra seconds), which excludes Beam's start-up."""
+    try:
+        import pipeline.run  # noqa: F401
+        import pipeline.synthetic  # noqa: F401
+    except ImportError as e:
+        return {"skipped": f"pipeline not importable: {e}"}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (common.REPO, env.get("PYTHONPATH", "")) if p)
+    out: dict[str, Any] = {"runs": []}
+    with tempfile.TemporaryDirectory(prefix="mdcns_speed_") as tmp:
+        for events in sizes:
+            users = max(10, events // 20)
+            raw = os.path.join(tmp, f"log_{events}.tsv")
+            gen = [sys.executable, "-m", "pipeline.synthetic", "--output", raw, "--users", str(users),
+                   "--items", str(max(50, events // 50)), "--events", str(events), "--seed", "0"]
+            run = [sys.executable, "-m", "pipeline.run", "--input", raw, "--input_format", "interactions",
+                   "--split", "loo", "--output", os.path.join(tmp, f"out_{events}")]
+            try:
+                subprocess.run(gen, cwd=common.REPO, env=env, check=True, capture_output=True, timeout=timeout)
+                started = time.perf_counter()
+                subprocess.run(run, cwd=common.REPO, env=env, check=True, capture_output=True, timeout=timeout)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+                stderr = getattr(e, "stderr", b"") or b""
+                return {"skipped": f"pipeline run failed: {e}; {stderr.decode(errors='replace')[-300:]}"}
+            seconds = time.perf_counter() - started
+            out["runs"].append({"events": events, "users": users, "seconds": round(seconds, 2),
+                                "events_per_s": round(events / seconds, 0)})
+            log.info("pipeline: %d events in %.1fs", events, seconds)
+    (small, large) = out["runs"]
+    extra = large["seconds"] - small["seconds"]
+    out["marginal_events_per_s"] = round((large["events"] - small["events"]) / extra, 0) if extra > 0 else None
+    out["command"] = "python -m pipeline.run --input <synthetic log> --input_format interactions --split loo " \
+                     "--output <tmp>   (default FnApiRunner)"
+    return out
+
+
+def write_markdown(path: str, result: dict[str, Any]) -> str:
+    shape = result["shape"]
+    lines = [
+        "# Speed",
+        "",
+        f"- Command: `{result['command']}`",
+        f"- Machine: {result['machine']['cores']} cores, {result['machine']['cpu_model']}, load average "
+        f"{result['machine'].get('load_average_1m')} at the start (shared machine: absolute times are indicative, "
+        "ratios are measured side by side)",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in result['versions'].items())}; commit "
+        f"`{result['git'].get('commit')}`",
+        f"- Shapes: batch {shape['batch']}, max length {shape['max_len']}, d {shape['dim']}, {shape['n_items']} items; "
+        f"{result['rounds']} interleaved rounds x {result['steps']} steps; {result['measured_at']}",
+        "",
+        "## Train step (synthetic full-length batches, `model.train_step` in a `tf.function`)",
+        "",
+        "Ratio = median over rounds of (variant step / uniform SASRec step in the same round).",
+        "",
+        "| variant | group | step ms (median) | x uniform SASRec | sequences/s | tokens/s | trainable params |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in result["train_step"]:
+        lines.append(
+            f"| {row['variant']} | {row['group']} | {row['step_ms_median']:.1f} | {row['ratio_to_uniform_sasrec']:.2f} | "
+            f"{row['sequences_per_s']:.0f} | {row['tokens_per_s']:.0f} | {row['trainable_parameters']:,} |"
+        )
+    if result.get("mdcns_over_uniform"):
+        lines += ["", "MDCNS / uniform SASRec step-time ratio: " + ", ".join(
+            f"{k} {v:.2f}x" for k, v in result["mdcns_over_uniform"].items())]
+    lines += ["", f"## Full-ranking evaluation (`model.test_step`, batch {shape['eval_batch']}, all items ranked)", ""]
+    lines += ["| backbone | batch ms (median) | users/s | x SASRec time |", "|---|---|---|---|"]
+    for row in result["eval"]:
+        lines.append(f"| {row['backbone']} | {row['batch_ms_median']:.1f} | {row['users_per_s']:.0f} | "
+                     f"{row['ratio_to_sasrec']:.2f} |")
+    lines += ["", "## Pipeline (Beam, FnApiRunner, synthetic interactions log, leave-one-out)", ""]
+    pipe = result.get("pipeline", {})
+    if "skipped" in pipe:
+        lines.append(f"Skipped: {pipe['skipped']}")
+    else:
+        lines += ["| events | users | seconds (wall, incl. start-up) | events/s |", "|---|---|---|---|"]
+        for run in pipe.get("runs", []):
+            lines.append(f"| {run['events']:,} | {run['users']:,} | {run['seconds']:.1f} | {run['events_per_s']:.0f} |")
+        lines += ["", f"Marginal throughput (start-up excluded): {pipe.get('marginal_events_per_s')} events/s."]
+    if result.get("notes"):
+        lines += ["", "## Notes", "", *[f"- {n}" for n in result["notes"]]]
+    text = "\n".join(lines) + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
+def run_speed(
+    shape: Shape,
+    rounds: int,
+    steps: int,
+    out_dir: str,
+    only: str | None = None,
+    pipeline_sizes: tuple[int, int] | None = (100_000, 500_000),
+    command: str = "",
+) -> dict[str, Any]:
+    """Measures, writes ``speed.json`` and ``speed.md`` into ``out_dir``, returns the result."""
+    import mdcns_tf  # noqa: F401  (legacy Keras switch before TensorFlow loads)
+
+    variants = default_variants()
+    if only:
+        pattern = only if any(c in only for c in "*?[") else f"*{only}*"
+        variants = [v for v in variants if v.name == REFERENCE or fnmatch.fnmatchcase(v.name, pattern)]
+    machine = common.machine_info()
+    rows, eval_rows, notes = measure_models(shape, variants, rounds, steps)
+    result: dict[str, Any] = {
+        "command": command,
+        "machine": machine,
+        "versions": common.versions(),
+        "git": common.git_state(),
+        "measured_at": common.now(),
+        "shape": dataclasses.asdict(shape),
+        "rounds": rounds,
+        "steps": steps,
+        "train_step": rows,
+        "mdcns_over_uniform": {r["variant"]: r["ratio_to_uniform_sasrec"] for r in rows if r["group"] == "mdcns"},
+        "eval": eval_rows,
+        "pipeline": measure_pipeline(pipeline_sizes) if pipeline_sizes else {"skipped": "not requested"},
+        "notes": notes,
+    }
+    result["machine"]["load_average_1m_end"] = common.machine_info().get("load_average_1m")
+    os.makedirs(out_dir, exist_ok=True)
+    common.write_json(os.path.join(out_dir, "speed.json"), result)
+    write_markdown(os.path.join(out_dir, "speed.md"), result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and a smaller pipeline log (~5 min)")
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes (tests, smoke checks): seconds, not minutes")
+    parser.add_argument("--only", help="fnmatch pattern (or substring) on variant names; uniform SASRec always runs")
+    parser.add_argument("--no-pipeline", action="store_true", help="skip the pipeline throughput measurement")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="train steps per variant per round")
+    parser.add_argument("--out", default=common.RESULTS, help="output folder (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    shape = TINY if args.tiny else BEAUTY
+    rounds = args.rounds or (2 if args.tiny else 5 if args.quick else 9)
+    steps = args.steps or (1 if args.tiny else 3 if args.quick else 5)
+    sizes = None if args.no_pipeline else ((5_000, 20_000) if args.tiny else
+                                           (50_000, 250_000) if args.quick else (100_000, 1_000_000))
+    result = run_speed(shape, rounds, steps, args.out, args.only, sizes, common.command_line("benchmarks.speed", argv))
+    print(open(os.path.join(args.out, "speed.md")).read())
+    return 0 if result["train_step"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
