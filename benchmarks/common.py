@@ -74,6 +74,7 @@ def versions() -> dict[str, str]:
 
 def git_state() -> dict[str, Any]:
     """Commit and dirty flag of the repo (read-only git calls), so a number can be traced to the code."""
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
@@ -92,7 +93,7 @@ def command_line(module: str, argv: list[str] | None = None) -> str:
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def write_json(path: str, payload: Any) -> None:

@@ -163,8 +163,18 @@ def load_grid(path: str) -> GridSpec:
         raise GridError(f"grid file not found: {path}")
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
-    known = {"name", "description", "expected_minutes", "base", "overrides", "budget", "datasets", "backbones",
-             "methods", "seeds"}
+    known = {
+        "name",
+        "description",
+        "expected_minutes",
+        "base",
+        "overrides",
+        "budget",
+        "datasets",
+        "backbones",
+        "methods",
+        "seeds",
+    }
     unknown = sorted(set(raw) - known)
     if unknown:
         raise GridError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")

@@ -56,8 +56,18 @@ def run_json_path(results_dir: str, cell: Cell) -> str:
 
 def pipeline_command(spec: DatasetSpec, data_root: str, output: str) -> list[str]:
     return [
-        sys.executable, "-m", "pipeline.run", "--input", os.path.join(data_root, spec.input),
-        "--input_format", spec.input_format, "--split", spec.split, "--output", output, "--overwrite",
+        sys.executable,
+        "-m",
+        "pipeline.run",
+        "--input",
+        os.path.join(data_root, spec.input),
+        "--input_format",
+        spec.input_format,
+        "--split",
+        spec.split,
+        "--output",
+        output,
+        "--overwrite",
         *spec.pipeline_args,
     ]
 
@@ -179,8 +189,15 @@ class GridRunner:
             with open(path) as f:
                 previous = json.load(f)
             status = "done" if previous.get("config_hash") == digest else "stale"
-        return {"cell": cell, "config": config_dict, "hash": digest, "scratch": scratch, "path": path,
-                "status": status, "stamp": stamp}
+        return {
+            "cell": cell,
+            "config": config_dict,
+            "hash": digest,
+            "scratch": scratch,
+            "path": path,
+            "status": status,
+            "stamp": stamp,
+        }
 
     def run_cell(self, plan: dict[str, Any]) -> dict[str, Any] | None:
         cell: Cell = plan["cell"]
@@ -203,7 +220,9 @@ class GridRunner:
         started_at = common.now()
         started = time.perf_counter()
         with open(log_path, "a") as logf:
-            rc = subprocess.run(command, cwd=common.REPO, env=child_env(), stdout=logf, stderr=subprocess.STDOUT).returncode
+            rc = subprocess.run(
+                command, cwd=common.REPO, env=child_env(), stdout=logf, stderr=subprocess.STDOUT
+            ).returncode
         wall = time.perf_counter() - started
         metrics_path = os.path.join(scratch, "metrics.json")
         if rc != 0 or not os.path.exists(metrics_path):
@@ -216,6 +235,9 @@ class GridRunner:
         spec = self.grid.datasets[cell.dataset]
         match = published.lookup(spec.input, spec.split, plan["config"])
         stamp = plan["stamp"]
+        reference = None
+        if match is not None:
+            reference = {"ndcg@10": match.ndcg10, "recall@10": match.recall10, "source": match.source}
         run = {
             "status": "done",
             "grid": self.grid.name,
@@ -238,10 +260,10 @@ class GridRunner:
                 "load_average_1m_before": load_before,
                 "load_average_1m_after": self.machine_load(),
             },
-            "published": None if match is None else
-            {"ndcg@10": match.ndcg10, "recall@10": match.recall10, "source": match.source},
-            "dataset_info": {k: stamp.get(k) for k in ("input", "input_format", "split", "n_users", "n_items",
-                                                          "records", "command")},
+            "published": reference,
+            "dataset_info": {
+                k: stamp.get(k) for k in ("input", "input_format", "split", "n_users", "n_items", "records", "command")
+            },
             "command": self.command,
             "cell_command": f"python -m mdcns_tf.train --config {common.repo_relative(config_path)}",
             "machine": self.machine,
@@ -295,8 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="fnmatch pattern (or substring) on dataset/backbone/method/seed<k>")
     parser.add_argument("--dry-run", action="store_true", help="list the cells, their status and commands; run nothing")
     parser.add_argument("--report-only", action="store_true", help="rebuild results.md and the plots from the JSONs")
-    parser.add_argument("--data-root", default=os.environ.get("MDCNS_SHARED_DATA", common.DEFAULT_DATA_ROOT),
-                        help="folder holding the raw datasets (default ../shared/data or $MDCNS_SHARED_DATA)")
+    parser.add_argument(
+        "--data-root",
+        default=os.environ.get("MDCNS_SHARED_DATA", common.DEFAULT_DATA_ROOT),
+        help="folder holding the raw datasets (default ../shared/data or $MDCNS_SHARED_DATA)",
+    )
     parser.add_argument("--results", default=None, help="results folder (default benchmarks/results/<grid>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -320,9 +345,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     plans = [p for p in (runner.plan(c, args.dry_run) for c in cells) if p is not None]
     todo = [p for p in plans if p["status"] != "done"]
-    print(f"grid {grid.name}: {len(cells)} cells selected, {len(plans) - len(todo)} done, {len(todo)} to run, "
-          f"{len(cells) - len(plans)} skipped" + (f"; expected ~{grid.expected_minutes:.0f} min for the whole grid "
-                                                  "on the reference machine" if grid.expected_minutes else ""))
+    print(
+        f"grid {grid.name}: {len(cells)} cells selected, {len(plans) - len(todo)} done, {len(todo)} to run, "
+        f"{len(cells) - len(plans)} skipped"
+        + (
+            f"; expected ~{grid.expected_minutes:.0f} min for the whole grid on the reference machine"
+            if grid.expected_minutes
+            else ""
+        )
+    )
     if args.dry_run:
         for plan in plans:
             print(f"  [{plan['status']:5}] {plan['cell'].id}  hash {plan['hash']}")
@@ -336,9 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     walls: dict[str, list[float]] = {}
     for i, plan in enumerate(todo, 1):
         cell = plan["cell"]
-        log.info("[%d/%d] %s%s: training (log: %s)", i, len(todo), cell.id,
-                 " (config changed, re-running)" if plan["status"] == "stale" else "",
-                 common.repo_relative(os.path.join(plan["scratch"], "train.log")))
+        log.info(
+            "[%d/%d] %s%s: training (log: %s)",
+            i,
+            len(todo),
+            cell.id,
+            " (config changed, re-running)" if plan["status"] == "stale" else "",
+            common.repo_relative(os.path.join(plan["scratch"], "train.log")),
+        )
         run = runner.run_cell(plan)
         if run is not None:
             walls.setdefault(cell.method, []).append(run["timings"]["wall_seconds"])
@@ -346,9 +382,17 @@ def main(argv: list[str] | None = None) -> int:
             # ETA per method: MDCNS steps cost about twice a uniform step.
             eta = sum(median(walls.get(p["cell"].method, every)) for p in todo[i:])
             test = run["metrics"].get("test", {})
-            log.info("[%d/%d] %s done in %.0fs: test ndcg@10 %.4f recall@10 %.4f (best epoch %s); ETA %.0f min",
-                     i, len(todo), cell.id, run["timings"]["wall_seconds"], test.get("ndcg@10", float("nan")),
-                     test.get("recall@10", float("nan")), run["metrics"].get("best_epoch"), eta / 60)
+            log.info(
+                "[%d/%d] %s done in %.0fs: test ndcg@10 %.4f recall@10 %.4f (best epoch %s); ETA %.0f min",
+                i,
+                len(todo),
+                cell.id,
+                run["timings"]["wall_seconds"],
+                test.get("ndcg@10", float("nan")),
+                test.get("recall@10", float("nan")),
+                run["metrics"].get("best_epoch"),
+                eta / 60,
+            )
         # Rewritten after every cell: a long grid shows its partial table while it runs.
         runner.write_report(all_cells)
     runner.write_report(all_cells)

@@ -50,7 +50,10 @@ def _published_cell(runs: list[dict[str, Any]]) -> str:
         return ""
     recall = published.get("recall@10")
     text = f"{published['ndcg@10']:.4f}" + (f" / {recall:.4f}" if recall is not None else "")
-    return f"{text} ({published['source']})"
+    data = runs[0].get("config", {}).get("data", {})
+    # Same protocol, but ours trains or evaluates on a subset of the users: say so next to the number.
+    subset = "; ours on a data subset" if data.get("max_train_sequences") or data.get("max_eval_users") else ""
+    return f"{text} ({published['source']}{subset})"
 
 
 def results_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = TABLE_METRICS) -> str:
@@ -67,14 +70,27 @@ def results_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = TABLE_M
                 f"{info.get('n_items', '?')} items, records {info.get('records', {})}."
             )
             lines.append("")
-        header = ["backbone", "method", "seeds", *[f"test {m}" for m in metrics], "published NDCG@10 / Recall@10",
-                  "best epoch", "epochs run", "s/epoch", "train min/run"]
+        header = [
+            "backbone",
+            "method",
+            "seeds",
+            *[f"test {m}" for m in metrics],
+            "published NDCG@10 / Recall@10",
+            "best epoch",
+            "epochs run",
+            "s/epoch",
+            "train min/run",
+        ]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for (backbone, method), group in by_method.items():
             row = [backbone, method, ",".join(str(r["seed"]) for r in group)]
             for metric in metrics:
-                row.append(fmt_mean_std([r["metrics"]["test"][metric] for r in group if metric in r["metrics"].get("test", {})]))
+                row.append(
+                    fmt_mean_std(
+                        [r["metrics"]["test"][metric] for r in group if metric in r["metrics"].get("test", {})]
+                    )
+                )
             row.append(_published_cell(group))
             row.append(fmt_mean_std([float(r["metrics"]["best_epoch"]) for r in group], 1))
             row.append(fmt_mean_std([float(r["metrics"]["epochs_run"]) for r in group], 1))
@@ -147,8 +163,13 @@ def write_plots(out_dir: str, runs: list[dict[str, Any]]) -> list[str]:
         for i, group in enumerate(g for g in by_method.values() if g[0]["metrics"].get("test")):
             published = group[0].get("published")
             if published:
-                ax.plot([i - 0.4, i + 0.4], [published["ndcg@10"]] * 2, color="#C44E52", lw=2,
-                        label=None if labelled else "published")
+                ax.plot(
+                    [i - 0.4, i + 0.4],
+                    [published["ndcg@10"]] * 2,
+                    color="#C44E52",
+                    lw=2,
+                    label=None if labelled else "published",
+                )
                 labelled = True
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
         ax.set_ylabel("test NDCG@10")
@@ -163,8 +184,10 @@ def write_plots(out_dir: str, runs: list[dict[str, Any]]) -> list[str]:
 
         fig, ax = plt.subplots(figsize=(6.0, 3.8))
         for (backbone, method), group in by_method.items():
-            curves = [[(h["epoch"], h["val_ndcg_20"]) for h in r["metrics"].get("history", []) if "val_ndcg_20" in h]
-                      for r in group]
+            curves = [
+                [(h["epoch"], h["val_ndcg_20"]) for h in r["metrics"].get("history", []) if "val_ndcg_20" in h]
+                for r in group
+            ]
             length = min((len(c) for c in curves if c), default=0)
             if not length:
                 continue
@@ -183,4 +206,3 @@ def write_plots(out_dir: str, runs: list[dict[str, Any]]) -> list[str]:
         plt.close(fig)
         written.append(path)
     return written
-

@@ -104,12 +104,14 @@ def synthetic_batches(shape: Shape, count: int, seed: int) -> tuple[list[dict], 
     train = []
     for _ in range(count):
         sequence = ids(shape.batch, shape.max_len + 1)
-        train.append({
-            "input_ids": sequence[:, :-1],
-            "target_ids": sequence[:, 1:],
-            "exclusion_ids": sequence,
-            "user_index": rng.uniform([shape.batch], 1, shape.n_users + 1, dtype=tf.int32),
-        })
+        train.append(
+            {
+                "input_ids": sequence[:, :-1],
+                "target_ids": sequence[:, 1:],
+                "exclusion_ids": sequence,
+                "user_index": rng.uniform([shape.batch], 1, shape.n_users + 1, dtype=tf.int32),
+            }
+        )
     history = ids(shape.eval_batch, shape.max_len)
     evaluation = {
         "input_ids": history,
@@ -128,8 +130,12 @@ def build(variant: Variant, shape: Shape, metadata: Any) -> Any:
     from mdcns_tf.train import build_model
 
     overrides = [
-        f"model.dim={shape.dim}", f"data.max_len={shape.max_len}", f"data.batch_size={shape.batch}",
-        f"data.eval_batch_size={shape.eval_batch}", "seed=1", *variant.overrides,
+        f"model.dim={shape.dim}",
+        f"data.max_len={shape.max_len}",
+        f"data.batch_size={shape.batch}",
+        f"data.eval_batch_size={shape.eval_batch}",
+        "seed=1",
+        *variant.overrides,
     ]
     config = load_config(BASE_CONFIG, overrides)
     model = build_model(config, metadata)
@@ -154,7 +160,7 @@ def interleaved(fns: dict[str, Any], batches: list, rounds: int, steps: int) -> 
     names = list(fns)
     samples: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             samples[name].append(timed(fns[name], batches, steps))
         log.info("round %d/%d done", r + 1, rounds)
@@ -190,7 +196,8 @@ def measure_models(shape: Shape, variants: list[Variant], rounds: int, steps: in
         try:
             timed(fn, batches, 2)  # trace + warm up (first-call allocation) outside the measurement
         except Exception as e:  # noqa: BLE001
-            notes.append(f"{variant.name} skipped: train_step failed: {type(e).__name__}: {str(e)[:300]}")
+            log.debug("train_step of %s failed", variant.name, exc_info=True)
+            notes.append(f"{variant.name} skipped: train_step failed: {type(e).__name__}: {str(e)[-400:]}")
             log.warning("%s", notes[-1])
             continue
         log.info("built %s (trace + 2 steps %.1fs)", variant.name, time.perf_counter() - started)
@@ -211,16 +218,18 @@ def measure_models(shape: Shape, variants: list[Variant], rounds: int, steps: in
         if variant.name not in samples:
             continue
         step = statistics.median(samples[variant.name])
-        rows.append({
-            "variant": variant.name,
-            "group": variant.group,
-            "step_ms_median": round(1000 * step, 2),
-            "step_ms_rounds": [round(1000 * t, 2) for t in samples[variant.name]],
-            "ratio_to_uniform_sasrec": round(ratios[variant.name], 3),
-            "sequences_per_s": round(shape.batch / step, 1),
-            "tokens_per_s": round(shape.batch * shape.max_len / step, 0),
-            "trainable_parameters": params[variant.name],
-        })
+        rows.append(
+            {
+                "variant": variant.name,
+                "group": variant.group,
+                "step_ms_median": round(1000 * step, 2),
+                "step_ms_rounds": [round(1000 * t, 2) for t in samples[variant.name]],
+                "ratio_to_uniform_sasrec": round(ratios[variant.name], 3),
+                "sequences_per_s": round(shape.batch / step, 1),
+                "tokens_per_s": round(shape.batch * shape.max_len / step, 0),
+                "trainable_parameters": params[variant.name],
+            }
+        )
 
     eval_rows = []
     if eval_fns:
@@ -228,12 +237,14 @@ def measure_models(shape: Shape, variants: list[Variant], rounds: int, steps: in
         eval_ratios = ratio_stats(eval_samples, "sasrec") if "sasrec" in eval_samples else {}
         for name, times in eval_samples.items():
             step = statistics.median(times)
-            eval_rows.append({
-                "backbone": name,
-                "batch_ms_median": round(1000 * step, 2),
-                "users_per_s": round(shape.eval_batch / step, 1),
-                "ratio_to_sasrec": round(eval_ratios.get(name, float("nan")), 3),
-            })
+            eval_rows.append(
+                {
+                    "backbone": name,
+                    "batch_ms_median": round(1000 * step, 2),
+                    "users_per_s": round(shape.eval_batch / step, 1),
+                    "ratio_to_sasrec": round(eval_ratios.get(name, float("nan")), 3),
+                }
+            )
     return rows, eval_rows, notes
 
 
@@ -252,10 +263,34 @@ def measure_pipeline(sizes: tuple[int, int], timeout: float = 900) -> dict[str, 
         for events in sizes:
             users = max(10, events // 20)
             raw = os.path.join(tmp, f"log_{events}.tsv")
-            gen = [sys.executable, "-m", "pipeline.synthetic", "--output", raw, "--users", str(users),
-                   "--items", str(max(50, events // 50)), "--events", str(events), "--seed", "0"]
-            run = [sys.executable, "-m", "pipeline.run", "--input", raw, "--input_format", "interactions",
-                   "--split", "loo", "--output", os.path.join(tmp, f"out_{events}")]
+            gen = [
+                sys.executable,
+                "-m",
+                "pipeline.synthetic",
+                "--output",
+                raw,
+                "--users",
+                str(users),
+                "--items",
+                str(max(50, events // 50)),
+                "--events",
+                str(events),
+                "--seed",
+                "0",
+            ]
+            run = [
+                sys.executable,
+                "-m",
+                "pipeline.run",
+                "--input",
+                raw,
+                "--input_format",
+                "interactions",
+                "--split",
+                "loo",
+                "--output",
+                os.path.join(tmp, f"out_{events}"),
+            ]
             try:
                 subprocess.run(gen, cwd=common.REPO, env=env, check=True, capture_output=True, timeout=timeout)
                 started = time.perf_counter()
@@ -264,14 +299,22 @@ def measure_pipeline(sizes: tuple[int, int], timeout: float = 900) -> dict[str, 
                 stderr = getattr(e, "stderr", b"") or b""
                 return {"skipped": f"pipeline run failed: {e}; {stderr.decode(errors='replace')[-300:]}"}
             seconds = time.perf_counter() - started
-            out["runs"].append({"events": events, "users": users, "seconds": round(seconds, 2),
-                                "events_per_s": round(events / seconds, 0)})
+            out["runs"].append(
+                {
+                    "events": events,
+                    "users": users,
+                    "seconds": round(seconds, 2),
+                    "events_per_s": round(events / seconds, 0),
+                }
+            )
             log.info("pipeline: %d events in %.1fs", events, seconds)
     (small, large) = out["runs"]
     extra = large["seconds"] - small["seconds"]
     out["marginal_events_per_s"] = round((large["events"] - small["events"]) / extra, 0) if extra > 0 else None
-    out["command"] = "python -m pipeline.run --input <synthetic log> --input_format interactions --split loo " \
-                     "--output <tmp>   (default FnApiRunner)"
+    out["command"] = (
+        "python -m pipeline.run --input <synthetic log> --input_format interactions --split loo "
+        "--output <tmp>   (default FnApiRunner)"
+    )
     return out
 
 
@@ -298,17 +341,23 @@ def write_markdown(path: str, result: dict[str, Any]) -> str:
     ]
     for row in result["train_step"]:
         lines.append(
-            f"| {row['variant']} | {row['group']} | {row['step_ms_median']:.1f} | {row['ratio_to_uniform_sasrec']:.2f} | "
-            f"{row['sequences_per_s']:.0f} | {row['tokens_per_s']:.0f} | {row['trainable_parameters']:,} |"
+            f"| {row['variant']} | {row['group']} | {row['step_ms_median']:.1f} | "
+            f"{row['ratio_to_uniform_sasrec']:.2f} | {row['sequences_per_s']:.0f} | "
+            f"{row['tokens_per_s']:.0f} | {row['trainable_parameters']:,} |"
         )
     if result.get("mdcns_over_uniform"):
-        lines += ["", "MDCNS / uniform SASRec step-time ratio: " + ", ".join(
-            f"{k} {v:.2f}x" for k, v in result["mdcns_over_uniform"].items())]
+        lines += [
+            "",
+            "MDCNS / uniform SASRec step-time ratio: "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in result["mdcns_over_uniform"].items()),
+        ]
     lines += ["", f"## Full-ranking evaluation (`model.test_step`, batch {shape['eval_batch']}, all items ranked)", ""]
     lines += ["| backbone | batch ms (median) | users/s | x SASRec time |", "|---|---|---|---|"]
     for row in result["eval"]:
-        lines.append(f"| {row['backbone']} | {row['batch_ms_median']:.1f} | {row['users_per_s']:.0f} | "
-                     f"{row['ratio_to_sasrec']:.2f} |")
+        lines.append(
+            f"| {row['backbone']} | {row['batch_ms_median']:.1f} | {row['users_per_s']:.0f} | "
+            f"{row['ratio_to_sasrec']:.2f} |"
+        )
     lines += ["", "## Pipeline (Beam, FnApiRunner, synthetic interactions log, leave-one-out)", ""]
     pipe = result.get("pipeline", {})
     if "skipped" in pipe:
@@ -377,11 +426,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=common.RESULTS, help="output folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One tf.function per variant is the design; TensorFlow's "excessive retracing" warning counts them all.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     shape = TINY if args.tiny else BEAUTY
     rounds = args.rounds or (2 if args.tiny else 5 if args.quick else 9)
     steps = args.steps or (1 if args.tiny else 3 if args.quick else 5)
-    sizes = None if args.no_pipeline else ((5_000, 20_000) if args.tiny else
-                                           (50_000, 250_000) if args.quick else (100_000, 1_000_000))
+    sizes = (
+        None
+        if args.no_pipeline
+        else ((5_000, 20_000) if args.tiny else (50_000, 250_000) if args.quick else (100_000, 1_000_000))
+    )
     result = run_speed(shape, rounds, steps, args.out, args.only, sizes, common.command_line("benchmarks.speed", argv))
     print(open(os.path.join(args.out, "speed.md")).read())
     return 0 if result["train_step"] else 1

@@ -40,6 +40,27 @@ class RetrievalModel(keras.Model):
     def build_for_input(self, max_len: int) -> None:
         """Creates every variable before `fit`, so that `BackupAndRestore` can restore into them."""
         self(tf.zeros([1, max_len], tf.int32))
+        self.track_dropout_generators()
+
+    def track_dropout_generators(self) -> None:
+        """Puts the dropout layers' random state into the model's checkpoints.
+
+        With `keras.backend.experimental.enable_tf_random_generator()` (train.run turns it on) each Keras random
+        layer draws from its own `tf.random.Generator`, but creates it lazily at the first training call and leaves
+        it out of checkpoints, so a run resumed by `BackupAndRestore` would restart every dropout stream. Creating
+        them here and tracking them on the model makes the resumed steps drop the same units. A no-op with the
+        legacy TF1 random ops (generator disabled). Uses tf-keras 2.x private attributes, hence the getattr guards.
+        """
+        generators = []
+        for module in self.submodules:
+            random_generator = getattr(module, "_random_generator", None)
+            if random_generator is None or not hasattr(random_generator, "_maybe_init"):
+                continue
+            random_generator._maybe_init()
+            if getattr(random_generator, "_generator", None) is not None:
+                generators.append(random_generator._generator)
+        if generators:
+            self.dropout_generators = generators
 
     def call(self, input_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
         """`(batch, seq_len)` ids -> `(batch, seq_len, dim)` states of the evaluated model."""

@@ -27,6 +27,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -225,7 +226,7 @@ def write_metadata(
             "seed": config.seed,
             "fractions": (
                 {
-                    "train": 1.0 - config.valid_fraction - config.test_fraction,
+                    "train": round(1.0 - config.valid_fraction - config.test_fraction, 10),
                     "valid": config.valid_fraction,
                     "test": config.test_fraction,
                 }
@@ -371,6 +372,11 @@ def run_config(config: PipelineConfig, options: PipelineOptions) -> beam.runners
     result = p.run()
     result.wait_until_finish()
     LOG.info("pipeline finished in %.1fs (state %s)", time.monotonic() - start, result.state)
+    try:  # not every runner reports metrics back to the launcher
+        counters = result.metrics().query(MetricsFilter().with_namespace("pipeline"))["counters"]
+        LOG.info("counters: %s", {c.key.metric.name: c.committed for c in counters})
+    except Exception:  # noqa: BLE001
+        pass
     return result
 
 

@@ -301,6 +301,7 @@ class MakeRecords(beam.DoFn):
         self._item_ids: dict[str, int] | None = None
         self._user_index: dict[str, int] | None = None
         self._user_split: dict[str, str] | None = None
+        self.users_counter = Metrics.counter("pipeline", "users_written")
 
     def process(self, element: Sequence_, item_vocab: list[str], user_vocab: list[str]) -> Iterator[Any]:
         if self._item_ids is None:  # side inputs are constant in batch: build the lookups once per instance
@@ -319,6 +320,7 @@ class MakeRecords(beam.DoFn):
         else:
             assert self._user_split is not None
             records = splits.user_records(user_index, ids, self._user_split[user])
+        self.users_counter.inc()
         for split, record in records.items():
             yield beam.pvalue.TaggedOutput(split, record)
 

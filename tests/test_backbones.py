@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS; conftest imports it before TensorFlow)
 from mdcns_tf.backbones import BACKBONES, backbone_options, build_backbone, get_backbone_class
 from mdcns_tf.backbones.fmlprec import causal_fft_convolution
 from mdcns_tf.backbones.linrec import causal_linear_attention
@@ -113,7 +113,7 @@ def test_every_weight_gets_a_gradient(name: str) -> None:
         states = model(ids, training=True)
         loss = tf.reduce_sum(tf.matmul(states[:, -1], model.item_embeddings, transpose_b=True) ** 2)
     grads = tape.gradient(loss, model.trainable_variables)
-    missing = [v.name for v, g in zip(model.trainable_variables, grads) if g is None]
+    missing = [v.name for v, g in zip(model.trainable_variables, grads, strict=True) if g is None]
     assert not missing, f"weights without gradient: {missing}"
 
 
@@ -206,7 +206,7 @@ def test_parallel_scan_gradient_matches_loop() -> None:
             tape.watch([a, b])
             loss = tf.reduce_sum(scan(a, b) * weight)
         grads.append(tape.gradient(loss, [a, b]))
-    for got, expected in zip(*grads):
+    for got, expected in zip(*grads, strict=True):
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
@@ -234,12 +234,13 @@ def test_fmlp_kernel_is_the_papers_circular_filter() -> None:
     np.testing.assert_allclose(circular, paper, atol=1e-5)
 
 
-def test_linrec_cumsum_equals_masked() -> None:
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 32])
+def test_linrec_causal_modes_agree(chunk_size: int) -> None:
+    rng = np.random.default_rng(chunk_size)
     q, k, v = (tf.constant(rng.normal(size=(2, 7, 2, 4)).astype(np.float32)) for _ in range(3))
-    np.testing.assert_allclose(
-        causal_linear_attention(q, k, v, "cumsum"), causal_linear_attention(q, k, v, "masked"), atol=1e-5
-    )
+    masked = causal_linear_attention(q, k, v, "masked")
+    np.testing.assert_allclose(causal_linear_attention(q, k, v, "cumsum"), masked, atol=1e-5)
+    np.testing.assert_allclose(causal_linear_attention(q, k, v, "chunked", chunk_size), masked, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------- learning
@@ -302,11 +303,11 @@ def test_learns_sequential_pattern(name: str, synthetic_data: dict[str, np.ndarr
             weight = tf.cast((inputs > 0) & (targets > 0), tf.float32)
             loss = tf.reduce_sum(ce * weight) / tf.reduce_sum(weight)
         grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss
 
     rng = np.random.default_rng(0)
-    for _ in range(300):
+    for _ in range(200):
         train_step(tf.constant(train[rng.integers(0, len(train), 64)]))
     states = model(tf.constant(test[:, :-1]), training=False)[:, -1]
     scores = tf.matmul(states, model.item_embeddings, transpose_b=True).numpy()

@@ -136,7 +136,7 @@ class FMLPRec(Backbone):
         positions = right_aligned_positions(tf.shape(item_ids)[1], self.max_len)
         x = self.item_embedding(item_ids) + self.position_embedding(positions)[tf.newaxis]
         x = self.input_dropout(self.input_norm(x), training=training) * padding
-        for filter_layer, ffn in zip(self.filters, self.ffns):
+        for filter_layer, ffn in zip(self.filters, self.ffns, strict=True):
             # Zeroing after each sub-layer keeps padded slots at exactly 0, so they add nothing to the convolution.
             x = filter_layer(x, training=training) * padding
             x = ffn(x, training=training) * padding

@@ -1,0 +1,272 @@
+"""Training and full-ranking evaluation with a 1M-item catalogue: peak memory, step times, evaluation time.
+
+    python -m benchmarks.large_catalog [--n-items 1000000 --n-users 20000 --steps 200 --eval-users 2000]
+
+Builds a synthetic leave-one-out dataset (``--data-dir``, reused when its metadata matches) in the feature-spec
+format, then runs each configuration in its own subprocess, so that each peak RSS (``ru_maxrss``) is its own:
+
+- ``uniform``: SASRec + one uniform negative, Adam (the default trainer; training scores only the sampled items,
+  never the catalogue, so `losses.full_softmax` is not involved);
+- ``uniform_sgd``: the same with plain SGD, whose sparse update touches only the rows of the batch: the step-time
+  gap to ``uniform`` is what Adam's dense update of the 1M x dim table (and its two moment tables) costs;
+- ``mdcns``: MDCNS (``trainer=mdcns``, GRU4Rec peer, pool of 100), two 1M-row tables and two Adams.
+
+Each trains ``--steps`` steps (``train.steps_per_epoch``; the first epoch's steps include tracing and are reported
+apart), then evaluates ``--eval-users`` validation users with full ranking in item chunks of
+``eval.item_chunk_size``. A micro-benchmark times one Adam and one SGD update of a lone 1M x dim table from a
+sparse (IndexedSlices) gradient. Writes ``benchmarks/results/large_catalog.json`` with the command and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from benchmarks import common
+
+CONFIGS: dict[str, list[str]] = {
+    "uniform": ["trainer=single", "sampler.name=uniform"],
+    "uniform_sgd": ["trainer=single", "sampler.name=uniform"],
+    "mdcns": ["trainer=mdcns", "mdcns.peer_backbone=gru4rec", "mdcns.pool_size=100"],
+}
+
+
+def rss_mib() -> float:
+    """Current resident set size of this process (MiB), from /proc."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def write_dataset(data_dir: str, n_users: int, n_items: int, seed: int) -> None:
+    """Leave-one-out records: sequences of 20-50 items that mostly walk a fixed item cycle (learnable), seeded."""
+    import numpy as np
+    import tensorflow as tf
+
+    from mdcns_tf import features
+
+    metadata_path = os.path.join(data_dir, "metadata.json")
+    if os.path.exists(metadata_path):
+        with open(metadata_path) as f:
+            meta = json.load(f)
+        if meta.get("n_items") == n_items and meta.get("n_users") == n_users:
+            return
+    rng = np.random.default_rng(seed)
+    for split in features.SPLITS:
+        os.makedirs(os.path.join(data_dir, split), exist_ok=True)
+    writers = {
+        split: tf.io.TFRecordWriter(os.path.join(data_dir, split, f"part-0{features.TFRECORD_SUFFIX}"), options="GZIP")
+        for split in features.SPLITS
+    }
+    item_counts = np.zeros(n_items + 1, np.int64)
+    total = 0
+    for user in range(1, n_users + 1):
+        length = int(rng.integers(20, 51))
+        steps = np.where(rng.random(length) < 0.85, 1, rng.integers(2, n_items, length))
+        sequence = ((int(rng.integers(0, n_items)) + np.cumsum(steps)) % n_items + 1).tolist()
+        writers["train"].write(features.make_example(user, sequence[:-2]))
+        writers["valid"].write(features.make_example(user, sequence[:-2], sequence[-2]))
+        writers["test"].write(features.make_example(user, sequence[:-1], sequence[-1]))
+        np.add.at(item_counts, sequence[:-2], 1)
+        total += length
+    for writer in writers.values():
+        writer.close()
+    features.Metadata(
+        schema_version=features.SCHEMA_VERSION,
+        n_users=n_users,
+        n_items=n_items,
+        item_counts=item_counts.tolist(),
+        split={"protocol": "loo", "seed": seed},
+        counts={"rows_read": total, "rows_written": total, "rows_rejected": 0, "rows_filtered": 0},
+        records={"train": n_users, "valid": n_users, "test": n_users},
+    ).save(data_dir)
+
+
+def optimizer_update_ms(n_items: int, dim: int, rows: int, repeats: int = 10) -> dict[str, float]:
+    """Median time (ms) of one update of a lone (n_items + 1, dim) table from a ``rows``-row sparse gradient."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    out = {}
+    for name, optimizer in (("adam", keras.optimizers.Adam(1e-3)), ("sgd", keras.optimizers.SGD(1e-3))):
+        table = tf.Variable(tf.random.normal([n_items + 1, dim], stddev=0.01))
+        gradient = tf.IndexedSlices(
+            tf.random.normal([rows, dim]), tf.random.uniform([rows], 1, n_items + 1, tf.int32), tf.shape(table)
+        )
+        step = tf.function(lambda g, o=optimizer, t=table: o.apply_gradients([(g, t)]))
+        step(gradient)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            step(gradient)
+            _ = table[0, 0].numpy()  # wait for the update
+            times.append((time.perf_counter() - started) * 1000)
+        out[name] = round(statistics.median(times), 2)
+    return out
+
+
+class StepTimer:
+    """Per-step wall times from Keras batch hooks (steps_per_execution = 1, so one hook pair per step)."""
+
+    def __init__(self) -> None:
+        import tf_keras as keras
+
+        timer = self
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+                timer.started = time.perf_counter()
+
+            def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+                timer.seconds.append(time.perf_counter() - timer.started)
+
+        self.seconds: list[float] = []
+        self.started = 0.0
+        self.callback = Callback()
+
+
+def run_child(args: argparse.Namespace) -> dict[str, Any]:
+    """One configuration in this process (called with ``--child NAME``)."""
+    import mdcns_tf  # noqa: F401
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from mdcns_tf import data, train
+    from mdcns_tf.config import load_config
+    from mdcns_tf.features import Metadata
+
+    overrides = [
+        f"data.dir={args.data_dir}",
+        f"data.batch_size={args.batch}",
+        f"data.max_len={args.max_len}",
+        f"model.dim={args.dim}",
+        f"eval.item_chunk_size={args.chunk}",
+        f"data.eval_batch_size={args.eval_batch}",
+        "data.shuffle_buffer=10000",
+        *CONFIGS[args.child],
+    ]
+    config = load_config(os.path.join(common.REPO, "configs", "base.yaml"), overrides)
+    keras.utils.set_random_seed(config.seed)
+    metadata = Metadata.load(config.data.dir)
+    started = time.perf_counter()
+    model = train.build_model(config, metadata)
+    model.build_for_input(config.data.max_len)
+    optimizer = keras.optimizers.SGD(0.05) if args.child.endswith("_sgd") else keras.optimizers.Adam(1e-3)
+    model.compile(optimizer=optimizer)
+    build_seconds = time.perf_counter() - started
+    rss_after_build = rss_mib()
+
+    cfg = config.data
+    train_ds = data.train_dataset(
+        cfg.dir, cfg.max_len, cfg.batch_size, cfg.train_positions, config.seed, cfg.shuffle_buffer, 0,
+        cfg.bucket_by_length,
+    ).repeat()
+    timer = StepTimer()
+    warmup = min(20, args.steps // 4)
+    model.fit(train_ds, epochs=1, steps_per_epoch=warmup, callbacks=[timer.callback], verbose=0)
+    first_step = timer.seconds[0]
+    timer.seconds.clear()
+    model.fit(train_ds, epochs=1, steps_per_epoch=args.steps, callbacks=[timer.callback], verbose=0)
+    rss_after_train = rss_mib()
+
+    valid_ds = data.eval_dataset(cfg.dir, "valid", cfg.max_len, cfg.eval_batch_size, args.eval_users)
+    model.evaluate(valid_ds.take(1), verbose=0)  # trace once
+    started = time.perf_counter()
+    results = model.evaluate(valid_ds, return_dict=True, verbose=0)
+    eval_seconds = time.perf_counter() - started
+    steps = sorted(timer.seconds)
+    out: dict[str, Any] = {
+        "config_overrides": overrides,
+        "optimizer": type(optimizer).__name__,
+        "n_items": metadata.n_items,
+        "trainable_parameters": int(sum(tf.size(v).numpy() for v in model.trainable_variables)),
+        "build_seconds": round(build_seconds, 2),
+        "first_step_seconds_with_tracing": round(first_step, 2),
+        "timed_steps": len(steps),
+        "step_ms_median": round(1000 * statistics.median(steps), 1),
+        "step_ms_p90": round(1000 * steps[int(0.9 * (len(steps) - 1))], 1),
+        "rss_mib_after_build": round(rss_after_build),
+        "rss_mib_after_train": round(rss_after_train),
+        "eval_users": args.eval_users,
+        "eval_seconds": round(eval_seconds, 2),
+        "eval_users_per_second": round(args.eval_users / eval_seconds, 1),
+        "eval_item_chunk_size": args.chunk,
+        "valid_ndcg@10": round(float(results["ndcg_10"]), 4),
+    }
+    if args.child == "uniform":
+        out["lone_table_update_ms"] = optimizer_update_ms(metadata.n_items, args.dim, args.batch * args.max_len)
+    out["peak_rss_mib"] = round(peak_rss_mib())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-items", type=int, default=1_000_000)
+    parser.add_argument("--n-users", type=int, default=20_000)
+    parser.add_argument("--steps", type=int, default=200, help="timed training steps per configuration")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--eval-users", type=int, default=2000)
+    parser.add_argument("--eval-batch", type=int, default=256)
+    parser.add_argument("--chunk", type=int, default=65_536, help="eval.item_chunk_size")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    parser.add_argument("--data-dir", default=os.path.join(common.RESULTS, "data", "large_catalog"))
+    parser.add_argument("--output", default=os.path.join(common.RESULTS, "large_catalog.json"))
+    parser.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--child-output", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        result = run_child(args)
+        with open(args.child_output, "w") as f:
+            json.dump(result, f)
+        return 0
+
+    started = time.perf_counter()
+    write_dataset(args.data_dir, args.n_users, args.n_items, seed=0)
+    dataset_seconds = time.perf_counter() - started
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--configs")]
+    results: dict[str, Any] = {}
+    for name in args.configs.split(","):
+        child_output = args.output + f".{name}.tmp"
+        command = [sys.executable, "-m", "benchmarks.large_catalog", *passthrough, "--data-dir", args.data_dir,
+                   "--child", name, "--child-output", child_output]
+        print(f"[large_catalog] {name} ...", flush=True)
+        subprocess.run(command, check=True, cwd=common.REPO)
+        with open(child_output) as f:
+            results[name] = json.load(f)
+        os.remove(child_output)
+        print(f"[large_catalog] {name}: {json.dumps(results[name])}", flush=True)
+    payload = {
+        "benchmark": "large_catalog",
+        "command": common.command_line("benchmarks.large_catalog", argv),
+        "date": common.now(),
+        "machine": common.machine_info(),
+        "versions": common.versions(),
+        "git": common.git_state(),
+        "dataset": {"n_items": args.n_items, "n_users": args.n_users, "sequence_length": "20-50",
+                    "write_seconds": round(dataset_seconds, 1), "dir": common.repo_relative(args.data_dir)},
+        "shapes": {"batch": args.batch, "max_len": args.max_len, "dim": args.dim, "backbone": "sasrec (2 layers)"},
+        "results": results,
+    }
+    common.write_json(args.output, payload)
+    print(f"[large_catalog] wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

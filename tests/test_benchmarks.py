@@ -1,0 +1,173 @@
+"""The benchmark harness: grid specs parse, the report writer's arithmetic, skips instead of crashes, speed smoke."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+
+from benchmarks import grid as grid_mod
+from benchmarks import published, quality, report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRIDS = sorted(glob.glob(os.path.join(REPO, "configs", "benchmarks", "*.yaml")))
+
+
+@pytest.mark.parametrize("path", GRIDS, ids=os.path.basename)
+def test_grid_specs_parse_and_resolve(path: str, tmp_path) -> None:
+    spec = grid_mod.load_grid(path)
+    cells = spec.cells()
+    assert len(cells) == len(spec.datasets) * len(spec.backbones) * len(spec.methods) * len(spec.seeds)
+    # Every method of the grid resolves to a valid config with the grid's one budget.
+    for cell in cells[: len(spec.methods)]:
+        config = spec.resolve(cell, str(tmp_path / "data"), str(tmp_path / "out"))
+        assert config.train.epochs == spec.budget["train.epochs"]
+        assert config.seed == cell.seed and config.model.backbone == cell.backbone
+        assert config.data.dir == str(tmp_path / "data")
+
+
+def test_shipped_grids() -> None:
+    names = {grid_mod.load_grid(p).name for p in GRIDS}
+    assert {"quick", "paper", "mdcns_beauty"} <= names
+    paper = grid_mod.load_grid(os.path.join(REPO, "configs", "benchmarks", "paper.yaml"))
+    assert set(paper.datasets) == {"beauty_user", "sports_user", "lastfm_user"} and len(paper.seeds) == 3
+    assert paper.methods["mdcns"]["mdcns.peer_backbone"] == "mamba4rec"
+
+
+def _write_grid(tmp_path, methods: dict, extra: str = "") -> str:
+    data_cfg = tmp_path / "ds.yaml"
+    data_cfg.write_text("data:\n  dir: data/x\n")
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        f"name: t\nbase: {os.path.join(REPO, 'configs', 'base.yaml')}\nbudget: {{train.epochs: 2}}\n"
+        f"datasets:\n  toy:\n    input: toy.txt\n    input_format: sequences\n    split: loo\n    config: ds.yaml\n"
+        f"methods: {json.dumps(methods)}\nseeds: [1, 2]\n{extra}"
+    )
+    return str(path)
+
+
+def test_grid_rejects_a_method_that_changes_the_budget(tmp_path) -> None:
+    path = _write_grid(tmp_path, {"long": {"train.epochs": 500}})
+    with pytest.raises(grid_mod.GridError, match="budget"):
+        grid_mod.load_grid(path)
+
+
+def test_only_pattern(tmp_path) -> None:
+    spec = grid_mod.load_grid(_write_grid(tmp_path, {"uniform": {}, "dns": {"sampler.name": "dns"}}))
+    assert [c.id for c in spec.cells("dns")] == ["toy/sasrec/dns/seed1", "toy/sasrec/dns/seed2"]
+    assert [c.id for c in spec.cells("*/seed2")] == ["toy/sasrec/uniform/seed2", "toy/sasrec/dns/seed2"]
+
+
+def test_missing_pieces_are_skipped_with_a_note(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MDCNS_DATA_CACHE", str(tmp_path / "cache"))
+    spec = grid_mod.load_grid(_write_grid(tmp_path, {"uniform": {}, "future": {"sampler.name": "not_landed_yet"}}))
+    # Raw data absent: the dataset is skipped, the grid goes on.
+    runner = quality.GridRunner(spec, str(tmp_path / "no_data"), str(tmp_path / "results"), "cmd")
+    assert runner.plan(spec.cells()[0], dry_run=True) is None
+    assert "absent" in runner.notes["toy"]
+    # Data present, a sampler not registered yet: that cell alone is skipped.
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "toy.txt").write_text("1 1 2 3\n")
+    runner = quality.GridRunner(spec, str(tmp_path / "raw"), str(tmp_path / "results"), "cmd")
+    plans = [runner.plan(c, dry_run=True) for c in spec.cells()]
+    assert [p is not None for p in plans] == [True, False, True, False]
+    assert "not_landed_yet" in runner.notes["toy/sasrec/future/seed1"]
+    assert plans[0]["status"] == "todo"
+
+
+def _fake_run(method: str, seed: int, ndcg10: float, recall10: float, order: int) -> dict:
+    return {
+        "status": "done",
+        "cell": f"beauty_user/sasrec/{method}/seed{seed}",
+        "dataset": "beauty_user",
+        "backbone": "sasrec",
+        "method": method,
+        "seed": seed,
+        "order": order,
+        "metrics": {
+            "test": {"ndcg@10": ndcg10, "recall@10": recall10, "ndcg@20": 0.1, "recall@20": 0.2, "mrr": 0.05},
+            "best_epoch": 3 + seed,
+            "epochs_run": 10,
+            "history": [{"epoch": e, "val_ndcg_20": 0.01 * e * seed} for e in range(1, 6)],
+        },
+        "timings": {"wall_seconds": 60.0, "train_seconds": 120.0, "seconds_per_epoch_median": 2.0 * seed},
+        "published": {"ndcg@10": 0.0347, "recall@10": 0.0612, "source": "MDCNS Table 3"},
+        "dataset_info": {"input": "Beauty.txt", "split": "user", "n_users": 5, "n_items": 7, "records": {}},
+    }
+
+
+def test_report_mean_std_by_hand(tmp_path) -> None:
+    runs_dir = tmp_path / "runs" / "beauty_user" / "sasrec" / "uniform"
+    runs_dir.mkdir(parents=True)
+    (runs_dir / "seed1.json").write_text(json.dumps(_fake_run("uniform", 1, 0.05, 0.09, 0)))
+    (runs_dir / "seed2.json").write_text(json.dumps(_fake_run("uniform", 2, 0.07, 0.10, 0)))
+    runs = report.load_runs(str(tmp_path / "runs"))
+    assert len(runs) == 2
+    header = {
+        "grid": "t",
+        "command": "python -m benchmarks.quality --grid g.yaml",
+        "grid_file": "g.yaml",
+        "budget": {"train.epochs": 10},
+        "seeds": [1, 2],
+        "machine": {"cores": 2, "cpu_model": "cpu"},
+        "versions": {"tensorflow": "2.21.0"},
+        "updated": "now",
+    }
+    text = report.write_markdown(str(tmp_path / "results.md"), runs, header, ["a note"])
+    # mean(.05, .07) = .06; sample std = sqrt(((-.01)^2 + .01^2) / (2 - 1)) = .0141421
+    # mean(.09, .10) = .095; sample std = sqrt(2 * .005^2) = .0070711; best epoch 4, 5 -> 4.5 ± 0.7071;
+    # s/epoch 2, 4 -> 3.0 ± 1.4; train minutes 2, 2 -> 2.0 ± 0.0
+    row = (
+        "| sasrec | uniform | 1,2 | 0.0600 ± 0.0141 | 0.0950 ± 0.0071 | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | "
+        "0.0500 ± 0.0000 | 0.0347 / 0.0612 (MDCNS Table 3) | 4.5 ± 0.7 | 10.0 ± 0.0 | 3.0 ± 1.4 | 2.0 ± 0.0 |"
+    )
+    assert row in text.splitlines()
+    assert "- a note" in text
+    assert open(tmp_path / "results.md").read() == text
+    written = report.write_plots(str(tmp_path), runs)
+    assert sorted(os.path.basename(p) for p in written) == ["ndcg10_beauty_user.png", "val_ndcg20_beauty_user.png"]
+    assert all(os.path.getsize(p) > 1000 for p in written)
+
+
+def test_single_seed_has_no_std() -> None:
+    assert report.fmt_mean_std([0.5]) == "0.5000"
+    assert report.fmt_mean_std([]) == "–"
+
+
+def test_published_matching_follows_the_config_not_the_name() -> None:
+    base = {
+        "model": {"backbone": "sasrec"},
+        "loss": {"name": "bce"},
+        "trainer": "single",
+        "sampler": {"name": "uniform", "num_negatives": 1},
+        "mdcns": {
+            "peer_backbone": "mamba4rec",
+            "teacher": "mean",
+            "no_distillation": False,
+            "no_divergence": False,
+            "self_view_only": False,
+        },
+    }
+    assert published.lookup("x/Beauty.txt", "user", base).ndcg10 == 0.0347
+    assert published.lookup("x/Beauty.txt", "loo", base).ndcg10 == 0.0318
+    mdcns = {**base, "trainer": "mdcns"}
+    assert published.lookup("LastFM.txt", "user", mdcns).recall10 == 0.2033
+    gru = {**mdcns, "mdcns": {**base["mdcns"], "peer_backbone": "gru4rec"}}
+    assert published.lookup("Beauty.txt", "user", gru).ndcg10 == 0.0663
+    assert published.lookup("Beauty.txt", "user", {**base, "model": {"backbone": "gru4rec"}}) is None
+
+
+def test_speed_harness_tiny(tmp_path) -> None:
+    from benchmarks import speed
+
+    # Only the reference variant and no pipeline run: a few seconds of tracing on a tiny shape.
+    result = speed.run_speed(
+        speed.TINY, rounds=2, steps=1, out_dir=str(tmp_path), only="__nothing__", pipeline_sizes=None, command="test"
+    )
+    (row,) = result["train_step"]
+    assert row["variant"] == "sasrec/uniform" and row["ratio_to_uniform_sasrec"] == 1.0
+    assert row["sequences_per_s"] > 0 and result["eval"][0]["users_per_s"] > 0
+    assert json.load(open(tmp_path / "speed.json"))["shape"]["batch"] == speed.TINY.batch
+    assert "| sasrec/uniform | reference |" in open(tmp_path / "speed.md").read()
