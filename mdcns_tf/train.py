@@ -246,6 +246,14 @@ def named_metrics(results: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def write_metrics(out_dir: str, result: dict[str, Any]) -> None:
+    """Writes ``metrics.json`` atomically (a reader never sees half a file)."""
+    path = os.path.join(out_dir, "metrics.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def run(config: Config) -> dict[str, Any]:
     """Trains, evaluates and exports as ``config`` says; returns what ``metrics.json`` holds."""
     metadata = Metadata.load(config.data.dir)
@@ -334,14 +342,15 @@ def run(config: Config) -> dict[str, Any]:
         test_ds = data.eval_dataset(cfg.dir, "test", cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users)
         test_ds = shard_by_data(test_ds)
         result["test"] = named_metrics(model.evaluate(test_ds, return_dict=True, verbose=0))
+    # Metrics are on disk before the export starts, so a failed export never costs the training run's results.
+    write_metrics(out_dir, result)
     if config.export.enabled:
         # data_dir: its items.txt becomes the vocabulary of the serve_keys signature (raw item keys in and out).
         result["export_path"] = export.export_saved_model(
             model.encoder, os.path.join(out_dir, "export"), config.export.model_name, cfg.max_len,
             config.export.top_k, config.export.version, data_dir=cfg.dir,
         )
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=1)
+        write_metrics(out_dir, result)
     if out_dir != config.output_dir:  # a non-chief worker: its copies were only written to keep in step
         shutil.rmtree(out_dir, ignore_errors=True)
     log.info("valid %s", json.dumps(result["valid"]))

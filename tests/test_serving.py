@@ -303,14 +303,17 @@ def test_rest_retries_a_transient_failure(exported, model, rest_port):
 
 def test_rest_timeout_is_bounded(model, rest_port):
     rest = client.RestClient("127.0.0.1", rest_port, MODEL, timeout=0.3, retry=client.RetryPolicy(2, 0.01, 0.01))
-    model.stall_next, model.stall_seconds = 2, 1.5
+    model.stall_next, model.stall_seconds = 2, 5.0
     started = time.monotonic()
     with pytest.raises(client.ServingTimeout, match="within 0.3s"):
         rest.recommend([[3]], max_len=MAX_LEN)
-    assert time.monotonic() - started < 3.0  # 2 attempts x 0.3 s + backoff, not 2 x 1.5 s
-    # A stall on the first attempt only: the retry answers.
+    assert time.monotonic() - started < 4.5  # 2 attempts x 0.3 s + backoff, not 2 x 5 s (loose: loaded CI)
+    # A stall on the first attempt only: the retry answers (a timeout with room for a slow, loaded machine).
+    patient = client.RestClient("127.0.0.1", rest_port, MODEL, timeout=2.0, retry=client.RetryPolicy(2, 0.01, 0.01))
     model.stall_next = 1
-    assert len(rest.recommend([[3]], max_len=MAX_LEN)[0]) == TOP_K
+    before = model.requests
+    assert len(patient.recommend([[3]], max_len=MAX_LEN)[0]) == TOP_K
+    assert model.requests - before == 2
 
 
 def test_rest_unreachable_server_fails_after_bounded_retries():
@@ -348,11 +351,11 @@ def test_grpc_bad_input_and_timeout(model, grpc_port):
         with pytest.raises(client.ServingError, match="(?s)INVALID_ARGUMENT.*item_ids must be >= 0") as error:
             quick.recommend([[3, -2]], max_len=MAX_LEN)
         assert error.value.status == "INVALID_ARGUMENT" and model.requests - before == 1
-        model.stall_next, model.stall_seconds = 2, 1.5
+        model.stall_next, model.stall_seconds = 2, 5.0
         started = time.monotonic()
         with pytest.raises(client.ServingTimeout, match="DEADLINE_EXCEEDED"):
             quick.recommend([[3]], max_len=MAX_LEN)
-        assert time.monotonic() - started < 3.0
+        assert time.monotonic() - started < 4.5
 
 
 def test_cli_prints_recommendations(exported, rest_port, grpc_port, capsys):
