@@ -270,8 +270,7 @@ def run(config: Config) -> dict[str, Any]:
 
     cfg = config.data
     steps = data.count_train_examples(cfg.dir, cfg.train_positions, cfg.max_train_sequences)
-    # With length buckets the number of batches varies a little (one partial batch a bucket): an estimate.
-    steps_per_epoch = config.train.steps_per_epoch or math.ceil(steps / cfg.batch_size)
+    steps_per_epoch = config.train.steps_per_epoch  # or, below, the exact count of one pass
     backup_dir = os.path.join(config.output_dir, "backup")
     # One pass per epoch: the shuffle is seeded with the epoch (resumable); with train.steps_per_epoch the data
     # repeats and epochs do not align with passes, so the order after a resume is not the uninterrupted one.
@@ -285,6 +284,19 @@ def run(config: Config) -> dict[str, Any]:
     )
     if config.train.steps_per_epoch:
         train_ds = train_ds.repeat()
+    else:
+        # Tell Keras the exact number of batches an epoch yields. With an unknown count Keras runs each process's
+        # first epoch until the input raises end-of-data inside one more train step, and that aborted step still
+        # runs its data-independent updates (optimizer iterations + 1, a decay of the sparse embedding moments):
+        # harmless once, but a resumed run would do it again and drift from an uninterrupted one. Length buckets
+        # make the count differ from ceil(samples / batch) (one partial batch a bucket), but not from epoch to
+        # epoch (bucket sizes do not depend on the order), so one unshuffled pass counts it.
+        counting = data.train_dataset(
+            cfg.dir, cfg.max_len, cfg.batch_size, cfg.train_positions, config.seed, 1, cfg.max_train_sequences,
+            cfg.bucket_by_length,
+        )
+        steps_per_epoch = int(counting.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+        train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
     train_ds = shard_by_data(train_ds)
     valid_ds = shard_by_data(
         data.eval_dataset(cfg.dir, "valid", cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users)

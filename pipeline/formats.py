@@ -199,6 +199,11 @@ class LineParser:
         for key in ("lines_read", "empty_lines", "header_lines", "rows_read", "rows_parsed", "rows_rejected"):
             self.counts.setdefault(key, 0)
 
+    @property
+    def layout(self) -> tuple[str, ...] | None:
+        """The ``interactions`` column layout in use (None until known, and for the other formats)."""
+        return self._layout
+
     def _count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
 

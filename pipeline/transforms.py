@@ -104,7 +104,7 @@ class ReadAndParse(beam.DoFn):
             time.monotonic() - start,
             {k: v for k, v in sorted(parser.counts.items()) if v},
             parser.delimiter,
-            parser._layout,
+            parser.layout,
         )
         yield beam.pvalue.TaggedOutput(COUNTS, dict(parser.counts))
 

@@ -48,7 +48,7 @@ def test_interactions_delimiter_and_layout_detection(data: bytes, delimiter: str
     parser = formats.LineParser("interactions")
     out = parser.parse(1, data.rstrip(b"\n"))
     assert parser.delimiter == delimiter
-    assert parser._layout == layout
+    assert parser.layout == layout
     assert out == [("1", (978300760 if b"978300760" in data else 881250949, 0, 1, ("10",)))]
 
 
