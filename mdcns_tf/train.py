@@ -129,7 +129,8 @@ def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
     if config.loss.name != "softmax":
         sampler = build_sampler(config, metadata.n_items, metadata.n_users, metadata.item_counts)
     return SequentialRecommender(
-        encoder, sampler, config.loss.name, ks=config.eval.ks, eval_chunk_size=config.eval.item_chunk_size, name="single"
+        encoder, sampler, config.loss.name, ks=config.eval.ks, eval_chunk_size=config.eval.item_chunk_size,
+        name="single",
     )
 
 
