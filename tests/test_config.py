@@ -51,3 +51,23 @@ def test_every_shipped_config_loads():
     assert paths
     for path in paths:
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.distribute=mirrored", "sampler.name=srns"], "sampler 'srns' keeps per-user state"),
+        (["train.distribute=multi_worker", "sampler.name=gdns"], "sampler 'gdns' keeps per-user state"),
+        (["train.distribute=mirrored", "sampler.name=autosample"], "cannot be shared across replicas"),
+        (["eval.item_chunk_size=0"], "eval.item_chunk_size: must be positive"),
+    ],
+)
+def test_incompatible_options_are_reported(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_distributed_stateless_samplers_and_mdcns_are_accepted():
+    load_config(None, ["train.distribute=mirrored", "sampler.name=dns_mn"])
+    load_config(None, ["train.distribute=mirrored", "trainer=mdcns"])
+    load_config(None, ["train.distribute=mirrored", "sampler.name=srns", "loss.name=softmax"])  # sampler unused

@@ -116,10 +116,6 @@ def environment(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def args(overrides: list[str]) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
-
-
 def finish(processes: list[subprocess.Popen], logs: list[str]) -> None:
     """Waits for all; on a timeout or a failure kills the others and fails with the failing log's tail."""
     try:
@@ -164,7 +160,7 @@ def test_two_workers_end_with_identical_weights_and_only_the_chief_writes(tmp_pa
         logs.append(str(tmp_path / f"worker{index}.log"))
         with open(logs[-1], "w") as log:
             command = [sys.executable, str(script), os.path.join(REPO, "configs", "base.yaml"),
-                       str(tmp_path / f"worker{index}.json"), *args(overrides)]
+                       str(tmp_path / f"worker{index}.json"), *overrides]
             processes.append(subprocess.Popen(command, env=environment(TF_CONFIG=tf_config), stdout=log, stderr=log))
     finish(processes, logs)
 
@@ -184,7 +180,7 @@ def test_mirrored_step_equals_the_single_device_step(tmp_path, small_dataset):
     result, log = tmp_path / "mirrored.json", str(tmp_path / "mirrored.log")
     overrides = [*COMMON, f"data.dir={small_dataset}", "loss.name=softmax", "data.bucket_by_length=false"]
     with open(log, "w") as f:
-        process = subprocess.Popen([sys.executable, str(script), str(result), *args(overrides)], env=environment(),
+        process = subprocess.Popen([sys.executable, str(script), str(result), *overrides], env=environment(),
                                    stdout=f, stderr=f)
     finish([process], [log])
     outcome = json.loads(result.read_text())
