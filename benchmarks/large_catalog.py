@@ -26,6 +26,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -141,10 +142,10 @@ class StepTimer:
 
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     """One configuration in this process (called with ``--child NAME``)."""
-    import mdcns_tf  # noqa: F401
     import tensorflow as tf
     import tf_keras as keras
 
+    import mdcns_tf  # noqa: F401
     from mdcns_tf import data, train
     from mdcns_tf.config import load_config
     from mdcns_tf.features import Metadata
@@ -172,7 +173,13 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = config.data
     train_ds = data.train_dataset(
-        cfg.dir, cfg.max_len, cfg.batch_size, cfg.train_positions, config.seed, cfg.shuffle_buffer, 0,
+        cfg.dir,
+        cfg.max_len,
+        cfg.batch_size,
+        cfg.train_positions,
+        config.seed,
+        cfg.shuffle_buffer,
+        0,
         cfg.bucket_by_length,
     ).repeat()
     timer = StepTimer()
@@ -243,9 +250,20 @@ def main(argv: list[str] | None = None) -> int:
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--configs")]
     results: dict[str, Any] = {}
     for name in args.configs.split(","):
-        child_output = args.output + f".{name}.tmp"
-        command = [sys.executable, "-m", "benchmarks.large_catalog", *passthrough, "--data-dir", args.data_dir,
-                   "--child", name, "--child-output", child_output]
+        # Outside the results folder: a half-run benchmark must not leave files next to the published results.
+        child_output = os.path.join(tempfile.gettempdir(), f"large_catalog.{os.getpid()}.{name}.json")
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.large_catalog",
+            *passthrough,
+            "--data-dir",
+            args.data_dir,
+            "--child",
+            name,
+            "--child-output",
+            child_output,
+        ]
         print(f"[large_catalog] {name} ...", flush=True)
         subprocess.run(command, check=True, cwd=common.REPO)
         with open(child_output) as f:
@@ -259,8 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         "machine": common.machine_info(),
         "versions": common.versions(),
         "git": common.git_state(),
-        "dataset": {"n_items": args.n_items, "n_users": args.n_users, "sequence_length": "20-50",
-                    "write_seconds": round(dataset_seconds, 1), "dir": common.repo_relative(args.data_dir)},
+        "dataset": {
+            "n_items": args.n_items,
+            "n_users": args.n_users,
+            "sequence_length": "20-50",
+            "write_seconds": round(dataset_seconds, 1),
+            "dir": common.repo_relative(args.data_dir),
+        },
         "shapes": {"batch": args.batch, "max_len": args.max_len, "dim": args.dim, "backbone": "sasrec (2 layers)"},
         "results": results,
     }

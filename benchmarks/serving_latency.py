@@ -22,12 +22,13 @@ import tempfile
 import time
 from typing import Any
 
-import mdcns_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
+import mdcns_tf  # noqa: F401
+from benchmarks.common import cpu_model
 from mdcns_tf import export
 from mdcns_tf.backbones import build_backbone
 from mdcns_tf.config import ModelConfig
@@ -39,15 +40,6 @@ def folder_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:

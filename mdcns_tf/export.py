@@ -47,11 +47,11 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 
-import mdcns_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+import mdcns_tf  # noqa: F401
 from mdcns_tf import features
 from mdcns_tf.backbones import Backbone
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import mdcns_tf  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
+import mdcns_tf  # noqa: F401
 from mdcns_tf import losses
 from mdcns_tf.backbones import Backbone, build_backbone
 from mdcns_tf.config import Config, MDCNSConfig

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import mdcns_tf  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
+import mdcns_tf  # noqa: F401
 from mdcns_tf import losses, metrics
 from mdcns_tf.backbones import Backbone
 from mdcns_tf.samplers import NegativeSampler, SamplingContext

@@ -13,10 +13,10 @@ import os
 import re
 import sys
 
-import mdcns_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
+import mdcns_tf  # noqa: F401
 from mdcns_tf import features
 
 

@@ -19,11 +19,11 @@ import sys
 import time
 from typing import Any
 
-import mdcns_tf  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 import yaml
 
+import mdcns_tf  # noqa: F401
 from mdcns_tf import data, export, metrics
 from mdcns_tf.backbones import build_backbone
 from mdcns_tf.config import Config, ConfigError, load_config
@@ -132,6 +132,46 @@ def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
         encoder, sampler, config.loss.name, ks=config.eval.ks, eval_chunk_size=config.eval.item_chunk_size,
         name="single",
     )
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Workers in the cluster (1 without a cluster resolver: default and mirrored strategies)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    return max(1, len(resolver.cluster_spec().as_dict().get("worker", [])))
+
+
+class WorkerMeanLogs(keras.callbacks.Callback):
+    """Corrects the epoch logs of a multi-worker run before the other callbacks read them.
+
+    Keras reduces what a custom ``train_step``/``test_step`` returns with its "auto" reduction, a SUM over workers
+    under `MultiWorkerMirroredStrategy`, so a mean comes out multiplied by the number of workers (Keras replaces the
+    logs with the cross-worker metric results only when a step returns every metric of the model, which ours do not).
+    Validation values are re-read from the ranking trackers, which outside the replicas aggregate totals and counts
+    over all workers (exact); training means are divided by the worker count (exact for equal shards).
+    """
+
+    def __init__(self, workers: int) -> None:
+        super().__init__()
+        self.workers = workers
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None:
+            return
+        trackers = {"val_" + t.name: t for t in getattr(self.model, "ranking_trackers", {}).values()}
+        for key in list(logs):
+            if key in trackers:
+                logs[key] = float(trackers[key].result())
+            elif not key.startswith("val_"):
+                logs[key] = float(logs[key]) / self.workers
+
+
+def evaluate(model: RetrievalModel, dataset: tf.data.Dataset) -> dict[str, float]:
+    """Full-ranking metrics of ``dataset``, read from the model's trackers after `evaluate`: the values
+    `evaluate` returns are summed over workers under `MultiWorkerMirroredStrategy` (see `WorkerMeanLogs`)."""
+    model.evaluate(dataset, verbose=0)
+    return named_metrics({t.name: float(t.result()) for t in model.ranking_trackers.values()})
 
 
 class ShuffleEpoch(keras.callbacks.Callback):
@@ -314,6 +354,8 @@ def run(config: Config) -> dict[str, Any]:
     selection = ModelSelection(config.train.monitor, config.train.patience, os.path.join(out_dir, "best"))
     progress = ProgressLog(config.train.epochs)
     callbacks: list[keras.callbacks.Callback] = [progress, selection]
+    if num_workers(strategy) > 1:
+        callbacks.insert(0, WorkerMeanLogs(num_workers(strategy)))
     if shuffle_epoch is not None:
         callbacks.append(ShuffleEpoch(shuffle_epoch))
     if config.train.backup_and_restore:
@@ -341,7 +383,7 @@ def run(config: Config) -> dict[str, Any]:
     selection.restore_best()
 
     result: dict[str, Any] = {
-        "valid": named_metrics(model.evaluate(valid_ds, return_dict=True, verbose=0)),
+        "valid": evaluate(model, valid_ds),
         "best_epoch": selection.best_epoch,
         "epochs_run": len(selection.history),
         "train_seconds": round(train_seconds, 2),
@@ -354,7 +396,7 @@ def run(config: Config) -> dict[str, Any]:
     if config.eval.test:
         test_ds = data.eval_dataset(cfg.dir, "test", cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users)
         test_ds = shard_by_data(test_ds)
-        result["test"] = named_metrics(model.evaluate(test_ds, return_dict=True, verbose=0))
+        result["test"] = evaluate(model, test_ds)
     # Metrics are on disk before the export starts, so a failed export never costs the training run's results.
     write_metrics(out_dir, result)
     if config.export.enabled:

@@ -47,8 +47,10 @@ WORKER_SCRIPT = textwrap.dedent(
     """
 )
 
-# One SGD step on one fixed batch, on one device and on two logical CPUs with MirroredStrategy; prints the largest
+# One SGD step on one fixed batch, on one device and on two logical CPUs with MirroredStrategy; writes the largest
 # weight difference. Full softmax and no dropout: the step is deterministic, so only the gradient scaling can differ.
+# Every sequence has the same length, so both replicas train the same number of positions and the mean of the
+# replicas' mean losses is exactly the batch mean (with unequal counts it is the mean of per-replica means).
 MIRRORED_SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -72,11 +74,12 @@ MIRRORED_SCRIPT = textwrap.dedent(
             model = train.build_model(config, metadata)
             model.build_for_input(config.data.max_len)
             if initial is not None:
-                model.set_weights(initial)
+                for variable, value in zip(model.trainable_weights, initial):
+                    variable.assign(value)
             model.compile(optimizer=keras.optimizers.SGD(1.0))
-        before = model.get_weights()
+        before = [v.numpy() for v in model.trainable_weights]
         model.fit(one_batch, epochs=1, verbose=0)
-        return before, model.get_weights()
+        return before, [v.numpy() for v in model.trainable_weights]
 
     initial, single = one_step(tf.distribute.get_strategy())
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -159,8 +162,13 @@ def test_two_workers_end_with_identical_weights_and_only_the_chief_writes(tmp_pa
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         logs.append(str(tmp_path / f"worker{index}.log"))
         with open(logs[-1], "w") as log:
-            command = [sys.executable, str(script), os.path.join(REPO, "configs", "base.yaml"),
-                       str(tmp_path / f"worker{index}.json"), *overrides]
+            command = [
+                sys.executable,
+                str(script),
+                os.path.join(REPO, "configs", "base.yaml"),
+                str(tmp_path / f"worker{index}.json"),
+                *overrides,
+            ]
             processes.append(subprocess.Popen(command, env=environment(TF_CONFIG=tf_config), stdout=log, stderr=log))
     finish(processes, logs)
 
@@ -168,20 +176,27 @@ def test_two_workers_end_with_identical_weights_and_only_the_chief_writes(tmp_pa
     assert chief["steps"] == worker["steps"] > 0
     assert chief["sha256"] == worker["sha256"], "the workers' weights diverged: gradients were not all-reduced"
     assert chief["valid"] == worker["valid"]  # evaluation is sharded too; metrics are reduced across workers
-    # Only the chief's files remain: one metrics.json, one best/ selection, one export version, no worker temp dirs.
-    assert sorted(os.listdir(output_dir)) == ["best", "config.yaml", "export", "metrics.json"]
+    assert 0.0 < chief["valid"]["recall@20"] <= 1.0  # a mean over users, not a sum over workers
+    # Only the chief's files remain: one metrics.json, one best/ selection, one export version, no worker temp dirs
+    # (BackupAndRestore removes its checkpoints when training ends and may leave the empty backup/ folder).
+    assert sorted(set(os.listdir(output_dir)) - {"backup"}) == ["best", "config.yaml", "export", "metrics.json"]
+    assert not any(files for _, _, files in os.walk(output_dir / "backup"))
+    assert not [p for p in output_dir.rglob("workertemp*")]
     assert os.listdir(output_dir / "export" / "mdcns") == ["1"]
     assert json.loads((output_dir / "metrics.json").read_text())["epochs_run"] == 2
 
 
-def test_mirrored_step_equals_the_single_device_step(tmp_path, small_dataset):
+def test_mirrored_step_equals_the_single_device_step(tmp_path):
+    equal_lengths = str(tmp_path / "data")
+    write_loo_dataset(equal_lengths, synthetic_sequences(16, 50, seed=2, min_len=12, max_len=12), 50)
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED_SCRIPT)
     result, log = tmp_path / "mirrored.json", str(tmp_path / "mirrored.log")
-    overrides = [*COMMON, f"data.dir={small_dataset}", "loss.name=softmax", "data.bucket_by_length=false"]
+    overrides = [*COMMON, f"data.dir={equal_lengths}", "loss.name=softmax", "data.bucket_by_length=false"]
     with open(log, "w") as f:
-        process = subprocess.Popen([sys.executable, str(script), str(result), *overrides], env=environment(),
-                                   stdout=f, stderr=f)
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(result), *overrides], env=environment(), stdout=f, stderr=f
+        )
     finish([process], [log])
     outcome = json.loads(result.read_text())
     assert outcome["replicas"] == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from mdcns_tf.backbones.base import Backbone
@@ -11,6 +10,7 @@ from mdcns_tf.backbones.gru4rec import GRU4Rec
 from mdcns_tf.backbones.linrec import LinRec
 from mdcns_tf.backbones.mamba4rec import Mamba4Rec
 from mdcns_tf.backbones.sasrec import SASRec
+from mdcns_tf.registry import lookup, options_from_block
 
 BACKBONES: dict[str, type[Backbone]] = {
     "sasrec": SASRec,
@@ -22,21 +22,12 @@ BACKBONES: dict[str, type[Backbone]] = {
 
 
 def get_backbone_class(name: str) -> type[Backbone]:
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; registered backbones: {sorted(BACKBONES)}") from None
+    return lookup(BACKBONES, name, "backbone")
 
 
 def backbone_options(name: str, block: dict[str, Any] | None) -> Any:
-    """Validates the config block ``model.<name>`` against the backbone's ``Options`` dataclass."""
-    options_cls = get_backbone_class(name).Options
-    block = dict(block or {})
-    known = {f.name for f in dataclasses.fields(options_cls)}
-    unknown = sorted(set(block) - known)
-    if unknown:
-        raise ValueError(f"model.{name}: unknown option(s) {unknown}; known: {sorted(known)}")
-    return options_cls(**block)
+    """Validates the config block ``model.options.<name>`` against the backbone's ``Options`` dataclass."""
+    return options_from_block(get_backbone_class(name).Options, block, f"model.options.{name}")
 
 
 def build_backbone(model_config: Any, n_items: int, max_len: int, name: str | None = None) -> Backbone:

@@ -65,3 +65,35 @@ class FeedForward(keras.layers.Layer):
             hidden = self.inner_dropout(hidden, training=training)
         hidden = self.dropout(self.dense_out(hidden), training=training)
         return self.norm(hidden + x)
+
+
+class PositionalInput(keras.layers.Layer):
+    """RecBole-style input of FMLP-Rec and LinRec: ``Dropout(LayerNorm(E[item] + P[position]))``, 0 on padding.
+
+    item_embeddings `(batch, seq_len, dim)`, padding `(batch, seq_len, 1)` -> `(batch, seq_len, dim)`. Positions
+    are right-aligned (see `right_aligned_positions`), so a shorter window keeps the most recent item's position.
+    """
+
+    def __init__(self, max_len: int, dim: int, dropout: float, epsilon: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_len = max_len
+        self.position_embedding = keras.layers.Embedding(
+            max_len, dim, embeddings_initializer=normal_initializer(), name="position_embedding"
+        )
+        self.norm = keras.layers.LayerNormalization(epsilon=epsilon)
+        self.dropout = keras.layers.Dropout(dropout)
+
+    def call(self, item_embeddings: tf.Tensor, padding: tf.Tensor, training: bool = False) -> tf.Tensor:
+        positions = right_aligned_positions(tf.shape(item_embeddings)[1], self.max_len)
+        x = item_embeddings + self.position_embedding(positions)[tf.newaxis]
+        return self.dropout(self.norm(x), training=training) * padding
+
+
+def feed_forward_stack(
+    num_layers: int, dim: int, inner_dim: int, dropout: float, activation: str, epsilon: float
+) -> list[FeedForward]:
+    """One `FeedForward` per layer, named ``ffn_<i>`` (FMLP-Rec and LinRec)."""
+    return [
+        FeedForward(dim, inner_dim, dropout, activation=activation, epsilon=epsilon, name=f"ffn_{i}")
+        for i in range(num_layers)
+    ]

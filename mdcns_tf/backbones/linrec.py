@@ -31,7 +31,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from mdcns_tf.backbones.base import Backbone
-from mdcns_tf.backbones.layers import FeedForward, check_length, normal_initializer, right_aligned_positions
+from mdcns_tf.backbones.layers import PositionalInput, check_length, feed_forward_stack, normal_initializer
 
 CAUSAL_MODES = ("chunked", "cumsum", "masked")
 
@@ -137,11 +137,9 @@ class LinRec(Backbone):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         opts: LinRecOptions = self.options
-        self.position_embedding = keras.layers.Embedding(
-            self.max_len, self.dim, embeddings_initializer=normal_initializer(), name="position_embedding"
+        self.positional_input = PositionalInput(
+            self.max_len, self.dim, self.dropout_rate, opts.layer_norm_eps, name="positional_input"
         )
-        self.input_norm = keras.layers.LayerNormalization(epsilon=opts.layer_norm_eps)
-        self.input_dropout = keras.layers.Dropout(self.dropout_rate)
         self.attentions = [
             LinRecAttention(
                 self.dim,
@@ -154,25 +152,16 @@ class LinRec(Backbone):
             )
             for i in range(self.num_layers)
         ]
-        self.ffns = [
-            FeedForward(
-                self.dim,
-                self.dim * opts.inner_multiplier,
-                self.dropout_rate,
-                activation=opts.hidden_act,
-                epsilon=opts.layer_norm_eps,
-                name=f"ffn_{i}",
-            )
-            for i in range(self.num_layers)
-        ]
+        self.ffns = feed_forward_stack(
+            self.num_layers, self.dim, self.dim * opts.inner_multiplier, self.dropout_rate, opts.hidden_act,
+            opts.layer_norm_eps,
+        )
 
     def encode(self, item_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
         """item_ids `(batch, seq_len)`, ``seq_len <= max_len`` -> states `(batch, seq_len, dim)`, 0 at padding."""
         check_length(item_ids, self.max_len)
         padding = self.padding_mask(item_ids)
-        positions = right_aligned_positions(tf.shape(item_ids)[1], self.max_len)
-        x = self.item_embedding(item_ids) + self.position_embedding(positions)[tf.newaxis]
-        x = self.input_dropout(self.input_norm(x), training=training) * padding
+        x = self.positional_input(self.item_embedding(item_ids), padding, training=training)
         for attention, ffn in zip(self.attentions, self.ffns, strict=True):
             x = ffn(attention(x, padding, training=training), training=training) * padding
         return x

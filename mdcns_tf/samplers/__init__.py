@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
+from mdcns_tf.registry import lookup, options_from_block
 from mdcns_tf.samplers.autosample import AutoSampleSampler
 from mdcns_tf.samplers.base import Negatives, NegativeSampler, SamplingContext
 from mdcns_tf.samplers.dns import DNSSampler
@@ -26,21 +26,12 @@ SAMPLERS: dict[str, type[NegativeSampler]] = {
 
 
 def get_sampler_class(name: str) -> type[NegativeSampler]:
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; registered samplers: {sorted(SAMPLERS)}") from None
+    return lookup(SAMPLERS, name, "sampler")
 
 
 def sampler_params(name: str, block: dict[str, Any] | None) -> Any:
     """Validates the config block ``sampler.<name>`` against the sampler's ``Params`` dataclass."""
-    params_cls = get_sampler_class(name).Params
-    block = dict(block or {})
-    known = {f.name for f in dataclasses.fields(params_cls)}
-    unknown = sorted(set(block) - known)
-    if unknown:
-        raise ValueError(f"sampler.{name}: unknown parameter(s) {unknown}; known: {sorted(known)}")
-    return params_cls(**block)
+    return options_from_block(get_sampler_class(name).Params, block, f"sampler.{name}")
 
 
 def build_sampler(config: Any, n_items: int, n_users: int, item_counts: list[int]) -> NegativeSampler:
