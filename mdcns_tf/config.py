@@ -301,7 +301,9 @@ def validate(config: Config) -> Config:
     if bad_ks:
         raise ConfigError(f"eval.ks: positive integers expected, got {bad_ks}")
     monitor_k = config.train.monitor.split("@")
-    if monitor_k[0] not in ("ndcg", "recall", "mrr") or (len(monitor_k) == 2 and int(monitor_k[1]) not in config.eval.ks):
+    if monitor_k[0] not in ("ndcg", "recall", "mrr") or (
+        len(monitor_k) == 2 and int(monitor_k[1]) not in config.eval.ks
+    ):
         raise ConfigError(f"train.monitor: {config.train.monitor!r} must be mrr or ndcg@K / recall@K with K in eval.ks")
 
     # Registry-typed blocks: imported lazily so that loading a config does not build TensorFlow graphs.

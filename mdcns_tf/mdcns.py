@@ -235,8 +235,8 @@ class MDCNSModel(RetrievalModel):
         # d (L_self + mu . KL_self) / d self-weights and likewise for the peer: one tape, two optimizers.
         self_vars, peer_vars = self.encoder.trainable_variables, self.peer.trainable_variables
         gradients = tape.gradient(gradient_loss, self_vars + peer_vars)
-        self.optimizer.apply_gradients(zip(gradients[: len(self_vars)], self_vars))
-        self.peer_optimizer.apply_gradients(zip(gradients[len(self_vars) :], peer_vars))
+        self.optimizer.apply_gradients(zip(gradients[: len(self_vars)], self_vars, strict=True))
+        self.peer_optimizer.apply_gradients(zip(gradients[len(self_vars) :], peer_vars, strict=True))
         if isinstance(self.teacher, BackboneTeacher):
             self.teacher.follow(self.encoder)
         self.loss_tracker.update_state(loss)
@@ -249,7 +249,9 @@ def build_mdcns_model(config: Config, metadata: Metadata) -> MDCNSModel:
     """Self backbone ``model.backbone``, peer ``mdcns.peer_backbone`` (same sizes), teacher per ``mdcns.teacher``."""
     params = config.mdcns
     if params.peer_backbone == config.model.backbone:
-        log.warning("MDCNS peer backbone equals the self backbone (%s); the paper uses a different one", params.peer_backbone)
+        log.warning(
+            "MDCNS peer backbone equals the self backbone (%s); the paper uses a different one", params.peer_backbone
+        )
     max_len = config.data.max_len
     self_backbone = build_backbone(config.model, metadata.n_items, max_len)
     peer_backbone = build_backbone(config.model, metadata.n_items, max_len, name=params.peer_backbone)

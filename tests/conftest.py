@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-import mdcns_tf  # noqa: F401
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import mdcns_tf  # noqa: F401
 from mdcns_tf import features
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,9 +44,7 @@ def write_loo_dataset(data_dir: str, sequences: list[list[int]], n_items: int) -
         os.makedirs(os.path.join(data_dir, split), exist_ok=True)
     item_counts = [0] * (n_items + 1)
     writers = {
-        split: tf.io.TFRecordWriter(
-            os.path.join(data_dir, split, f"part-0{features.TFRECORD_SUFFIX}"), options="GZIP"
-        )
+        split: tf.io.TFRecordWriter(os.path.join(data_dir, split, f"part-0{features.TFRECORD_SUFFIX}"), options="GZIP")
         for split in features.SPLITS
     }
     for user, sequence in enumerate(sequences, start=1):

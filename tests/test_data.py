@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import mdcns_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
 from conftest import write_loo_dataset
 
+import mdcns_tf  # noqa: F401
 from mdcns_tf import data
 
 

@@ -8,12 +8,12 @@ import subprocess
 import sys
 import textwrap
 
-import mdcns_tf  # noqa: F401
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+import mdcns_tf  # noqa: F401
 from mdcns_tf import export, features
 from mdcns_tf.backbones import build_backbone
 from mdcns_tf.config import ModelConfig

@@ -6,12 +6,12 @@ import math
 import os
 from collections import Counter
 
-import mdcns_tf  # noqa: F401
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+import mdcns_tf  # noqa: F401
 from mdcns_tf import losses
 from mdcns_tf.backbones import BACKBONES
 from mdcns_tf.config import load_config
@@ -125,8 +125,10 @@ def test_a_step_updates_both_students():
     before_peer = [v.numpy().copy() for v in model.peer.trainable_variables]
     logs = model.train_step(tiny_batch())
     assert {"self_loss", "peer_loss", "distill_kl", "divergence", "view_agreement"} <= set(logs)
-    assert any(not np.allclose(b, v.numpy()) for b, v in zip(before_self, model.encoder.trainable_variables))
-    assert any(not np.allclose(b, v.numpy()) for b, v in zip(before_peer, model.peer.trainable_variables))
+    assert any(
+        not np.allclose(b, v.numpy()) for b, v in zip(before_self, model.encoder.trainable_variables, strict=True)
+    )
+    assert any(not np.allclose(b, v.numpy()) for b, v in zip(before_peer, model.peer.trainable_variables, strict=True))
 
 
 def test_frozen_teacher_does_not_change(tmp_path):

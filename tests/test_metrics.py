@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-import mdcns_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
+import mdcns_tf  # noqa: F401
 from mdcns_tf import metrics
 
 

@@ -17,18 +17,17 @@ from concurrent import futures
 from typing import Any
 
 import grpc
-import mdcns_tf  # noqa: F401
 import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+from test_export import KEYS, MAX_LEN, N_ITEMS, TOP_K, histories, make_encoder, reference_top_k, write_vocabulary
 
+import mdcns_tf  # noqa: F401
 from mdcns_tf import export
 from serving import client
-
-from test_export import KEYS, MAX_LEN, N_ITEMS, TOP_K, histories, make_encoder, reference_top_k, write_vocabulary
 
 MODEL = "mdcns"
 
