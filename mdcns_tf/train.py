@@ -129,7 +129,11 @@ def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
     if config.loss.name != "softmax":
         sampler = build_sampler(config, metadata.n_items, metadata.n_users, metadata.item_counts)
     return SequentialRecommender(
-        encoder, sampler, config.loss.name, ks=config.eval.ks, eval_chunk_size=config.eval.item_chunk_size,
+        encoder,
+        sampler,
+        config.loss.name,
+        ks=config.eval.ks,
+        eval_chunk_size=config.eval.item_chunk_size,
         name="single",
     )
 
@@ -320,8 +324,15 @@ def run(config: Config) -> dict[str, Any]:
         first_epoch = resumed_epoch(backup_dir) if config.train.backup_and_restore else 0
         shuffle_epoch = tf.Variable(first_epoch, dtype=tf.int64, trainable=False, name="shuffle_epoch")
     train_ds = data.train_dataset(
-        cfg.dir, cfg.max_len, cfg.batch_size, cfg.train_positions, config.seed, cfg.shuffle_buffer,
-        cfg.max_train_sequences, cfg.bucket_by_length, epoch=shuffle_epoch,
+        cfg.dir,
+        cfg.max_len,
+        cfg.batch_size,
+        cfg.train_positions,
+        config.seed,
+        cfg.shuffle_buffer,
+        cfg.max_train_sequences,
+        cfg.bucket_by_length,
+        epoch=shuffle_epoch,
     )
     if config.train.steps_per_epoch:
         train_ds = train_ds.repeat()
@@ -333,15 +344,19 @@ def run(config: Config) -> dict[str, Any]:
         # make the count differ from ceil(samples / batch) (one partial batch a bucket), but not from epoch to
         # epoch (bucket sizes do not depend on the order), so one unshuffled pass counts it.
         counting = data.train_dataset(
-            cfg.dir, cfg.max_len, cfg.batch_size, cfg.train_positions, config.seed, 1, cfg.max_train_sequences,
+            cfg.dir,
+            cfg.max_len,
+            cfg.batch_size,
+            cfg.train_positions,
+            config.seed,
+            1,
+            cfg.max_train_sequences,
             cfg.bucket_by_length,
         )
         steps_per_epoch = int(counting.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
         train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
     train_ds = shard_by_data(train_ds)
-    valid_ds = shard_by_data(
-        data.eval_dataset(cfg.dir, "valid", cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users)
-    )
+    valid_ds = shard_by_data(data.eval_dataset(cfg.dir, "valid", cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users))
 
     with strategy.scope():
         model = build_model(config, metadata)
@@ -362,11 +377,18 @@ def run(config: Config) -> dict[str, Any]:
         # Epoch-level: a run killed mid-epoch redoes that epoch from its start (Keras handles the chief/worker dirs).
         callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
     if config.train.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.output_dir, "tensorboard"), update_freq="epoch"))
+        callbacks.append(
+            keras.callbacks.TensorBoard(os.path.join(config.output_dir, "tensorboard"), update_freq="epoch")
+        )
 
     log.info(
         "training %s (%s, sampler %s, loss %s): %d samples, %d steps/epoch, up to %d epochs",
-        config.trainer, config.model.backbone, config.sampler.name, config.loss.name, steps, steps_per_epoch,
+        config.trainer,
+        config.model.backbone,
+        config.sampler.name,
+        config.loss.name,
+        steps,
+        steps_per_epoch,
         config.train.epochs,
     )
     started = time.perf_counter()
@@ -390,8 +412,7 @@ def run(config: Config) -> dict[str, Any]:
         "seconds_per_epoch": [round(s, 2) for s in progress.epoch_seconds],
         "steps_per_epoch": steps_per_epoch,
         "history": selection.history or [{"epoch": i + 1} for i in range(len(history.epoch))],
-        "dataset": {"dir": cfg.dir, "n_users": metadata.n_users, "n_items": metadata.n_items,
-                    "split": metadata.split},
+        "dataset": {"dir": cfg.dir, "n_users": metadata.n_users, "n_items": metadata.n_items, "split": metadata.split},
     }
     if config.eval.test:
         test_ds = data.eval_dataset(cfg.dir, "test", cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users)
@@ -402,8 +423,13 @@ def run(config: Config) -> dict[str, Any]:
     if config.export.enabled:
         # data_dir: its items.txt becomes the vocabulary of the serve_keys signature (raw item keys in and out).
         result["export_path"] = export.export_saved_model(
-            model.encoder, os.path.join(out_dir, "export"), config.export.model_name, cfg.max_len,
-            config.export.top_k, config.export.version, data_dir=cfg.dir,
+            model.encoder,
+            os.path.join(out_dir, "export"),
+            config.export.model_name,
+            cfg.max_len,
+            config.export.top_k,
+            config.export.version,
+            data_dir=cfg.dir,
         )
         write_metrics(out_dir, result)
     if out_dir != config.output_dir:  # a non-chief worker: its copies were only written to keep in step

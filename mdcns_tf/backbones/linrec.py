@@ -153,7 +153,11 @@ class LinRec(Backbone):
             for i in range(self.num_layers)
         ]
         self.ffns = feed_forward_stack(
-            self.num_layers, self.dim, self.dim * opts.inner_multiplier, self.dropout_rate, opts.hidden_act,
+            self.num_layers,
+            self.dim,
+            self.dim * opts.inner_multiplier,
+            self.dropout_rate,
+            opts.hidden_act,
             opts.layer_norm_eps,
         )
 
