@@ -133,7 +133,7 @@ def test_registry_has_the_five_backbones() -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_unknown_option_rejected(name: str) -> None:
-    with pytest.raises(ValueError, match=rf"model\.{name}: unknown option\(s\) \['no_such_option'\]"):
+    with pytest.raises(ValueError, match=rf"model\.options\.{name}: unknown option\(s\) \['no_such_option'\]"):
         backbone_options(name, {"no_such_option": 1})
     assert backbone_options(name, None) == get_backbone_class(name).Options()
 
