@@ -21,6 +21,7 @@ A grid file (``configs/benchmarks/<name>.yaml``)::
       uniform: {sampler.name: uniform}
       mdcns: {trainer: mdcns, mdcns.peer_backbone: gru4rec}
     seeds: [1, 2]
+    reuse_runs_from: [mdcns_beauty]                      # optional: other grids whose finished runs count here
 
 Per cell the layers are: base configs, dataset configs, ``overrides``, ``budget``, dataset ``overrides``,
 ``model.backbone``, the method's overrides, then ``seed``, ``data.dir`` and ``output_dir``. The budget is applied
@@ -88,6 +89,8 @@ class GridSpec:
     backbones: tuple[str, ...]
     methods: dict[str, dict[str, Any]]
     seeds: tuple[int, ...]
+    # Grids whose finished run of the same cell with the same config hash is taken instead of training it again.
+    reuse_runs_from: tuple[str, ...] = ()
 
     def cells(self, only: str | None = None) -> list[Cell]:
         """Every cell in a stable order (dataset, backbone, seed, method); ``only`` is an fnmatch pattern on the
@@ -174,6 +177,7 @@ def load_grid(path: str) -> GridSpec:
         "backbones",
         "methods",
         "seeds",
+        "reuse_runs_from",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -224,6 +228,11 @@ def load_grid(path: str) -> GridSpec:
     if not all(isinstance(s, int) for s in seeds):
         raise GridError(f"seeds: integers expected, got {seeds!r}")
     expected = raw.get("expected_minutes")
+    reuse = raw.get("reuse_runs_from") or []
+    if not isinstance(reuse, list) or not all(isinstance(r, str) and r and "/" not in r for r in reuse):
+        raise GridError(f"reuse_runs_from: a list of grid names expected, got {reuse!r}")
+    if name in reuse:
+        raise GridError(f"reuse_runs_from: a grid cannot reuse its own runs ({name!r})")
     return GridSpec(
         name=name,
         path=path,
@@ -236,4 +245,5 @@ def load_grid(path: str) -> GridSpec:
         backbones=tuple(backbones),
         methods=methods,
         seeds=tuple(seeds),
+        reuse_runs_from=tuple(reuse),
     )

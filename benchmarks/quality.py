@@ -189,6 +189,8 @@ class GridRunner:
             with open(path) as f:
                 previous = json.load(f)
             status = "done" if previous.get("config_hash") == digest else "stale"
+        if status != "done" and self.reuse(cell, digest, path, dry_run):
+            status = "done"
         return {
             "cell": cell,
             "config": config_dict,
@@ -198,6 +200,26 @@ class GridRunner:
             "status": status,
             "stamp": stamp,
         }
+
+    def reuse(self, cell: Cell, digest: str, path: str, dry_run: bool = False) -> bool:
+        """Copies a finished run of the same cell and config hash from a grid in ``reuse_runs_from``; the copy
+        keeps its original ``grid`` field and gains ``reused_from`` so the table says where it was measured."""
+        for other in self.grid.reuse_runs_from:
+            source = run_json_path(os.path.join(os.path.dirname(self.results_dir), other), cell)
+            if not os.path.exists(source):
+                continue
+            with open(source) as f:
+                run = json.load(f)
+            if run.get("config_hash") != digest:
+                continue
+            if dry_run:
+                return True
+            run["reused_from"] = common.repo_relative(source)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            common.write_json(path, run)
+            log.info("%s: reusing the finished run of grid %s (same config hash %s)", cell.id, other, digest)
+            return True
+        return False
 
     def run_cell(self, plan: dict[str, Any]) -> dict[str, Any] | None:
         cell: Cell = plan["cell"]

@@ -8,6 +8,7 @@ learns a simple sequential pattern clearly better than popularity.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS; conftest imports it be
 from mdcns_tf.backbones import BACKBONES, backbone_options, build_backbone, get_backbone_class
 from mdcns_tf.backbones.fmlprec import causal_fft_convolution
 from mdcns_tf.backbones.linrec import causal_linear_attention
-from mdcns_tf.backbones.mamba4rec import linear_recurrence_scan
+from mdcns_tf.backbones.mamba4rec import linear_recurrence_scan, static_length_ladder
 from mdcns_tf.config import ModelConfig
 
 NAMES = sorted(BACKBONES)
@@ -200,14 +201,26 @@ def test_parallel_scan_gradient_matches_loop() -> None:
             states.append(state)
         return tf.stack(states, axis=1)
 
-    grads = []
-    for scan in (linear_recurrence_scan, loop):
+    def loss_and_grads(scan: Any, a: tf.Tensor, b: tf.Tensor) -> list[tf.Tensor]:
         with tf.GradientTape() as tape:
             tape.watch([a, b])
             loss = tf.reduce_sum(scan(a, b) * weight)
-        grads.append(tape.gradient(loss, [a, b]))
-    for got, expected in zip(*grads, strict=True):
-        np.testing.assert_allclose(got, expected, atol=1e-5)
+        return tape.gradient(loss, [a, b])
+
+    expected = loss_and_grads(loop, a, b)
+    # The dynamic-length path (length-bucketed batches) pads to a ladder length inside a tf.switch_case branch.
+    spec = tf.TensorSpec([None, None, 3, 4], tf.float32)
+    dynamic = tf.function(lambda x, y: loss_and_grads(lambda p, q: linear_recurrence_scan(p, q, max_len=50), x, y))
+    for got_grads in (loss_and_grads(linear_recurrence_scan, a, b), dynamic.get_concrete_function(spec, spec)(a, b)):
+        for got, want in zip(got_grads, expected, strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_static_length_ladder() -> None:
+    """Dynamic lengths are padded by at most 1.5x (beyond 8) and never beyond max_len."""
+    assert static_length_ladder(50) == [8, 12, 16, 24, 32, 48, 50]
+    assert static_length_ladder(8) == [8]
+    assert static_length_ladder(200)[-3:] == [128, 192, 200]
 
 
 def test_causal_fft_convolution_matches_direct_sum() -> None:
