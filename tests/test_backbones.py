@@ -23,6 +23,8 @@ from mdcns_tf.backbones.mamba4rec import linear_recurrence_scan, static_length_l
 from mdcns_tf.config import ModelConfig
 
 NAMES = sorted(BACKBONES)
+# The contract tests also cover the options that change a backbone's architecture ("name/variant").
+CONTRACT = [*NAMES, "sasrec/s3rec"]
 # Tolerance relative to the states' scale (GRU4Rec's states are ~1e-4 at init, the others ~1): FFT round-off lets
 # a later item move an earlier FMLP-Rec state by ~1e-7 of the scale; a real leak is of the order of the scale.
 RTOL = 1e-5
@@ -34,8 +36,17 @@ def assert_same_states(actual: np.ndarray, expected: np.ndarray, err_msg: str = 
 
 def make_backbone(name: str, n_items: int = 40, max_len: int = 16, dim: int = 16, dropout: float = 0.2, seed: int = 0):
     keras.utils.set_random_seed(seed)
+    name, _, variant = name.partition("/")
+    options = backbone_options(name, {"variant": variant} if variant else None)
     return get_backbone_class(name)(
-        n_items=n_items, max_len=max_len, dim=dim, num_layers=2, num_heads=2, dropout=dropout, name=name
+        n_items=n_items,
+        max_len=max_len,
+        dim=dim,
+        num_layers=2,
+        num_heads=2,
+        dropout=dropout,
+        options=options,
+        name=name,
     )
 
 
@@ -49,7 +60,7 @@ def left_padded_ids(rng: np.random.Generator, lengths: list[int], seq_len: int, 
 # ---------------------------------------------------------------------------------------------------- contract
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CONTRACT)
 def test_shapes_and_zero_padded_states(name: str) -> None:
     model = make_backbone(name)
     ids = left_padded_ids(np.random.default_rng(1), [12, 5, 1, 0], 12, 40)
@@ -62,7 +73,7 @@ def test_shapes_and_zero_padded_states(name: str) -> None:
     assert np.all(model(tf.constant(ids), training=True).numpy()[ids == 0] == 0.0)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CONTRACT)
 def test_causal(name: str) -> None:
     """Changing the items from position t on never changes a state before t (dropout off)."""
     model = make_backbone(name)
@@ -77,7 +88,7 @@ def test_causal(name: str) -> None:
         assert np.abs(states[:, t:] - base[:, t:]).max() > 1e-2 * np.abs(base).max(), "the change must reach later"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CONTRACT)
 def test_left_padding_invariant(name: str) -> None:
     """The same histories padded to 10 or to 16 slots give the same states at the real positions."""
     model = make_backbone(name)
@@ -88,7 +99,7 @@ def test_left_padding_invariant(name: str) -> None:
     assert np.all(longer[:, :6] == 0.0)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CONTRACT)
 def test_xla_forward_matches_eager(name: str) -> None:
     model = make_backbone(name)
     ids = tf.constant(left_padded_ids(np.random.default_rng(4), [16, 7], 16, 40))
@@ -97,7 +108,7 @@ def test_xla_forward_matches_eager(name: str) -> None:
     assert_same_states(compiled, eager)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CONTRACT)
 def test_dynamic_length_signature(name: str) -> None:
     """A `tf.function` traced with an unknown length (as a serving signature may be) gives the eager states."""
     model = make_backbone(name)
@@ -106,7 +117,7 @@ def test_dynamic_length_signature(name: str) -> None:
     assert_same_states(fn(tf.constant(ids)).numpy(), model(tf.constant(ids)).numpy())
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CONTRACT)
 def test_every_weight_gets_a_gradient(name: str) -> None:
     model = make_backbone(name)
     ids = tf.constant(left_padded_ids(np.random.default_rng(6), [16, 8], 16, 40))
@@ -147,6 +158,8 @@ def test_unknown_option_rejected(name: str) -> None:
         ("linrec", {"causal_mode": "full"}),
         ("mamba4rec", {"d_state": 0}),
         ("mamba4rec", {"dt_init": "s4"}),
+        ("sasrec", {"variant": "bert4rec"}),
+        ("sasrec", {"ffn_multiplier": -1}),
     ],
 )
 def test_bad_option_values_rejected(name: str, block: dict) -> None:
@@ -297,7 +310,7 @@ def synthetic_data() -> dict[str, np.ndarray]:
     return {"train": train, "test": test, "pop_hr": np.float64(pop_hr)}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CONTRACT)
 def test_learns_sequential_pattern(name: str, synthetic_data: dict[str, np.ndarray]) -> None:
     """A few hundred full-softmax steps beat popularity's HR@10 on held-out sequences by at least 2x."""
     train, test, pop_hr = synthetic_data["train"], synthetic_data["test"], float(synthetic_data["pop_hr"])
