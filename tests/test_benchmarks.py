@@ -77,6 +77,33 @@ def test_missing_pieces_are_skipped_with_a_note(tmp_path, monkeypatch) -> None:
     assert plans[0]["status"] == "todo"
 
 
+def test_reuse_runs_from_another_grid_only_with_the_same_config_hash(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MDCNS_DATA_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "toy.txt").write_text("1 1 2 3\n")
+    spec = grid_mod.load_grid(_write_grid(tmp_path, {"uniform": {}}, extra="reuse_runs_from: [older]\n"))
+    assert spec.reuse_runs_from == ("older",)
+    results = tmp_path / "results"
+    runner = quality.GridRunner(spec, str(tmp_path / "raw"), str(results / "t"), "cmd")
+    first, second = spec.cells()
+    digest = runner.plan(first, dry_run=True)["hash"]
+    # The other grid finished seed 1 with this exact config, and seed 2 with another one (e.g. another budget).
+    for cell, config_hash in ((first, digest), (second, "0123456789abcdef")):
+        path = quality.run_json_path(str(results / "older"), cell)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({"status": "done", "grid": "older", "config_hash": config_hash, "metrics": {}}, f)
+    assert runner.plan(first, dry_run=True)["status"] == "done"
+    assert not os.path.exists(quality.run_json_path(str(results / "t"), first)), "a dry run copies nothing"
+    plans = [runner.plan(c, dry_run=False) for c in (first, second)]
+    assert [p["status"] for p in plans] == ["done", "todo"]
+    with open(quality.run_json_path(str(results / "t"), first)) as f:
+        copied = json.load(f)
+    assert copied["grid"] == "older" and copied["reused_from"].endswith("older/runs/toy/sasrec/uniform/seed1.json")
+    with pytest.raises(grid_mod.GridError, match="own runs"):
+        grid_mod.load_grid(_write_grid(tmp_path, {"uniform": {}}, extra="reuse_runs_from: [t]\n"))
+
+
 def _fake_run(method: str, seed: int, ndcg10: float, recall10: float, order: int) -> dict:
     return {
         "status": "done",
