@@ -66,6 +66,12 @@ class SamplerConfig:
 class LossConfig:
     # bce | bpr | softmax (full softmax cross-entropy over all items, no sampling) | sampled_softmax
     name: str = "bce"
+    # How a batch's per-position losses become the step's loss. "batch": their mean over the batch's trained
+    # positions. "epoch": their sum divided by the mean number of trained positions a batch holds over the epoch, so
+    # every trained position weighs the same whatever batch it lands in (with `data.bucket_by_length`, "batch"
+    # gives a batch of short sequences the weight of a batch of long ones). "auto": "epoch" with length buckets,
+    # "batch" without (where the two agree in expectation).
+    reduction: str = "auto"
 
 
 @dataclasses.dataclass
@@ -158,6 +164,7 @@ CHOICES = {
     "trainer": ("single", "mdcns"),
     "data.train_positions": ("all", "last"),
     "loss.name": ("bce", "bpr", "softmax", "sampled_softmax"),
+    "loss.reduction": ("auto", "batch", "epoch"),
     "train.distribute": ("default", "mirrored", "multi_worker"),
     "mdcns.distill_reduction": ("mean", "sum"),
     "mdcns.teacher": ("mean", "sum", "ema", "frozen"),

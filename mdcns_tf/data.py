@@ -82,17 +82,33 @@ def _prefixes(record: dict[str, tf.Tensor], max_len: int) -> tf.data.Dataset:
     return tf.data.Dataset.range(1, tf.cast(tf.shape(sequence)[0], tf.int64)).map(prefix)
 
 
-def count_train_examples(data_dir: str, train_positions: str, max_sequences: int = 0) -> int:
-    """Number of training samples one epoch yields (for the progress bar and step budgets)."""
+def _train_lengths(data_dir: str, max_sequences: int) -> tf.data.Dataset:
     records = read_records(data_dir, "train")
     if max_sequences:
         records = records.take(max_sequences)
-    lengths = records.map(lambda r: tf.shape(r[features.ITEM_IDS], out_type=tf.int64)[0])
+    return records.map(lambda r: tf.shape(r[features.ITEM_IDS], out_type=tf.int64)[0])
+
+
+def _total(dataset: tf.data.Dataset) -> int:
+    return int(dataset.reduce(tf.constant(0, tf.int64), lambda total, n: total + n))
+
+
+def count_train_examples(data_dir: str, train_positions: str, max_sequences: int = 0) -> int:
+    """Number of training samples one epoch yields (for the progress bar and step budgets)."""
+    lengths = _train_lengths(data_dir, max_sequences)
     if train_positions == "all":
-        per_record = lengths.map(lambda n: tf.cast(n >= 2, tf.int64))
-    else:
-        per_record = lengths.map(lambda n: tf.maximum(n - 1, 0))
-    return int(per_record.reduce(tf.constant(0, tf.int64), lambda total, n: total + n))
+        return _total(lengths.map(lambda n: tf.cast(n >= 2, tf.int64)))
+    return _total(lengths.map(lambda n: tf.maximum(n - 1, 0)))
+
+
+def count_trained_positions(data_dir: str, train_positions: str, max_len: int, max_sequences: int = 0) -> int:
+    """Number of positions with a target (``target_ids != 0``) one epoch trains: a sequence of n items trains
+    min(n - 1, max_len) positions with ``all`` (its last max_len inputs) and n - 1 prefixes of one position each
+    with ``last``."""
+    lengths = _train_lengths(data_dir, max_sequences)
+    if train_positions == "all":
+        return _total(lengths.map(lambda n: tf.clip_by_value(n - 1, 0, max_len)))
+    return _total(lengths.map(lambda n: tf.maximum(n - 1, 0)))
 
 
 def train_dataset(

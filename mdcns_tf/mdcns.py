@@ -176,7 +176,7 @@ class MDCNSModel(RetrievalModel):
     def reduce_distillation(self, per_position: tf.Tensor, trained: tf.Tensor) -> tf.Tensor:
         if self.params.distill_reduction == "sum":
             return tf.reduce_sum(per_position * tf.cast(trained, per_position.dtype))
-        return masked_mean(per_position, trained)
+        return self.reduce_positions(per_position, trained)
 
     def compute_losses(self, data: dict[str, tf.Tensor], training: bool = True) -> dict[str, tf.Tensor]:
         """All loss terms and step statistics for one batch (see the module docstring)."""
@@ -198,8 +198,12 @@ class MDCNSModel(RetrievalModel):
 
         views = self.view_negatives(self_scores[..., 1:], peer_scores[..., 1:], teacher_scores[..., 1:])
         picks = views["picks"]
-        self_loss = masked_mean(self.student_loss(self_scores, picks["self"], picks["peer"], picks["teacher"]), trained)
-        peer_loss = masked_mean(self.student_loss(peer_scores, picks["peer"], picks["self"], picks["teacher"]), trained)
+        self_loss = self.reduce_positions(
+            self.student_loss(self_scores, picks["self"], picks["peer"], picks["teacher"]), trained
+        )
+        peer_loss = self.reduce_positions(
+            self.student_loss(peer_scores, picks["peer"], picks["self"], picks["teacher"]), trained
+        )
 
         if self.params.no_distillation:
             distill = tf.constant(0.0)

@@ -25,6 +25,9 @@ class RetrievalModel(keras.Model):
         self.encoder = encoder
         self.ks = tuple(ks)
         self.eval_chunk_size = eval_chunk_size
+        # None: a step's loss is the mean over its batch's trained positions. A number (train.run sets it for
+        # ``loss.reduction: epoch``): the sum over them divided by this, the mean trained positions of a batch.
+        self.positions_per_batch: float | None = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.ranking_trackers = {
             name: keras.metrics.Mean(name=metrics.keras_name(name)) for name in metrics.metric_names(self.ks)
@@ -61,6 +64,11 @@ class RetrievalModel(keras.Model):
                 generators.append(random_generator._generator)
         if generators:
             self.dropout_generators = generators
+
+    def reduce_positions(self, per_position: tf.Tensor, trained: tf.Tensor) -> tf.Tensor:
+        """A batch's loss from per-position losses `(batch, seq_len)` and the trained mask `(batch, seq_len)`,
+        as ``positions_per_batch`` says (see `position_loss`)."""
+        return position_loss(per_position, trained, self.positions_per_batch)
 
     def call(self, input_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
         """`(batch, seq_len)` ids -> `(batch, seq_len, dim)` states of the evaluated model."""
@@ -100,6 +108,22 @@ def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
 
 
+def position_loss(values: tf.Tensor, mask: tf.Tensor, positions_per_batch: float | None) -> tf.Tensor:
+    """Reduces per-position losses over the positions where ``mask`` is true.
+
+    ``positions_per_batch`` None: their mean (`masked_mean`). A number P: their sum / P, P being the mean count of
+    trained positions in a (global) batch over an epoch. With length buckets the count varies several-fold between
+    batches, and a per-batch mean would give each position of a short-sequence batch several times the weight of a
+    position in a long-sequence batch; sum / P weighs every position alike and equals the mean in expectation
+    without buckets. Under `tf.distribute` a replica holds 1 / replicas of the global batch, hence P / replicas.
+    """
+    if positions_per_batch is None:
+        return masked_mean(values, mask)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    total = tf.reduce_sum(values * tf.cast(mask, values.dtype))
+    return total / tf.constant(positions_per_batch / replicas, values.dtype)
+
+
 class SequentialRecommender(RetrievalModel):
     """One backbone trained with one negative sampler and a pairwise loss, or with full softmax (no sampler)."""
 
@@ -114,11 +138,10 @@ class SequentialRecommender(RetrievalModel):
         states = self.encoder(data["input_ids"], training=training)
         item_embeddings = self.encoder.item_embeddings
         if self.loss_name == "softmax":
-            return tf.reduce_mean(
-                losses.full_softmax(
-                    tf.boolean_mask(states, trained), item_embeddings, tf.boolean_mask(target_ids, trained)
-                )
+            per_position = losses.full_softmax(
+                tf.boolean_mask(states, trained), item_embeddings, tf.boolean_mask(target_ids, trained)
             )
+            return self.reduce_positions(per_position, tf.ones_like(per_position, tf.bool))
         context = SamplingContext(
             input_ids=data["input_ids"],
             target_ids=target_ids,
@@ -131,7 +154,7 @@ class SequentialRecommender(RetrievalModel):
         positive_scores = tf.reduce_sum(states * tf.gather(item_embeddings, target_ids), axis=-1)
         negative_scores = score_items(states, item_embeddings, negatives.ids)
         per_position = self.sampler.loss(context, negatives, positive_scores, negative_scores)
-        return masked_mean(per_position, trained)
+        return self.reduce_positions(per_position, trained)
 
     def epoch_end_hooks(self) -> list:
         return [self.sampler.on_epoch_end] if self.sampler is not None else []

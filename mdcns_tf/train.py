@@ -118,6 +118,13 @@ def resumed_epoch(backup_dir: str) -> int:
     return saved + 1 if saved >= 0 else 0
 
 
+def resolved_reduction(config: Config) -> str:
+    """``loss.reduction`` with ``auto`` resolved: ``epoch`` under length buckets, ``batch`` otherwise."""
+    if config.loss.reduction != "auto":
+        return config.loss.reduction
+    return "epoch" if config.data.bucket_by_length else "batch"
+
+
 def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
     """The trainer named by ``config.trainer``, built for the dataset described by ``metadata``."""
     if config.trainer == "mdcns":
@@ -365,6 +372,12 @@ def run(config: Config) -> dict[str, Any]:
             optimizer=keras.optimizers.Adam(config.train.learning_rate, weight_decay=config.train.weight_decay or None),
             jit_compile=config.train.jit_compile,
         )
+
+    if resolved_reduction(config) == "epoch":
+        positions = data.count_trained_positions(cfg.dir, cfg.train_positions, cfg.max_len, cfg.max_train_sequences)
+        # The mean trained positions of a full batch: every trained position then has weight 1 / this in its step.
+        model.positions_per_batch = positions / max(steps, 1) * cfg.batch_size
+        log.info("loss.reduction epoch: a step's loss is its positions' sum / %.1f", model.positions_per_batch)
 
     selection = ModelSelection(config.train.monitor, config.train.patience, os.path.join(out_dir, "best"))
     progress = ProgressLog(config.train.epochs)

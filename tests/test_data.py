@@ -50,3 +50,13 @@ def test_length_buckets_trim_padding_without_losing_samples(tmp_path):
         assert (inputs[:, 0] != 0).any() and (inputs[:, -1] != 0).all()
         seen.extend(batch["target_ids"].numpy()[:, -1].tolist())
     assert sorted(seen) == sorted(s[-3] for s in sequences)
+
+
+def test_trained_positions_are_counted_per_protocol(tmp_path):
+    # Training sequences [5, 6, 7, 8] (3 targets) and [1, 2, 3, 4, 5, 6] (5 targets, 4 of them within max_len 4).
+    write_loo_dataset(str(tmp_path), [[5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8]], n_items=10)
+    assert data.count_trained_positions(str(tmp_path), "all", max_len=4) == 3 + 4
+    assert data.count_trained_positions(str(tmp_path), "last", max_len=4) == 3 + 5
+    # The count is what the training input really marks as trained (target_ids != 0).
+    (batch,) = list(data.train_dataset(str(tmp_path), max_len=4, batch_size=8, train_positions="all"))
+    assert int(tf.math.count_nonzero(batch["target_ids"])) == 7

@@ -1,0 +1,48 @@
+"""The single-model trainer's loss reduction over positions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mdcns_tf  # noqa: F401
+from mdcns_tf.config import load_config
+from mdcns_tf.models import position_loss
+from mdcns_tf.train import resolved_reduction
+
+VALUES = tf.constant([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+TRAINED = tf.constant([[False, True, True], [False, False, True]])
+
+
+def test_batch_reduction_is_the_mean_over_trained_positions():
+    assert float(position_loss(VALUES, TRAINED, None)) == pytest.approx((2 + 3 + 6) / 3)
+
+
+def test_epoch_reduction_divides_the_sum_by_the_mean_positions_of_a_batch():
+    assert float(position_loss(VALUES, TRAINED, 4.0)) == pytest.approx((2 + 3 + 6) / 4)
+
+
+def test_epoch_reduction_weighs_every_position_alike_across_batches():
+    # Two length buckets: a batch with 1 trained position and one with 4, each position's loss 1.
+    short_batch = (tf.ones([1, 2]), tf.constant([[False, True]]))
+    long_batch = (tf.ones([2, 2]), tf.constant([[True, True], [True, True]]))
+    # Per-batch means give the lone short position the weight of all four long ones together ...
+    means = [float(position_loss(v, m, None)) for v, m in (short_batch, long_batch)]
+    np.testing.assert_allclose(means, [1.0, 1.0])
+    # ... the epoch reduction (2.5 trained positions a batch on average) gives each position 1 / 2.5.
+    sums = [float(position_loss(v, m, 2.5)) for v, m in (short_batch, long_batch)]
+    np.testing.assert_allclose(sums, [1 / 2.5, 4 / 2.5])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], "batch"),
+        (["data.bucket_by_length=true"], "epoch"),
+        (["data.bucket_by_length=true", "loss.reduction=batch"], "batch"),
+        (["loss.reduction=epoch"], "epoch"),
+    ],
+)
+def test_auto_reduction_follows_length_buckets(overrides, expected):
+    assert resolved_reduction(load_config(None, overrides)) == expected
