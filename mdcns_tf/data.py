@@ -158,6 +158,14 @@ def train_dataset(
             )
         )
     padded_shapes = {"input_ids": [max_len], "target_ids": [max_len], "exclusion_ids": [None], "user_index": []}
+    return batch_samples(samples, batch_size, max_len, padded_shapes, bucket_by_length)
+
+
+def batch_samples(
+    samples: tf.data.Dataset, batch_size: int, max_len: int, padded_shapes: dict, bucket_by_length: bool
+) -> tf.data.Dataset:
+    """Padded batches of ``samples``; with ``bucket_by_length`` batches of similar input length, each trimmed to
+    its longest input (`trim_batch`): ``input_ids`` (and ``target_ids`` if present) become `(batch, t)`."""
     if not bucket_by_length:
         return samples.padded_batch(batch_size, padded_shapes=padded_shapes).prefetch(tf.data.AUTOTUNE)
     boundaries = sorted({b for b in (4, 8, 12, 16, 24, 32, 40) if b < max_len})
@@ -179,11 +187,19 @@ def trim_batch(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """Drops the leading columns that are padding in every row of a left-padded batch."""
     used = tf.maximum(tf.reduce_max(tf.math.count_nonzero(batch["input_ids"], axis=1, dtype=tf.int32)), 1)
     start = tf.shape(batch["input_ids"])[1] - used
-    return {**batch, "input_ids": batch["input_ids"][:, start:], "target_ids": batch["target_ids"][:, start:]}
+    trimmed = {key: batch[key][:, start:] for key in ("input_ids", "target_ids") if key in batch}
+    return {**batch, **trimmed}
 
 
-def eval_dataset(data_dir: str, split: str, max_len: int, batch_size: int, max_users: int = 0) -> tf.data.Dataset:
-    """Batched evaluation users of ``split`` (``valid`` or ``test``), in file order."""
+def eval_dataset(
+    data_dir: str, split: str, max_len: int, batch_size: int, max_users: int = 0, bucket_by_length: bool = False
+) -> tf.data.Dataset:
+    """Batched evaluation users of ``split`` (``valid`` or ``test``), in file order.
+
+    With ``bucket_by_length`` users of similar history length are batched together (no longer in file order) and
+    each batch is trimmed to its longest input: the per-user metrics are the same (backbones give a left-padded
+    history the same states at any window length), at a fraction of the encoder cost on short-history data.
+    """
     records = read_records(data_dir, split)
     if max_users:
         records = records.take(max_users)
@@ -199,7 +215,7 @@ def eval_dataset(data_dir: str, split: str, max_len: int, batch_size: int, max_u
 
     padded_shapes = {"input_ids": [max_len], "history_ids": [None], "target": [], "user_index": []}
     dataset = records.map(to_eval, num_parallel_calls=tf.data.AUTOTUNE).cache()
-    return dataset.padded_batch(batch_size, padded_shapes=padded_shapes).prefetch(tf.data.AUTOTUNE)
+    return batch_samples(dataset, batch_size, max_len, padded_shapes, bucket_by_length)
 
 
 def has_split(data_dir: str, split: str) -> bool:

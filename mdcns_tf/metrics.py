@@ -15,16 +15,6 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 
-def unique_history_mask(history_ids: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Sorted history `(batch, x)` and a bool mask `(batch, x)` of its distinct real items other than the target."""
-    history = tf.sort(tf.cast(history_ids, tf.int32), axis=-1)
-    first_occurrence = tf.concat(
-        [tf.ones_like(history[:, :1], tf.bool), tf.not_equal(history[:, 1:], history[:, :-1])], axis=1
-    )
-    keep = first_occurrence & tf.not_equal(history, 0) & tf.not_equal(history, tf.cast(target, tf.int32)[:, None])
-    return history, keep
-
-
 def target_ranks(
     queries: tf.Tensor,
     item_embeddings: tf.Tensor,
@@ -35,18 +25,32 @@ def target_ranks(
     """0-based rank of each target among the non-history items.
 
     queries `(batch, dim)`, item_embeddings `(n_items + 1, dim)`, target `(batch,)`, history_ids `(batch, x)`
-    -> ranks `(batch,)` int32. Items are scored ``chunk_size`` rows at a time, so a 1M-item catalogue never needs a
-    `(batch, n_items)` score matrix.
+    (0-padded) -> ranks `(batch,)` int32. Items are scored ``chunk_size`` rows at a time, so a 1M-item catalogue
+    never needs a `(batch, n_items)` score matrix.
+
+    The target, the padding item and the history are excluded from the count by id, never by comparing scores:
+    the target's own score from a matmul and from a dot product differ in the last bits (different summation
+    orders), and a comparison would count the target as beating itself for about a third of the users.
     """
     target = tf.cast(target, tf.int32)
+    history = tf.cast(history_ids, tf.int32)
     target_scores = tf.reduce_sum(queries * tf.gather(item_embeddings, target), axis=-1)
+    batch = tf.shape(queries)[0]
+    rows = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], tf.shape(history))
     n_rows = tf.shape(item_embeddings)[0]
 
     def count_chunk(start: tf.Tensor, total: tf.Tensor):
         chunk = item_embeddings[start : start + chunk_size]
+        size = tf.shape(chunk)[0]
         scores = tf.matmul(queries, chunk, transpose_b=True)
-        ids = tf.range(start, start + tf.shape(chunk)[0])
-        beats = (scores > target_scores[:, None]) & tf.not_equal(ids, 0)[None, :]
+        ids = tf.range(start, start + size)
+        # The `(batch, size)` mask of this chunk's history items, from the (user, item) pairs that fall in it.
+        local = history - start
+        inside = (local >= 0) & (local < size) & tf.not_equal(history, 0)
+        pairs = tf.stack([tf.boolean_mask(rows, inside), tf.boolean_mask(local, inside)], axis=1)
+        seen = tf.scatter_nd(pairs, tf.ones(tf.shape(pairs)[:1], tf.int32), tf.stack([batch, size])) > 0
+        ranked = tf.not_equal(ids, 0)[tf.newaxis, :] & tf.not_equal(ids[tf.newaxis, :], target[:, tf.newaxis])
+        beats = (scores > target_scores[:, tf.newaxis]) & ranked & ~seen
         return start + chunk_size, total + tf.reduce_sum(tf.cast(beats, tf.int32), axis=1)
 
     _, above = tf.while_loop(
@@ -54,11 +58,7 @@ def target_ranks(
         count_chunk,
         (tf.constant(0), tf.zeros_like(target)),
     )
-    # Remove the history items that were counted: each distinct history item except the target, once.
-    history, keep = unique_history_mask(history_ids, target)
-    history_scores = tf.einsum("bd,bxd->bx", queries, tf.gather(item_embeddings, history))
-    masked_above = tf.reduce_sum(tf.cast(keep & (history_scores > target_scores[:, None]), tf.int32), axis=1)
-    return above - masked_above
+    return above
 
 
 def metrics_from_ranks(ranks: tf.Tensor, ks: Sequence[int]) -> dict[str, tf.Tensor]:

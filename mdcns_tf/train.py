@@ -118,6 +118,13 @@ def resumed_epoch(backup_dir: str) -> int:
     return saved + 1 if saved >= 0 else 0
 
 
+def eval_split(config: Config, split: str) -> tf.data.Dataset:
+    cfg = config.data
+    return data.eval_dataset(
+        cfg.dir, split, cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users, config.eval.bucket_by_length
+    )
+
+
 def resolved_reduction(config: Config) -> str:
     """``loss.reduction`` with ``auto`` resolved: ``epoch`` under length buckets, ``batch`` otherwise."""
     if config.loss.reduction != "auto":
@@ -363,7 +370,7 @@ def run(config: Config) -> dict[str, Any]:
         steps_per_epoch = int(counting.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
         train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
     train_ds = shard_by_data(train_ds)
-    valid_ds = shard_by_data(data.eval_dataset(cfg.dir, "valid", cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users))
+    valid_ds = shard_by_data(eval_split(config, "valid"))
 
     with strategy.scope():
         model = build_model(config, metadata)
@@ -428,8 +435,7 @@ def run(config: Config) -> dict[str, Any]:
         "dataset": {"dir": cfg.dir, "n_users": metadata.n_users, "n_items": metadata.n_items, "split": metadata.split},
     }
     if config.eval.test:
-        test_ds = data.eval_dataset(cfg.dir, "test", cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users)
-        test_ds = shard_by_data(test_ds)
+        test_ds = shard_by_data(eval_split(config, "test"))
         result["test"] = evaluate(model, test_ds)
     # Metrics are on disk before the export starts, so a failed export never costs the training run's results.
     write_metrics(out_dir, result)

@@ -53,3 +53,25 @@ def test_metric_values_by_hand():
 def test_metric_names_are_tensorboard_safe():
     assert metrics.keras_name("ndcg@20") == "ndcg_20"
     assert metrics.metric_names([10]) == ["recall@10", "ndcg@10", "mrr"]
+
+
+def test_ranks_equal_brute_force_on_real_valued_embeddings():
+    # Dense random embeddings: the target's dot-product score and its matmul score differ in the last bits, and a
+    # rank computed by comparing them counts the target as beating itself (the bug this guards against).
+    rng = np.random.default_rng(1)
+    n_items, dim, batch = 300, 48, 64
+    item_embeddings = rng.normal(size=(n_items + 1, dim)).astype(np.float32)
+    queries = rng.normal(size=(batch, dim)).astype(np.float32)
+    targets = rng.integers(1, n_items + 1, size=batch)
+    histories = rng.integers(0, n_items + 1, size=(batch, 12))
+    histories[:4, 0] = targets[:4]  # repeat consumption: the target is in the history and still ranked
+    scores = queries.astype(np.float64) @ item_embeddings.T.astype(np.float64)
+    expected = []
+    for u in range(batch):
+        masked = set(histories[u].tolist()) | {0, int(targets[u])}
+        expected.append(sum(1 for j in range(n_items + 1) if j not in masked and scores[u, j] > scores[u, targets[u]]))
+    for chunk_size in (65_536, 7):
+        ranks = metrics.target_ranks(
+            tf.constant(queries), tf.constant(item_embeddings), tf.constant(targets), tf.constant(histories), chunk_size
+        )
+        np.testing.assert_array_equal(ranks.numpy(), expected)
