@@ -1,0 +1,65 @@
+"""Re-evaluate a finished (or running) training run's selected weights with the current full-ranking metrics.
+
+    python -m mdcns_tf.evaluate --run runs/beauty_sasrec_uniform [--splits valid test] [--output FILE]
+
+Reads ``<run>/config.yaml`` (the resolved config `mdcns_tf.train` wrote), rebuilds the model, loads the best
+weights kept by model selection (``<run>/best/weights``) and prints the metrics of each split as JSON. Use it to
+re-measure runs trained before a metrics fix, or on another copy of the data (``--set data.dir=...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import mdcns_tf  # noqa: F401
+from mdcns_tf.config import ConfigError, load_config
+from mdcns_tf.features import Metadata
+from mdcns_tf.train import build_model, eval_split, evaluate
+
+log = logging.getLogger("mdcns_tf.evaluate")
+
+
+def evaluate_run(run_dir: str, splits: list[str], overrides: list[str] | None = None) -> dict[str, Any]:
+    """``{split: {metric: value}}`` for the best weights of ``run_dir``."""
+    config_path = os.path.join(run_dir, "config.yaml")
+    weights = os.path.join(run_dir, "best", "weights")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found: is {run_dir!r} the output_dir of a training run?")
+    if not os.path.exists(weights + ".index"):
+        raise FileNotFoundError(f"{weights}.index not found: the run has not finished a validated epoch yet")
+    config = load_config(config_path, overrides or [])
+    model = build_model(config, Metadata.load(config.data.dir))
+    model.build_for_input(config.data.max_len)
+    model.compile()
+    model.load_weights(weights).expect_partial()
+    return {split: evaluate(model, eval_split(config, split)) for split in splits}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="output_dir of a training run")
+    parser.add_argument("--splits", nargs="+", default=["valid", "test"], choices=["valid", "test"])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--output", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = evaluate_run(args.run, args.splits, args.set)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

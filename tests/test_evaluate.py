@@ -1,0 +1,45 @@
+"""`python -m mdcns_tf.evaluate` re-measures a finished run's selected weights."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import mdcns_tf  # noqa: F401
+from mdcns_tf import evaluate, train
+from mdcns_tf.config import load_config
+
+
+def test_re_evaluation_reproduces_the_run_metrics(tiny_dataset, tmp_path):
+    run_dir = str(tmp_path / "run")
+    overrides = [
+        f"data.dir={tiny_dataset}",
+        f"output_dir={run_dir}",
+        "model.dim=16",
+        "model.num_layers=1",
+        "data.max_len=12",
+        "data.batch_size=64",
+        "train.epochs=3",
+        "train.tensorboard=false",
+        "train.verbose=0",
+        "export.enabled=false",
+    ]
+    result = train.run(load_config(None, overrides))
+    assert evaluate.main(["--run", run_dir, "--output", str(tmp_path / "again.json")]) == 0
+    with open(tmp_path / "again.json") as f:
+        again = json.load(f)
+    for split in ("valid", "test"):
+        for name, value in result[split].items():
+            assert again[split][name] == pytest.approx(value, abs=1e-6), (split, name)
+    assert result["test"]["recall@20"] > 0
+
+
+def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys):
+    assert evaluate.main(["--run", str(tmp_path)]) == 2
+    assert "config.yaml not found" in capsys.readouterr().err
+    os.makedirs(tmp_path / "best")
+    (tmp_path / "config.yaml").write_text("seed: 1\n")
+    assert evaluate.main(["--run", str(tmp_path)]) == 2
+    assert "has not finished a validated epoch" in capsys.readouterr().err
