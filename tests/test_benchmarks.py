@@ -198,3 +198,16 @@ def test_speed_harness_tiny(tmp_path) -> None:
     assert row["sequences_per_s"] > 0 and result["eval"][0]["users_per_s"] > 0
     assert json.load(open(tmp_path / "speed.json"))["shape"]["batch"] == speed.TINY.batch
     assert "| sasrec/uniform | reference |" in open(tmp_path / "speed.md").read()
+
+
+def test_eval_speed_harness_compares_both_orders(tiny_dataset, tmp_path) -> None:
+    from benchmarks import eval_speed
+
+    output = str(tmp_path / "eval_speed.json")
+    assert eval_speed.main(["--data", tiny_dataset, "--backbones", "sasrec", "--rounds", "1", "--output", output]) == 0
+    with open(output) as f:
+        result = json.load(f)
+    (row,) = result["rows"]
+    assert row["backbone"] == "sasrec" and row["file_order_s"] > 0 and row["bucketed_s"] > 0
+    assert row["max_metric_difference"] < 1e-6
+    assert result["command"].startswith("python -m benchmarks.eval_speed")
