@@ -1,7 +1,8 @@
 """Raw interaction logs -> TFRecords + metadata (`mdcns_tf.features` layout), as a Beam pipeline.
 
     python -m pipeline.run --input PATH --input_format {interactions,sequences,pairs} --split {loo,user} \\
-        --output DIR [--seed 42] [--kcore K] [--min_seq_len N] [--delimiter auto] [--dedupe] [BEAM OPTIONS]
+        --output DIR [--seed 42 | --split_file TSV] [--kcore K] [--min_seq_len N] [--delimiter auto] [--dedupe] \\
+        [BEAM OPTIONS]
 
 Our flags are parsed with ``parse_known_args`` and everything else goes to `PipelineOptions` (the apache/beam
 wordcount shape), e.g. ``--runner=DataflowRunner --project ... --region ... --temp_location gs://... \\
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import sys
@@ -60,6 +62,7 @@ class PipelineConfig:
     num_shards: int = 0
     max_line_bytes: int = formats.DEFAULT_MAX_LINE_BYTES
     overwrite: bool = False
+    split_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.input_format not in formats.FORMATS:
@@ -75,6 +78,8 @@ class PipelineConfig:
             raise ValueError("--kcore must be >= 0 and --kcore_rounds >= 1")
         if self.split == "user":
             splits.split_sizes(0, self.valid_fraction, self.test_fraction)  # validates the fractions
+        if self.split_file is not None and self.split != "user":
+            raise ValueError("--split_file assigns users to splits: it needs --split user")
         if self.columns is not None:
             if self.input_format != "interactions":
                 raise ValueError("--columns only applies to --input_format interactions")
@@ -118,6 +123,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dedupe", action="store_true", help="drop repeated events (counted as rows_filtered)")
     parser.add_argument("--valid_fraction", type=float, default=0.2, help="user split: share of validation users")
     parser.add_argument("--test_fraction", type=float, default=0.1, help="user split: share of test users")
+    parser.add_argument(
+        "--split_file",
+        default=None,
+        help="user split: a TSV of 'user<TAB>valid|test' lines that replaces the seeded assignment "
+        "(unlisted users train; # comments allowed), e.g. a paper's exact split",
+    )
     parser.add_argument("--num_shards", type=int, default=0, help="TFRecord shards per split (0 = runner decides)")
     parser.add_argument("--max_line_bytes", type=int, default=formats.DEFAULT_MAX_LINE_BYTES)
     parser.add_argument("--overwrite", action="store_true", help="replace a previous pipeline output in --output")
@@ -145,6 +156,33 @@ def match_inputs(pattern: str) -> list[tuple[int, str, int]]:
     if not paths:
         raise FileNotFoundError(f"--input {pattern!r} matches no file")
     return [(i, path, size) for i, (path, size) in enumerate(paths)]
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitFile:
+    """A parsed ``--split_file``: ``{user key: split}`` and the sha256 of the file's bytes (for metadata.json)."""
+
+    path: str
+    assignment: dict[str, str]
+    sha256: str
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {split: sum(s == split for s in self.assignment.values()) for split in splits.SPLIT_FILE_SPLITS}
+
+
+def load_split_file(path: str) -> SplitFile:
+    """Reads and checks ``--split_file`` (local or ``gs://``-style); `splits.SplitFileError` on a bad file."""
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(f"--split_file {path!r} does not exist")
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise splits.SplitFileError(f"--split_file {path!r} is not UTF-8 text ({e})") from None
+    assignment = splits.parse_split_file(text, source=f"--split_file {path}")
+    return SplitFile(path, assignment, hashlib.sha256(raw).hexdigest())
 
 
 _OWNED = [
@@ -183,6 +221,7 @@ def write_metadata(
     user_vocab: list[str],
     item_counts: dict[int, int],
     written: list[str],
+    split_file: SplitFile | None = None,
 ) -> dict[str, Any]:
     """The final step: ``items.txt``, ``users.txt`` and ``metadata.json`` (returns the metadata dict).
 
@@ -223,17 +262,26 @@ def write_metadata(
         item_counts=dense_counts,
         split={
             "protocol": config.split,
-            "seed": config.seed,
+            "seed": config.seed if split_file is None else None,
             "fractions": (
                 {
                     "train": round(1.0 - config.valid_fraction - config.test_fraction, 10),
                     "valid": config.valid_fraction,
                     "test": config.test_fraction,
                 }
-                if config.split == "user"
+                if config.split == "user" and split_file is None
                 else None
             ),
             "min_seq_len": config.effective_min_seq_len,
+            **(
+                {
+                    "split_file": split_file.path,
+                    "split_file_sha256": split_file.sha256,
+                    "split_file_users": split_file.sizes,
+                }
+                if split_file is not None
+                else {}
+            ),
         },
         counts=counts,
         records={split: stat(f"records_{split}") for split in features.SPLITS},
@@ -267,8 +315,16 @@ def write_metadata(
     return dataclasses.asdict(meta)
 
 
-def build_pipeline(p: beam.Pipeline, config: PipelineConfig, inputs: list[tuple[int, str, int]]) -> beam.PCollection:
+def build_pipeline(
+    p: beam.Pipeline,
+    config: PipelineConfig,
+    inputs: list[tuple[int, str, int]],
+    split_file: SplitFile | None = None,
+) -> beam.PCollection:
     """Adds the whole graph to ``p``; returns the singleton PCollection of the metadata dict.
+
+    ``split_file`` (the loaded ``--split_file``) travels with the `transforms.MakeRecords` DoFn: a paper's split is
+    a few thousand lines; a split of millions of users would rather be a side input.
 
     Bookkeeping: every step that changes the row count emits ``(name, n)`` stats (per-file read counts, per-user
     lengths after dedupe / k-core / min length, one per record); one keyed sum turns them into ``metadata.counts``.
@@ -317,7 +373,13 @@ def build_pipeline(p: beam.Pipeline, config: PipelineConfig, inputs: list[tuple[
         | "UserVocab" >> beam.CombineGlobally(transforms.Vocabulary())
     )
     records = sequences | "MakeRecords" >> beam.ParDo(
-        transforms.MakeRecords(config.split, config.seed, config.valid_fraction, config.test_fraction),
+        transforms.MakeRecords(
+            config.split,
+            config.seed,
+            config.valid_fraction,
+            config.test_fraction,
+            split_file.assignment if split_file is not None else None,
+        ),
         singleton(item_vocab),
         singleton(user_vocab),
     ).with_outputs(*features.SPLITS)
@@ -352,6 +414,7 @@ def build_pipeline(p: beam.Pipeline, config: PipelineConfig, inputs: list[tuple[
             user_vocab=singleton(user_vocab),
             item_counts=singleton(item_counts),
             written=beam.pvalue.AsList(all_written),
+            split_file=split_file,
         )
     )
 
@@ -364,11 +427,12 @@ def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult
 
 def run_config(config: PipelineConfig, options: PipelineOptions) -> beam.runners.runner.PipelineResult:
     inputs = match_inputs(config.input)
+    split_file = load_split_file(config.split_file) if config.split_file else None
     prepare_output(config.output, config.overwrite)
     LOG.info("pipeline: %d input file(s), runner %s, %s", len(inputs), options.view_as(StandardOptions).runner, config)
     start = time.monotonic()
     p = beam.Pipeline(options=options)
-    build_pipeline(p, config, inputs)
+    build_pipeline(p, config, inputs, split_file)
     result = p.run()
     result.wait_until_finish()
     LOG.info("pipeline finished in %.1fs (state %s)", time.monotonic() - start, result.state)
@@ -380,6 +444,18 @@ def run_config(config: PipelineConfig, options: PipelineOptions) -> beam.runners
     return result
 
 
+def split_file_error(error: BaseException) -> splits.SplitFileError | None:
+    """The `splits.SplitFileError` behind a pipeline failure, if any: runners re-raise a DoFn's error augmented
+    with the step name, as the same type or chained (``__cause__`` / ``__context__``), depending on the runner."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, splits.SplitFileError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # force: importing Beam already logged through (and so configured) the root logger
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
@@ -388,11 +464,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # usage errors get a one-line message; failures inside the pipeline keep their traceback
         config, options = parse_args(argv)
         match_inputs(config.input)
+        if config.split_file:
+            load_split_file(config.split_file)
         prepare_output(config.output, config.overwrite)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    run_config(config, options)
+    try:
+        run_config(config, options)
+    except Exception as e:  # noqa: BLE001  (a split file that does not fit the data fails inside the pipeline)
+        cause = split_file_error(e)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        return 2
     if "://" not in config.output:
         meta = features.Metadata.load(config.output)
         print(

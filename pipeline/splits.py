@@ -65,3 +65,74 @@ def user_split_assignment(
         key: "train" if rank < n_train else "valid" if rank < n_train + n_valid else "test"
         for rank, key in enumerate(order)
     }
+
+
+# --- A given user split (``--split_file``) ---------------------------------------------------------------------
+
+SPLIT_FILE_SPLITS = ("train", "valid", "test")
+MAX_OFFENDERS = 5  # how many offending lines or users an error lists
+
+
+class SplitFileError(ValueError):
+    """A ``--split_file`` that does not fit the data or is malformed; the message lists the first offenders."""
+
+
+def _offenders(items: Sequence[str], what: str) -> str:
+    shown = ", ".join(items[:MAX_OFFENDERS])
+    more = f" and {len(items) - MAX_OFFENDERS} more" if len(items) > MAX_OFFENDERS else ""
+    return f"{len(items)} {what}: {shown}{more}"
+
+
+def parse_split_file(text: str, source: str = "--split_file") -> dict[str, str]:
+    """``{user_key: split}`` from a TSV of ``user<TAB>valid|test`` lines (``train`` is accepted too).
+
+    Blank lines and lines starting with ``#`` are skipped. The user key is matched verbatim (after stripping
+    surrounding whitespace) against the user column of the input. Raises `SplitFileError` listing the first
+    malformed lines, unknown split names or duplicate users, all of them checked before anything is raised.
+    """
+    assignment: dict[str, str] = {}
+    malformed, unknown, duplicates = [], [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.rstrip("\r\n").split("\t")
+        if len(fields) != 2 or not fields[0].strip():
+            malformed.append(f"line {number} {line[:60]!r}")
+            continue
+        user, split = fields[0].strip(), fields[1].strip()
+        if split not in SPLIT_FILE_SPLITS:
+            unknown.append(f"line {number} {split[:30]!r}")
+        elif user in assignment:
+            duplicates.append(f"line {number} user {user[:30]!r}")
+        else:
+            assignment[user] = split
+    problems = []
+    if malformed:
+        problems.append(_offenders(malformed, "lines are not 'user<TAB>split'"))
+    if unknown:
+        problems.append(_offenders(unknown, f"unknown split names (expected one of {list(SPLIT_FILE_SPLITS)})"))
+    if duplicates:
+        problems.append(_offenders(duplicates, "duplicate users"))
+    if problems:
+        raise SplitFileError(f"{source}: " + "; ".join(problems))
+    if not assignment:
+        raise SplitFileError(f"{source}: no 'user<TAB>split' line")
+    return assignment
+
+
+def file_split_assignment(
+    user_keys: Sequence[str], given: dict[str, str], source: str = "--split_file"
+) -> dict[str, str]:
+    """``{user_key: split}`` for every user of the data: ``given``'s split, ``train`` for users it does not list.
+
+    Raises `SplitFileError` when ``given`` names users that are not in the data (after the pipeline's filters),
+    listing the first of them: a split that silently loses held-out users would not be the split asked for.
+    """
+    known = set(user_keys)
+    missing = sorted((user for user in given if user not in known), key=lambda key: (len(key), key))
+    if missing:
+        raise SplitFileError(
+            f"{source}: {_offenders([repr(u) for u in missing], 'users are not in the data')} "
+            "(absent from the input, rejected, or removed by --kcore/--min_seq_len)"
+        )
+    return {key: given.get(key, "train") for key in user_keys}

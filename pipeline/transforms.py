@@ -288,16 +288,26 @@ class MakeRecords(beam.DoFn):
     """``(user K, [item K])`` -> tagged ``train``/``valid``/``test`` records ``(user_index, [item id], target)``.
 
     Side inputs: the item vocabulary (id = position + 1) and the user vocabulary (index = position + 1); for the
-    user protocol the split of each user comes from `splits.user_split_assignment` on the user vocabulary.
+    user protocol the split of each user comes from ``split_file`` (``{user key: split}`` read from
+    ``--split_file``, checked against the vocabulary by `splits.file_split_assignment`) when given, else from
+    `splits.user_split_assignment` on the user vocabulary.
     """
 
-    def __init__(self, protocol: str, seed: int, valid_fraction: float, test_fraction: float) -> None:
+    def __init__(
+        self,
+        protocol: str,
+        seed: int,
+        valid_fraction: float,
+        test_fraction: float,
+        split_file: dict[str, str] | None = None,
+    ) -> None:
         if protocol not in splits.PROTOCOLS:
             raise ValueError(f"unknown split protocol {protocol!r}; expected one of {splits.PROTOCOLS}")
         self.protocol = protocol
         self.seed = seed
         self.valid_fraction = valid_fraction
         self.test_fraction = test_fraction
+        self.split_file = split_file
         self._item_ids: dict[str, int] | None = None
         self._user_index: dict[str, int] | None = None
         self._user_split: dict[str, str] | None = None
@@ -307,7 +317,9 @@ class MakeRecords(beam.DoFn):
         if self._item_ids is None:  # side inputs are constant in batch: build the lookups once per instance
             self._item_ids = {key: i for i, key in enumerate(item_vocab, start=1)}
             self._user_index = {key: i for i, key in enumerate(user_vocab, start=1)}
-            if self.protocol == "user":
+            if self.protocol == "user" and self.split_file is not None:
+                self._user_split = splits.file_split_assignment(user_vocab, self.split_file)
+            elif self.protocol == "user":
                 self._user_split = splits.user_split_assignment(
                     user_vocab, self.seed, self.valid_fraction, self.test_fraction
                 )
