@@ -14,6 +14,7 @@ A grid file (``configs/benchmarks/<name>.yaml``)::
         input_format: sequences                          # pipeline.run --input_format
         split: user                                      # pipeline.run --split
         pipeline_args: [--seed, "42"]                    # optional extra pipeline.run flags
+        split_file: mdcns_authors_split/Beauty_split.tsv # optional, relative to the data root: --split_file
         config: [../datasets/lastfm_user.yaml]           # dataset config(s); data.dir is replaced by the cache
         overrides: {data.max_train_sequences: 0}         # optional, per dataset
     backbones: [sasrec]
@@ -57,10 +58,14 @@ class DatasetSpec:
     configs: tuple[str, ...]
     pipeline_args: tuple[str, ...] = ()
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    split_file: str | None = None  # relative to the data root, like ``input``
 
     def cache_key(self) -> str:
         """Directory name of the preprocessed copy: changes whenever what the pipeline is asked to do changes."""
-        payload = json.dumps([self.input, self.input_format, self.split, list(self.pipeline_args)])
+        fields = [self.input, self.input_format, self.split, list(self.pipeline_args)]
+        if self.split_file is not None:  # appended only when set: the cache keys of older grids stay valid
+            fields.append(self.split_file)
+        payload = json.dumps(fields)
         return f"{self.name}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
 
 
@@ -196,7 +201,9 @@ def load_grid(path: str) -> GridSpec:
         missing = [k for k in ("input", "input_format", "split", "config") if k not in ds]
         if missing:
             raise GridError(f"{where}: missing {missing}")
-        extra = sorted(set(ds) - {"input", "input_format", "split", "config", "pipeline_args", "overrides"})
+        extra = sorted(
+            set(ds) - {"input", "input_format", "split", "config", "pipeline_args", "overrides", "split_file"}
+        )
         if extra:
             raise GridError(f"{where}: unknown key(s) {extra}")
         datasets[ds_name] = DatasetSpec(
@@ -207,6 +214,7 @@ def load_grid(path: str) -> GridSpec:
             configs=_paths(ds["config"], f"{where}.config", folder),
             pipeline_args=tuple(str(a) for a in ds.get("pipeline_args") or ()),
             overrides=_mapping(ds.get("overrides"), f"{where}.overrides"),
+            split_file=ds.get("split_file"),
         )
     if not datasets:
         raise GridError(f"{path}: no datasets")

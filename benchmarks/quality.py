@@ -68,6 +68,7 @@ def pipeline_command(spec: DatasetSpec, data_root: str, output: str) -> list[str
         "--output",
         output,
         "--overwrite",
+        *(["--split_file", os.path.join(data_root, spec.split_file)] if spec.split_file else []),
         *spec.pipeline_args,
     ]
 
@@ -81,9 +82,12 @@ def child_env() -> dict[str, str]:
 
 def preprocess(spec: DatasetSpec, data_root: str, dry_run: bool = False) -> tuple[str, dict[str, Any]]:
     """The dataset's preprocessed directory, running the pipeline once; the stamp file marks a complete output."""
-    raw = os.path.join(data_root, spec.input)
-    if not os.path.exists(raw):
-        raise DataMissing(f"{raw} is absent: real data lives in ../shared/data beside the repo (or pass --data-root)")
+    for needed in (spec.input, spec.split_file):
+        raw = os.path.join(data_root, needed) if needed else None
+        if raw and not os.path.exists(raw):
+            raise DataMissing(
+                f"{raw} is absent: real data lives in ../shared/data beside the repo (or pass --data-root)"
+            )
     out = os.path.join(data_cache_root(), spec.cache_key())
     stamp_path = out + ".json"
     if os.path.exists(stamp_path) and os.path.exists(os.path.join(out, "metadata.json")):
@@ -107,6 +111,8 @@ def preprocess(spec: DatasetSpec, data_root: str, dry_run: bool = False) -> tupl
         "input_format": spec.input_format,
         "split": spec.split,
         "pipeline_args": list(spec.pipeline_args),
+        "split_file": spec.split_file,
+        "split_file_sha256": metadata["split"].get("split_file_sha256"),
         "command": common.command_line("pipeline.run", command[3:]),
         "preprocess_seconds": round(seconds, 1),
         "n_users": metadata["n_users"],
@@ -240,6 +246,7 @@ class GridRunner:
         log_path = os.path.join(scratch, "train.log")
         load_before = self.machine_load()
         started_at = common.now()
+        launched_unix = time.time()  # time-to-quality curves (benchmarks.converge) count from here: start-up included
         started = time.perf_counter()
         with open(log_path, "a") as logf:
             rc = subprocess.run(
@@ -275,6 +282,7 @@ class GridRunner:
             "config": plan["config"],
             "metrics": metrics,
             "timings": {
+                "launched_unix": round(launched_unix, 3),
                 "wall_seconds": round(wall, 1),
                 "train_seconds": metrics.get("train_seconds", 0.0),
                 "seconds_per_epoch_median": median(metrics.get("seconds_per_epoch", [])),

@@ -23,6 +23,18 @@ def load_runs(runs_dir: str) -> list[dict[str, Any]]:
     return runs
 
 
+def metric_version(run: dict[str, Any]) -> int:
+    """The ranking-metric version a run was scored with (`mdcns_tf.metrics.METRIC_VERSION`; absent = 1, pre-fix)."""
+    return int(run.get("metrics", {}).get("metric_version", 1))
+
+
+def metric_versions_label(runs: list[dict[str, Any]]) -> str:
+    """``metric v2``, or ``metric v1 (pre-fix)`` / a mix, for a table row or a plot title."""
+    versions = sorted({metric_version(r) for r in runs})
+    text = "metric " + "/".join(f"v{v}" for v in versions)
+    return text + (" (pre-fix)" if 1 in versions else "")
+
+
 def mean_std(values: list[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (n - 1 in the denominator; None for a single seed)."""
     mean = sum(values) / len(values)
@@ -80,6 +92,7 @@ def results_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = TABLE_M
             "epochs run",
             "s/epoch",
             "train min/run",
+            "metric",
         ]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
@@ -96,6 +109,7 @@ def results_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = TABLE_M
             row.append(fmt_mean_std([float(r["metrics"]["epochs_run"]) for r in group], 1))
             row.append(fmt_mean_std([r["timings"]["seconds_per_epoch_median"] for r in group], 1))
             row.append(fmt_mean_std([r["timings"]["train_seconds"] / 60 for r in group], 1))
+            row.append(metric_versions_label(group).removeprefix("metric "))
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -120,7 +134,9 @@ def write_markdown(
         "",
         "Test metrics at the best validation epoch (model selection on validation NDCG@20), full ranking, mean ± "
         "sample std over seeds. Published numbers (DESIGN.md section 7) are the papers' own runs, mostly "
-        "best-of-grid single seeds with a full budget (up to 300 epochs): compare them with a grid of that budget.",
+        "best-of-grid single seeds with a full budget (up to 300 epochs): compare them with a grid of that budget. "
+        "The metric column is the ranking-metric version (`mdcns_tf.metrics.METRIC_VERSION`): v1 runs predate the "
+        "rank fix of commit 3f5f247 and understate NDCG@10 by about 10%.",
         "",
         results_table(runs),
     ]
@@ -173,7 +189,8 @@ def write_plots(out_dir: str, runs: list[dict[str, Any]]) -> list[str]:
                 labelled = True
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
         ax.set_ylabel("test NDCG@10")
-        ax.set_title(f"{dataset}: test NDCG@10 (mean ± std over seeds)")
+        every = [r for group in by_method.values() for r in group]
+        ax.set_title(f"{dataset}: test NDCG@10 (mean ± std over seeds; {metric_versions_label(every)})", fontsize=9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="lower right")
         fig.tight_layout()
@@ -197,7 +214,7 @@ def write_plots(out_dir: str, runs: list[dict[str, Any]]) -> list[str]:
             ax.plot(epochs, mean, marker="o" if length < 30 else None, ms=3, label=_label(backbone, method, backbones))
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation NDCG@20")
-        ax.set_title(f"{dataset}: validation NDCG@20 (mean over seeds)")
+        ax.set_title(f"{dataset}: validation NDCG@20 (mean over seeds; {metric_versions_label(every)})", fontsize=9)
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()

@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 import mdcns_tf  # noqa: F401
+from mdcns_tf import metrics
 from mdcns_tf.config import ConfigError, load_config
 from mdcns_tf.features import Metadata
 from mdcns_tf.train import build_model, eval_split, evaluate
@@ -25,7 +26,7 @@ log = logging.getLogger("mdcns_tf.evaluate")
 
 
 def evaluate_run(run_dir: str, splits: list[str], overrides: list[str] | None = None) -> dict[str, Any]:
-    """``{split: {metric: value}}`` for the best weights of ``run_dir``."""
+    """``{"metric_version": n, split: {metric: value}}`` for the best weights of ``run_dir``."""
     config_path = os.path.join(run_dir, "config.yaml")
     weights = os.path.join(run_dir, "best", "weights")
     if not os.path.exists(config_path):
@@ -37,7 +38,10 @@ def evaluate_run(run_dir: str, splits: list[str], overrides: list[str] | None = 
     model.build_for_input(config.data.max_len)
     model.compile()
     model.load_weights(weights).expect_partial()
-    return {split: evaluate(model, eval_split(config, split)) for split in splits}
+    return {
+        "metric_version": metrics.METRIC_VERSION,
+        **{split: evaluate(model, eval_split(config, split)) for split in splits},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

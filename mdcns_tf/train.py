@@ -427,6 +427,7 @@ def run(config: Config) -> dict[str, Any]:
     selection.restore_best()
 
     result: dict[str, Any] = {
+        "metric_version": metrics.METRIC_VERSION,
         "valid": evaluate(model, valid_ds),
         "best_epoch": selection.best_epoch,
         "epochs_run": len(selection.history),

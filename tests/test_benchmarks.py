@@ -8,8 +8,8 @@ import os
 
 import pytest
 
+from benchmarks import converge, published, quality, report
 from benchmarks import grid as grid_mod
-from benchmarks import published, quality, report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRIDS = sorted(glob.glob(os.path.join(REPO, "configs", "benchmarks", "*.yaml")))
@@ -148,7 +148,8 @@ def test_report_mean_std_by_hand(tmp_path) -> None:
     # s/epoch 2, 4 -> 3.0 ± 1.4; train minutes 2, 2 -> 2.0 ± 0.0
     row = (
         "| sasrec | uniform | 1,2 | 0.0600 ± 0.0141 | 0.0950 ± 0.0071 | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | "
-        "0.0500 ± 0.0000 | 0.0347 / 0.0612 (MDCNS Table 3) | 4.5 ± 0.7 | 10.0 ± 0.0 | 3.0 ± 1.4 | 2.0 ± 0.0 |"
+        "0.0500 ± 0.0000 | 0.0347 / 0.0612 (MDCNS Table 3) | 4.5 ± 0.7 | 10.0 ± 0.0 | 3.0 ± 1.4 | 2.0 ± 0.0 | "
+        "v1 (pre-fix) |"
     )
     assert row in text.splitlines()
     assert "- a note" in text
@@ -211,3 +212,76 @@ def test_eval_speed_harness_compares_both_orders(tiny_dataset, tmp_path) -> None
     assert row["backbone"] == "sasrec" and row["file_order_s"] > 0 and row["bucketed_s"] > 0
     assert row["max_metric_difference"] < 1e-6
     assert result["command"].startswith("python -m benchmarks.eval_speed")
+
+
+def test_split_file_is_passed_to_the_pipeline_and_keys_the_cache(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MDCNS_DATA_CACHE", str(tmp_path / "cache"))
+    extra = "    split_file: splits/toy_split.tsv\n"
+    path = _write_grid(tmp_path, {"uniform": {}})
+    text = open(path).read().replace("    config: ds.yaml\n", "    config: ds.yaml\n" + extra)
+    open(path, "w").write(text.replace("split: loo", "split: user"))
+    spec = grid_mod.load_grid(path)
+    toy = spec.datasets["toy"]
+    assert toy.split_file == "splits/toy_split.tsv"
+    command = quality.pipeline_command(toy, "/data", "/out")
+    assert command[command.index("--split_file") + 1] == "/data/splits/toy_split.tsv"
+    # Another split file is another dataset: a cached copy made with the seeded split is never reused for it.
+    seeded = grid_mod.DatasetSpec("toy", toy.input, toy.input_format, toy.split, toy.configs)
+    assert seeded.cache_key() != toy.cache_key()
+    # The raw file is present but the split file is not: the dataset is skipped with a note naming the split file.
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "toy.txt").write_text("1 1 2 3\n")
+    runner = quality.GridRunner(spec, str(tmp_path / "raw"), str(tmp_path / "results"), "cmd")
+    assert runner.plan(spec.cells()[0], dry_run=True) is None
+    assert "toy_split.tsv is absent" in runner.notes["toy"]
+
+
+def test_report_marks_the_metric_version_of_each_row() -> None:
+    old = _fake_run("uniform", 1, 0.03, 0.06, 0)
+    new = _fake_run("mdcns", 1, 0.05, 0.09, 1)
+    new["metrics"]["metric_version"] = 2
+    table = report.results_table([old, new])
+    uniform_row = next(line for line in table.splitlines() if "| uniform |" in line)
+    mdcns_row = next(line for line in table.splitlines() if "| mdcns |" in line)
+    assert uniform_row.rstrip(" |").endswith("v1 (pre-fix)") and mdcns_row.rstrip(" |").endswith("v2")
+    assert report.metric_versions_label([old, new]) == "metric v1/v2 (pre-fix)"
+
+
+def test_convergence_curves_count_seconds_from_the_launch_and_steps_per_epoch() -> None:
+    run = {
+        "metrics": {
+            "steps_per_epoch": 65,
+            "history": [
+                {"epoch": 1, "wall_time": 1000.0 + 30.0, "val_ndcg_20": 0.01},
+                {"epoch": 2, "wall_time": 1000.0 + 40.5, "val_ndcg_20": 0.055},
+                {"epoch": 3, "wall_time": 1000.0 + 50.0, "val_ndcg_20": 0.054},
+                {"epoch": 4, "wall_time": 1000.0 + 61.0, "val_ndcg_20": 0.063},
+            ],
+        },
+        "timings": {"launched_unix": 1000.0},
+    }
+    points = converge.run_curve(run)
+    assert [(p["epoch"], p["steps"], p["seconds"]) for p in points] == [
+        (1, 65, 30.0),
+        (2, 130, 40.5),
+        (3, 195, 50.0),
+        (4, 260, 61.0),
+    ]
+    summary = converge.summarize_curve("mdcns", points, "cell")
+    assert summary["reached"]["0.053"]["epoch"] == 2 and summary["reached"]["0.058"]["epoch"] == 4
+    assert summary["reached"]["0.062"]["seconds"] == 61.0 and summary["best"]["value"] == 0.063
+    assert converge.first_reaching(points, 0.07) is None
+
+
+def test_authors_curves_count_epochs_from_one_at_121_steps() -> None:
+    parsed = {
+        "epochs": [
+            {"epoch": 0, "valid": {"ndcg@20": 0.006}, "train_seconds": 60.0, "eval_seconds": 5.0},
+            {"epoch": 1, "valid": {"ndcg@20": 0.004}, "train_seconds": 50.0, "eval_seconds": None},
+        ]
+    }
+    points = converge.authors_curve(parsed)
+    assert [(p["epoch"], p["steps"], p["seconds"], p["value"]) for p in points] == [
+        (1, 121, 65.0, 0.006),
+        (2, 242, 115.0, 0.004),
+    ]

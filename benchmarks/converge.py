@@ -1,0 +1,237 @@
+"""Time to quality: validation NDCG@20 against wall-clock seconds and optimizer steps, ours beside the authors'.
+
+    python -m benchmarks.converge --grid configs/benchmarks/converge_beauty.yaml [--only PATTERN] [--report-only]
+        [--authors benchmarks/results/authors_logs/beauty_mdcns_gru4rec_peer.json --authors-run 'l1.0*kdt1.0']
+
+A convergence grid is an ordinary quality grid (`benchmarks.grid`): its methods are the training settings being
+compared (batch size, learning rate, positions, buckets, variant, distillation weight...). Its cells are trained by
+`benchmarks.quality` (one subprocess each, resumable, one JSON per run); this module then reads every run's
+per-epoch history, where each epoch carries its wall-clock end (``wall_time``) and the run its launch time
+(``timings.launched_unix``), so the seconds axis includes process start-up, graph tracing and every validation pass.
+
+Written to ``benchmarks/results/<grid>/``: ``convergence.json`` (the curves and the first epoch, step and second at
+which each threshold is reached), ``convergence.md`` (the table) and ``converge_seconds.png`` /
+``converge_steps.png`` / ``converge_epochs.png``. The authors' curves come from their released logs, parsed by
+`benchmarks.authors_logs`; their runs take 121 steps an epoch (batch 1024 prefix samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from benchmarks import common, report
+from benchmarks.grid import GridError, load_grid
+
+log = logging.getLogger("benchmarks.converge")
+
+THRESHOLDS = (0.053, 0.058, 0.062)
+AUTHORS_STEPS_PER_EPOCH = 121  # ceil(123,086 prefixes / 1024), printed by their progress bars
+MONITOR = "val_ndcg_20"
+
+
+def run_curve(run: dict[str, Any]) -> list[dict[str, float]]:
+    """Per-epoch points ``{epoch, steps, seconds, value}`` of one grid run (seconds since the process launched)."""
+    metrics = run["metrics"]
+    steps_per_epoch = metrics.get("steps_per_epoch") or 0
+    launched = run.get("timings", {}).get("launched_unix")
+    points = []
+    for entry in metrics.get("history", []):
+        if MONITOR not in entry:
+            continue
+        seconds = entry["wall_time"] - launched if launched is not None and "wall_time" in entry else None
+        points.append(
+            {
+                "epoch": entry["epoch"],
+                "steps": entry["epoch"] * steps_per_epoch,
+                "seconds": None if seconds is None else round(seconds, 1),
+                "value": entry[MONITOR],
+            }
+        )
+    return points
+
+
+def authors_curve(parsed: dict[str, Any]) -> list[dict[str, float]]:
+    """The same points for one parsed authors' log (`benchmarks.authors_logs.parse_log`); epochs count from 1 as
+    ours do, and their seconds are the log's own (their GPU), not this machine's."""
+    points = []
+    elapsed = 0.0
+    for entry in parsed["epochs"]:
+        epoch = entry["epoch"] + 1  # their logs count epochs from 0
+        elapsed += (entry.get("train_seconds") or 0.0) + (entry.get("eval_seconds") or 0.0)
+        points.append(
+            {
+                "epoch": epoch,
+                "steps": epoch * AUTHORS_STEPS_PER_EPOCH,
+                "seconds": round(elapsed, 1),
+                "value": entry["valid"]["ndcg@20"],
+            }
+        )
+    return points
+
+
+def first_reaching(points: list[dict[str, float]], threshold: float) -> dict[str, float] | None:
+    """The first point whose value is >= threshold, or None."""
+    return next((p for p in points if p["value"] >= threshold), None)
+
+
+def summarize_curve(label: str, points: list[dict[str, float]], source: str) -> dict[str, Any]:
+    best = max(points, key=lambda p: p["value"]) if points else None
+    return {
+        "label": label,
+        "source": source,
+        "epochs": len(points),
+        "best": best,
+        "reached": {f"{t:.3f}": first_reaching(points, t) for t in THRESHOLDS},
+        "points": points,
+    }
+
+
+def load_authors(path: str, patterns: list[str]) -> list[dict[str, Any]]:
+    """Curves of the authors' runs in an `benchmarks.authors_logs` result file whose path matches a pattern."""
+    with open(path) as f:
+        payload = json.load(f)
+    curves = []
+    for run_path, parsed in payload["runs"].items():
+        name = os.path.basename(run_path)
+        if any(fnmatch.fnmatchcase(name, p if any(c in p for c in "*?[") else f"*{p}*") for p in patterns):
+            label = "authors " + name.split("_", 1)[-1].removesuffix(".log")
+            curves.append(summarize_curve(label, authors_curve(parsed), f"{payload['source']['repo']}:{run_path}"))
+    return curves
+
+
+def _cell(point: dict[str, float] | None, key: str, digits: int = 0) -> str:
+    if point is None or point.get(key) is None:
+        return "–"
+    return f"{point[key]:.{digits}f}"
+
+
+def markdown(curves: list[dict[str, Any]], header: dict[str, Any]) -> str:
+    lines = [
+        f"# {header['grid']}: time to quality",
+        "",
+        header.get("description", ""),
+        "",
+        f"Command: `{header['command']}`. Machine: {header['machine'].get('cpu', '?')}, "
+        f"{header['machine'].get('cores', '?')} cores. Metric version {header['metric_version']}. "
+        "Seconds count from the process launch (start-up, tracing and validation included); the authors' seconds are "
+        "their own logs' (their GPU machine), so compare steps and epochs with them, seconds among our rows.",
+        "",
+        "| run | epochs | best val NDCG@20 (epoch) | "
+        + " | ".join(f"first >= {t:.3f}: epoch / step / s" for t in THRESHOLDS)
+        + " |",
+        "|---|---|---|" + "---|" * len(THRESHOLDS),
+    ]
+    for curve in curves:
+        best = curve["best"]
+        best_text = "–" if best is None else f"{best['value']:.4f} ({best['epoch']})"
+        reached = [curve["reached"][f"{t:.3f}"] for t in THRESHOLDS]
+        cells = [f"{_cell(p, 'epoch')} / {_cell(p, 'steps')} / {_cell(p, 'seconds')}" for p in reached]
+        lines.append(f"| {curve['label']} | {curve['epochs']} | {best_text} | " + " | ".join(cells) + " |")
+    lines += ["", f"Updated {header['updated']}.", ""]
+    return "\n".join(lines)
+
+
+def plot(curves: list[dict[str, Any]], out_dir: str, title: str) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the bench extra is optional
+        log.warning("matplotlib is not installed: no plots")
+        return []
+    written = []
+    for axis, label in (("seconds", "seconds since launch"), ("steps", "optimizer steps"), ("epoch", "epoch")):
+        fig, ax = plt.subplots(figsize=(7.0, 4.2))
+        for curve in curves:
+            if axis == "seconds" and curve["label"].startswith("authors"):
+                continue  # their seconds are another machine's
+            xs = [p[axis] for p in curve["points"] if p.get(axis) is not None]
+            ys = [p["value"] for p in curve["points"] if p.get(axis) is not None]
+            style = "--" if curve["label"].startswith("authors") else "-"
+            ax.plot(xs, ys, style, lw=1.4, label=curve["label"])
+        for t in THRESHOLDS:
+            ax.axhline(t, color="grey", lw=0.6, ls=":")
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation NDCG@20")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"converge_{axis if axis != 'epoch' else 'epochs'}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def build_report(
+    grid_name: str, results_dir: str, command: str, description: str, authors: list[dict[str, Any]]
+) -> dict[str, Any]:
+    from mdcns_tf.metrics import METRIC_VERSION
+
+    curves = []
+    for run in report.load_runs(os.path.join(results_dir, "runs")):
+        curves.append(summarize_curve(f"{run['method']} seed{run['seed']}", run_curve(run), run["cell"]))
+    curves.sort(key=lambda c: (c["reached"][f"{THRESHOLDS[-1]:.3f}"] or {}).get("seconds") or float("inf"))
+    curves += authors
+    header = {
+        "grid": grid_name,
+        "description": description,
+        "command": command,
+        "machine": common.machine_info(),
+        "metric_version": METRIC_VERSION,
+        "updated": common.now(),
+    }
+    payload = {**header, "thresholds": list(THRESHOLDS), "curves": curves}
+    common.write_json(os.path.join(results_dir, "convergence.json"), payload)
+    with open(os.path.join(results_dir, "convergence.md"), "w") as f:
+        f.write(markdown(curves, header))
+    plot(curves, results_dir, f"{grid_name}: validation NDCG@20")
+    return payload
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.converge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--grid", required=True, help="a quality-grid file whose methods are the settings compared")
+    parser.add_argument("--only", help="train only the matching cells (as benchmarks.quality --only)")
+    parser.add_argument("--report-only", action="store_true", help="rebuild convergence.md/json and plots only")
+    parser.add_argument("--authors", default=None, help="an authors_logs result JSON to draw beside ours")
+    parser.add_argument(
+        "--authors-run", action="append", default=[], help="pattern on the authors' log names to draw (repeatable)"
+    )
+    parser.add_argument("--results", default=None, help="results folder (default benchmarks/results/<grid>)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        grid = load_grid(args.grid)
+    except GridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results_dir = args.results or os.path.join(common.RESULTS, grid.name)
+    rc = 0
+    if not args.report_only:
+        from benchmarks import quality
+
+        rc = quality.main(
+            ["--grid", args.grid, "--results", results_dir, *(["--only", args.only] if args.only else [])]
+        )
+    authors = load_authors(args.authors, args.authors_run or ["*"]) if args.authors else []
+    payload = build_report(
+        grid.name, results_dir, common.command_line("benchmarks.converge", argv), grid.description, authors
+    )
+    print(open(os.path.join(results_dir, "convergence.md")).read())
+    log.info("%d curves in %s", len(payload["curves"]), results_dir)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
