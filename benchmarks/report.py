@@ -115,6 +115,21 @@ def results_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = TABLE_M
     return "\n".join(lines)
 
 
+def _measured_on(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Where and by what the runs were trained (each run JSON records it): a rebuilt report (``--report-only``)
+    must not attribute old runs to today's machine or commit."""
+    machines, commits, commands = [], [], []
+    for run in runs:
+        machine = run.get("machine") or {}
+        text = f"{machine.get('cores', '?')} cores, {machine.get('cpu_model', '?')}"
+        git = run.get("git") or {}
+        commit = str(git.get("commit", "?"))[:10] + ("+dirty" if git.get("dirty") else "")
+        for values, value in ((machines, text), (commits, commit), (commands, run.get("command"))):
+            if value and value not in values:
+                values.append(value)
+    return {"machines": machines, "commits": commits, "commands": commands}
+
+
 def write_markdown(
     path: str, runs: list[dict[str, Any]], header: dict[str, Any], notes: list[str] | None = None
 ) -> str:
@@ -122,12 +137,16 @@ def write_markdown(
     out = [f"# Quality grid `{header['grid']}`", ""]
     if header.get("description"):
         out += [header["description"], ""]
+    measured = _measured_on(runs)
     out += [
-        f"- Command: `{header['command']}`",
+        f"- Command: `{header['command']}`"
+        + (f"; the runs were trained by `{'`, `'.join(measured['commands'])}`" if measured["commands"] else ""),
         f"- Grid file: `{header['grid_file']}`; budget: `{json.dumps(header['budget'])}`; seeds: {header['seeds']}",
-        f"- Machine: {header['machine'].get('cores')} cores, {header['machine'].get('cpu_model')}; "
+        f"- Machine of the runs: {'; '.join(measured['machines']) or '?'}; report written on "
+        f"{header['machine'].get('cores')} cores, {header['machine'].get('cpu_model')}; "
         f"versions: {', '.join(f'{k} {v}' for k, v in header['versions'].items())}",
-        f"- Code: commit `{header.get('git', {}).get('commit', '?')}`"
+        f"- Code of the runs: {', '.join(f'`{c}`' for c in measured['commits']) or '?'}; report written at commit "
+        f"`{header.get('git', {}).get('commit', '?')}`"
         + (" (uncommitted changes)" if header.get("git", {}).get("dirty") else ""),
         f"- Updated: {header['updated']}; runs: {len(runs)} finished, wall time of the finished runs "
         f"{sum(r['timings']['wall_seconds'] for r in runs) / 60:.1f} min",
