@@ -117,10 +117,11 @@ def markdown(curves: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "",
         header.get("description", ""),
         "",
-        f"Command: `{header['command']}`. Machine: {header['machine'].get('cpu', '?')}, "
+        f"Command: `{header['command']}`. Machine: {header['machine'].get('cpu_model', '?')}, "
         f"{header['machine'].get('cores', '?')} cores. Metric version {header['metric_version']}. "
-        "Seconds count from the process launch (start-up, tracing and validation included); the authors' seconds are "
-        "their own logs' (their GPU machine), so compare steps and epochs with them, seconds among our rows.",
+        "Seconds count from the process launch (start-up, tracing and validation included). The authors' seconds are "
+        "those their logs print (their machine, epochs of ~38 s training + ~11 s evaluation): compare steps and "
+        "epochs with them, seconds among our rows.",
         "",
         "| run | epochs | best val NDCG@20 (epoch) | "
         + " | ".join(f"first >= {t:.3f}: epoch / step / s" for t in THRESHOLDS)
@@ -172,13 +173,24 @@ def plot(curves: list[dict[str, Any]], out_dir: str, title: str) -> list[str]:
 
 
 def build_report(
-    grid_name: str, results_dir: str, command: str, description: str, authors: list[dict[str, Any]]
+    grid_name: str,
+    results_dir: str,
+    command: str,
+    description: str,
+    authors: list[dict[str, Any]],
+    extra_runs: list[str] = (),
 ) -> dict[str, Any]:
+    """Writes convergence.json / .md / plots for the grid's runs, the runs of ``extra_runs`` (``runs/`` folders of
+    other grids, e.g. the paper grid, whose first epochs are the same trajectory when the config differs only in
+    the budget) and the authors' curves."""
     from mdcns_tf.metrics import METRIC_VERSION
 
     curves = []
-    for run in report.load_runs(os.path.join(results_dir, "runs")):
-        curves.append(summarize_curve(f"{run['method']} seed{run['seed']}", run_curve(run), run["cell"]))
+    for runs_dir in [os.path.join(results_dir, "runs"), *extra_runs]:
+        for run in report.load_runs(runs_dir):
+            prefix = "" if run.get("grid") == grid_name else f"{run.get('grid')}: "
+            label = f"{prefix}{run['method']} seed{run['seed']}"
+            curves.append(summarize_curve(label, run_curve(run), f"{run.get('grid')}/{run['cell']}"))
     curves.sort(key=lambda c: (c["reached"][f"{THRESHOLDS[-1]:.3f}"] or {}).get("seconds") or float("inf"))
     curves += authors
     header = {
@@ -209,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         "--authors-run", action="append", default=[], help="pattern on the authors' log names to draw (repeatable)"
     )
     parser.add_argument("--results", default=None, help="results folder (default benchmarks/results/<grid>)")
+    parser.add_argument(
+        "--extra-runs",
+        action="append",
+        default=[],
+        help="another grid's runs/ folder to draw too (repeatable), e.g. benchmarks/results/paper_beauty/runs",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -226,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     authors = load_authors(args.authors, args.authors_run or ["*"]) if args.authors else []
     payload = build_report(
-        grid.name, results_dir, common.command_line("benchmarks.converge", argv), grid.description, authors
+        grid.name,
+        results_dir,
+        common.command_line("benchmarks.converge", argv),
+        grid.description,
+        authors,
+        args.extra_runs,
     )
     print(open(os.path.join(results_dir, "convergence.md")).read())
     log.info("%d curves in %s", len(payload["curves"]), results_dir)
