@@ -45,7 +45,7 @@ import re
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.053, 0.058, 0.062)
@@ -89,14 +89,14 @@ _PATIENCE = re.compile(r"EarlyStopping counter: \d+ out of (?P<patience>\d+)")
 # ---------------------------------------------------------------------------------------------------------- parsing
 
 
-def _split_top_level(body: str) -> list[str]:
-    """Split ``a=1, b='x, y', c=[1, 2]`` at the commas that are outside quotes and brackets."""
-    parts: list[str] = []
+def _outside_quotes(text: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """``(index, char, bracket depth after it)`` for every character of ``text[start:]`` outside quoted strings
+    (backslash escapes honoured): the one scanner behind splitting a ``Namespace`` at its commas and finding its end."""
     depth = 0
     quote: str | None = None
     escaped = False
-    start = 0
-    for i, ch in enumerate(body):
+    for i in range(start, len(text)):
+        ch = text[i]
         if quote:
             if escaped:
                 escaped = False
@@ -104,13 +104,20 @@ def _split_top_level(body: str) -> list[str]:
                 escaped = True
             elif ch == quote:
                 quote = None
-        elif ch in "'\"":
+            continue
+        if ch in "'\"":
             quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
+            continue
+        depth += 1 if ch in "([{" else -1 if ch in ")]}" else 0
+        yield i, ch, depth
+
+
+def _split_top_level(body: str) -> list[str]:
+    """Split ``a=1, b='x, y', c=[1, 2]`` at the commas that are outside quotes and brackets."""
+    parts: list[str] = []
+    start = 0
+    for i, ch, depth in _outside_quotes(body):
+        if ch == "," and depth == 0:
             parts.append(body[start:i])
             start = i + 1
     parts.append(body[start:])
@@ -120,21 +127,9 @@ def _split_top_level(body: str) -> list[str]:
 def _namespace_body(line: str) -> tuple[str, bool]:
     """The text between ``Namespace(`` and its matching ``)``; second value False if the line was cut short."""
     start = line.index("Namespace(") + len("Namespace(")
-    depth = 1
-    quote: str | None = None
-    for i in range(start, len(line)):
-        ch = line[i]
-        if quote:
-            if ch == quote and line[i - 1] != "\\":
-                quote = None
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-            if depth == 0:
-                return line[start:i], True
+    for i, _, depth in _outside_quotes(line, start):
+        if depth == -1:  # the ``)`` that closes ``Namespace(``
+            return line[start:i], True
     return line[start:], False
 
 
