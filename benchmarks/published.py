@@ -28,13 +28,21 @@ S3REC = "S3-Rec paper (loo, full ranking)"
 PUBLISHED: dict[tuple[str, str, str], Published] = {
     ("Beauty.txt", "user", "uniform"): Published(0.0347, 0.0612, MDCNS_T3 + ", RNS"),
     ("Beauty.txt", "user", "dns_mn"): Published(0.0425, 0.0769, MDCNS_T3 + ", DNS+"),
+    ("Beauty.txt", "user", "dns"): Published(0.0335, None, MDCNS_T3 + ", DNS"),
+    ("Beauty.txt", "user", "srns"): Published(0.0416, None, MDCNS_T3 + ", SRNS"),
     ("Beauty.txt", "user", "mdcns_mamba4rec"): Published(0.0685, 0.1144, MDCNS_T3),
     ("Beauty.txt", "user", "mdcns_gru4rec"): Published(0.0663, None, "MDCNS paper, GRU4Rec peer"),
     ("Beauty.txt", "user", "mdcns_mamba4rec_no_cd"): Published(0.0573, None, MDCNS_ABL + " w/o CD"),
     ("Beauty.txt", "user", "mdcns_mamba4rec_no_cd_dr"): Published(0.0510, None, MDCNS_ABL + " w/o CD, DR"),
     ("Sports_and_Outdoors.txt", "user", "uniform"): Published(0.0195, 0.0368, MDCNS_T3 + ", RNS"),
+    ("Sports_and_Outdoors.txt", "user", "dns"): Published(0.0039, None, MDCNS_T3 + ", DNS"),
+    ("Sports_and_Outdoors.txt", "user", "dns_mn"): Published(0.0258, None, MDCNS_T3 + ", DNS+"),
+    ("Sports_and_Outdoors.txt", "user", "srns"): Published(0.0265, None, MDCNS_T3 + ", SRNS"),
     ("Sports_and_Outdoors.txt", "user", "mdcns_mamba4rec"): Published(0.0340, 0.0573, MDCNS_T3),
     ("LastFM.txt", "user", "uniform"): Published(0.0773, 0.1483, MDCNS_T3 + ", RNS"),
+    ("LastFM.txt", "user", "dns"): Published(0.0652, None, MDCNS_T3 + ", DNS"),
+    ("LastFM.txt", "user", "dns_mn"): Published(0.0943, None, MDCNS_T3 + ", DNS+"),
+    ("LastFM.txt", "user", "srns"): Published(0.0932, None, MDCNS_T3 + ", SRNS"),
     ("LastFM.txt", "user", "mdcns_mamba4rec"): Published(0.1131, 0.2033, MDCNS_T3),
     ("Beauty.txt", "loo", "uniform"): Published(0.0318, 0.0605, S3REC + ", BCE 1 negative"),
     ("Sports_and_Outdoors.txt", "loo", "uniform"): Published(0.0192, 0.0350, S3REC + ", BCE 1 negative"),
@@ -63,7 +71,7 @@ def method_key(config: dict[str, Any]) -> str | None:
         return "sampled_softmax"
     if loss != "bce" or config["sampler"]["num_negatives"] != 1:
         return None
-    return sampler if sampler in ("uniform", "dns_mn") else None
+    return sampler if sampler in ("uniform", "dns", "dns_mn", "srns") else None
 
 
 def lookup(input_path: str, split: str, config: dict[str, Any]) -> Published | None:
