@@ -9,7 +9,7 @@ import pytest
 import tf_keras as keras
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import evaluate, train
+from mdcns_tf import evaluate, metrics, train
 from mdcns_tf.config import load_config
 
 
@@ -43,6 +43,10 @@ def test_re_evaluation_reproduces_the_run_metrics(tiny_dataset, tmp_path, proces
         for name, value in result[split].items():
             assert again[split][name] == pytest.approx(value, abs=1e-6), (split, name)
     assert result["test"]["recall@20"] > 0
+    # Both say which ranking metric produced them, and the run's history stamps each epoch's end in wall-clock time.
+    assert result["metric_version"] == again["metric_version"] == metrics.METRIC_VERSION == 2
+    stamps = [h["wall_time"] for h in result["history"]]
+    assert len(stamps) == 3 and stamps == sorted(stamps) and stamps[0] > 1.7e9
 
 
 def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys):
