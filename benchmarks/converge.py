@@ -22,6 +22,7 @@ import fnmatch
 import json
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -54,6 +55,25 @@ def run_curve(run: dict[str, Any]) -> list[dict[str, float]]:
             }
         )
     return points
+
+
+def unfinished_curve(output_dir: str) -> list[dict[str, float]]:
+    """Points of a training run still under way (or cut off), from its ``best/state.json`` history and the
+    ``N steps/epoch`` line of its ``train.log`` (a grid cell's scratch folder); seconds are left out (no launch
+    time is recorded before the run finishes)."""
+    with open(os.path.join(output_dir, "best", "state.json")) as f:
+        history = json.load(f)["history"]
+    steps_per_epoch = 0
+    log_path = os.path.join(output_dir, "train.log")
+    if os.path.exists(log_path):
+        with open(log_path, errors="replace") as f:
+            found = re.findall(r"(\d+) steps/epoch", f.read())
+        steps_per_epoch = int(found[-1]) if found else 0
+    return [
+        {"epoch": h["epoch"], "steps": h["epoch"] * steps_per_epoch, "seconds": None, "value": h[MONITOR]}
+        for h in history
+        if MONITOR in h
+    ]
 
 
 def authors_curve(parsed: dict[str, Any]) -> list[dict[str, float]]:
@@ -179,6 +199,7 @@ def build_report(
     description: str,
     authors: list[dict[str, Any]],
     extra_runs: list[str] = (),
+    unfinished: list[str] = (),
 ) -> dict[str, Any]:
     """Writes convergence.json / .md / plots for the grid's runs, the runs of ``extra_runs`` (``runs/`` folders of
     other grids, e.g. the paper grid, whose first epochs are the same trajectory when the config differs only in
@@ -191,6 +212,9 @@ def build_report(
             prefix = "" if run.get("grid") == grid_name else f"{run.get('grid')}: "
             label = f"{prefix}{run['method']} seed{run['seed']}"
             curves.append(summarize_curve(label, run_curve(run), f"{run.get('grid')}/{run['cell']}"))
+    for output_dir in unfinished:
+        label = f"{os.path.basename(os.path.dirname(os.path.normpath(output_dir)))} (unfinished)"
+        curves.append(summarize_curve(label, unfinished_curve(output_dir), common.repo_relative(output_dir)))
     curves.sort(key=lambda c: (c["reached"][f"{THRESHOLDS[-1]:.3f}"] or {}).get("seconds") or float("inf"))
     curves += authors
     header = {
@@ -227,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="another grid's runs/ folder to draw too (repeatable), e.g. benchmarks/results/paper_beauty/runs",
     )
+    parser.add_argument(
+        "--unfinished",
+        action="append",
+        default=[],
+        help="a grid cell's scratch folder whose run has not finished: drawn from its best/state.json history",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -250,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         grid.description,
         authors,
         args.extra_runs,
+        args.unfinished,
     )
     print(open(os.path.join(results_dir, "convergence.md")).read())
     log.info("%d curves in %s", len(payload["curves"]), results_dir)

@@ -303,3 +303,15 @@ def test_authors_curves_count_epochs_from_one_at_121_steps() -> None:
         (1, 121, 65.0, 0.006),
         (2, 242, 115.0, 0.004),
     ]
+
+
+def test_unfinished_runs_are_drawn_from_their_selection_state(tmp_path) -> None:
+    (tmp_path / "best").mkdir()
+    history = [{"epoch": 1, "val_ndcg_20": 0.002}, {"epoch": 2, "loss": 1.0}, {"epoch": 3, "val_ndcg_20": 0.03}]
+    (tmp_path / "best" / "state.json").write_text(json.dumps({"history": history}))
+    (tmp_path / "train.log").write_text("INFO training mdcns (...): 123086 samples, 123 steps/epoch, up to 300\n")
+    points = converge.unfinished_curve(str(tmp_path))
+    assert points == [
+        {"epoch": 1, "steps": 123, "seconds": None, "value": 0.002},
+        {"epoch": 3, "steps": 369, "seconds": None, "value": 0.03},
+    ]
