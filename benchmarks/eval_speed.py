@@ -20,8 +20,8 @@ import mdcns_tf  # noqa: F401
 from benchmarks import common
 from mdcns_tf import data
 from mdcns_tf.config import load_config
+from mdcns_tf.factory import build_model
 from mdcns_tf.features import Metadata
-from mdcns_tf.train import build_model
 
 
 def measure(data_dir: str, split: str, backbone: str, rounds: int, batch_size: int) -> dict[str, Any]:

@@ -146,7 +146,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     import tf_keras as keras
 
     import mdcns_tf  # noqa: F401
-    from mdcns_tf import data, train
+    from mdcns_tf import data, factory
     from mdcns_tf.config import load_config
     from mdcns_tf.features import Metadata
 
@@ -164,7 +164,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     keras.utils.set_random_seed(config.seed)
     metadata = Metadata.load(config.data.dir)
     started = time.perf_counter()
-    model = train.build_model(config, metadata)
+    model = factory.build_model(config, metadata)
     model.build_for_input(config.data.max_len)
     optimizer = keras.optimizers.SGD(0.05) if args.child.endswith("_sgd") else keras.optimizers.Adam(1e-3)
     model.compile(optimizer=optimizer)

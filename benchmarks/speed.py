@@ -4,7 +4,7 @@
 
 Shapes are Beauty's (batch 256, max length 50, d 64, 12,101 items + padding, 22,363 users) on synthetic random
 batches: the step's cost depends on the shapes, not on the ids. Every variant is built with
-`mdcns_tf.train.build_model` from ``configs/base.yaml`` plus overrides and a `Metadata` stub, and its
+`mdcns_tf.factory.build_model` from ``configs/base.yaml`` plus overrides and a `Metadata` stub, and its
 ``model.train_step`` runs inside a `tf.function`. The machine is shared and noisy, so absolute times are only
 indicative: variants are interleaved in rounds (the order rotates every round so none always runs first or last)
 and the report gives per-variant medians and ratios to uniform SASRec taken over the same rounds.
@@ -127,7 +127,7 @@ def build(variant: Variant, shape: Shape, metadata: Any) -> Any:
     import tf_keras as keras
 
     from mdcns_tf.config import load_config
-    from mdcns_tf.train import build_model
+    from mdcns_tf.factory import build_model
 
     overrides = [
         f"model.dim={shape.dim}",

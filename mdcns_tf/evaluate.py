@@ -19,8 +19,8 @@ from typing import Any
 import mdcns_tf  # noqa: F401
 from mdcns_tf import metrics
 from mdcns_tf.config import ConfigError, load_config
+from mdcns_tf.factory import build_model, eval_split, evaluate
 from mdcns_tf.features import Metadata
-from mdcns_tf.train import build_model, eval_split, evaluate
 
 log = logging.getLogger("mdcns_tf.evaluate")
 

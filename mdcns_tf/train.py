@@ -25,11 +25,9 @@ import yaml
 
 import mdcns_tf  # noqa: F401
 from mdcns_tf import data, export, metrics
-from mdcns_tf.backbones import build_backbone
 from mdcns_tf.config import Config, ConfigError, load_config
+from mdcns_tf.factory import build_model, eval_split, evaluate, resolved_reduction
 from mdcns_tf.features import Metadata
-from mdcns_tf.models import RetrievalModel, SequentialRecommender
-from mdcns_tf.samplers import build_sampler
 
 log = logging.getLogger("mdcns_tf.train")
 
@@ -118,40 +116,6 @@ def resumed_epoch(backup_dir: str) -> int:
     return saved + 1 if saved >= 0 else 0
 
 
-def eval_split(config: Config, split: str) -> tf.data.Dataset:
-    cfg = config.data
-    return data.eval_dataset(
-        cfg.dir, split, cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users, config.eval.bucket_by_length
-    )
-
-
-def resolved_reduction(config: Config) -> str:
-    """``loss.reduction`` with ``auto`` resolved: ``epoch`` under length buckets, ``batch`` otherwise."""
-    if config.loss.reduction != "auto":
-        return config.loss.reduction
-    return "epoch" if config.data.bucket_by_length else "batch"
-
-
-def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
-    """The trainer named by ``config.trainer``, built for the dataset described by ``metadata``."""
-    if config.trainer == "mdcns":
-        from mdcns_tf.mdcns import build_mdcns_model
-
-        return build_mdcns_model(config, metadata)
-    encoder = build_backbone(config.model, metadata.n_items, config.data.max_len)
-    sampler = None
-    if config.loss.name != "softmax":
-        sampler = build_sampler(config, metadata.n_items, metadata.n_users, metadata.item_counts)
-    return SequentialRecommender(
-        encoder,
-        sampler,
-        config.loss.name,
-        ks=config.eval.ks,
-        eval_chunk_size=config.eval.item_chunk_size,
-        name="single",
-    )
-
-
 def num_workers(strategy: tf.distribute.Strategy) -> int:
     """Workers in the cluster (1 without a cluster resolver: default and mirrored strategies)."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -183,13 +147,6 @@ class WorkerMeanLogs(keras.callbacks.Callback):
                 logs[key] = float(trackers[key].result())
             elif not key.startswith("val_"):
                 logs[key] = float(logs[key]) / self.workers
-
-
-def evaluate(model: RetrievalModel, dataset: tf.data.Dataset) -> dict[str, float]:
-    """Full-ranking metrics of ``dataset``, read from the model's trackers after `evaluate`: the values
-    `evaluate` returns are summed over workers under `MultiWorkerMirroredStrategy` (see `WorkerMeanLogs`)."""
-    model.evaluate(dataset, verbose=0)
-    return named_metrics({t.name: float(t.result()) for t in model.ranking_trackers.values()})
 
 
 class ShuffleEpoch(keras.callbacks.Callback):
@@ -295,16 +252,6 @@ class ProgressLog(keras.callbacks.Callback):
         log.info("epoch %d/%d took %.1fs, ETA %.0fs at most; %s", epoch + 1, self.epochs, seconds, remaining, monitored)
         for hook in getattr(self.model, "epoch_end_hooks", lambda: [])():
             hook(epoch)
-
-
-def named_metrics(results: dict[str, float]) -> dict[str, float]:
-    """Keras names (``ndcg_10``) back to report names (``ndcg@10``)."""
-    out = {}
-    for name, value in results.items():
-        if name == "loss":
-            continue
-        out[name.replace("_", "@") if name != "mrr" else name] = float(value)
-    return out
 
 
 def write_metrics(out_dir: str, result: dict[str, Any]) -> None:

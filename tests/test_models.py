@@ -10,9 +10,9 @@ from conftest import synthetic_sequences, write_loo_dataset
 import mdcns_tf  # noqa: F401
 from mdcns_tf import data
 from mdcns_tf.config import load_config
+from mdcns_tf.factory import build_model, resolved_reduction
 from mdcns_tf.features import Metadata
 from mdcns_tf.models import position_loss
-from mdcns_tf.train import build_model, resolved_reduction
 
 VALUES = tf.constant([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 TRAINED = tf.constant([[False, True, True], [False, False, True]])

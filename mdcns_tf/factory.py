@@ -1,0 +1,68 @@
+"""Building what a config describes: the trainer model and the evaluation input, and reading its metrics.
+
+Shared by the entry points (`mdcns_tf.train`, `mdcns_tf.evaluate`) and the benchmarks, so none of them imports
+another entry point.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from mdcns_tf import data
+from mdcns_tf.backbones import build_backbone
+from mdcns_tf.config import Config
+from mdcns_tf.features import Metadata
+from mdcns_tf.models import RetrievalModel, SequentialRecommender
+from mdcns_tf.samplers import build_sampler
+
+
+def eval_split(config: Config, split: str) -> tf.data.Dataset:
+    cfg = config.data
+    return data.eval_dataset(
+        cfg.dir, split, cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users, config.eval.bucket_by_length
+    )
+
+
+def resolved_reduction(config: Config) -> str:
+    """``loss.reduction`` with ``auto`` resolved: ``epoch`` under length buckets, ``batch`` otherwise."""
+    if config.loss.reduction != "auto":
+        return config.loss.reduction
+    return "epoch" if config.data.bucket_by_length else "batch"
+
+
+def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
+    """The trainer named by ``config.trainer``, built for the dataset described by ``metadata``."""
+    if config.trainer == "mdcns":
+        from mdcns_tf.mdcns import build_mdcns_model
+
+        return build_mdcns_model(config, metadata)
+    encoder = build_backbone(config.model, metadata.n_items, config.data.max_len)
+    sampler = None
+    if config.loss.name != "softmax":
+        sampler = build_sampler(config, metadata.n_items, metadata.n_users, metadata.item_counts)
+    return SequentialRecommender(
+        encoder,
+        sampler,
+        config.loss.name,
+        ks=config.eval.ks,
+        eval_chunk_size=config.eval.item_chunk_size,
+        name="single",
+    )
+
+
+def evaluate(model: RetrievalModel, dataset: tf.data.Dataset) -> dict[str, float]:
+    """Full-ranking metrics of ``dataset``, read from the model's trackers after `evaluate`: the values
+    `evaluate` returns are summed over workers under `MultiWorkerMirroredStrategy` (see `WorkerMeanLogs`)."""
+    model.evaluate(dataset, verbose=0)
+    return named_metrics({t.name: float(t.result()) for t in model.ranking_trackers.values()})
+
+
+def named_metrics(results: dict[str, float]) -> dict[str, float]:
+    """Keras names (``ndcg_10``) back to report names (``ndcg@10``)."""
+    out = {}
+    for name, value in results.items():
+        if name == "loss":
+            continue
+        out[name.replace("_", "@") if name != "mrr" else name] = float(value)
+    return out
