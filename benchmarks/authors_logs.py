@@ -656,7 +656,7 @@ def dumps_result(value: Any, level: int = 0) -> str:
     return "{\n" + body + "\n" + pad + "}" if body else "{}"
 
 
-CURVE_METRICS = ("ndcg@10", "ndcg@20", "hit@10", "hit@20")
+CURVE_METRICS = ("ndcg@10", "ndcg@20")
 
 
 def curves_only(run: dict[str, Any]) -> dict[str, Any]:
