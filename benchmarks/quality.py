@@ -125,13 +125,33 @@ def preprocess(spec: DatasetSpec, data_root: str, dry_run: bool = False) -> tupl
     return out, stamp
 
 
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def config_hash(config_dict: dict[str, Any], cache_key: str) -> str:
-    """Hash of what the cell trains: machine-specific paths (data cache, scratch) are replaced or dropped so that
-    moving the cache does not invalidate finished runs."""
+    """Hash of what the cell trains: the keys whose value differs from the code's defaults.
+
+    Hashing the difference, not the whole config, keeps a finished run valid when a later commit adds a config key
+    with a default that reproduces the old behaviour (a stored config lacks the key; the new one holds its
+    default: both leave it out), while a changed default changes the hash of every cell that relied on it.
+    Machine-specific paths (data cache, scratch) are replaced or dropped so that moving the cache does not
+    invalidate finished runs.
+    """
+    from mdcns_tf.config import Config
+
     payload = json.loads(json.dumps(config_dict))
     payload.pop("output_dir", None)
     payload["data"]["dir"] = cache_key
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    defaults = _flatten(json.loads(json.dumps(Config().to_dict())))
+    differences = {key: value for key, value in _flatten(payload).items() if defaults.get(key, object()) != value}
+    return hashlib.sha256(json.dumps(differences, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def median(values: list[float]) -> float:
@@ -194,7 +214,7 @@ class GridRunner:
         if os.path.exists(path):
             with open(path) as f:
                 previous = json.load(f)
-            status = "done" if previous.get("config_hash") == digest else "stale"
+            status = "done" if self.stored_hash(previous, cell) == digest else "stale"
         if status != "done" and self.reuse(cell, digest, path, dry_run):
             status = "done"
         return {
@@ -207,6 +227,10 @@ class GridRunner:
             "stamp": stamp,
         }
 
+    def stored_hash(self, run: dict[str, Any], cell: Cell) -> str:
+        """A finished run's hash recomputed from its stored config, so runs hashed by an older scheme compare."""
+        return config_hash(run["config"], self.grid.datasets[cell.dataset].cache_key())
+
     def reuse(self, cell: Cell, digest: str, path: str, dry_run: bool = False) -> bool:
         """Copies a finished run of the same cell and config hash from a grid in ``reuse_runs_from``; the copy
         keeps its original ``grid`` field and gains ``reused_from`` so the table says where it was measured."""
@@ -216,7 +240,7 @@ class GridRunner:
                 continue
             with open(source) as f:
                 run = json.load(f)
-            if run.get("config_hash") != digest:
+            if self.stored_hash(run, cell) != digest:
                 continue
             if dry_run:
                 return True
