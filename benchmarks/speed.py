@@ -72,6 +72,13 @@ def default_variants() -> list[Variant]:
     variants += [Variant(f"{b}/uniform", "backbone", (f"model.backbone={b}",)) for b in BACKBONES if b != "sasrec"]
     for peer in ("gru4rec", "mamba4rec"):
         variants.append(Variant(f"mdcns/sasrec+{peer}", "mdcns", ("trainer=mdcns", f"mdcns.peer_backbone={peer}")))
+    variants.append(
+        Variant(
+            "mdcns/sasrec+gru4rec/position-pools",
+            "mdcns",
+            ("trainer=mdcns", "mdcns.peer_backbone=gru4rec", "mdcns.pool_scope=position"),
+        )
+    )
     return variants
 
 

@@ -118,6 +118,9 @@ class MDCNSConfig:
 
     peer_backbone: str = "gru4rec"
     pool_size: int = 100
+    # "sequence": one pool a sequence, shared by its positions (cheapest); "position": a fresh pool for every
+    # position, as the authors' prefix samples each draw their own (more distinct hard negatives per sequence).
+    pool_scope: str = "sequence"
     top_m: int = 1
     beta_d: float = 1.0
     alpha: float = 1.0
@@ -171,6 +174,7 @@ CHOICES = {
     "train.distribute": ("default", "mirrored", "multi_worker"),
     "mdcns.distill_reduction": ("mean", "sum"),
     "mdcns.teacher": ("mean", "sum", "ema", "frozen"),
+    "mdcns.pool_scope": ("sequence", "position"),
 }
 
 
@@ -264,9 +268,11 @@ def validate(config: Config) -> Config:
         "trainer": config.trainer,
         "data.train_positions": config.data.train_positions,
         "loss.name": config.loss.name,
+        "loss.reduction": config.loss.reduction,
         "train.distribute": config.train.distribute,
         "mdcns.distill_reduction": config.mdcns.distill_reduction,
         "mdcns.teacher": config.mdcns.teacher,
+        "mdcns.pool_scope": config.mdcns.pool_scope,
     }
     for key, value in flat.items():
         if value not in CHOICES[key]:

@@ -4,8 +4,8 @@ One Keras model holds three submodels: the **self** backbone (validated, early-s
 **peer** backbone (a different architecture trained jointly and symmetrically with its own optimizer) and the
 **teacher** (by default a weight-free consensus of the two students' scores). Per training step, in-graph:
 
-1. candidate pool C `(batch, N)`: uniform items outside the sequence (history and targets), one pool per sequence
-   shared by all its positions;
+1. candidate pool C: uniform items outside the sequence (history and targets), one pool per sequence shared by
+   all its positions `(batch, N)`, or with ``pool_scope: position`` a fresh one per position `(batch, len, N)`;
 2. scores of both students on the positives `(batch, len)` and on C `(batch, len, N)` by batched matmul (never a
    `(batch, len, N, dim)` tensor), teacher scores = consensus;
 3. divergence d = |s_self - s_peer| (no gradient); each view * in {self, peer, teacher} re-ranks C by
@@ -33,7 +33,13 @@ from mdcns_tf.backbones import Backbone, build_backbone
 from mdcns_tf.config import Config, MDCNSConfig
 from mdcns_tf.features import Metadata
 from mdcns_tf.models import RetrievalModel, masked_mean, replica_scale
-from mdcns_tf.samplers.candidates import sample_excluding, score_candidates, top_m_uniform_pick
+from mdcns_tf.samplers.candidates import (
+    sample_excluding,
+    sample_position_pools,
+    score_candidates,
+    score_items,
+    top_m_uniform_pick,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +49,12 @@ def positive_and_pool_scores(
 ) -> tf.Tensor:
     """Scores of [positive, pool...] at every position.
 
-    states `(batch, len, dim)`, target_ids `(batch, len)`, pool_ids `(batch, N)` -> `(batch, len, 1 + N)`;
-    column 0 is the positive.
+    states `(batch, len, dim)`, target_ids `(batch, len)`, pool_ids `(batch, N)` (one pool a sequence) or
+    `(batch, len, N)` (one a position) -> `(batch, len, 1 + N)`; column 0 is the positive.
     """
     positive = tf.reduce_sum(states * tf.gather(item_embeddings, target_ids), axis=-1, keepdims=True)
-    return tf.concat([positive, score_candidates(states, item_embeddings, pool_ids)], axis=-1)
+    score = score_items if pool_ids.shape.rank == 3 else score_candidates
+    return tf.concat([positive, score(states, item_embeddings, pool_ids)], axis=-1)
 
 
 class ConsensusTeacher(keras.layers.Layer):
@@ -182,7 +189,12 @@ class MDCNSModel(RetrievalModel):
         """All loss terms and step statistics for one batch (see the module docstring)."""
         input_ids, target_ids = data["input_ids"], data["target_ids"]
         trained = tf.not_equal(target_ids, 0)
-        pool_ids = sample_excluding(self.generator, data["exclusion_ids"], self.n_items, self.params.pool_size)
+        if self.params.pool_scope == "position":
+            pool_ids = sample_position_pools(
+                self.generator, data["exclusion_ids"], self.n_items, tf.shape(input_ids)[1], self.params.pool_size
+            )
+        else:
+            pool_ids = sample_excluding(self.generator, data["exclusion_ids"], self.n_items, self.params.pool_size)
 
         self_scores = positive_and_pool_scores(
             self.encoder(input_ids, training=training), self.encoder.item_embeddings, target_ids, pool_ids

@@ -17,8 +17,8 @@ from mdcns_tf.backbones import BACKBONES
 from mdcns_tf.config import load_config
 from mdcns_tf.export import export_saved_model
 from mdcns_tf.features import Metadata
-from mdcns_tf.mdcns import ConsensusTeacher, build_mdcns_model
-from mdcns_tf.samplers.candidates import sample_excluding, top_m_uniform_pick
+from mdcns_tf.mdcns import ConsensusTeacher, build_mdcns_model, positive_and_pool_scores
+from mdcns_tf.samplers.candidates import sample_excluding, sample_position_pools, top_m_uniform_pick
 
 N_ITEMS, MAX_LEN = 40, 8
 PEER = "gru4rec" if "gru4rec" in BACKBONES else "sasrec"
@@ -66,6 +66,27 @@ def test_pool_never_contains_history_or_target():
     for row, excluded in zip(pool, exclusions.numpy(), strict=True):
         assert not set(row.tolist()) & set(excluded.tolist())
         assert len(set(row.tolist())) == 20 - len(set(excluded.tolist()) - {0})  # every allowed item is reachable
+
+
+def test_position_pools_are_fresh_per_position_and_exclude_the_sequence():
+    generator = tf.random.Generator.from_seed(0)
+    exclusions = tf.constant([[1, 2, 3, 0], [4, 5, 6, 7]])
+    pools = sample_position_pools(generator, exclusions, n_items=1000, seq_len=tf.constant(3), pool_size=50).numpy()
+    assert pools.shape == (2, 3, 50)
+    for sequence_pools, excluded in zip(pools, exclusions.numpy(), strict=True):
+        assert not set(sequence_pools.ravel().tolist()) & set(excluded.tolist())
+        # Three independent draws of 50 from ~1,000 items: equal pools would mean one pool shared by the positions.
+        assert len({tuple(pool) for pool in sequence_pools.tolist()}) == 3
+
+
+def test_position_pool_scores_are_each_positions_own_dot_products():
+    states = tf.constant([[[1.0, 0.0], [0.0, 2.0]]])  # (1, 2, 2)
+    table = tf.constant([[0.0, 0.0], [1.0, 1.0], [3.0, -1.0], [-2.0, 5.0]])
+    targets = tf.constant([[1, 3]])
+    pools = tf.constant([[[2, 3], [3, 2]]])  # position 0 sees items 2, 3; position 1 sees 3, 2
+    scores = positive_and_pool_scores(states, table, targets, pools).numpy()
+    # position 0: state (1, 0) -> target 1: 1, item 2: 3, item 3: -2; position 1: (0, 2) -> 10, item 3: 10, item 2: -2
+    np.testing.assert_allclose(scores, [[[1.0, 3.0, -2.0], [10.0, 10.0, -2.0]]])
 
 
 def test_top_m_picks_exactly_the_expected_indices():
@@ -129,6 +150,14 @@ def test_a_step_updates_both_students():
         not np.allclose(b, v.numpy()) for b, v in zip(before_self, model.encoder.trainable_variables, strict=True)
     )
     assert any(not np.allclose(b, v.numpy()) for b, v in zip(before_peer, model.peer.trainable_variables, strict=True))
+
+
+def test_a_step_with_a_pool_per_position_trains_both_students():
+    model, _ = tiny_model("mdcns.pool_scope=position")
+    before = [v.numpy().copy() for v in model.peer.trainable_variables]
+    logs = model.train_step(tiny_batch())
+    assert np.isfinite(float(logs["loss"]))
+    assert any(not np.allclose(b, v.numpy()) for b, v in zip(before, model.peer.trainable_variables, strict=True))
 
 
 def test_frozen_teacher_does_not_change(tmp_path):

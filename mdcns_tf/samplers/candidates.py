@@ -65,6 +65,15 @@ def sample_excluding(
     return ids
 
 
+def sample_position_pools(
+    generator: tf.random.Generator, exclusion_ids: tf.Tensor, n_items: int, seq_len: tf.Tensor, pool_size: int
+) -> tf.Tensor:
+    """A fresh pool of ``pool_size`` items outside ``exclusion_ids`` `(batch, x)` for every position:
+    -> `(batch, seq_len, pool_size)` (one draw; the positions of a sequence share its exclusions)."""
+    pools = sample_excluding(generator, exclusion_ids, n_items, seq_len * pool_size)
+    return tf.reshape(pools, [tf.shape(exclusion_ids)[0], seq_len, pool_size])
+
+
 def score_candidates(states: tf.Tensor, item_embeddings: tf.Tensor, candidate_ids: tf.Tensor) -> tf.Tensor:
     """Scores a per-sequence candidate pool at every position without a `(batch, len, n, dim)` tensor.
 
