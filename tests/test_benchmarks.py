@@ -86,13 +86,15 @@ def test_reuse_runs_from_another_grid_only_with_the_same_config_hash(tmp_path, m
     results = tmp_path / "results"
     runner = quality.GridRunner(spec, str(tmp_path / "raw"), str(results / "t"), "cmd")
     first, second = spec.cells()
-    digest = runner.plan(first, dry_run=True)["hash"]
+    config = runner.plan(first, dry_run=True)["config"]
     # The other grid finished seed 1 with this exact config, and seed 2 with another one (e.g. another budget).
-    for cell, config_hash in ((first, digest), (second, "0123456789abcdef")):
+    other_budget = json.loads(json.dumps(runner.plan(second, dry_run=True)["config"]))
+    other_budget["train"]["epochs"] += 1
+    for cell, cell_config in ((first, config), (second, other_budget)):
         path = quality.run_json_path(str(results / "older"), cell)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
-            json.dump({"status": "done", "grid": "older", "config_hash": config_hash, "metrics": {}}, f)
+            json.dump({"status": "done", "grid": "older", "config": cell_config, "metrics": {}}, f)
     assert runner.plan(first, dry_run=True)["status"] == "done"
     assert not os.path.exists(quality.run_json_path(str(results / "t"), first)), "a dry run copies nothing"
     plans = [runner.plan(c, dry_run=False) for c in (first, second)]
@@ -102,6 +104,26 @@ def test_reuse_runs_from_another_grid_only_with_the_same_config_hash(tmp_path, m
     assert copied["grid"] == "older" and copied["reused_from"].endswith("older/runs/toy/sasrec/uniform/seed1.json")
     with pytest.raises(grid_mod.GridError, match="own runs"):
         grid_mod.load_grid(_write_grid(tmp_path, {"uniform": {}}, extra="reuse_runs_from: [t]\n"))
+
+
+def test_config_hash_survives_a_new_default_key_but_not_a_changed_value() -> None:
+    from mdcns_tf.config import Config
+
+    config = Config().to_dict()
+    config["sampler"]["name"] = "dns"
+    digest = quality.config_hash(config, "cache-a")
+    # A run stored before a key existed lacks it; today's config holds its default: the same run.
+    older = json.loads(json.dumps(config))
+    del older["mdcns"]["pool_scope"]
+    assert quality.config_hash(older, "cache-a") == digest
+    # Any value that differs, a default changed by the user included, is a different run; paths are not.
+    changed = json.loads(json.dumps(config))
+    changed["mdcns"]["pool_scope"] = "position"
+    assert quality.config_hash(changed, "cache-a") != digest
+    assert quality.config_hash(config, "cache-b") != digest
+    moved = json.loads(json.dumps(config))
+    moved["output_dir"] = "/elsewhere"
+    assert quality.config_hash(moved, "cache-a") == digest
 
 
 def _fake_run(method: str, seed: int, ndcg10: float, recall10: float, order: int) -> dict:
