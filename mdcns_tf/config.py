@@ -64,8 +64,12 @@ class SamplerConfig:
 
 @dataclasses.dataclass
 class LossConfig:
-    # bce | bpr | softmax (full softmax cross-entropy over all items, no sampling) | sampled_softmax
+    # bce | bpr | softmax (full softmax cross-entropy over all items, no sampling) | sampled_softmax (the positive
+    # against its sampled negatives; under MDCNS against the whole candidate pool, the view picks weighted up) |
+    # gbce (gSASRec's generalised BCE, calibrated for the sampling rate)
     name: str = "bce"
+    # gBCE calibration t in [0, 1]: 0 is plain BCE, 1 fully calibrated to the catalogue (gSASRec's default 0.75)
+    gbce_t: float = 0.75
     # How a batch's per-position losses become the step's loss. "batch": their mean over the batch's trained
     # positions. "epoch": their sum divided by the mean number of trained positions a batch holds over the epoch, so
     # every trained position weighs the same whatever batch it lands in (with `data.bucket_by_length`, "batch"
@@ -169,7 +173,7 @@ REPLICA_LOCAL_STATE_SAMPLERS = ("srns", "gdns", "autosample")
 CHOICES = {
     "trainer": ("single", "mdcns"),
     "data.train_positions": ("all", "last"),
-    "loss.name": ("bce", "bpr", "softmax", "sampled_softmax"),
+    "loss.name": ("bce", "bpr", "softmax", "sampled_softmax", "gbce"),
     "loss.reduction": ("auto", "batch", "epoch"),
     "train.distribute": ("default", "mirrored", "multi_worker"),
     "mdcns.distill_reduction": ("mean", "sum"),
@@ -300,6 +304,8 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
     if config.mdcns.top_m > config.mdcns.pool_size:
         raise ConfigError("mdcns.top_m must not exceed mdcns.pool_size")
+    if not 0.0 <= config.loss.gbce_t <= 1.0:
+        raise ConfigError(f"loss.gbce_t: must be in [0, 1], got {config.loss.gbce_t}")
     if config.mdcns.tau <= 0:
         raise ConfigError("mdcns.tau must be positive")
     if config.mdcns.teacher == "frozen" and not config.mdcns.teacher_checkpoint:

@@ -43,6 +43,9 @@ from mdcns_tf.samplers.candidates import (
 
 log = logging.getLogger(__name__)
 
+# Pairwise on the three picks (the paper), or over the whole scored pool with the picks weighted up.
+MDCNS_LOSSES = ("bce", "bpr", "sampled_softmax", "gbce")
+
 
 def positive_and_pool_scores(
     states: tf.Tensor, item_embeddings: tf.Tensor, target_ids: tf.Tensor, pool_ids: tf.Tensor
@@ -116,15 +119,17 @@ class MDCNSModel(RetrievalModel):
         seed: int,
         peer_learning_rate: float,
         teacher_backbone: Backbone | None = None,
+        gbce_t: float = losses.GBCE_T,
         **kwargs: Any,
     ) -> None:
         super().__init__(self_backbone, **kwargs)
-        if loss_name not in ("bce", "bpr"):
-            raise ValueError(f"MDCNS trains with bce or bpr, got loss {loss_name!r}")
+        if loss_name not in MDCNS_LOSSES:
+            raise ValueError(f"MDCNS trains with one of {MDCNS_LOSSES}, got loss {loss_name!r}")
         self.peer = peer_backbone
         self.params = params
         self.n_items = n_items
         self.loss_name = loss_name
+        self.gbce_t = gbce_t
         # Created under the strategy scope (train.run builds the model there): each replica then draws its own
         # stream (seed hashed with the global replica id), and the state is a checkpointed variable.
         self.generator = tf.random.Generator.from_seed(seed)
@@ -167,18 +172,32 @@ class MDCNSModel(RetrievalModel):
         """Per-position loss `(batch, len)` of one student from its [positive, pool] scores `(batch, len, 1 + N)`.
 
         own / other / teacher: pool indices `(batch, len)` picked by this student's view, the other student's view
-        and the teacher's view; the scores used are always this student's own.
+        and the teacher's view; the scores used are always this student's own. ``bce`` / ``bpr``: alpha, beta and
+        gamma weigh a pairwise loss on each pick (the paper). ``sampled_softmax`` / ``gbce``: the whole pool is the
+        negative set and each pick counts alpha / beta / gamma times more (``sampled_softmax`` adds log-weighted
+        copies of the picks to the partition function; ``gbce`` weights their BCE terms), so the scored pool is not
+        thrown away; the uniform pool needs no logQ correction (constant over items).
         """
         positive, pool = scores[..., 0], scores[..., 1:]
-
-        def term(pick: tf.Tensor) -> tf.Tensor:
-            negative = tf.gather(pool, pick[..., tf.newaxis], batch_dims=2)
-            return losses.pairwise_loss(self.loss_name, positive, negative)
-
         p = self.params
-        if p.self_view_only:
-            return p.alpha * term(own)
-        return p.alpha * term(own) + p.beta * term(other) + p.gamma * term(teacher)
+        weights = [(own, p.alpha)] if p.self_view_only else [(own, p.alpha), (other, p.beta), (teacher, p.gamma)]
+        weights = [(pick, weight) for pick, weight in weights if weight > 0]
+        if not weights:  # every view weight 0: only the pool (if the loss uses it) is left
+            weights = [(own, 0.0)]
+        picks = tf.stack([pick for pick, _ in weights], axis=-1)  # (batch, len, views)
+        pick_weights = tf.constant([weight for _, weight in weights], scores.dtype)
+        negatives = tf.gather(pool, picks, batch_dims=2)  # (batch, len, views)
+        if self.loss_name in ("bce", "bpr"):
+            return tf.reduce_sum(
+                pick_weights
+                * losses.pairwise_loss(self.loss_name, positive[..., tf.newaxis], negatives[..., tf.newaxis]),
+                axis=-1,
+            )
+        if self.loss_name == "sampled_softmax":
+            # log 0 = -inf drops a zero-weight pick from the partition function
+            return losses.sampled_softmax(positive, tf.concat([pool, negatives + tf.math.log(pick_weights)], axis=-1))
+        beta = losses.gbce_beta(int(pool.shape[-1]), self.n_items, self.gbce_t)
+        return losses.gbce(positive, pool, beta=beta) + losses.negatives_bce(negatives, pick_weights)
 
     def reduce_distillation(self, per_position: tf.Tensor, trained: tf.Tensor) -> tf.Tensor:
         if self.params.distill_reduction == "sum":
@@ -283,6 +302,7 @@ def build_mdcns_model(config: Config, metadata: Metadata) -> MDCNSModel:
         seed=config.seed,
         peer_learning_rate=params.peer_learning_rate or config.train.learning_rate,
         teacher_backbone=teacher_backbone,
+        gbce_t=config.loss.gbce_t,
         ks=config.eval.ks,
         eval_chunk_size=config.eval.item_chunk_size,
         name="mdcns",

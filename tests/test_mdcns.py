@@ -203,3 +203,53 @@ def test_export_holds_only_self_variables(tmp_path):
     assert not self_sizes - Counter(exported_sizes)
     peer_only = {int(np.prod(v.shape)) for v in model.peer.variables} - set(allowed)
     assert peer_only and not peer_only & set(exported_sizes)
+
+
+def _student_loss(loss: str, *overrides: str) -> tuple[np.ndarray, dict]:
+    """One position: [positive, pool of 3] scores, picks own = 0, other = 2, teacher = 1."""
+    model, config = tiny_model(f"loss.name={loss}", "mdcns.alpha=1.0", "mdcns.beta=0.5", "mdcns.gamma=2.0", *overrides)
+    scores = tf.constant([[[1.0, 0.3, -0.4, 2.0]]])
+    pick = lambda i: tf.constant([[i]])  # noqa: E731
+    return model.student_loss(scores, pick(0), pick(2), pick(1)).numpy(), {"n_items": N_ITEMS, **vars(config.loss)}
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_pairwise_student_loss_weighs_each_view_pick_by_hand():
+    got, _ = _student_loss("bce")
+    # own pick 0.3 (alpha 1), other pick 2.0 (beta .5), teacher pick -0.4 (gamma 2); positive 1.0
+    bce = lambda s: softplus(-1.0) + softplus(s)  # noqa: E731
+    np.testing.assert_allclose(got, [[1.0 * bce(0.3) + 0.5 * bce(2.0) + 2.0 * bce(-0.4)]], rtol=1e-6)
+
+
+def test_pool_softmax_student_loss_counts_the_picks_weight_times_more():
+    got, _ = _student_loss("sampled_softmax")
+    partition = (
+        math.exp(1.0)
+        + math.exp(0.3)
+        + math.exp(-0.4)
+        + math.exp(2.0)
+        + 1.0 * math.exp(0.3)
+        + 0.5 * math.exp(2.0)
+        + 2.0 * math.exp(-0.4)
+    )
+    np.testing.assert_allclose(got, [[math.log(partition) - 1.0]], rtol=1e-6)
+
+
+def test_pool_gbce_student_loss_by_hand():
+    got, loss = _student_loss("gbce")
+    beta = losses.gbce_beta(3, N_ITEMS, loss["gbce_t"])
+    pool = softplus(0.3) + softplus(-0.4) + softplus(2.0)
+    picks = 1.0 * softplus(0.3) + 0.5 * softplus(2.0) + 2.0 * softplus(-0.4)
+    np.testing.assert_allclose(got, [[beta * softplus(-1.0) + pool + picks]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "gbce"])
+def test_pool_losses_train_both_students(loss):
+    model, _ = tiny_model(f"loss.name={loss}")
+    before = [v.numpy().copy() for v in model.encoder.trainable_variables]
+    logs = model.train_step(tiny_batch())
+    assert np.isfinite(float(logs["loss"]))
+    assert any(not np.allclose(b, v.numpy()) for b, v in zip(before, model.encoder.trainable_variables, strict=True))

@@ -47,6 +47,7 @@ def build_sampler(config: Any, n_items: int, n_users: int, item_counts: list[int
         loss_name=config.loss.name,
         seed=config.seed,
         name=name,
+        gbce_t=config.loss.gbce_t,
     )
 
 

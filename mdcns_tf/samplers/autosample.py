@@ -116,8 +116,9 @@ class AutoSampleSampler(NegativeSampler):
         loss_name: str,
         seed: int,
         name: str | None = None,
+        gbce_t: float = losses.GBCE_T,
     ) -> None:
-        super().__init__(params, n_items, n_users, num_negatives, item_counts, loss_name, seed, name)
+        super().__init__(params, n_items, n_users, num_negatives, item_counts, loss_name, seed, name, gbce_t)
         from mdcns_tf.samplers import get_sampler_class, sampler_params  # the registry imports this module
 
         names = list(params.candidates)
@@ -140,6 +141,7 @@ class AutoSampleSampler(NegativeSampler):
                 loss_name=loss_name,
                 seed=seed + 7919 * (i + 1),
                 name=candidate,
+                gbce_t=gbce_t,
             )
             for i, candidate in enumerate(names)
         ]

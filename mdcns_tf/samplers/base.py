@@ -69,6 +69,7 @@ class NegativeSampler(tf.Module):
         loss_name: str,
         seed: int,
         name: str | None = None,
+        gbce_t: float = losses.GBCE_T,
     ) -> None:
         super().__init__(name=name)
         self.params = params
@@ -77,6 +78,7 @@ class NegativeSampler(tf.Module):
         self.num_negatives = num_negatives
         self.item_counts = item_counts
         self.loss_name = loss_name
+        self.gbce_t = gbce_t
         # Build samplers under the trainer's strategy scope: a generator created there gives each replica its own
         # stream (seed hashed with the global replica id) and its state is a variable saved by BackupAndRestore.
         self.generator = tf.random.Generator.from_seed(seed)
@@ -91,7 +93,9 @@ class NegativeSampler(tf.Module):
         `(batch, seq_len, k)` scores. The trainer masks untrained positions and averages."""
         if negatives.logq is not None:
             negative_scores = negative_scores - negatives.logq
-        return losses.pairwise_loss(self.loss_name, positive_scores, negative_scores, negatives.weights)
+        return losses.pairwise_loss(
+            self.loss_name, positive_scores, negative_scores, negatives.weights, self.n_items, self.gbce_t
+        )
 
     def update_from_tape(self, tape: tf.GradientTape, variables: list[tf.Variable]) -> None:
         """In-graph hook after the loss, before the model's update (only when ``uses_tape``). ``tape`` is the
