@@ -16,17 +16,33 @@ Accounting (the invariant in ``metadata.json`` is built on it):
 - A *row* is one interaction. For ``interactions``/``pairs`` a data line is one row; for ``sequences`` a valid line
   is one row per item and a rejected line is exactly one row.
 - Empty (whitespace-only) lines are not rows: they are skipped and counted as ``empty_lines``.
-- A header line is not a row: it is counted as ``header_lines``. Only the first non-empty line of an
-  ``interactions`` file can be one, and only if it names the columns (``userId,movieId,rating,timestamp``...) or
-  none of its fields is a number.
+- A header line is not a row: it is counted as ``header_lines`` and logged. Only the first non-empty line of an
+  ``interactions`` file can be one, and only if it does not parse as a data row and either names the columns
+  (``userId,movieId,rating,timestamp``...) or has no numeric field (so ``1,2,abc`` is a rejected row, and a quoted
+  ``"1","2","100"`` is data).
 - Every other line is either parsed into rows or rejected as exactly one row with one reason from `REASONS`.
+
+Tokens and keys:
+
+- With a one-character delimiter (tab, comma, or a literal such as ``;``), fields may be quoted CSV-style
+  (``"a,b"``, ``""`` for a quote); a line whose quotes do not close is rejected as ``bad_quoting``.
+- ``sequences``/``pairs``: any run of whitespace separates tokens (``u1<TAB>i1 i2`` is three tokens), also after a
+  detected ``,`` or ``::``; an explicit ``--delimiter`` is the only separator.
+- A key that is an integer written with a zero fraction (``49.0``, ``49.``, ``49.000``) is the integer (``49``):
+  float-typed id columns (pandas, spreadsheets) do not create a second item. Leading zeros and signs are kept
+  (``049`` stays its own key: ASINs and zip codes are not numbers).
+- Keys longer than `MAX_KEY_CHARS` are rejected (``key_too_long``); timestamps and ratings must be finite doubles
+  (a 5,000-digit integer or ``1e400`` is ``timestamp_out_of_range`` / ``rating_out_of_range``), so no row reaches
+  Python's 4,300-digit ``int()`` limit.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
@@ -41,15 +57,23 @@ BAD_KEY_CHARACTER = "bad_key_character"
 NON_NUMERIC_TIMESTAMP = "non_numeric_timestamp"
 NON_NUMERIC_RATING = "non_numeric_rating"
 NO_ITEMS = "no_items"
+KEY_TOO_LONG = "key_too_long"
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+RATING_OUT_OF_RANGE = "rating_out_of_range"
+BAD_QUOTING = "bad_quoting"
 REASONS = (
     NON_UTF8,
     LINE_TOO_LONG,
     WRONG_COLUMN_COUNT,
     EMPTY_KEY,
     BAD_KEY_CHARACTER,
+    KEY_TOO_LONG,
     NON_NUMERIC_TIMESTAMP,
+    TIMESTAMP_OUT_OF_RANGE,
     NON_NUMERIC_RATING,
+    RATING_OUT_OF_RANGE,
     NO_ITEMS,
+    BAD_QUOTING,
 )
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
@@ -57,8 +81,15 @@ _READ_CHUNK = 1 << 20
 
 # ASCII-only numbers: `float()`/`int()` also accept "1_000", " 12 ", "inf" and non-ASCII digits, none of which is a
 # timestamp a user meant.
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_INTEGER = re.compile(r"[+-]?\d+")
+# re.ASCII: `\d` would also match other scripts' digits ("\u0663"), which int() and float() accept as well.
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+_INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
+_ZERO_FRACTION = re.compile(r"([+-]?\d+)\.0*", re.ASCII)
+# The largest finite double has 309 integer digits: an integer text longer than this is out of range before any
+# int() conversion (which raises beyond 4,300 digits) is attempted.
+_MAX_FINITE_DIGITS = len(str(int(sys.float_info.max)))
+# Keys are vocabulary lines (items.txt, the serving lookup table): an id, not a document.
+MAX_KEY_CHARS = 1024
 
 DELIMITERS = {"tab": "\t", "::": "::", "comma": ",", "whitespace": None}
 
@@ -100,10 +131,25 @@ def is_number(text: str) -> bool:
     return _NUMBER.fullmatch(text) is not None
 
 
+def is_integer_key(key: str) -> bool:
+    """An ASCII decimal integer (optional sign): such keys are ordered numerically in the vocabulary."""
+    return _INTEGER.fullmatch(key) is not None
+
+
 def parse_number(text: str) -> float | int | None:
-    """An exact int for integer text (unix seconds stay exact), else a finite float, else None."""
+    """An exact int for integer text (unix seconds stay exact), else a finite float, else None.
+
+    None for non-numbers and for numbers beyond the double range (``1e400``, a 5,000-digit integer): `is_number`
+    tells the two apart.
+    """
     if _INTEGER.fullmatch(text):
-        return int(text)
+        if len(text) < _MAX_FINITE_DIGITS:  # the common case, fast: fewer than 309 digits is always finite
+            return int(text)
+        digits = text.lstrip("+-").lstrip("0") or "0"  # int() counts leading zeros against its digit limit too
+        if len(digits) > _MAX_FINITE_DIGITS:
+            return None
+        value = -int(digits) if text.startswith("-") else int(digits)
+        return value if abs(value) <= sys.float_info.max else None
     if _NUMBER.fullmatch(text):
         value = float(text)
         return value if math.isfinite(value) else None
@@ -121,10 +167,34 @@ def detect_delimiter(line: str) -> str | None:
     return None
 
 
-def split_fields(line: str, delimiter: str | None) -> list[str]:
+def detect_key_delimiter(line: str) -> str | None:
+    """For ``sequences``/``pairs``: ``::``, then comma, else None; whitespace always separates tokens as well."""
+    if "::" in line:
+        return "::"
+    if "," in line:
+        return ","
+    return None
+
+
+def split_fields(line: str, delimiter: str | None) -> list[str] | None:
+    """The stripped fields of a line; None when its CSV quoting is broken (only one-character delimiters quote)."""
     if delimiter is None:
         return line.split()
+    if len(delimiter) == 1 and '"' in line:  # the csv module only for quoted lines: it is ~3x slower than split
+        try:
+            fields = next(csv.reader([line], delimiter=delimiter, strict=True, skipinitialspace=True))
+        except csv.Error:
+            return None
+        return [field.strip() for field in fields]
     return [field.strip() for field in line.split(delimiter)]
+
+
+def normalize_key(key: str) -> str:
+    """``49.0`` -> ``49`` (an integer with a zero fraction is that integer); every other key as it is."""
+    if "." not in key:  # most keys: skip the regex
+        return key
+    match = _ZERO_FRACTION.fullmatch(key)
+    return match.group(1) if match else key
 
 
 def parse_columns(spec: str) -> tuple[str, ...]:
@@ -167,6 +237,8 @@ def positional_layout(fields: Sequence[str]) -> tuple[str, ...] | None:
 def _bad_key(key: str) -> str | None:
     if not key:
         return EMPTY_KEY
+    if len(key) > MAX_KEY_CHARS:
+        return KEY_TOO_LONG
     # Keys are written one per line to items.txt/users.txt and must survive any line splitter (str.splitlines also
     # breaks on \x1c-\x1e, \x85, \u2028, ...): only printable keys are accepted.
     if not key.isprintable():
@@ -189,6 +261,7 @@ class LineParser:
     delimiter_fixed: bool = False  # True when the user passed --delimiter (None then means whitespace)
     columns: tuple[str, ...] | None = None
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    header: str | None = None  # the skipped header line, if any (logged per file)
     _seen_data: bool = False
     _layout: tuple[str, ...] | None = None
 
@@ -231,50 +304,56 @@ class LineParser:
             return []
         first = not self._seen_data
         self._seen_data = True
-        if first and not self.delimiter_fixed:
-            self.delimiter = detect_delimiter(line)
-        fields = split_fields(line, self.delimiter)
         if self.input_format == "interactions":
-            return self._interaction(line_no, raw, fields, first)
-        return self._keys(line_no, raw, fields)
+            if first and not self.delimiter_fixed:
+                self.delimiter = detect_delimiter(line)
+            return self._interaction(line_no, raw, line, first)
+        if first and not self.delimiter_fixed:
+            self.delimiter = detect_key_delimiter(line)
+        return self._keys(line_no, raw, line)
 
-    def _interaction(self, line_no: int, raw: bytes, fields: list[str], first: bool) -> list[Parsed] | Rejection:
-        if first:
-            # The first non-empty line is a header if it names the columns or has no numeric field at all (so a
-            # malformed first data row such as "1,2,abc" is rejected, not mistaken for a header).
-            named = header_layout(fields)
-            if named is not None or not any(is_number(field) for field in fields):
-                self._layout = self._layout or named
-                self._count("header_lines")
-                return []
+    def _interaction(self, line_no: int, raw: bytes, line: str, first: bool) -> list[Parsed] | Rejection:
+        fields = split_fields(line, self.delimiter)
+        if fields is None:
+            return self._reject(line_no, BAD_QUOTING, raw)
+        if first and self._is_header(fields):
+            self.header = line
+            self._count("header_lines")
+            return []
         if self._layout is None:
             self._layout = positional_layout(fields)
-            if self._layout is None:
-                return self._reject(line_no, WRONG_COLUMN_COUNT, raw)
-        layout = self._layout
-        if len(fields) != len(layout):
-            return self._reject(line_no, WRONG_COLUMN_COUNT, raw)
-        user = item = ""
-        timestamp: float | int | None = None
-        for name, value in zip(layout, fields, strict=True):
-            if name == USER:
-                user = value
-            elif name == ITEM:
-                item = value
-            elif name == TIMESTAMP:
-                timestamp = parse_number(value)
-                if timestamp is None:
-                    return self._reject(line_no, NON_NUMERIC_TIMESTAMP, raw)
-            elif name == RATING and parse_number(value) is None:
-                return self._reject(line_no, NON_NUMERIC_RATING, raw)
-        reason = _bad_key(user) or _bad_key(item)
-        if reason:
-            return self._reject(line_no, reason, raw)
+        row = interaction_row(fields, self._layout)
+        if isinstance(row, str):
+            return self._reject(line_no, row, raw)
+        user, item, timestamp = row
         self._count("rows_read")
         self._count("rows_parsed")
         return [(user, (timestamp, self.file_ordinal, line_no, (item,)))]
 
-    def _keys(self, line_no: int, raw: bytes, fields: list[str]) -> list[Parsed] | Rejection:
+    def _is_header(self, fields: list[str]) -> bool:
+        """A first line is a header only if it does not parse as data and names the columns or has no number.
+
+        A quoted data row (``"1","2","100"``) therefore stays data, and a malformed first row (``1,2,abc``) is
+        rejected, not silently dropped as a header. A header that names the columns sets the layout.
+        """
+        if not isinstance(interaction_row(fields, self._layout or positional_layout(fields)), str):
+            return False
+        named = header_layout(fields)
+        if named is None and any(is_number(field) for field in fields):
+            return False
+        self._layout = self._layout or named
+        return True
+
+    def _keys(self, line_no: int, raw: bytes, line: str) -> list[Parsed] | Rejection:
+        fields = split_fields(line, self.delimiter)
+        if fields is None:
+            return self._reject(line_no, BAD_QUOTING, raw)
+        if not self.delimiter_fixed and self.delimiter is not None:
+            # Whitespace separates tokens whatever the file's first line used: "u1<TAB>i1 i2" is three tokens,
+            # never a user with the item "i1 i2".
+            if not all(fields):
+                return self._reject(line_no, EMPTY_KEY, raw)
+            fields = [token for field in fields for token in field.split()]
         if self.input_format == "pairs" and len(fields) != 2:
             return self._reject(line_no, WRONG_COLUMN_COUNT, raw)
         if self.input_format == "sequences" and len(fields) < 2:
@@ -283,10 +362,36 @@ class LineParser:
             reason = _bad_key(key)
             if reason:
                 return self._reject(line_no, reason, raw)
-        items = tuple(fields[1:])
+        keys = [normalize_key(key) for key in fields]
+        items = tuple(keys[1:])
         self._count("rows_read", len(items))
         self._count("rows_parsed", len(items))
-        return [(fields[0], (0, self.file_ordinal, line_no, items))]
+        return [(keys[0], (0, self.file_ordinal, line_no, items))]
+
+
+def interaction_row(fields: Sequence[str], layout: tuple[str, ...] | None) -> tuple[str, str, float | int] | str:
+    """``(user, item, timestamp)`` of an ``interactions`` line under ``layout`` (keys normalised), or the reason
+    it is rejected (a string from `REASONS`)."""
+    if layout is None or len(fields) != len(layout):
+        return WRONG_COLUMN_COUNT
+    user = item = ""
+    timestamp: float | int | None = None
+    for name, value in zip(layout, fields, strict=True):
+        if name == USER:
+            user = value
+        elif name == ITEM:
+            item = value
+        elif name == TIMESTAMP:
+            timestamp = parse_number(value)
+            if timestamp is None:
+                return TIMESTAMP_OUT_OF_RANGE if is_number(value) else NON_NUMERIC_TIMESTAMP
+        elif name == RATING and parse_number(value) is None:
+            return RATING_OUT_OF_RANGE if is_number(value) else NON_NUMERIC_RATING
+    reason = _bad_key(user) or _bad_key(item)
+    if reason:
+        return reason
+    assert timestamp is not None  # every layout has exactly one timestamp column (parse_columns, header_layout)
+    return normalize_key(user), normalize_key(item), timestamp
 
 
 def iter_lines(stream: BinaryIO, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[bytes | None, int]]:
@@ -322,11 +427,27 @@ def iter_lines(stream: BinaryIO, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -
 
 
 def vocabulary_order(keys: Any) -> list[str]:
-    """Distinct keys in vocabulary order: ascending numeric if every key is an integer, else lexicographic.
+    """Distinct keys in vocabulary order: integer keys first, ascending numerically, then the others sorted.
 
-    Ties between different spellings of one integer ("7", "07") are broken by the string, so the order is total.
+    So the S3-Rec files, whose ids are 1..n, keep their ids, and one non-integer key (a typo, a stray header) takes
+    the last id instead of renumbering every integer key. Ties between spellings of one integer ("7", "07") are
+    broken by the string, so the order is total. Integers are compared as digit strings: no ``int()`` of an
+    arbitrarily long key.
     """
     keys = set(keys)
-    if keys and all(_INTEGER.fullmatch(key) for key in keys):
-        return sorted(keys, key=lambda key: (int(key), key))
-    return sorted(keys)
+    integers = sorted((key for key in keys if is_integer_key(key)), key=_integer_order)
+    others = sorted(key for key in keys if not is_integer_key(key))
+    return integers + others
+
+
+def _integer_order(key: str) -> tuple[int, int, str, str]:
+    """A sort key that orders integer strings numerically (ties by the string), without converting them."""
+    digits = key.lstrip("+-").lstrip("0")
+    if not digits:
+        return (1, 0, "", key)
+    if key.startswith("-"):  # larger magnitude first: fewer digits, then the digit-wise complement ascending
+        return (0, -len(digits), digits.translate(_COMPLEMENT), key)
+    return (2, len(digits), digits, key)
+
+
+_COMPLEMENT = str.maketrans("0123456789", "9876543210")

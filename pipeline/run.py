@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from mdcns_tf import features
-from pipeline import formats, splits, transforms
+from pipeline import formats, outputs, splits, transforms
 
 LOG = logging.getLogger("pipeline")
 
@@ -65,6 +66,10 @@ class PipelineConfig:
     split_file: str | None = None
 
     def __post_init__(self) -> None:
+        if not self.input.strip():
+            raise ValueError("--input is empty: name a file, a glob or a directory")
+        if not self.output.strip():
+            raise ValueError("--output is empty: name the output directory")
         if self.input_format not in formats.FORMATS:
             raise ValueError(f"--input_format must be one of {formats.FORMATS}, got {self.input_format!r}")
         if self.split not in splits.PROTOCOLS:
@@ -76,6 +81,10 @@ class PipelineConfig:
             )
         if self.kcore < 0 or self.kcore_rounds < 1:
             raise ValueError("--kcore must be >= 0 and --kcore_rounds >= 1")
+        if not self.delimiter:
+            raise ValueError("--delimiter is empty: use auto, tab, comma, whitespace or a literal")
+        if self.num_shards < 0 or self.max_line_bytes < 1:
+            raise ValueError("--num_shards must be >= 0 and --max_line_bytes >= 1")
         if self.split == "user":
             splits.split_sizes(0, self.valid_fraction, self.test_fraction)  # validates the fractions
         if self.split_file is not None and self.split != "user":
@@ -102,7 +111,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
         prog="python -m pipeline.run",
         description="Interaction logs -> gzip TFRecords + metadata.json. Unknown flags are Beam pipeline options.",
     )
-    parser.add_argument("--input", required=True, help="file path or glob (local, gs://, ...); .gz read transparently")
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="file path, glob or directory (its non-hidden files) (local, gs://, ...); .gz read transparently",
+    )
     parser.add_argument("--input_format", required=True, choices=formats.FORMATS)
     parser.add_argument("--split", required=True, choices=splits.PROTOCOLS, help="loo = leave-one-out; user = 70/20/10")
     parser.add_argument("--output", required=True, help="output directory")
@@ -150,9 +163,24 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PipelineConfig, Pipel
 
 
 def match_inputs(pattern: str) -> list[tuple[int, str, int]]:
-    """``(file_ordinal, path, size)`` of the matched files in path order (the ordinal orders ties across files)."""
-    metadata = FileSystems.match([pattern])[0].metadata_list
-    paths = sorted((m.path, m.size_in_bytes) for m in metadata)
+    """``(file_ordinal, path, size)`` of the matched files in path order (the ordinal orders ties across files).
+
+    A local directory stands for its non-hidden files (not its subdirectories); directories a glob matches are
+    skipped: a directory is not a file of rows.
+    """
+    directory_input = outputs.is_local(pattern) and os.path.isdir(pattern)
+    if directory_input:
+        pattern = os.path.join(pattern, "*")
+    try:
+        metadata = FileSystems.match([pattern])[0].metadata_list
+    except Exception as e:  # noqa: BLE001  (Beam raises BeamIOError, or ValueError for an unknown scheme)
+        raise FileNotFoundError(f"--input {pattern!r}: {e}") from None
+    paths = sorted(
+        (m.path, m.size_in_bytes)
+        for m in metadata
+        if not (outputs.is_local(m.path) and os.path.isdir(m.path))
+        and not (directory_input and os.path.basename(m.path).startswith("."))
+    )
     if not paths:
         raise FileNotFoundError(f"--input {pattern!r} matches no file")
     return [(i, path, size) for i, (path, size) in enumerate(paths)]
@@ -185,32 +213,6 @@ def load_split_file(path: str) -> SplitFile:
     return SplitFile(path, assignment, hashlib.sha256(raw).hexdigest())
 
 
-_OWNED = [
-    features.METADATA_FILE,
-    features.ITEMS_FILE,
-    features.USERS_FILE,
-    *(f"{split}/*{features.TFRECORD_SUFFIX}" for split in features.SPLITS),
-    "rejected/*.txt",
-]
-
-
-def prepare_output(output: str, overwrite: bool) -> None:
-    """Refuses to mix runs: stale shards of an earlier run would be read as part of this one."""
-    existing = []
-    for pattern in _OWNED:
-        existing += [m.path for m in FileSystems.match([FileSystems.join(output, pattern)])[0].metadata_list]
-    if existing and not overwrite:
-        raise FileExistsError(f"{output!r} already holds pipeline output ({len(existing)} files); pass --overwrite")
-    if existing:
-        LOG.info("--overwrite: deleting %d files of the previous output in %s", len(existing), output)
-        FileSystems.delete(existing)
-
-
-def _write_text(path: str, text: str) -> None:
-    with FileSystems.create(path, mime_type="text/plain", compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(text.encode("utf-8"))
-
-
 def write_metadata(
     _: Any,
     *,
@@ -223,12 +225,12 @@ def write_metadata(
     written: list[str],
     split_file: SplitFile | None = None,
 ) -> dict[str, Any]:
-    """The final step: ``items.txt``, ``users.txt`` and ``metadata.json`` (returns the metadata dict).
+    """The final step: ``items.txt``, ``users.txt``, ``metadata.json``, then the complete ``manifest.json``
+    (returns the metadata dict).
 
-    ``stats`` holds the summed bookkeeping (see `build_pipeline`). Runs once, after every sink (``written`` is their
-    output, taken as a side input only to order this step last).
+    ``stats`` holds the summed bookkeeping (see `build_pipeline`). Runs once, after every sink: ``written`` (their
+    output, the paths of the files they wrote) orders this step last and is what the fingerprint hashes.
     """
-    del written
     n_items, n_users = len(item_vocab), len(user_vocab)
     dense_counts = [0] * (n_items + 1)
     for item_id, count in item_counts.items():
@@ -255,6 +257,12 @@ def write_metadata(
         counts["kcore_users_below_k"] = stat("kcore_users_below_k")
     if counts["rows_read"] != counts["rows_written"] + counts["rows_rejected"] + counts["rows_filtered"]:
         raise AssertionError(f"row accounting is broken (a bug): {counts}")
+    records = {split: stat(f"records_{split}") for split in features.SPLITS}
+    vocabularies = {
+        features.ITEMS_FILE: "".join(k + "\n" for k in item_vocab),
+        features.USERS_FILE: "".join(k + "\n" for k in user_vocab),
+    }
+    fingerprint, written_files = outputs.record_fingerprint(config.output, written, records, vocabularies)
     meta = features.Metadata(
         schema_version=features.SCHEMA_VERSION,
         n_users=n_users,
@@ -284,22 +292,27 @@ def write_metadata(
             ),
         },
         counts=counts,
-        records={split: stat(f"records_{split}") for split in features.SPLITS},
+        records=records,
         source={
             "input": config.input,
             "files": files,
             "format": config.input_format,
             "options": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("input", "output")},
         },
+        fingerprint=fingerprint,
     )
-    _write_text(FileSystems.join(config.output, features.ITEMS_FILE), "".join(k + "\n" for k in item_vocab))
-    _write_text(FileSystems.join(config.output, features.USERS_FILE), "".join(k + "\n" for k in user_vocab))
+    for name, text in vocabularies.items():
+        outputs.write_text(FileSystems.join(config.output, name), text)
     if "://" in config.output:  # Metadata.save writes local files only
-        _write_text(
+        outputs.write_text(
             FileSystems.join(config.output, features.METADATA_FILE), json.dumps(dataclasses.asdict(meta), indent=1)
         )
     else:
         meta.save(config.output)
+    outputs.write_manifest(config.output, outputs.COMPLETE, [*written_files, *vocabularies, features.METADATA_FILE])
+    empty = empty_output_message(config.output, {**counts, "users_written": n_users})
+    if empty is not None:  # `main` exits 1 on it; `run` callers get this warning
+        LOG.warning("%s", empty)
     if counts.get("kcore_items_below_k") or counts.get("kcore_users_below_k"):
         LOG.warning(
             "k-core did not reach its fixed point in %d rounds (%d items, %d users still below k=%d): "
@@ -348,7 +361,9 @@ def build_pipeline(
     written = [
         parsed[transforms.REJECTED]
         | "WriteRejected"
-        >> beam.io.WriteToText(FileSystems.join(out, "rejected", "rejected"), file_name_suffix=".txt", num_shards=1)
+        >> beam.io.WriteToText(
+            FileSystems.join(out, outputs.REJECTED_DIR, "rejected"), file_name_suffix=".txt", num_shards=1
+        )
     ]
 
     sequences = parsed.rows | "Sequences" >> transforms.BuildSequences(
@@ -426,9 +441,26 @@ def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult
 
 
 def run_config(config: PipelineConfig, options: PipelineOptions) -> beam.runners.runner.PipelineResult:
+    inputs, split_file = prepare(config)
+    return execute(config, options, inputs, split_file)
+
+
+def prepare(config: PipelineConfig) -> tuple[list[tuple[int, str, int]], SplitFile | None]:
+    """Everything checked before the pipeline starts (inputs, ``--split_file``, ``--output``), then ``--output``
+    made ready (`outputs.prepare_output`). Raises ValueError / FileNotFoundError / FileExistsError."""
     inputs = match_inputs(config.input)
     split_file = load_split_file(config.split_file) if config.split_file else None
-    prepare_output(config.output, config.overwrite)
+    outputs.prepare_output(config.output, config.overwrite, [path for _, path, _ in inputs])
+    return inputs, split_file
+
+
+def execute(
+    config: PipelineConfig,
+    options: PipelineOptions,
+    inputs: list[tuple[int, str, int]],
+    split_file: SplitFile | None,
+) -> beam.runners.runner.PipelineResult:
+    """Builds and runs the pipeline on a `prepare`d output, waits for it; returns the Beam result."""
     LOG.info("pipeline: %d input file(s), runner %s, %s", len(inputs), options.view_as(StandardOptions).runner, config)
     start = time.monotonic()
     p = beam.Pipeline(options=options)
@@ -456,35 +488,52 @@ def split_file_error(error: BaseException) -> splits.SplitFileError | None:
     return None
 
 
+def empty_output_message(output: str, counts: dict[str, int]) -> str | None:
+    """The error for a run that wrote no user (every row rejected or filtered), naming the counts; else None."""
+    if counts.get("users_written", 0) > 0:
+        return None
+    reasons = ", ".join(f"{k[len('rejected_') :]} {v}" for k, v in sorted(counts.items()) if k.startswith("rejected_"))
+    return (
+        f"no user left in {output}: {counts.get('lines_read', 0)} lines read ({counts.get('empty_lines', 0)} empty, "
+        f"{counts.get('header_lines', 0)} header), rows read {counts.get('rows_read', 0)} = written 0 + rejected "
+        f"{counts.get('rows_rejected', 0)}{f' ({reasons})' if reasons else ''} + filtered "
+        f"{counts.get('rows_filtered', 0)} (dedupe {counts.get('rows_filtered_dedupe', 0)}, kcore "
+        f"{counts.get('rows_filtered_kcore', 0)}, min_seq_len {counts.get('rows_filtered_min_seq_len', 0)}); "
+        f"the rejected rows are in {FileSystems.join(output, outputs.REJECTED_DIR)}/"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI: 0 on success, 2 on a usage error (one ``error:`` line), 1 when no user is left to write."""
     # force: importing Beam already logged through (and so configured) the root logger
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     # Beam logs one INFO line per string type hint (from `from __future__ import annotations`): noise for users.
     logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
     try:  # usage errors get a one-line message; failures inside the pipeline keep their traceback
         config, options = parse_args(argv)
-        match_inputs(config.input)
-        if config.split_file:
-            load_split_file(config.split_file)
-        prepare_output(config.output, config.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        inputs, split_file = prepare(config)
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        run_config(config, options)
+        execute(config, options, inputs, split_file)
     except Exception as e:  # noqa: BLE001  (a split file that does not fit the data fails inside the pipeline)
         cause = split_file_error(e)
         if cause is None:
             raise
         print(f"error: {cause}", file=sys.stderr)
         return 2
-    if "://" not in config.output:
-        meta = features.Metadata.load(config.output)
-        print(
-            f"{config.output}: {meta.n_users} users, {meta.n_items} items, records {meta.records}, "
-            f"rows read {meta.counts['rows_read']} = written {meta.counts['rows_written']} + rejected "
-            f"{meta.counts['rows_rejected']} + filtered {meta.counts['rows_filtered']}"
-        )
+    meta = outputs.read_metadata(config.output)
+    c = meta["counts"]
+    empty = empty_output_message(config.output, c)
+    if empty is not None:
+        print(f"error: {empty}", file=sys.stderr)
+        return 1
+    print(
+        f"{config.output}: {meta['n_users']} users, {meta['n_items']} items, records {meta['records']}, "
+        f"rows read {c['rows_read']} = written {c['rows_written']} + rejected {c['rows_rejected']} + filtered "
+        f"{c['rows_filtered']}; lines: {c['empty_lines']} empty, {c['header_lines']} header"
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 
 from mdcns_tf.features import PADDING_ID
+from pipeline import formats
 
 PROTOCOLS = ("loo", "user")
 MIN_SEQ_LEN = {"loo": 3, "user": 2}  # loo: >= 1 training item besides the 2 held out; user: >= 1 input + target
@@ -87,8 +88,9 @@ def parse_split_file(text: str, source: str = "--split_file") -> dict[str, str]:
     """``{user_key: split}`` from a TSV of ``user<TAB>valid|test`` lines (``train`` is accepted too).
 
     Blank lines and lines starting with ``#`` are skipped. The user key is matched verbatim (after stripping
-    surrounding whitespace) against the user column of the input. Raises `SplitFileError` listing the first
-    malformed lines, unknown split names or duplicate users, all of them checked before anything is raised.
+    surrounding whitespace and `formats.normalize_key`, as the input's keys are) against the user column. Raises
+    `SplitFileError` listing the first malformed lines, unknown split names or duplicate users, all of them checked
+    before anything is raised.
     """
     assignment: dict[str, str] = {}
     malformed, unknown, duplicates = [], [], []
@@ -99,7 +101,8 @@ def parse_split_file(text: str, source: str = "--split_file") -> dict[str, str]:
         if len(fields) != 2 or not fields[0].strip():
             malformed.append(f"line {number} {line[:60]!r}")
             continue
-        user, split = fields[0].strip(), fields[1].strip()
+        # keys are normalised as the input's are (`formats.normalize_key`: "49.0" is user "49")
+        user, split = formats.normalize_key(fields[0].strip()), fields[1].strip()
         if split not in SPLIT_FILE_SPLITS:
             unknown.append(f"line {number} {split[:30]!r}")
         elif user in assignment:

@@ -99,12 +99,13 @@ class ReadAndParse(beam.DoFn):
                         )
         self._report(parser.counts, reported)
         LOG.info(
-            "%s: done in %.1fs: %s (delimiter %r, columns %s)",
+            "%s: done in %.1fs: %s (delimiter %r, columns %s, header %s)",
             path,
             time.monotonic() - start,
             {k: v for k, v in sorted(parser.counts.items()) if v},
             parser.delimiter,
             parser.layout,
+            "none" if parser.header is None else repr(parser.header[:200]),
         )
         yield beam.pvalue.TaggedOutput(COUNTS, dict(parser.counts))
 

@@ -121,7 +121,8 @@ def test_long_lines_are_rejected_without_reading_them_whole() -> None:
 def test_vocabulary_order() -> None:
     assert formats.vocabulary_order(["10", "9", "2", "10"]) == ["2", "9", "10"]
     assert formats.vocabulary_order(["b10", "b9", "a"]) == ["a", "b10", "b9"]
-    assert formats.vocabulary_order(["10", "x", "9"]) == ["10", "9", "x"]  # one non-integer: lexicographic
+    # one non-integer key goes last instead of renumbering the integer keys lexicographically
+    assert formats.vocabulary_order(["10", "x", "9"]) == ["9", "10", "x"]
     assert formats.vocabulary_order(["07", "7", "-1"]) == ["-1", "07", "7"]
 
 

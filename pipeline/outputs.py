@@ -1,0 +1,221 @@
+"""What the pipeline may write, overwrite and delete in ``--output``, and the fingerprint it leaves there.
+
+Ownership. ``--output`` is shared with whatever else lives there, so the pipeline only ever deletes files that a
+previous run recorded as its own in ``manifest.json`` (`mdcns_tf.features.MANIFEST_FILE`):
+
+- before writing, a run claims the directory with a ``running`` manifest: it owns whatever appears at its output
+  paths (`OUTPUT_PATTERNS`) from then on, which a crashed run leaves behind;
+- its last step replaces it with a ``complete`` manifest listing exactly the files written.
+
+A file at an output path that no manifest claims (an input named ``items.txt``, the output of an older pipeline
+version, anything copied in) is *foreign*: the run stops with an error instead of overwriting or deleting it, with
+or without ``--overwrite``. Symbolic links are never followed: a link at an output path (``train/`` linked to
+another dataset) is an error. An input file inside ``--output`` is an error too: the pipeline may overwrite it.
+
+Fingerprint. ``metadata.json`` records the sha256 of every record and vocabulary file it describes (format in
+`mdcns_tf.features`), so the trainer can tell its records from another run's (`mdcns_tf.features.verify_records`).
+
+Local paths use ``os`` (to see links); other filesystems (``gs://``) go through Beam's `FileSystems`, which has no
+links and no directories to confuse.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import posixpath
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from mdcns_tf import features
+
+LOG = logging.getLogger("pipeline")
+
+REJECTED_DIR = "rejected"
+OUTPUT_DIRS = (*features.SPLITS, REJECTED_DIR)
+TOP_FILES = (features.METADATA_FILE, features.ITEMS_FILE, features.USERS_FILE)
+# Relative paths (posix) a run writes; a file matching one of them is either owned (manifest) or foreign.
+OUTPUT_PATTERNS = (
+    *TOP_FILES,
+    *(f"{split}/*{features.TFRECORD_SUFFIX}" for split in features.SPLITS),
+    f"{REJECTED_DIR}/*.txt",
+)
+RUNNING, COMPLETE = "running", "complete"
+_SHOWN = 5  # offending paths an error lists
+
+
+class OutputError(ValueError):
+    """``--output`` cannot be used as asked (a usage error: one line, exit code 2)."""
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _join(output: str, relative: str) -> str:
+    return FileSystems.join(output, *relative.split("/"))
+
+
+def _listing(paths: Sequence[str]) -> str:
+    more = f" and {len(paths) - _SHOWN} more" if len(paths) > _SHOWN else ""
+    return ", ".join(paths[:_SHOWN]) + more
+
+
+def check_output_location(output: str, input_paths: Iterable[str]) -> None:
+    """`OutputError` unless ``output`` is a directory path the pipeline can own: not empty, not an existing file,
+    no symbolic link at an output path, and no input file inside it."""
+    if not output.strip():
+        raise OutputError("--output is empty: name the output directory")
+    if not is_local(output):
+        prefix = output.rstrip("/") + "/"
+        inside = [path for path in input_paths if path.startswith(prefix)]
+        if inside:
+            raise OutputError(f"--input {_listing(inside)} lies inside --output {output!r}: choose another --output")
+        return
+    if os.path.lexists(output) and not os.path.isdir(output):
+        raise OutputError(f"--output {output!r} is an existing file, not a directory (the input?)")
+    links = [
+        name
+        for name in (*TOP_FILES, features.MANIFEST_FILE, *OUTPUT_DIRS)
+        if os.path.islink(os.path.join(output, name))
+    ]
+    if links:
+        raise OutputError(
+            f"--output {output!r}: {_listing(links)} is a symbolic link; the pipeline never writes or deletes "
+            "through links (it could be another dataset): remove the link or choose another --output"
+        )
+    root = os.path.realpath(output)
+    inside = [path for path in input_paths if os.path.realpath(path).startswith(root + os.sep)]
+    if inside:
+        raise OutputError(
+            f"--input {_listing(inside)} lies inside --output {output!r}, where the pipeline overwrites and deletes "
+            "its own files: move the input or choose another --output"
+        )
+
+
+def existing_outputs(output: str) -> list[str]:
+    """Relative paths of the files at `OUTPUT_PATTERNS` in ``output`` (links included, never followed)."""
+    if not is_local(output):
+        matches = FileSystems.match([_join(output, pattern) for pattern in OUTPUT_PATTERNS])
+        prefix = len(output.rstrip("/")) + 1
+        return sorted(m.path[prefix:] for match in matches for m in match.metadata_list)
+    found = [name for name in TOP_FILES if os.path.lexists(os.path.join(output, name))]
+    for directory in OUTPUT_DIRS:
+        path = os.path.join(output, directory)
+        if os.path.isdir(path) and not os.path.islink(path):
+            found += [f"{directory}/{entry.name}" for entry in os.scandir(path)]
+    return sorted(path for path in found if any(fnmatch.fnmatchcase(path, p) for p in OUTPUT_PATTERNS))
+
+
+def read_manifest(output: str) -> dict[str, Any] | None:
+    """The manifest in ``output`` (None if absent); `OutputError` if it is not one this pipeline wrote."""
+    path = _join(output, features.MANIFEST_FILE)
+    if not FileSystems.exists(path):
+        return None
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+        files = manifest["files"]
+        if manifest["state"] not in (RUNNING, COMPLETE) or not isinstance(files, list):
+            raise ValueError(f"state {manifest['state']!r}, files {type(files).__name__}")
+        if not all(isinstance(p, str) for p in files):
+            raise ValueError("a file that is not a path")
+    except (ValueError, KeyError, TypeError) as e:
+        raise OutputError(f"{path} is not a pipeline manifest ({e}): move it or choose another --output") from None
+    return manifest
+
+
+def owned_files(manifest: dict[str, Any] | None, existing: Sequence[str]) -> set[str]:
+    """The existing output files a previous run recorded as its own (see the module docstring)."""
+    if manifest is None:
+        return set()
+    if manifest["state"] == RUNNING:
+        return set(existing)
+    return set(manifest["files"]) & set(existing)
+
+
+def read_metadata(output: str) -> dict[str, Any]:
+    """``metadata.json`` of ``output`` as a dict, on any filesystem (`features.Metadata.load` reads local files)."""
+    with FileSystems.open(_join(output, features.METADATA_FILE), compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def write_manifest(output: str, state: str, files: Sequence[str] = ()) -> None:
+    body = {"writer": "mdcns-tf pipeline", "state": state, "files": sorted(files)}
+    write_text(_join(output, features.MANIFEST_FILE), json.dumps(body, indent=1) + "\n")
+
+
+def write_text(path: str, text: str) -> None:
+    with FileSystems.create(path, mime_type="text/plain", compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(text.encode("utf-8"))
+
+
+def prepare_output(output: str, overwrite: bool, input_paths: Sequence[str]) -> None:
+    """Makes ``output`` ready for a run and claims it (a ``running`` manifest).
+
+    Refuses (`OutputError`) foreign files at output paths, links and inputs inside ``output``; refuses
+    (`FileExistsError`) a previous run's output unless ``overwrite``, which then deletes exactly that run's files.
+    A stale shard left in place would be read as part of the new run, hence no mixing at all.
+    """
+    check_output_location(output, input_paths)
+    existing = existing_outputs(output)
+    # The pipeline never writes a link: one at an output path is foreign even where a manifest lists the path.
+    links = {path for path in existing if is_local(output) and os.path.islink(os.path.join(output, *path.split("/")))}
+    owned = owned_files(read_manifest(output), existing) - links
+    foreign = [path for path in existing if path not in owned]
+    if foreign:
+        raise OutputError(
+            f"--output {output!r} holds {len(foreign)} file(s) at pipeline output paths that no pipeline manifest "
+            f"claims or that are links ({_listing(foreign)}): the pipeline neither overwrites nor deletes them, "
+            "even with --overwrite; move them or choose another --output"
+        )
+    if owned and not overwrite:
+        raise FileExistsError(f"{output!r} already holds pipeline output ({len(owned)} files); pass --overwrite")
+    if owned:
+        LOG.info("--overwrite: deleting the %d files of the previous run in %s", len(owned), output)
+        _delete(output, sorted(owned))
+    if is_local(output):
+        os.makedirs(output, exist_ok=True)
+    write_manifest(output, RUNNING)
+
+
+def _delete(output: str, relative_paths: Sequence[str]) -> None:
+    if not is_local(output):
+        FileSystems.delete([_join(output, path) for path in relative_paths])
+        return
+    for path in relative_paths:
+        full = os.path.join(output, *path.split("/"))
+        if os.path.islink(full) or not os.path.isfile(full):  # checked by the caller; a race must not follow a link
+            raise OutputError(f"{full} changed to a link or a non-file while deleting the previous output: stopped")
+        os.unlink(full)
+
+
+def record_fingerprint(
+    output: str, written: Iterable[str], records: dict[str, int], vocabularies: dict[str, str]
+) -> tuple[dict[str, Any], list[str]]:
+    """``(fingerprint, relative paths written)`` from the sinks' output paths (``split/name`` and
+    ``rejected/name``) and the vocabulary texts about to be written as ``items.txt``/``users.txt``."""
+    splits: dict[str, Any] = {split: {"records": records.get(split, 0), "files": {}} for split in features.SPLITS}
+    relative = []
+    for path in written:
+        directory, name = posixpath.basename(posixpath.dirname(path.replace("\\", "/"))), posixpath.basename(path)
+        relative.append(f"{directory}/{name}")
+        if directory in splits:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                splits[directory]["files"][name] = features.sha256_stream(f)
+    fingerprint = {
+        "algorithm": features.FINGERPRINT_ALGORITHM,
+        "splits": splits,
+        "vocabularies": {name: _sha256_text(text) for name, text in vocabularies.items()},
+    }
+    return fingerprint, sorted(relative)
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.new(features.FINGERPRINT_ALGORITHM, text.encode("utf-8")).hexdigest()
