@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from typing import Any
@@ -198,16 +199,20 @@ def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"config inheritance cycle: {' -> '.join(seen + (path,))}")
     if not os.path.exists(path):
         raise ConfigError(f"config file not found: {path}")
-    with open(path) as f:
-        try:
+    try:
+        with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     parents = raw.pop("base", []) or []
     if isinstance(parents, str):
         parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) and p for p in parents):
+        raise ConfigError(f"{path}: base: expected a file name or a list of file names, got {parents!r}")
     merged: dict = {}
     for parent in parents:
         merged = _deep_merge(merged, _read_yaml(os.path.join(os.path.dirname(path), parent), seen + (path,)))
@@ -218,7 +223,11 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like dotted.key=value")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML: {e}") from None
+    return key.strip().split("."), parsed
 
 
 def _check_type(path: str, value: Any, annotation: Any) -> Any:
@@ -266,6 +275,70 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+# A model name becomes a folder of <output_dir>/export and the name TF Serving serves: one path component, so that
+# "../x" or "a/b" cannot write outside the export folder (and no hidden or option-like name).
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+# The monitor is looked up as "val_<name with @ -> _>" in the Keras logs: only the exact names the evaluation
+# reports (K written without leading zeros) can ever match.
+_MONITOR = re.compile(r"mrr|(?:ndcg|recall)@([1-9][0-9]*)")
+# np.random.seed, which keras.utils.set_random_seed calls, accepts [0, 2**32).
+_MAX_SEED = 2**32 - 1
+
+
+def is_safe_model_name(name: str) -> bool:
+    """Whether ``name`` is one safe path component (see ``_MODEL_NAME``)."""
+    return isinstance(name, str) and _MODEL_NAME.fullmatch(name) is not None
+
+
+def _check_ranges(config: Config) -> None:
+    """Counts and rates that may be 0 but never negative, and the few keys with a closed set of numbers."""
+    non_negative = {
+        "seed": config.seed,
+        "data.max_train_sequences": config.data.max_train_sequences,
+        "data.max_eval_users": config.data.max_eval_users,
+        "train.steps_per_epoch": config.train.steps_per_epoch,
+        "train.patience": config.train.patience,
+        "train.weight_decay": config.train.weight_decay,
+        "export.version": config.export.version,
+        "mdcns.peer_learning_rate": config.mdcns.peer_learning_rate,
+    }
+    for key, value in non_negative.items():
+        if not value >= 0:
+            raise ConfigError(f"{key}: must be 0 or more, got {value}")
+    if config.seed > _MAX_SEED:
+        raise ConfigError(f"seed: must be at most {_MAX_SEED}, got {config.seed}")
+    if config.train.verbose not in (0, 1, 2):
+        raise ConfigError(f"train.verbose: {config.train.verbose!r} is not one of (0, 1, 2)")
+
+
+def _check_metrics(config: Config) -> None:
+    """``eval.ks``: distinct positive ints (bool is an int in Python, and True would report ``recall@True``);
+    ``train.monitor``: a metric the evaluation reports."""
+    bad_ks = [k for k in config.eval.ks if isinstance(k, bool) or not isinstance(k, int) or k <= 0]
+    if bad_ks:
+        raise ConfigError(f"eval.ks: positive integers expected, got {bad_ks}")
+    if len(set(config.eval.ks)) != len(config.eval.ks):
+        raise ConfigError(f"eval.ks: each K once, got {config.eval.ks}")
+    match = _MONITOR.fullmatch(config.train.monitor)
+    if match is None or (match.group(1) is not None and int(match.group(1)) not in config.eval.ks):
+        raise ConfigError(
+            f"train.monitor: {config.train.monitor!r} must be mrr or ndcg@K / recall@K with K in eval.ks "
+            f"{config.eval.ks}"
+        )
+
+
+def _check_blocks(where: str, blocks: dict) -> None:
+    """Registry blocks are ``{name: {option: value}}``; anything else would fail inside the registry's lookup."""
+    for name, block in blocks.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: block names must be strings, got {name!r}")
+        if block is not None and not isinstance(block, dict):
+            raise ConfigError(f"{where}.{name}: expected a mapping of options, got {block!r}")
+        bad = [key for key in block or {} if not isinstance(key, str)]
+        if bad:
+            raise ConfigError(f"{where}.{name}: option names must be strings, got {bad}")
+
+
 def validate(config: Config) -> Config:
     """Cross-field checks and registry lookups; raises `ConfigError` naming the key."""
     flat = {
@@ -294,10 +367,14 @@ def validate(config: Config) -> Config:
         "mdcns.pool_size": config.mdcns.pool_size,
         "mdcns.top_m": config.mdcns.top_m,
         "eval.item_chunk_size": config.eval.item_chunk_size,
+        "data.shuffle_buffer": config.data.shuffle_buffer,
+        "train.validation_freq": config.train.validation_freq,
+        "train.learning_rate": config.train.learning_rate,
     }
     for key, value in positive.items():
-        if value <= 0:
+        if not value > 0:  # "not >" also refuses NaN
             raise ConfigError(f"{key}: must be positive, got {value}")
+    _check_ranges(config)
     if config.model.dim % config.model.num_heads:
         raise ConfigError(f"model.dim ({config.model.dim}) must be divisible by model.num_heads")
     if not 0.0 <= config.model.dropout < 1.0:
@@ -306,7 +383,7 @@ def validate(config: Config) -> Config:
         raise ConfigError("mdcns.top_m must not exceed mdcns.pool_size")
     if not 0.0 <= config.loss.gbce_t <= 1.0:
         raise ConfigError(f"loss.gbce_t: must be in [0, 1], got {config.loss.gbce_t}")
-    if config.mdcns.tau <= 0:
+    if not config.mdcns.tau > 0:
         raise ConfigError("mdcns.tau must be positive")
     if config.mdcns.teacher == "frozen" and not config.mdcns.teacher_checkpoint:
         raise ConfigError("mdcns.teacher: frozen needs mdcns.teacher_checkpoint")
@@ -321,18 +398,18 @@ def validate(config: Config) -> Config:
             "is updated inside the training step and cannot be shared across replicas; use train.distribute=default "
             f"or a stateless sampler (not one of {list(REPLICA_LOCAL_STATE_SAMPLERS)})"
         )
-    bad_ks = [k for k in config.eval.ks if not isinstance(k, int) or k <= 0]
-    if bad_ks:
-        raise ConfigError(f"eval.ks: positive integers expected, got {bad_ks}")
-    monitor_k = config.train.monitor.split("@")
-    if monitor_k[0] not in ("ndcg", "recall", "mrr") or (
-        len(monitor_k) == 2 and int(monitor_k[1]) not in config.eval.ks
-    ):
-        raise ConfigError(f"train.monitor: {config.train.monitor!r} must be mrr or ndcg@K / recall@K with K in eval.ks")
+    _check_metrics(config)
+    if not is_safe_model_name(config.export.model_name):
+        raise ConfigError(
+            f"export.model_name: {config.export.model_name!r} is not a single folder name of letters, digits, '.', "
+            "'_' or '-' (not starting with '.' or '-'): it becomes <output_dir>/export/<model_name>"
+        )
 
     # Registry-typed blocks: imported lazily so that loading a config does not build TensorFlow graphs.
     from mdcns_tf import backbones, samplers
 
+    _check_blocks("model.options", config.model.options)
+    _check_blocks("sampler", config.sampler.blocks)
     try:
         backbones.get_backbone_class(config.model.backbone)
         for name, block in config.model.options.items():

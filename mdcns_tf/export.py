@@ -54,6 +54,7 @@ import tensorflow_recommenders as tfrs
 import mdcns_tf  # noqa: F401
 from mdcns_tf import features
 from mdcns_tf.backbones import Backbone
+from mdcns_tf.config import is_safe_model_name
 
 log = logging.getLogger("mdcns_tf.export")
 
@@ -64,6 +65,8 @@ ITEM_EMBEDDINGS = "item_embeddings"
 SIGNATURES = (SERVING_DEFAULT, SERVE_KEYS, QUERY_EMBEDDING, ITEM_EMBEDDINGS)
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# The vocabulary an export ships (line i = key of id i + 1): the asset the serve_keys lookup tables read.
+VOCABULARY_FILE = os.path.join("assets", features.ITEMS_FILE)
 # Score of the "no item" marker (id 0, key ""): finite so that JSON clients can parse it, and below any real score.
 NO_ITEM_SCORE = float(np.finfo(np.float32).min)
 # TF Serving refuses warmup files with more than 1000 records.
@@ -248,6 +251,33 @@ def next_version(model_dir: str) -> int:
     return max(serving_versions(model_dir), default=0) + 1
 
 
+def check_target(base_dir: str, model_name: str) -> str:
+    """Checks that versions of ``model_name`` can be written under ``base_dir`` before anything is trained for them.
+
+    Raises `ValueError` for a model name that is not one safe path component (``../x`` would write outside
+    ``base_dir``) and `OSError` when the folder cannot be created or written. Returns the model folder.
+    """
+    if not is_safe_model_name(model_name):
+        raise ValueError(f"model name {model_name!r} is not a single folder name (letters, digits, '.', '_', '-')")
+    model_dir = os.path.join(base_dir, model_name)
+    os.makedirs(model_dir, exist_ok=True)
+    # Permission bits do not tell (root ignores them, read-only mounts, ACLs): create what an export creates.
+    os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=model_dir))
+    return model_dir
+
+
+def read_keys(path: str) -> list[str]:
+    """The keys of an ``items.txt``, one a line (``[k_1, ..., k_n]``: the key of id i at index i - 1)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        keys = f.read().split("\n")
+    return keys[:-1] if keys and keys[-1] == "" else keys
+
+
+def read_vocabulary(export_dir: str) -> list[str]:
+    """The item keys an export serves (see `read_keys`), from its own assets."""
+    return read_keys(os.path.join(export_dir, VOCABULARY_FILE))
+
+
 def vocabulary_path(data_dir: str | None) -> str | None:
     """``<data_dir>/items.txt`` when it exists."""
     if not data_dir:
@@ -266,10 +296,7 @@ def _write_vocabulary(path: str, vocabulary_file: str | None, n_items: int) -> l
         log.warning("no %s beside the data: serve_keys will use the decimal item ids as keys", features.ITEMS_FILE)
         keys = [str(i) for i in range(1, n_items + 1)]
     else:
-        with open(vocabulary_file, encoding="utf-8", newline="") as f:
-            keys = f.read().split("\n")
-        if keys and keys[-1] == "":
-            keys.pop()
+        keys = read_keys(vocabulary_file)
         if len(keys) != n_items:
             raise ValueError(f"{vocabulary_file} has {len(keys)} keys, the model has n_items={n_items}")
         bad = [i + 1 for i, key in enumerate(keys) if not key or "\r" in key]
@@ -415,8 +442,7 @@ def export_saved_model(
     when batching is on). ``verify`` reloads the staged folder and compares it with the in-memory model before
     publishing it (a few seconds; the check a server would otherwise do with real traffic).
     """
-    model_dir = os.path.join(base_dir, model_name)
-    os.makedirs(model_dir, exist_ok=True)
+    model_dir = check_target(base_dir, model_name)
     version = version or next_version(model_dir)
     final_path = os.path.join(model_dir, str(version))
     if os.path.exists(final_path):

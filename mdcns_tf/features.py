@@ -179,7 +179,7 @@ def verify_records(data_dir: str, metadata: Metadata, scan_ids: bool | None = No
     else:
         _check_fingerprint(data_dir, metadata, fingerprint)
     if scan_ids or (scan_ids is None and fingerprint is None):
-        _check_record_ids(data_dir, metadata)
+        check_record_ids(data_dir, metadata)
 
 
 def _mismatch(path: str, what: str) -> RecordsMismatchError:
@@ -231,7 +231,7 @@ def _check_files(directory: str, expected: dict[str, str], pattern: str) -> None
             )
 
 
-def _check_record_ids(data_dir: str, metadata: Metadata) -> None:
+def check_record_ids(data_dir: str, metadata: Metadata) -> None:
     """Scans every record file: ids within the vocabularies, record counts as in ``metadata.records``."""
     for split in SPLITS:
         total = 0

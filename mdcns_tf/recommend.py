@@ -2,8 +2,9 @@
 
     python -m mdcns_tf.recommend --model runs/quickstart/export/mdcns --history 12,7,33 [--data data/quickstart]
 
-``--model`` is a model folder (the newest numeric version is used) or one version folder. With ``--data`` the raw
-item keys from ``items.txt`` are printed beside the ids.
+``--model`` is a model folder (the newest numeric version is used) or one version folder. The raw item keys are
+printed beside the ids, from the vocabulary the export ships (``assets/items.txt``): the one the model was trained
+with, whatever the data folder holds today. ``--data`` is only compared with it (a warning when they differ).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import features
+from mdcns_tf import export, features
 
 
 def newest_version(model_dir: str) -> str:
@@ -38,11 +39,31 @@ def recommend(version_dir: str, history: list[int]) -> tuple[np.ndarray, np.ndar
     return outputs["item_ids"].numpy()[0], outputs["scores"].numpy()[0]
 
 
+def item_keys(version_dir: str, data_dir: str | None) -> list[str] | None:
+    """``["", k_1, ..., k_n]`` (index = item id, 0 = the "no item" marker) from the export's own vocabulary, or None
+    for an export without one. A ``data_dir`` whose ``items.txt`` differs only earns a warning: its ids may have
+    been renumbered since the model was trained, so its keys could name other items."""
+    try:
+        keys = export.read_vocabulary(version_dir)
+    except FileNotFoundError:
+        return None
+    if data_dir:
+        path = os.path.join(data_dir, features.ITEMS_FILE)
+        try:
+            differs = export.read_keys(path) != keys
+        except (OSError, UnicodeDecodeError) as e:
+            print(f"warning: cannot read {path} ({e}); showing the export's keys", file=sys.stderr)
+        else:
+            if differs:
+                print(f"warning: {path} is not the export's vocabulary; showing the export's keys", file=sys.stderr)
+    return [""] + keys
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="export/<model_name> folder or one version folder")
     parser.add_argument("--history", required=True, help="comma-separated item ids, oldest first")
-    parser.add_argument("--data", help="pipeline output folder, to print raw item keys")
+    parser.add_argument("--data", help="pipeline output folder: warns when its items.txt differs from the export's")
     args = parser.parse_args(argv)
     try:
         history = [int(x) for x in args.history.split(",") if x.strip()]
@@ -52,13 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         message = e.message if isinstance(e, tf.errors.OpError) else str(e)
         print(f"error: {message}", file=sys.stderr)
         return 2
-    keys = None
-    if args.data:
-        with open(os.path.join(args.data, features.ITEMS_FILE)) as f:
-            keys = [""] + [line.rstrip("\n") for line in f]
+    keys = item_keys(version_dir, args.data)
     print(f"model {version_dir}; history {history}")
     for rank, (item, score) in enumerate(zip(ids, scores, strict=True), start=1):
-        key = f" (key {keys[item]})" if keys else ""
+        key = f" (key {keys[item]})" if keys and 0 < item < len(keys) else ""
         print(f"{rank:3d}. item {item}{key}  score {score:.4f}")
     return 0
 

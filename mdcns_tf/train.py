@@ -3,8 +3,11 @@
     python -m mdcns_tf.train --config configs/quickstart.yaml [--set train.epochs=3 --set seed=1 ...]
 
 Writes ``<output_dir>/metrics.json``, ``<output_dir>/config.yaml`` (the resolved config), TensorBoard logs in
-``<output_dir>/tensorboard``, a resumable backup in ``<output_dir>/backup`` and the SavedModel in
-``<output_dir>/export/<model_name>/<version>``.
+``<output_dir>/tensorboard``, a resumable backup in ``<output_dir>/backup``, the best weights in
+``<output_dir>/best`` and the SavedModel in ``<output_dir>/export/<model_name>/<version>``.
+
+An interrupted run is resumed from its backup by the same config only (`mdcns_tf.run_state`); ``--restart``
+deletes the backup and the best weights and trains from scratch.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -24,10 +26,11 @@ import tf_keras as keras
 import yaml
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import data, export, metrics
+from mdcns_tf import data, export, metrics, run_state
+from mdcns_tf.callbacks import ModelSelection, ProgressLog, ShuffleEpoch, WorkerMeanLogs
 from mdcns_tf.config import Config, ConfigError, load_config
 from mdcns_tf.factory import build_model, eval_split, evaluate, resolved_reduction
-from mdcns_tf.features import Metadata
+from mdcns_tf.features import Metadata, check_record_ids, verify_records
 
 log = logging.getLogger("mdcns_tf.train")
 
@@ -102,156 +105,12 @@ def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def resumed_epoch(backup_dir: str) -> int:
-    """The epoch `BackupAndRestore` will resume at (0 without a backup): the epoch-level backup in
-    ``<backup_dir>/chief`` records the last completed epoch as ``ckpt_saved_epoch``."""
-    latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
-    if not latest:
-        return 0
-    try:
-        saved = int(tf.train.load_variable(latest, "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
-    except (tf.errors.NotFoundError, ValueError):
-        log.warning("backup %s has no ckpt_saved_epoch: resumed data order differs from an uninterrupted run", latest)
-        return 0
-    return saved + 1 if saved >= 0 else 0
-
-
 def num_workers(strategy: tf.distribute.Strategy) -> int:
     """Workers in the cluster (1 without a cluster resolver: default and mirrored strategies)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None:
         return 1
     return max(1, len(resolver.cluster_spec().as_dict().get("worker", [])))
-
-
-class WorkerMeanLogs(keras.callbacks.Callback):
-    """Corrects the epoch logs of a multi-worker run before the other callbacks read them.
-
-    Keras reduces what a custom ``train_step``/``test_step`` returns with its "auto" reduction, a SUM over workers
-    under `MultiWorkerMirroredStrategy`, so a mean comes out multiplied by the number of workers (Keras replaces the
-    logs with the cross-worker metric results only when a step returns every metric of the model, which ours do not).
-    Validation values are re-read from the ranking trackers, which outside the replicas aggregate totals and counts
-    over all workers (exact); training means are divided by the worker count (exact for equal shards).
-    """
-
-    def __init__(self, workers: int) -> None:
-        super().__init__()
-        self.workers = workers
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is None:
-            return
-        trackers = {"val_" + t.name: t for t in getattr(self.model, "ranking_trackers", {}).values()}
-        for key in list(logs):
-            if key in trackers:
-                logs[key] = float(trackers[key].result())
-            elif not key.startswith("val_"):
-                logs[key] = float(logs[key]) / self.workers
-
-
-class ShuffleEpoch(keras.callbacks.Callback):
-    """Keeps the epoch variable that seeds the training shuffle (`data.train_dataset`) at the epoch about to run.
-
-    Keras creates an epoch's data iterator after the previous epoch's ``on_epoch_end`` and before its own
-    ``on_epoch_begin``, so the next epoch is set at the end of each epoch; the first one is set before `fit`.
-    """
-
-    def __init__(self, variable: tf.Variable) -> None:
-        super().__init__()
-        self.variable = variable
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.variable.assign(epoch + 1)
-
-
-class ModelSelection(keras.callbacks.Callback):
-    """Early stopping on a validation metric with the best weights kept on disk.
-
-    Unlike `keras.callbacks.EarlyStopping`, its state (best value, best epoch, epochs without improvement) and the
-    best weights survive a killed run, so a run resumed by `BackupAndRestore` selects the same model.
-    """
-
-    def __init__(self, monitor: str, patience: int, directory: str) -> None:
-        super().__init__()
-        self.monitor = "val_" + metrics.keras_name(monitor)
-        self.patience = patience
-        self.directory = directory
-        self.state_path = os.path.join(directory, "state.json")
-        self.weights_path = os.path.join(directory, "weights")
-        self.best = -math.inf
-        self.best_epoch = 0
-        self.wait = 0
-        self.history: list[dict[str, float]] = []
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        os.makedirs(self.directory, exist_ok=True)
-        if os.path.exists(self.state_path):
-            with open(self.state_path) as f:
-                state = json.load(f)
-            self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
-            self.history = state.get("history", [])
-        self.resuming = True
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        # A run killed after this callback saved epoch e but before `BackupAndRestore` did resumes at epoch e
-        # again: forget what was recorded for it and later epochs, and replay the selection state.
-        if getattr(self, "resuming", False):
-            self.resuming = False
-            self.history = [h for h in self.history if h["epoch"] <= epoch]
-            self.best, self.best_epoch, self.wait = -math.inf, 0, 0
-            for h in self.history:
-                value = h.get(self.monitor)
-                if value is None:
-                    continue
-                if value > self.best:
-                    self.best, self.best_epoch, self.wait = value, h["epoch"], 0
-                else:
-                    self.wait += 1
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        # wall_time (unix seconds at the epoch's end, validation included): time-to-quality curves measure from
-        # the moment a benchmark launched the process, start-up included.
-        self.history.append({"epoch": epoch + 1, "wall_time": time.time(), **{k: float(v) for k, v in logs.items()}})
-        value = logs.get(self.monitor)
-        if value is not None:
-            if value > self.best:
-                self.best, self.best_epoch, self.wait = float(value), epoch + 1, 0
-                self.model.save_weights(self.weights_path)
-            else:
-                self.wait += 1
-                if self.wait >= self.patience:
-                    log.info("early stop: no %s improvement for %d evaluations", self.monitor, self.wait)
-                    self.model.stop_training = True
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "history": self.history}, f)
-        os.replace(tmp, self.state_path)
-
-    def restore_best(self) -> None:
-        if os.path.exists(self.weights_path + ".index"):
-            self.model.load_weights(self.weights_path).expect_partial()
-
-
-class ProgressLog(keras.callbacks.Callback):
-    """One log line an epoch with the epoch time and an ETA, and the sampler's end-of-epoch hook."""
-
-    def __init__(self, epochs: int) -> None:
-        super().__init__()
-        self.epochs = epochs
-        self.epoch_seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        seconds = time.perf_counter() - self.started
-        self.epoch_seconds.append(seconds)
-        remaining = (self.epochs - epoch - 1) * sum(self.epoch_seconds) / len(self.epoch_seconds)
-        monitored = {k: round(float(v), 4) for k, v in (logs or {}).items() if k in ("loss", "val_ndcg_20")}
-        log.info("epoch %d/%d took %.1fs, ETA %.0fs at most; %s", epoch + 1, self.epochs, seconds, remaining, monitored)
-        for hook in getattr(self.model, "epoch_end_hooks", lambda: [])():
-            hook(epoch)
 
 
 def write_metrics(out_dir: str, result: dict[str, Any]) -> None:
@@ -262,12 +121,101 @@ def write_metrics(out_dir: str, result: dict[str, Any]) -> None:
     os.replace(path + ".tmp", path)
 
 
-def run(config: Config) -> dict[str, Any]:
-    """Trains, evaluates and exports as ``config`` says; returns what ``metrics.json`` holds."""
-    metadata = Metadata.load(config.data.dir)
+def check_export(config: Config, out_dir: str) -> None:
+    """Fails before the first step, not after training, when the export could not be written."""
+    if not config.export.enabled:
+        return
+    base = os.path.join(out_dir, "export")
+    taken = os.path.join(base, config.export.model_name, str(config.export.version))
+    if config.export.version and os.path.lexists(taken):
+        raise ConfigError(
+            f"export.version: {taken} exists and versions are immutable; pick another number, or 0 for the next one"
+        )
+    try:
+        export.check_target(base, config.export.model_name)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"export: cannot write under {base} ({e}); fix it or set export.enabled=false") from None
+
+
+def train_input(config: Config, first_epoch: int) -> tuple[tf.data.Dataset, int, tf.Variable | None]:
+    """(training batches, steps an epoch, the epoch variable that seeds the shuffle or None).
+
+    One pass per epoch: the shuffle is seeded with the epoch (``first_epoch`` after a resume), so a resumed run reads
+    the data in the uninterrupted order; with train.steps_per_epoch the data repeats and epochs do not align with
+    passes, so the order after a resume is not the uninterrupted one.
+    """
+    cfg = config.data
+
+    def batches(shuffle_buffer: int, epoch: tf.Variable | None = None) -> tf.data.Dataset:
+        return data.train_dataset(
+            cfg.dir,
+            cfg.max_len,
+            cfg.batch_size,
+            cfg.train_positions,
+            config.seed,
+            shuffle_buffer,
+            cfg.max_train_sequences,
+            cfg.bucket_by_length,
+            epoch=epoch,
+        )
+
+    if config.train.steps_per_epoch:
+        return shard_by_data(batches(cfg.shuffle_buffer).repeat()), config.train.steps_per_epoch, None
+    shuffle_epoch = tf.Variable(first_epoch, dtype=tf.int64, trainable=False, name="shuffle_epoch")
+    train_ds = batches(cfg.shuffle_buffer, shuffle_epoch)
+    # Tell Keras the exact number of batches an epoch yields. With an unknown count Keras runs each process's first
+    # epoch until the input raises end-of-data inside one more train step, and that aborted step still runs its
+    # data-independent updates (optimizer iterations + 1, a decay of the sparse embedding moments): harmless once,
+    # but a resumed run would do it again and drift from an uninterrupted one. Length buckets make the count differ
+    # from ceil(samples / batch) (one partial batch a bucket), but not from epoch to epoch (bucket sizes do not
+    # depend on the order), so one unshuffled pass counts it.
+    counting = batches(1)
+    steps_per_epoch = int(counting.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+    train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
+    return shard_by_data(train_ds), steps_per_epoch, shuffle_epoch
+
+
+def make_callbacks(
+    config: Config,
+    strategy: tf.distribute.Strategy,
+    selection: ModelSelection,
+    progress: ProgressLog,
+    shuffle_epoch: tf.Variable | None,
+) -> list[keras.callbacks.Callback]:
+    """The fit callbacks, in the order their ``on_epoch_end`` must run (logs fixed first, backup last)."""
+    callbacks: list[keras.callbacks.Callback] = [progress, selection]
+    if num_workers(strategy) > 1:
+        callbacks.insert(0, WorkerMeanLogs(num_workers(strategy)))
+    if shuffle_epoch is not None:
+        callbacks.append(ShuffleEpoch(shuffle_epoch))
+    if config.train.backup_and_restore:
+        # Epoch-level: a run killed mid-epoch redoes that epoch from its start (Keras handles the chief/worker dirs).
+        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(config.output_dir, "backup")))
+    if config.train.tensorboard:
+        callbacks.append(
+            keras.callbacks.TensorBoard(os.path.join(config.output_dir, "tensorboard"), update_freq="epoch")
+        )
+    return callbacks
+
+
+def run(config: Config, restart: bool = False) -> dict[str, Any]:
+    """Trains, evaluates and exports as ``config`` says; returns what ``metrics.json`` holds.
+
+    ``restart``: delete the backup and best weights ``output_dir`` holds and train from scratch (`run_state`).
+    """
+    metadata = Metadata.load(config.data.dir, verify=False)
+    verify_records(config.data.dir, metadata, scan_ids=False)  # the fingerprint: no TensorFlow op
     check_data(config, metadata)
     strategy = make_strategy(config.train.distribute)
+    if metadata.fingerprint is None:
+        # Older metadata: its records' ids are scanned with TF ops, which must come after the strategy (a
+        # multi-worker strategy configures the collective ops before the process's first op).
+        check_record_ids(config.data.dir, metadata)
     out_dir = worker_dir(config.output_dir, strategy)
+    check_export(config, out_dir)
+    # Before config.yaml is rewritten: it tells which config an interrupted run's backup belongs to.
+    chief = out_dir == config.output_dir
+    first_epoch, digest = run_state.prepare(config, os.path.join(out_dir, "best"), restart, chief)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.yaml"), "w") as f:
         yaml.safe_dump(config.to_dict(), f, sort_keys=False)
@@ -278,47 +226,7 @@ def run(config: Config) -> dict[str, Any]:
 
     cfg = config.data
     steps = data.count_train_examples(cfg.dir, cfg.train_positions, cfg.max_train_sequences)
-    steps_per_epoch = config.train.steps_per_epoch  # or, below, the exact count of one pass
-    backup_dir = os.path.join(config.output_dir, "backup")
-    # One pass per epoch: the shuffle is seeded with the epoch (resumable); with train.steps_per_epoch the data
-    # repeats and epochs do not align with passes, so the order after a resume is not the uninterrupted one.
-    shuffle_epoch = None
-    if not config.train.steps_per_epoch:
-        first_epoch = resumed_epoch(backup_dir) if config.train.backup_and_restore else 0
-        shuffle_epoch = tf.Variable(first_epoch, dtype=tf.int64, trainable=False, name="shuffle_epoch")
-    train_ds = data.train_dataset(
-        cfg.dir,
-        cfg.max_len,
-        cfg.batch_size,
-        cfg.train_positions,
-        config.seed,
-        cfg.shuffle_buffer,
-        cfg.max_train_sequences,
-        cfg.bucket_by_length,
-        epoch=shuffle_epoch,
-    )
-    if config.train.steps_per_epoch:
-        train_ds = train_ds.repeat()
-    else:
-        # Tell Keras the exact number of batches an epoch yields. With an unknown count Keras runs each process's
-        # first epoch until the input raises end-of-data inside one more train step, and that aborted step still
-        # runs its data-independent updates (optimizer iterations + 1, a decay of the sparse embedding moments):
-        # harmless once, but a resumed run would do it again and drift from an uninterrupted one. Length buckets
-        # make the count differ from ceil(samples / batch) (one partial batch a bucket), but not from epoch to
-        # epoch (bucket sizes do not depend on the order), so one unshuffled pass counts it.
-        counting = data.train_dataset(
-            cfg.dir,
-            cfg.max_len,
-            cfg.batch_size,
-            cfg.train_positions,
-            config.seed,
-            1,
-            cfg.max_train_sequences,
-            cfg.bucket_by_length,
-        )
-        steps_per_epoch = int(counting.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
-        train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
-    train_ds = shard_by_data(train_ds)
+    train_ds, steps_per_epoch, shuffle_epoch = train_input(config, first_epoch)
     valid_ds = shard_by_data(eval_split(config, "valid"))
 
     with strategy.scope():
@@ -335,21 +243,8 @@ def run(config: Config) -> dict[str, Any]:
         model.positions_per_batch = positions / max(steps, 1) * cfg.batch_size
         log.info("loss.reduction epoch: a step's loss is its positions' sum / %.1f", model.positions_per_batch)
 
-    selection = ModelSelection(config.train.monitor, config.train.patience, os.path.join(out_dir, "best"))
+    selection = ModelSelection(config.train.monitor, config.train.patience, os.path.join(out_dir, "best"), digest)
     progress = ProgressLog(config.train.epochs)
-    callbacks: list[keras.callbacks.Callback] = [progress, selection]
-    if num_workers(strategy) > 1:
-        callbacks.insert(0, WorkerMeanLogs(num_workers(strategy)))
-    if shuffle_epoch is not None:
-        callbacks.append(ShuffleEpoch(shuffle_epoch))
-    if config.train.backup_and_restore:
-        # Epoch-level: a run killed mid-epoch redoes that epoch from its start (Keras handles the chief/worker dirs).
-        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
-    if config.train.tensorboard:
-        callbacks.append(
-            keras.callbacks.TensorBoard(os.path.join(config.output_dir, "tensorboard"), update_freq="epoch")
-        )
-
     log.info(
         "training %s (%s, sampler %s, loss %s): %d samples, %d steps/epoch, up to %d epochs",
         config.trainer,
@@ -367,16 +262,25 @@ def run(config: Config) -> dict[str, Any]:
         epochs=config.train.epochs,
         steps_per_epoch=steps_per_epoch if config.train.steps_per_epoch else None,
         validation_freq=config.train.validation_freq,
-        callbacks=callbacks,
+        callbacks=make_callbacks(config, strategy, selection, progress, shuffle_epoch),
         verbose=config.train.verbose,
     )
     train_seconds = time.perf_counter() - started
-    selection.restore_best()
+    run_state.finish(config, chief)
+    if not selection.restore_best():
+        log.warning(
+            "no validated epoch set a best %s (validation_freq %d above the epochs run, or NaN metrics): "
+            "evaluating and exporting the last epoch's weights",
+            config.train.monitor,
+            config.train.validation_freq,
+        )
 
     result: dict[str, Any] = {
         "metric_version": metrics.METRIC_VERSION,
         "valid": evaluate(model, valid_ds),
         "best_epoch": selection.best_epoch,
+        # Which weights the metrics and the export are of: the best validated epoch's, or the last epoch's.
+        "weights": "best_epoch" if selection.best_epoch else "last_epoch",
         "epochs_run": len(selection.history),
         "train_seconds": round(train_seconds, 2),
         "seconds_per_epoch": [round(s, 2) for s in progress.epoch_seconds],
@@ -401,7 +305,7 @@ def run(config: Config) -> dict[str, Any]:
             data_dir=cfg.dir,
         )
         write_metrics(out_dir, result)
-    if out_dir != config.output_dir:  # a non-chief worker: its copies were only written to keep in step
+    if not chief:  # a non-chief worker: its copies were only written to keep in step
         shutil.rmtree(out_dir, ignore_errors=True)
     log.info("valid %s", json.dumps(result["valid"]))
     if "test" in result:
@@ -413,13 +317,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML config (may name parents with `base:`)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="delete output_dir/backup and output_dir/best first and train from scratch (an interrupted run is "
+        "otherwise resumed, and only by the config that started it)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = load_config(args.config, args.set)
-        run(config)
+        run(config, restart=args.restart)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,152 @@
+"""Keras callbacks of the training loop: worker-mean logs, the shuffle epoch, model selection, progress lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import tensorflow as tf
+import tf_keras as keras
+
+from mdcns_tf import metrics, run_state
+
+log = logging.getLogger("mdcns_tf.train")
+
+
+class WorkerMeanLogs(keras.callbacks.Callback):
+    """Corrects the epoch logs of a multi-worker run before the other callbacks read them.
+
+    Keras reduces what a custom ``train_step``/``test_step`` returns with its "auto" reduction, a SUM over workers
+    under `MultiWorkerMirroredStrategy`, so a mean comes out multiplied by the number of workers (Keras replaces the
+    logs with the cross-worker metric results only when a step returns every metric of the model, which ours do not).
+    Validation values are re-read from the ranking trackers, which outside the replicas aggregate totals and counts
+    over all workers (exact); training means are divided by the worker count (exact for equal shards).
+    """
+
+    def __init__(self, workers: int) -> None:
+        super().__init__()
+        self.workers = workers
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None:
+            return
+        trackers = {"val_" + t.name: t for t in getattr(self.model, "ranking_trackers", {}).values()}
+        for key in list(logs):
+            if key in trackers:
+                logs[key] = float(trackers[key].result())
+            elif not key.startswith("val_"):
+                logs[key] = float(logs[key]) / self.workers
+
+
+class ShuffleEpoch(keras.callbacks.Callback):
+    """Keeps the epoch variable that seeds the training shuffle (`data.train_dataset`) at the epoch about to run.
+
+    Keras creates an epoch's data iterator after the previous epoch's ``on_epoch_end`` and before its own
+    ``on_epoch_begin``, so the next epoch is set at the end of each epoch; the first one is set before `fit`.
+    """
+
+    def __init__(self, variable: tf.Variable) -> None:
+        super().__init__()
+        self.variable = variable
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.variable.assign(epoch + 1)
+
+
+class ModelSelection(keras.callbacks.Callback):
+    """Early stopping on a validation metric with the best weights kept on disk.
+
+    Unlike `keras.callbacks.EarlyStopping`, its state (best value, best epoch, epochs without improvement) and the
+    best weights survive a killed run, so a run resumed by `BackupAndRestore` selects the same model. The state
+    records ``config_hash`` (`mdcns_tf.run_state`), which says which config the best weights were trained with.
+    """
+
+    def __init__(self, monitor: str, patience: int, directory: str, config_hash: str = "") -> None:
+        super().__init__()
+        self.monitor = "val_" + metrics.keras_name(monitor)
+        self.patience = patience
+        self.directory = directory
+        self.config_hash = config_hash
+        self.state_path = os.path.join(directory, run_state.STATE_FILE)
+        self.weights_path = os.path.join(directory, "weights")
+        self.best = -math.inf
+        self.best_epoch = 0
+        self.wait = 0
+        self.history: list[dict[str, float]] = []
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        state = run_state.read_best_state(self.directory, os.path.dirname(self.directory))
+        if state is not None:
+            self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+            self.history = state["history"]
+        self.resuming = True
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        # A run killed after this callback saved epoch e but before `BackupAndRestore` did resumes at epoch e
+        # again: forget what was recorded for it and later epochs, and replay the selection state.
+        if getattr(self, "resuming", False):
+            self.resuming = False
+            self.history = [h for h in self.history if h["epoch"] <= epoch]
+            self.best, self.best_epoch, self.wait = -math.inf, 0, 0
+            for h in self.history:
+                value = h.get(self.monitor)
+                if value is None:
+                    continue
+                if value > self.best:
+                    self.best, self.best_epoch, self.wait = value, h["epoch"], 0
+                else:
+                    self.wait += 1
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        # wall_time (unix seconds at the epoch's end, validation included): time-to-quality curves measure from
+        # the moment a benchmark launched the process, start-up included.
+        self.history.append({"epoch": epoch + 1, "wall_time": time.time(), **{k: float(v) for k, v in logs.items()}})
+        value = logs.get(self.monitor)
+        if value is not None:
+            if value > self.best:
+                self.best, self.best_epoch, self.wait = float(value), epoch + 1, 0
+                self.model.save_weights(self.weights_path)
+            else:
+                self.wait += 1
+                if self.wait >= self.patience:
+                    log.info("early stop: no %s improvement for %d evaluations", self.monitor, self.wait)
+                    self.model.stop_training = True
+        state = {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "history": self.history}
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({**state, run_state.HASH_KEY: self.config_hash}, f)
+        os.replace(tmp, self.state_path)
+
+    def restore_best(self) -> bool:
+        """Loads the best validated epoch's weights; False (the model keeps its last weights) when this run
+        validated no epoch that set a best value: validation_freq above the epochs run, or NaN metrics."""
+        if not self.best_epoch:
+            return False
+        self.model.load_weights(self.weights_path).expect_partial()
+        return True
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """One log line an epoch with the epoch time and an ETA, and the sampler's end-of-epoch hook."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.epoch_seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        seconds = time.perf_counter() - self.started
+        self.epoch_seconds.append(seconds)
+        remaining = (self.epochs - epoch - 1) * sum(self.epoch_seconds) / len(self.epoch_seconds)
+        monitored = {k: round(float(v), 4) for k, v in (logs or {}).items() if k in ("loss", "val_ndcg_20")}
+        log.info("epoch %d/%d took %.1fs, ETA %.0fs at most; %s", epoch + 1, self.epochs, seconds, remaining, monitored)
+        for hook in getattr(self.model, "epoch_end_hooks", lambda: [])():
+            hook(epoch)

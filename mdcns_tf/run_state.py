@@ -1,0 +1,269 @@
+"""Which run an ``output_dir`` holds: the config hash recorded with the backup and with the best weights.
+
+What a training run keeps in ``<output_dir>`` between processes:
+
+- ``backup/chief/``: Keras `BackupAndRestore` checkpoints (deleted by Keras when training ends), and
+  ``backup/run.json`` = ``{"config_hash": h}``, written before the first step and deleted with the backup;
+- ``best/state.json``: the model-selection state (``best``, ``best_epoch``, ``wait``, ``history``, ``config_hash``)
+  and ``best/weights*``, the weights of the best validated epoch.
+
+`prepare` runs before any graph is built. A completed backup is resumed only by the config that wrote it (same
+hash); any other config stops with a `RunStateError` that says how to start over (``--restart``, which deletes
+``backup/`` and ``best/``). Without a backup the run starts fresh and removes a previous run's ``best/``, whose
+weights must never be restored into this run. Backups written before the hash was recorded are matched against the
+``config.yaml`` of the run that wrote them (it is rewritten only once the checks pass).
+
+The hash covers the resolved config except ``output_dir`` (a run folder may be moved or copied) and the keys that
+cannot change the trained weights (`IGNORED`). Like the benchmark grid's cell hash it is taken over the keys whose
+value differs from the code's defaults, so a later commit that adds a key whose default keeps the old behaviour does
+not strand a killed run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from typing import Any
+
+import tensorflow as tf
+import yaml
+
+from mdcns_tf.config import Config, ConfigError
+
+log = logging.getLogger("mdcns_tf.run_state")
+
+BACKUP_RECORD = "run.json"
+STATE_FILE = "state.json"
+HASH_KEY = "config_hash"
+# Keys (or key prefixes ending in ".") left out of the hash: progress output, logs, the final test pass, the export.
+IGNORED = ("output_dir", "train.verbose", "train.tensorboard", "eval.test", "export.")
+_EPOCH_VARIABLE = "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+class RunStateError(ConfigError):
+    """``output_dir`` holds state this run must not use or cannot read; the message says how to start over."""
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_hash(config_dict: dict[str, Any]) -> str:
+    """16 hex digits identifying what ``config_dict`` (the form of `Config.to_dict`) trains."""
+    defaults = _flatten(Config().to_dict())
+    missing = object()
+    differences = {
+        key: value
+        for key, value in _flatten(config_dict).items()
+        if not key.startswith(IGNORED) and defaults.get(key, missing) != value
+    }
+    return hashlib.sha256(json.dumps(differences, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
+def restart_hint(output_dir: str) -> str:
+    """How to start over, for the end of an error message."""
+    return (
+        f"rerun with --restart to delete {os.path.join(output_dir, 'backup')} and {os.path.join(output_dir, 'best')} "
+        "and train from scratch, or choose another output_dir"
+    )
+
+
+# -- reading -------------------------------------------------------------------------------------------------------
+
+
+def _read_through(prefix: str) -> None:
+    """Reads every tensor of the checkpoint ``prefix``: a truncated or overwritten file fails here, not inside fit."""
+    reader = tf.train.load_checkpoint(prefix)
+    for name in reader.get_variable_to_shape_map():
+        reader.get_tensor(name)
+
+
+def _unreadable(error: Exception) -> str:
+    return error.message if isinstance(error, tf.errors.OpError) else str(error) or type(error).__name__
+
+
+# What reading a damaged checkpoint raises: OpError (bad magic number, CRC), IndexError (short data file), ...
+_CHECKPOINT_ERRORS = (tf.errors.OpError, ValueError, IndexError, OSError)
+
+
+def latest_backup(backup_dir: str, output_dir: str) -> str | None:
+    """The checkpoint a resumed run restores, read through once; None without a completed backup.
+
+    The checkpoint manager writes its ``checkpoint`` index last and atomically: without it there is no backup (or
+    only a first one cut short by a kill), and a run starts fresh. An index that names nothing readable is corrupt.
+    """
+    chief = os.path.join(backup_dir, "chief")
+    if not os.path.exists(os.path.join(chief, "checkpoint")):
+        return None
+    try:
+        latest = tf.train.latest_checkpoint(chief)
+        if latest is None:
+            raise ValueError("its 'checkpoint' index names no checkpoint")
+        _read_through(latest)
+    except _CHECKPOINT_ERRORS as e:
+        raise RunStateError(
+            f"the backup in {chief} cannot be read ({_unreadable(e)}); {restart_hint(output_dir)}"
+        ) from None
+    return latest
+
+
+def resumed_epoch(latest: str | None) -> int:
+    """The epoch `BackupAndRestore` resumes at from the checkpoint ``latest`` (0 without one): the epoch-level
+    backup records the last completed epoch as ``ckpt_saved_epoch``."""
+    if latest is None:
+        return 0
+    try:
+        saved = int(tf.train.load_variable(latest, _EPOCH_VARIABLE))
+    except (tf.errors.NotFoundError, ValueError):
+        log.warning("backup %s has no ckpt_saved_epoch: resumed data order differs from an uninterrupted run", latest)
+        return 0
+    return saved + 1 if saved >= 0 else 0
+
+
+def _check_state(state: Any) -> None:
+    """Raises `ValueError` naming what is wrong unless ``state`` is a model-selection state."""
+    if not isinstance(state, dict):
+        raise ValueError(f"expected a JSON object, got {type(state).__name__}")
+    best, best_epoch, wait, history = (state.get(k) for k in ("best", "best_epoch", "wait", "history"))
+    if not isinstance(best, int | float) or isinstance(best, bool) or math.isnan(best):
+        raise ValueError(f"'best' must be a number, got {best!r}")
+    for key, value in (("best_epoch", best_epoch), ("wait", wait)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{key!r} must be an integer >= 0, got {value!r}")
+    epochs_ok = isinstance(history, list) and all(
+        isinstance(h, dict) and isinstance(h.get("epoch"), int) for h in history
+    )
+    if not epochs_ok:
+        raise ValueError("'history' must be a list of objects with an integer 'epoch'")
+
+
+def read_best_state(best_dir: str, output_dir: str) -> dict[str, Any] | None:
+    """``best/state.json`` checked for shape, or None when absent. Raises `RunStateError` when it is not one."""
+    path = os.path.join(best_dir, STATE_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        _check_state(state)
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RunStateError(f"{path} is not a model-selection state ({e}); {restart_hint(output_dir)}") from None
+    return state
+
+
+def _backup_owner(backup_dir: str, output_dir: str) -> str | None:
+    """The config hash of the run that wrote the backup: its ``run.json``, else the ``config.yaml`` that run wrote
+    (backups of older versions); None when neither says."""
+    record = os.path.join(backup_dir, BACKUP_RECORD)
+    if os.path.exists(record):
+        try:
+            with open(record, encoding="utf-8") as f:
+                owner = json.load(f)[HASH_KEY]
+            if not isinstance(owner, str):
+                raise TypeError(f"{HASH_KEY} is {owner!r}")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise RunStateError(f"{record} is not a run record ({e!r}); {restart_hint(output_dir)}") from None
+        return owner
+    try:
+        with open(os.path.join(output_dir, "config.yaml"), encoding="utf-8") as f:
+            previous = yaml.safe_load(f)
+        return config_hash(previous) if isinstance(previous, dict) else None
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+
+
+# -- deciding ------------------------------------------------------------------------------------------------------
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def _write_json(path: str, value: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
+
+
+def _check_resumable(config: Config, backup_dir: str, best_dir: str, digest: str) -> None:
+    """Raises `RunStateError` unless this config (hash ``digest``) may resume the backup and the best weights."""
+    hint = restart_hint(config.output_dir)
+    if not config.train.backup_and_restore:
+        raise RunStateError(
+            f"{backup_dir} holds the backup of an interrupted run, but train.backup_and_restore is false: set it to "
+            f"true to resume that run; {hint}"
+        )
+    owner = _backup_owner(backup_dir, config.output_dir)
+    if owner != digest:
+        raise RunStateError(
+            f"{backup_dir} holds the backup of an interrupted run with another config (config hash {owner or 'unknown'}"
+            f", this config {digest}): resuming it would train a mix of both; resume it with its own config "
+            f"({os.path.join(config.output_dir, 'config.yaml')}), or {hint}"
+        )
+    state = read_best_state(best_dir, config.output_dir)
+    if state is None:
+        return
+    if state.get(HASH_KEY, digest) != digest:
+        raise RunStateError(
+            f"{best_dir} was written by another config (config hash {state[HASH_KEY]}) than the backup it goes "
+            f"with ({digest}); {hint}"
+        )
+    if state["best_epoch"]:
+        try:
+            _read_through(os.path.join(best_dir, "weights"))
+        except _CHECKPOINT_ERRORS as e:
+            raise RunStateError(
+                f"the best weights in {best_dir} (epoch {state['best_epoch']}) cannot be read ({_unreadable(e)}); "
+                + hint
+            ) from None
+
+
+def prepare(config: Config, best_dir: str, restart: bool = False, chief: bool = True) -> tuple[int, str]:
+    """Makes ``output_dir`` safe for this run before anything is built; returns (first epoch, config hash).
+
+    ``best_dir``: this worker's model-selection folder. ``restart``: delete ``backup/`` and ``best/`` first.
+    ``chief``: only the chief deletes or writes the shared ``backup/``; the other workers of a multi-worker run
+    check the same files and so reach the same decision.
+    """
+    backup_dir = os.path.join(config.output_dir, "backup")
+    digest = config_hash(config.to_dict())
+    if restart:
+        log.info("--restart: deleting %s and %s", backup_dir if chief else "(chief only)", best_dir)
+        if chief:
+            _remove(backup_dir)
+        _remove(best_dir)
+    latest = None if restart and not chief else latest_backup(backup_dir, config.output_dir)
+    if latest is not None:
+        _check_resumable(config, backup_dir, best_dir, digest)
+        log.info("resuming the interrupted run backed up in %s (config hash %s)", backup_dir, digest)
+    else:
+        if os.path.lexists(best_dir):
+            log.info("starting fresh: removing %s, left by an earlier run in this output_dir", best_dir)
+            _remove(best_dir)
+        if chief:  # a first backup cut short, or the record of a run killed before its first backup
+            _remove(os.path.join(backup_dir, "chief"))
+            _remove(os.path.join(backup_dir, BACKUP_RECORD))
+    if chief and config.train.backup_and_restore:
+        _write_json(os.path.join(backup_dir, BACKUP_RECORD), {HASH_KEY: digest})
+    return resumed_epoch(latest), digest
+
+
+def finish(config: Config, chief: bool = True) -> None:
+    """After a completed `fit`: Keras has deleted the backup; delete its record too."""
+    backup_dir = os.path.join(config.output_dir, "backup")
+    if chief and not os.path.exists(os.path.join(backup_dir, "chief")):
+        _remove(os.path.join(backup_dir, BACKUP_RECORD))
