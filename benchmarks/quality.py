@@ -125,16 +125,6 @@ def preprocess(spec: DatasetSpec, data_root: str, dry_run: bool = False) -> tupl
     return out, stamp
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_hash(config_dict: dict[str, Any], cache_key: str) -> str:
     """Hash of what the cell trains: the keys whose value differs from the code's defaults.
 
@@ -144,13 +134,12 @@ def config_hash(config_dict: dict[str, Any], cache_key: str) -> str:
     Machine-specific paths (data cache, scratch) are replaced or dropped so that moving the cache does not
     invalidate finished runs.
     """
-    from mdcns_tf.config import Config
+    from mdcns_tf.config import differences_from_defaults
 
     payload = json.loads(json.dumps(config_dict))
     payload.pop("output_dir", None)
     payload["data"]["dir"] = cache_key
-    defaults = _flatten(json.loads(json.dumps(Config().to_dict())))
-    differences = {key: value for key, value in _flatten(payload).items() if defaults.get(key, object()) != value}
+    differences = differences_from_defaults(payload)
     return hashlib.sha256(json.dumps(differences, sort_keys=True).encode()).hexdigest()[:16]
 
 

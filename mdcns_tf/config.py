@@ -10,6 +10,7 @@ backbone or sampler they configure.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import types
@@ -337,6 +338,30 @@ def _check_blocks(where: str, blocks: dict) -> None:
         bad = [key for key in block or {} if not isinstance(key, str)]
         if bad:
             raise ConfigError(f"{where}.{name}: option names must be strings, got {bad}")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (empty mappings stay as values)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differences_from_defaults(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """The dotted keys of ``config_dict`` (the form of `Config.to_dict`) whose value differs from the code's default.
+
+    What identifies a run (the resume check, a benchmark cell): a config stored before a key existed lacks it and
+    today's holds its default, so both leave it out, while a changed default shows in every config that relied on it.
+    """
+    # Through JSON, so that a tuple default equals the list a stored config holds.
+    defaults = flatten(json.loads(json.dumps(Config().to_dict(), default=repr)))
+    given = flatten(json.loads(json.dumps(config_dict, default=repr)))
+    missing = object()
+    return {key: value for key, value in given.items() if defaults.get(key, missing) != value}
 
 
 def validate(config: Config) -> Config:

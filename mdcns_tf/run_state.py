@@ -32,7 +32,7 @@ from typing import Any
 import tensorflow as tf
 import yaml
 
-from mdcns_tf.config import Config, ConfigError
+from mdcns_tf.config import Config, ConfigError, differences_from_defaults
 
 log = logging.getLogger("mdcns_tf.run_state")
 
@@ -48,24 +48,10 @@ class RunStateError(ConfigError):
     """``output_dir`` holds state this run must not use or cannot read; the message says how to start over."""
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_hash(config_dict: dict[str, Any]) -> str:
     """16 hex digits identifying what ``config_dict`` (the form of `Config.to_dict`) trains."""
-    defaults = _flatten(Config().to_dict())
-    missing = object()
     differences = {
-        key: value
-        for key, value in _flatten(config_dict).items()
-        if not key.startswith(IGNORED) and defaults.get(key, missing) != value
+        key: value for key, value in differences_from_defaults(config_dict).items() if not key.startswith(IGNORED)
     }
     return hashlib.sha256(json.dumps(differences, sort_keys=True, default=repr).encode()).hexdigest()[:16]
 
