@@ -28,6 +28,7 @@ from typing import Any
 
 from benchmarks import common, report
 from benchmarks.grid import GridError, load_grid
+from mdcns_tf import cli
 
 log = logging.getLogger("benchmarks.converge")
 
@@ -235,7 +236,9 @@ def build_report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.converge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=cli.prog("benchmarks.converge", "mdcns-bench-converge"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--grid", required=True, help="a quality-grid file whose methods are the settings compared")
     parser.add_argument("--only", help="train only the matching cells (as benchmarks.quality --only)")

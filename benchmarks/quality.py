@@ -34,6 +34,7 @@ import yaml
 
 from benchmarks import common, published, report
 from benchmarks.grid import Cell, DatasetSpec, GridError, GridSpec, load_grid
+from mdcns_tf import cli
 
 log = logging.getLogger("benchmarks.quality")
 
@@ -355,7 +356,11 @@ class GridRunner:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=cli.prog("benchmarks.quality", "mdcns-bench-quality"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--grid", required=True, help="grid spec, e.g. configs/benchmarks/quick.yaml")
     parser.add_argument("--only", help="fnmatch pattern (or substring) on dataset/backbone/method/seed<k>")
     parser.add_argument("--dry-run", action="store_true", help="list the cells, their status and commands; run nothing")

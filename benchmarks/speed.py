@@ -31,11 +31,14 @@ import time
 from typing import Any
 
 from benchmarks import common
+from mdcns_tf import cli
 
 log = logging.getLogger("benchmarks.speed")
 
 BASE_CONFIG = os.path.join(common.REPO, "configs", "base.yaml")
 REFERENCE = "sasrec/uniform"
+# Length of the length-bucket rows (``<variant>@len<n>``): a typical trimmed batch on Amazon data (~9 items a user).
+BUCKET_LEN = 12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +58,20 @@ TINY = Shape(batch=8, max_len=8, dim=16, n_items=200, n_users=64, eval_batch=16)
 @dataclasses.dataclass(frozen=True)
 class Variant:
     name: str
-    group: str  # sampler | backbone | mdcns
+    group: str  # reference | sampler | backbone | mdcns
     overrides: tuple[str, ...]
+    # Train on the last ``seq_len`` positions of each batch, traced with an unknown length, as under
+    # ``data.bucket_by_length``; compared with the reference at the same length (see `length_reference`).
+    seq_len: int | None = None
+
+
+def bucket_variant(variant: Variant, seq_len: int = BUCKET_LEN) -> Variant:
+    return dataclasses.replace(variant, name=f"{variant.name}@len{seq_len}", seq_len=seq_len)
+
+
+def length_reference(variant: Variant) -> str:
+    """The variant a row's ratio is taken against: uniform SASRec at the same batch length."""
+    return f"{REFERENCE}@len{variant.seq_len}" if variant.seq_len else REFERENCE
 
 
 def default_variants() -> list[Variant]:
@@ -79,6 +94,10 @@ def default_variants() -> list[Variant]:
             ("trainer=mdcns", "mdcns.peer_backbone=gru4rec", "mdcns.pool_scope=position"),
         )
     )
+    # Mamba4Rec's scan cost grows with the length it is run at: also measured at a bucket length, against SASRec
+    # at the same length.
+    reference, mamba = variants[0], next(v for v in variants if v.name == "mamba4rec/uniform")
+    variants += [bucket_variant(reference), bucket_variant(mamba)]
     return variants
 
 
@@ -181,6 +200,30 @@ def ratio_stats(samples: dict[str, list[float]], reference: str) -> dict[str, fl
     return {name: statistics.median(t / r for t, r in zip(times, ref, strict=True)) for name, times in samples.items()}
 
 
+def train_function(model: Any, variant: Variant, shape: Shape, batches: list[dict]) -> Any:
+    """``model.train_step`` in a `tf.function`; for a bucket-length variant, traced with an unknown length and fed
+    the last ``seq_len`` positions of each batch (precomputed, so the timing excludes the trimming)."""
+    import tensorflow as tf
+
+    if not variant.seq_len:
+        return tf.function(model.train_step)
+    length = min(variant.seq_len, shape.max_len)
+    trimmed = {
+        id(batch): {
+            **batch,
+            "input_ids": batch["input_ids"][:, -length:],
+            "target_ids": batch["target_ids"][:, -length:],
+        }
+        for batch in batches
+    }
+    spec = {
+        key: tf.TensorSpec([None, None] if key in ("input_ids", "target_ids") else value.shape, value.dtype)
+        for key, value in batches[0].items()
+    }
+    step = tf.function(model.train_step, input_signature=[spec])
+    return lambda batch: step(trimmed[id(batch)])
+
+
 def measure_models(shape: Shape, variants: list[Variant], rounds: int, steps: int) -> tuple[list, list, list[str]]:
     import tensorflow as tf
 
@@ -198,7 +241,7 @@ def measure_models(shape: Shape, variants: list[Variant], rounds: int, steps: in
             notes.append(f"{variant.name} skipped: {type(e).__name__}: {e}")
             log.warning("%s", notes[-1])
             continue
-        fn = tf.function(model.train_step)
+        fn = train_function(model, variant, shape, batches)
         started = time.perf_counter()
         try:
             timed(fn, batches, 2)  # trace + warm up (first-call allocation) outside the measurement
@@ -211,7 +254,7 @@ def measure_models(shape: Shape, variants: list[Variant], rounds: int, steps: in
         built[variant.name] = model
         train_fns[variant.name] = fn
         params[variant.name] = int(sum(v.shape.num_elements() for v in model.trainable_variables))
-        if variant.group in ("reference", "backbone"):
+        if variant.group in ("reference", "backbone") and not variant.seq_len:
             eval_fn = tf.function(model.test_step)
             timed(eval_fn, [eval_batch], 2)
             eval_fns[variant.name.split("/")[0]] = eval_fn
@@ -219,21 +262,25 @@ def measure_models(shape: Shape, variants: list[Variant], rounds: int, steps: in
         raise RuntimeError(f"the reference variant {REFERENCE} could not be built: {notes}")
 
     samples = interleaved(train_fns, batches, rounds, steps)
-    ratios = ratio_stats(samples, REFERENCE)
+    ratios = {ref: ratio_stats(samples, ref) for ref in {length_reference(v) for v in variants} if ref in samples}
     rows = []
     for variant in variants:
-        if variant.name not in samples:
+        reference = length_reference(variant)
+        if variant.name not in samples or reference not in ratios:
             continue
         step = statistics.median(samples[variant.name])
+        length = min(variant.seq_len or shape.max_len, shape.max_len)
         rows.append(
             {
                 "variant": variant.name,
                 "group": variant.group,
+                "seq_len": length,
                 "step_ms_median": round(1000 * step, 2),
                 "step_ms_rounds": [round(1000 * t, 2) for t in samples[variant.name]],
-                "ratio_to_uniform_sasrec": round(ratios[variant.name], 3),
+                "ratio_to_uniform_sasrec": round(ratios[reference][variant.name], 3),
+                "ratio_reference": reference,
                 "sequences_per_s": round(shape.batch / step, 1),
-                "tokens_per_s": round(shape.batch * shape.max_len / step, 0),
+                "tokens_per_s": round(shape.batch * length / step, 0),
                 "trainable_parameters": params[variant.name],
             }
         )
@@ -341,7 +388,9 @@ def write_markdown(path: str, result: dict[str, Any]) -> str:
         "",
         "## Train step (synthetic full-length batches, `model.train_step` in a `tf.function`)",
         "",
-        "Ratio = median over rounds of (variant step / uniform SASRec step in the same round).",
+        "Ratio = median over rounds of (variant step / uniform SASRec step in the same round); `@len<n>` rows train "
+        "on the last n positions, traced with an unknown length (as under `data.bucket_by_length`), and are compared "
+        "with `sasrec/uniform@len<n>`.",
         "",
         "| variant | group | step ms (median) | x uniform SASRec | sequences/s | tokens/s | trainable params |",
         "|---|---|---|---|---|---|---|",
@@ -397,7 +446,10 @@ def run_speed(
     variants = default_variants()
     if only:
         pattern = only if any(c in only for c in "*?[") else f"*{only}*"
-        variants = [v for v in variants if v.name == REFERENCE or fnmatch.fnmatchcase(v.name, pattern)]
+        selected = [v for v in variants if fnmatch.fnmatchcase(v.name, pattern)]
+        # The reference, and the same-length reference of a selected bucket-length variant, always run.
+        needed = {REFERENCE} | {length_reference(v) for v in selected}
+        variants = [v for v in variants if v in selected or v.name in needed]
     machine = common.machine_info()
     rows, eval_rows, notes = measure_models(shape, variants, rounds, steps)
     result: dict[str, Any] = {
@@ -423,7 +475,11 @@ def run_speed(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=cli.prog("benchmarks.speed", "mdcns-bench-speed"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="fewer rounds and a smaller pipeline log (~5 min)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (tests, smoke checks): seconds, not minutes")
     parser.add_argument("--only", help="fnmatch pattern (or substring) on variant names; uniform SASRec always runs")

@@ -12,32 +12,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from typing import Any
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import metrics
-from mdcns_tf.config import ConfigError, load_config
-from mdcns_tf.factory import build_model, eval_split, evaluate
-from mdcns_tf.features import Metadata
+from mdcns_tf import cli, finished_run
+from mdcns_tf.config import ConfigError
 
 log = logging.getLogger("mdcns_tf.evaluate")
 
 
 def evaluate_run(run_dir: str, splits: list[str], overrides: list[str] | None = None) -> dict[str, Any]:
     """``{"metric_version": n, split: {metric: value}}`` for the best weights of ``run_dir``."""
-    config_path = os.path.join(run_dir, "config.yaml")
-    weights = os.path.join(run_dir, "best", "weights")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path} not found: is {run_dir!r} the output_dir of a training run?")
-    if not os.path.exists(weights + ".index"):
-        raise FileNotFoundError(f"{weights}.index not found: the run has not finished a validated epoch yet")
-    config = load_config(config_path, overrides or [])
-    model = build_model(config, Metadata.load(config.data.dir))
-    model.build_for_input(config.data.max_len)
-    model.compile()
-    model.load_weights(weights).expect_partial()
+    # Imported here, after the arguments are parsed: they import TensorFlow.
+    from mdcns_tf import metrics
+    from mdcns_tf.factory import eval_split, evaluate
+
+    config = finished_run.load_run_config(run_dir, overrides)
+    model, _ = finished_run.load_model(run_dir, config)
     return {
         "metric_version": metrics.METRIC_VERSION,
         **{split: evaluate(model, eval_split(config, split)) for split in splits},
@@ -45,7 +37,11 @@ def evaluate_run(run_dir: str, splits: list[str], overrides: list[str] | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=cli.prog("mdcns_tf.evaluate", "mdcns-evaluate"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--run", required=True, help="output_dir of a training run")
     parser.add_argument("--splits", nargs="+", default=["valid", "test"], choices=["valid", "test"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")

@@ -1,7 +1,7 @@
 """Building what a config describes: the trainer model and the evaluation input, and reading its metrics.
 
-Shared by the entry points (`mdcns_tf.train`, `mdcns_tf.evaluate`) and the benchmarks, so none of them imports
-another entry point.
+Shared by the entry points (`mdcns_tf.train`; `mdcns_tf.evaluate` and `mdcns_tf.export` through
+`mdcns_tf.finished_run`) and the benchmarks, so none of them imports another entry point.
 """
 
 from __future__ import annotations

@@ -13,12 +13,14 @@ import argparse
 import os
 import re
 import sys
-
-import numpy as np
-import tensorflow as tf
+from typing import TYPE_CHECKING
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import export, features
+from mdcns_tf import cli, features
+
+# TensorFlow is imported by the functions that load the model, not here: `--help` answers at once.
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def newest_version(model_dir: str) -> str:
@@ -32,6 +34,8 @@ def newest_version(model_dir: str) -> str:
 
 def recommend(version_dir: str, history: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Top-K (ids, scores) for one history (oldest first), through the ``serving_default`` signature."""
+    import tensorflow as tf
+
     serve = tf.saved_model.load(version_dir).signatures["serving_default"]
     max_len = serve.structured_input_signature[1]["item_ids"].shape[1]
     padded = ([0] * max_len + history)[-max_len:]
@@ -43,14 +47,16 @@ def item_keys(version_dir: str, data_dir: str | None) -> list[str] | None:
     """``["", k_1, ..., k_n]`` (index = item id, 0 = the "no item" marker) from the export's own vocabulary, or None
     for an export without one. A ``data_dir`` whose ``items.txt`` differs only earns a warning: its ids may have
     been renumbered since the model was trained, so its keys could name other items."""
+    from mdcns_tf import servable
+
     try:
-        keys = export.read_vocabulary(version_dir)
+        keys = servable.read_vocabulary(version_dir)
     except FileNotFoundError:
         return None
     if data_dir:
         path = os.path.join(data_dir, features.ITEMS_FILE)
         try:
-            differs = export.read_keys(path) != keys
+            differs = servable.read_keys(path) != keys
         except (OSError, UnicodeDecodeError) as e:
             print(f"warning: cannot read {path} ({e}); showing the export's keys", file=sys.stderr)
         else:
@@ -60,11 +66,17 @@ def item_keys(version_dir: str, data_dir: str | None) -> list[str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=cli.prog("mdcns_tf.recommend", "mdcns-recommend"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model", required=True, help="export/<model_name> folder or one version folder")
     parser.add_argument("--history", required=True, help="comma-separated item ids, oldest first")
     parser.add_argument("--data", help="pipeline output folder: warns when its items.txt differs from the export's")
     args = parser.parse_args(argv)
+    import tensorflow as tf  # after parsing: --help and usage errors do not wait for TensorFlow
+
     try:
         history = [int(x) for x in args.history.split(",") if x.strip()]
         version_dir = newest_version(args.model)

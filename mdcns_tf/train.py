@@ -1,10 +1,13 @@
 """Config -> fit -> evaluate -> export.
 
     python -m mdcns_tf.train --config configs/quickstart.yaml [--set train.epochs=3 --set seed=1 ...]
+    mdcns-train --config quickstart        # a config shipped with the package, by name
 
 Writes ``<output_dir>/metrics.json``, ``<output_dir>/config.yaml`` (the resolved config), TensorBoard logs in
 ``<output_dir>/tensorboard``, a resumable backup in ``<output_dir>/backup``, the best weights in
-``<output_dir>/best`` and the SavedModel in ``<output_dir>/export/<model_name>/<version>``.
+``<output_dir>/best`` and the SavedModel in ``<output_dir>/export/<model_name>/<version>``. A config that sets no
+``output_dir`` writes to ``runs/<config file name>``. ``metrics.json`` and the export's
+``assets.extra/model_card.json`` record what the run was made from (`mdcns_tf.provenance`).
 
 An interrupted run is resumed from its backup by the same config only (`mdcns_tf.run_state`); ``--restart``
 deletes the backup and the best weights and trains from scratch.
@@ -19,183 +22,28 @@ import os
 import shutil
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tensorflow as tf
-import tf_keras as keras
 import yaml
 
-import mdcns_tf  # noqa: F401
-from mdcns_tf import data, export, metrics, run_state
-from mdcns_tf.callbacks import ModelSelection, ProgressLog, ShuffleEpoch, WorkerMeanLogs
-from mdcns_tf.config import Config, ConfigError, load_config
-from mdcns_tf.factory import build_model, eval_split, evaluate, resolved_reduction
-from mdcns_tf.features import Metadata, check_record_ids, verify_records
+import mdcns_tf  # noqa: F401  (sets the TensorFlow environment before anything imports it)
+from mdcns_tf import cli, provenance, shipped_configs
+from mdcns_tf.config import Config, ConfigError, _read_yaml, load_config
+
+# TensorFlow is imported by the functions that train, not here: `--help` and usage errors answer at once.
+if TYPE_CHECKING:
+    from mdcns_tf.features import Metadata
+    from mdcns_tf.models import RetrievalModel
 
 log = logging.getLogger("mdcns_tf.train")
 
 
-def check_data(config: Config, metadata: Metadata) -> None:
-    """Fails early, with the fix, when the config and the dataset do not fit together."""
-    for split in ("train", "valid"):
-        if not data.has_split(config.data.dir, split):
-            raise ConfigError(f"data.dir {config.data.dir!r} has no {split} TFRecords; run the pipeline first")
-    if config.eval.test and not data.has_split(config.data.dir, "test"):
-        raise ConfigError(f"data.dir {config.data.dir!r} has no test TFRecords; set eval.test=false or re-run")
-    if metadata.n_items < 2:
-        raise ConfigError(f"the dataset has {metadata.n_items} items; at least 2 are needed")
-    if config.export.top_k > metadata.n_items:
-        raise ConfigError(f"export.top_k ({config.export.top_k}) exceeds the number of items ({metadata.n_items})")
-    if config.trainer == "mdcns" and config.mdcns.pool_size >= metadata.n_items:
-        raise ConfigError(f"mdcns.pool_size ({config.mdcns.pool_size}) must be below n_items ({metadata.n_items})")
+def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
+    """`mdcns_tf.factory.build_model`, called through this module's name so that a test can wrap it and see the
+    model `run` trains."""
+    from mdcns_tf import factory
 
-
-def check_cluster(name: str) -> None:
-    """``multi_worker`` needs a usable ``TF_CONFIG``; says what is missing before TensorFlow tries to connect."""
-    if name != "multi_worker":
-        return
-    raw = os.environ.get("TF_CONFIG", "")
-    if not raw:
-        raise ConfigError(
-            "train.distribute=multi_worker needs the TF_CONFIG environment variable on every worker, e.g. "
-            '{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker", "index": 0}} '
-            "(see docs/distributed.md); use train.distribute=mirrored for the devices of one machine"
-        )
-    try:
-        tf_config = json.loads(raw)
-        workers = tf_config["cluster"]["worker"]
-        task = tf_config["task"]
-        index = int(task["index"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"TF_CONFIG is not a cluster spec with cluster.worker and task.type/index: {e!r}") from None
-    if task.get("type") == "worker" and not 0 <= index < len(workers):
-        raise ConfigError(f"TF_CONFIG task.index {index} is outside cluster.worker ({len(workers)} workers)")
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The `tf.distribute` strategy of ``train.distribute``. Call it before any other TensorFlow op: a
-    `MultiWorkerMirroredStrategy` configures the collective ops of the process and must come first."""
-    check_cluster(name)
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def worker_dir(directory: str, strategy: tf.distribute.Strategy) -> str:
-    """Where this worker writes what would otherwise go to ``directory``.
-
-    The chief (and a single-worker run) writes to ``directory`` itself; the other workers of a multi-worker run
-    write to ``directory/workertemp_<task>``, deleted when the run ends. As in the TF multi-worker Keras guide every
-    worker must still save (saving reads variables that are synchronised across workers), but only the chief's copy
-    is kept, so two workers never write the same file.
-    """
-    if strategy.extended.should_checkpoint:
-        return directory
-    return os.path.join(directory, f"workertemp_{strategy.cluster_resolver.task_id}")
-
-
-def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Auto-shard by element, not by file: a dataset usually has a single TFRecord file per split, and FILE
-    sharding needs at least one file per worker (with fewer, workers would read nothing or TF falls back with a
-    warning). Each worker reads all files and keeps every n-th element; a no-op on one worker."""
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options)
-
-
-def num_workers(strategy: tf.distribute.Strategy) -> int:
-    """Workers in the cluster (1 without a cluster resolver: default and mirrored strategies)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
-        return 1
-    return max(1, len(resolver.cluster_spec().as_dict().get("worker", [])))
-
-
-def write_metrics(out_dir: str, result: dict[str, Any]) -> None:
-    """Writes ``metrics.json`` atomically (a reader never sees half a file)."""
-    path = os.path.join(out_dir, "metrics.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
-def check_export(config: Config, out_dir: str) -> None:
-    """Fails before the first step, not after training, when the export could not be written."""
-    if not config.export.enabled:
-        return
-    base = os.path.join(out_dir, "export")
-    taken = os.path.join(base, config.export.model_name, str(config.export.version))
-    if config.export.version and os.path.lexists(taken):
-        raise ConfigError(
-            f"export.version: {taken} exists and versions are immutable; pick another number, or 0 for the next one"
-        )
-    try:
-        export.check_target(base, config.export.model_name)
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"export: cannot write under {base} ({e}); fix it or set export.enabled=false") from None
-
-
-def train_input(config: Config, first_epoch: int) -> tuple[tf.data.Dataset, int, tf.Variable | None]:
-    """(training batches, steps an epoch, the epoch variable that seeds the shuffle or None).
-
-    One pass per epoch: the shuffle is seeded with the epoch (``first_epoch`` after a resume), so a resumed run reads
-    the data in the uninterrupted order; with train.steps_per_epoch the data repeats and epochs do not align with
-    passes, so the order after a resume is not the uninterrupted one.
-    """
-    cfg = config.data
-
-    def batches(shuffle_buffer: int, epoch: tf.Variable | None = None) -> tf.data.Dataset:
-        return data.train_dataset(
-            cfg.dir,
-            cfg.max_len,
-            cfg.batch_size,
-            cfg.train_positions,
-            config.seed,
-            shuffle_buffer,
-            cfg.max_train_sequences,
-            cfg.bucket_by_length,
-            epoch=epoch,
-        )
-
-    if config.train.steps_per_epoch:
-        return shard_by_data(batches(cfg.shuffle_buffer).repeat()), config.train.steps_per_epoch, None
-    shuffle_epoch = tf.Variable(first_epoch, dtype=tf.int64, trainable=False, name="shuffle_epoch")
-    train_ds = batches(cfg.shuffle_buffer, shuffle_epoch)
-    # Tell Keras the exact number of batches an epoch yields. With an unknown count Keras runs each process's first
-    # epoch until the input raises end-of-data inside one more train step, and that aborted step still runs its
-    # data-independent updates (optimizer iterations + 1, a decay of the sparse embedding moments): harmless once,
-    # but a resumed run would do it again and drift from an uninterrupted one. Length buckets make the count differ
-    # from ceil(samples / batch) (one partial batch a bucket), but not from epoch to epoch (bucket sizes do not
-    # depend on the order), so one unshuffled pass counts it.
-    counting = batches(1)
-    steps_per_epoch = int(counting.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
-    train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
-    return shard_by_data(train_ds), steps_per_epoch, shuffle_epoch
-
-
-def make_callbacks(
-    config: Config,
-    strategy: tf.distribute.Strategy,
-    selection: ModelSelection,
-    progress: ProgressLog,
-    shuffle_epoch: tf.Variable | None,
-) -> list[keras.callbacks.Callback]:
-    """The fit callbacks, in the order their ``on_epoch_end`` must run (logs fixed first, backup last)."""
-    callbacks: list[keras.callbacks.Callback] = [progress, selection]
-    if num_workers(strategy) > 1:
-        callbacks.insert(0, WorkerMeanLogs(num_workers(strategy)))
-    if shuffle_epoch is not None:
-        callbacks.append(ShuffleEpoch(shuffle_epoch))
-    if config.train.backup_and_restore:
-        # Epoch-level: a run killed mid-epoch redoes that epoch from its start (Keras handles the chief/worker dirs).
-        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(config.output_dir, "backup")))
-    if config.train.tensorboard:
-        callbacks.append(
-            keras.callbacks.TensorBoard(os.path.join(config.output_dir, "tensorboard"), update_freq="epoch")
-        )
-    return callbacks
+    return factory.build_model(config, metadata)
 
 
 def run(config: Config, restart: bool = False) -> dict[str, Any]:
@@ -203,6 +51,18 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
 
     ``restart``: delete the backup and best weights ``output_dir`` holds and train from scratch (`run_state`).
     """
+    import tf_keras as keras
+
+    from mdcns_tf import data, metrics, run_state, servable
+    from mdcns_tf.callbacks import ModelSelection, ProgressLog
+    from mdcns_tf.distribution import make_strategy, shard_by_data, worker_dir
+    from mdcns_tf.factory import eval_split, evaluate, resolved_reduction
+    from mdcns_tf.features import Metadata, check_record_ids, verify_records
+    from mdcns_tf.fit_callbacks import make_callbacks
+    from mdcns_tf.metrics_file import write_metrics
+    from mdcns_tf.preflight import check_data, check_export
+    from mdcns_tf.train_input import train_input
+
     metadata = Metadata.load(config.data.dir, verify=False)
     verify_records(config.data.dir, metadata, scan_ids=False)  # the fingerprint: no TensorFlow op
     check_data(config, metadata)
@@ -219,6 +79,8 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.yaml"), "w") as f:
         yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+    # Taken before training: the code, libraries and command that the run starts with.
+    record = provenance.run_record(config.to_dict(), config.data.dir, metadata.fingerprint)
     keras.utils.set_random_seed(config.seed)
     # Layers' dropout draws from `tf.random.Generator`s (variables in the checkpoint, a distinct stream per replica)
     # instead of TF1 stateful ops, whose state restarts with the process: a resumed run then drops the same units.
@@ -287,6 +149,7 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
         "steps_per_epoch": steps_per_epoch,
         "history": selection.history or [{"epoch": i + 1} for i in range(len(history.epoch))],
         "dataset": {"dir": cfg.dir, "n_users": metadata.n_users, "n_items": metadata.n_items, "split": metadata.split},
+        "provenance": record,
     }
     if config.eval.test:
         test_ds = shard_by_data(eval_split(config, "test"))
@@ -294,8 +157,9 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
     # Metrics are on disk before the export starts, so a failed export never costs the training run's results.
     write_metrics(out_dir, result)
     if config.export.enabled:
+        summary = {k: result[k] for k in ("valid", "test", "best_epoch", "weights") if k in result}
         # data_dir: its items.txt becomes the vocabulary of the serve_keys signature (raw item keys in and out).
-        result["export_path"] = export.export_saved_model(
+        result["export_path"] = servable.export_saved_model(
             model.encoder,
             os.path.join(out_dir, "export"),
             config.export.model_name,
@@ -303,6 +167,7 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
             config.export.top_k,
             config.export.version,
             data_dir=cfg.dir,
+            model_card={"metrics": summary, "provenance": record},
         )
         write_metrics(out_dir, result)
     if not chief:  # a non-chief worker: its copies were only written to keep in step
@@ -313,9 +178,29 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config (may name parents with `base:`)")
+def resolve_config(path: str, overrides: list[str]) -> Config:
+    """The config of ``--config path`` (a file, or a shipped config's name) and ``--set`` overrides.
+
+    A config that sets no ``output_dir`` (in the file or its ``base:`` parents) writes to ``runs/<file name>``,
+    never to the code's default folder, which belongs to the quickstart; ``--set output_dir=...`` still wins.
+    """
+    path = shipped_configs.resolve(path)
+    # The merged YAML, not the loaded `Config`: only it tells an unset key from one set to the default value.
+    if "output_dir" not in _read_yaml(path):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        overrides = [f"output_dir={json.dumps(os.path.join('runs', stem))}", *overrides]
+    return load_config(path, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=cli.prog("mdcns_tf.train", "mdcns-train"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", required=True, help="YAML config (may name parents with `base:`), or a shipped config's name"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override")
     parser.add_argument(
         "--restart",
@@ -323,12 +208,16 @@ def main(argv: list[str] | None = None) -> int:
         help="delete output_dir/backup and output_dir/best first and train from scratch (an interrupted run is "
         "otherwise resumed, and only by the config that started it)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        config = load_config(args.config, args.set)
+        config = resolve_config(args.config, args.set)
         run(config, restart=args.restart)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

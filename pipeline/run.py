@@ -34,7 +34,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from mdcns_tf import features
+from mdcns_tf import cli, features
 from pipeline import formats, outputs, splits, transforms
 
 LOG = logging.getLogger("pipeline")
@@ -108,7 +108,7 @@ class PipelineConfig:
 
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.run",
+        prog=cli.prog("pipeline.run", "mdcns-preprocess"),
         description="Interaction logs -> gzip TFRecords + metadata.json. Unknown flags are Beam pipeline options.",
     )
     parser.add_argument(

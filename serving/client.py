@@ -31,6 +31,7 @@ import dataclasses
 import http.client
 import json
 import math
+import os
 import random
 import socket
 import sys
@@ -469,7 +470,13 @@ def seconds(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The command as typed (argparse would say "client.py" under python -m); not mdcns_tf.cli, to keep the REST
+    # client free of the package's imports.
+    script = "mdcns-serving-client"
+    prog = script if os.path.basename(sys.argv[0]) == script else "python -m serving.client"
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=port_number, default=0, help="default 8501 (REST) or 8500 (gRPC)")
     parser.add_argument("--model", default="mdcns", help="model name on the server (MODEL_NAME)")
