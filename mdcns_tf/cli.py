@@ -7,6 +7,7 @@ instead of after the 3-5 s TensorFlow import.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -15,3 +16,10 @@ def prog(module: str, script: str) -> str:
     """The command as the user typed it, for usage lines: the console script ``script`` (``mdcns-train``) when run
     through it, otherwise ``python -m module``. argparse's own default would be ``train.py`` under ``python -m``."""
     return script if os.path.basename(sys.argv[0]) == script else f"python -m {module}"
+
+
+def setup_logging() -> None:
+    """INFO log lines with timestamps for the CLIs; TensorFlow's and absl's own chatter only from WARNING up."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("tensorflow", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -213,9 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("tensorflow", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    cli.setup_logging()
     try:
         config = resolve_config(args.config, args.set)
         run(config, restart=args.restart)
