@@ -15,6 +15,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
 
 
+@pytest.fixture(autouse=True)
+def default_keras_random_layers():
+    """Every test starts and ends with Keras's default dropout RNG.
+
+    `train.run` switches random layers to `tf.random.Generator`s for the whole process (their state is then a variable
+    that checkpoints and exports carry); a test that trains must not change what a later test's model holds.
+    """
+    from tf_keras import backend  # the Keras the models use (TF_USE_LEGACY_KERAS)
+
+    backend.experimental.disable_tf_random_generator()
+    yield
+    backend.experimental.disable_tf_random_generator()
+
+
 def shared_file(*parts: str) -> str:
     """Path of a file in ../shared/data, or skip the test with the reason when it is absent."""
     path = os.path.join(SHARED_DATA, *parts)

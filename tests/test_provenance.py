@@ -12,7 +12,6 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras as keras
 from conftest import REPO
 
 import mdcns_tf  # noqa: F401
@@ -97,12 +96,7 @@ def test_benchmarks_stamp_results_with_the_same_module():
 def trained_run(tiny_dataset: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
     output_dir = str(tmp_path_factory.mktemp("provenance") / "run")
     config = load_config(None, [*RUN, f"data.dir={tiny_dataset}", f"output_dir={output_dir}"])
-    try:
-        result = train.run(config)
-    finally:
-        # `train.run` switches dropout to `tf.random.Generator`s for the process; later tests expect the default.
-        keras.backend.experimental.disable_tf_random_generator()
-    return output_dir, result
+    return output_dir, train.run(config)
 
 
 def read_card(version_dir: str) -> dict:
