@@ -37,7 +37,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any
 
 import yaml
@@ -137,12 +136,7 @@ class GridSpec:
         """The cell's validated `mdcns_tf.config.Config`; raises `ConfigError` (e.g. an unregistered sampler)."""
         from mdcns_tf.config import load_config
 
-        with tempfile.TemporaryDirectory() as tmp:
-            # load_config takes one file: a two-line file naming the layered parents gives the `base:` semantics.
-            layered = os.path.join(tmp, "cell.yaml")
-            with open(layered, "w") as f:
-                yaml.safe_dump({"base": self.config_files(cell)}, f)
-            return load_config(layered, self.overrides_for(cell, data_dir, output_dir))
+        return load_config(self.config_files(cell), self.overrides_for(cell, data_dir, output_dir))
 
 
 def _mapping(raw: Any, where: str) -> dict[str, Any]:

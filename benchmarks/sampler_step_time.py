@@ -38,6 +38,16 @@ def synthetic_batch(rng: np.random.Generator, batch: int, max_len: int, n_items:
     }
 
 
+def synthetic_train_sequences(args: argparse.Namespace, item_counts: list[int], mean_len: int = 9) -> list[np.ndarray]:
+    """Beauty-like training sequences (about ``mean_len`` items a user, items drawn by popularity) for samplers that
+    build a statistic of the training data first (GNNO's item graph, `NegativeSampler.prepare`)."""
+    rng = np.random.default_rng(1)
+    probabilities = np.asarray(item_counts[1:], np.float64) / sum(item_counts[1:])
+    lengths = rng.poisson(mean_len - 2, args.n_users) + 2
+    items = rng.choice(np.arange(1, args.n_items + 1), int(lengths.sum()), p=probabilities)
+    return np.split(items, np.cumsum(lengths)[:-1])
+
+
 def build_step(name: str, blocks: dict[str, Any], args: argparse.Namespace, item_counts: list[int]):
     encoder = SASRec(n_items=args.n_items, max_len=args.max_len, dim=args.dim, num_layers=2, num_heads=2, dropout=0.5)
     sampler = SAMPLERS[name](
@@ -50,6 +60,8 @@ def build_step(name: str, blocks: dict[str, Any], args: argparse.Namespace, item
         seed=0,
         name=name,
     )
+    if sampler.needs_train_sequences:
+        sampler.prepare(synthetic_train_sequences(args, item_counts))
     model = SequentialRecommender(encoder, sampler, "bce")
     model.build_for_input(args.max_len)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))

@@ -1,13 +1,25 @@
-"""In-process latency of the exported ``serving_default`` signature, loaded with `tf.saved_model.load`.
+"""In-process latency and recall of the exported ``serving_default`` signature, exact and bfloat16 index side by side.
 
-    python -m benchmarks.serving_latency [--catalogs beauty,1m] [--calls 200] [--out benchmarks/results/...]
+    python -m benchmarks.serving_latency [--catalogs beauty,1m] [--calls 200] [--indexes exact,bfloat16]
+        [--also-without-onednn] [--out benchmarks/results/...]
 
-For each catalog an untrained SASRec (2 layers, d 64, max_len 50; weights do not change the cost) is exported with
-`mdcns_tf.export.export_saved_model`, loaded back, warmed up, then called ``--calls`` times per batch size with
-random left-padded histories; p50/p99/mean are in milliseconds per call (one call = one batch). Also written: the
-export's size on disk, split into variables and graph, and the size a copying index (stock TFRS ``BruteForce``:
-candidates `(n, d)` float32 + identifiers `(n,)` int32) would add. This is the model's own cost, without TF
-Serving's RPC and batching overhead. The machine's load average is recorded because other jobs skew timings.
+For each catalog an untrained SASRec (2 layers, d 64, max_len 50; weights do not change the cost) is exported once
+per ``export.index`` (`mdcns_tf.export.export_saved_model`), loaded back with `tf.saved_model.load` and warmed up;
+then, per batch size, the indexes are called in turn (their order alternating every round, so that the load of
+the machine falls on both alike) ``--calls`` times each with the same random left-padded histories; p50/p99/mean
+are in milliseconds per call (one call = one batch). Also written: each export's size on disk, split into
+variables and graph, and the size a copying index (stock TFRS ``BruteForce``: candidates `(n, d)` float32 +
+identifiers `(n,)` int32) would add. This is the model's own cost, without TF Serving's RPC and batching overhead.
+The machine's load average is recorded because other jobs skew timings.
+
+Recall: ``recall@10`` (and ``@K``) of each non-exact index = the share of the exact export's top-10 (top-K) that it
+returns, averaged over ``--recall-queries`` histories of two kinds: ``untrained_random`` (random histories through
+the untrained model, as timed) and ``trained_like`` (the item table replaced by a clustered one whose row norms
+follow popularity, as trained tables have, and histories drawn from one cluster each; the queries come from the
+same untrained encoder over those histories; exported again for this, not timed).
+
+``--also-without-onednn`` repeats the timings in a child process with ``TF_ENABLE_ONEDNN_OPTS=0``: TensorFlow's
+Eigen kernels only, as a TF Serving binary built without oneDNN runs them (bfloat16 matmul is slow there).
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,10 +41,10 @@ import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
 import mdcns_tf  # noqa: F401
-from benchmarks.common import cpu_model
 from mdcns_tf import export
 from mdcns_tf.backbones import build_backbone
 from mdcns_tf.config import ModelConfig
+from mdcns_tf.provenance import cpu_model
 
 CATALOGS = {"beauty": 12_101, "1m": 1_000_000}
 
@@ -50,54 +63,168 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     }
 
 
+def histories(rng: np.random.Generator, batch: int, max_len: int, draw) -> np.ndarray:
+    """`(batch, max_len)` left-padded histories of 5..max_len items; ``draw(length)`` -> item ids."""
+    ids = np.zeros((batch, max_len), np.int32)
+    for row in range(batch):
+        length = int(rng.integers(5, max_len + 1))
+        ids[row, max_len - length :] = draw(length)
+    return ids
+
+
+def trained_like(n_items: int, dim: int, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A clustered item table `(n_items + 1, dim)` with popularity-dependent norms, and the items of each cluster.
+
+    Trained tables are not isotropic noise: items gather by topic and popular items get larger norms (they are
+    the positives of many steps). Topics of ~1,000 items; an item is its topic's centre plus noise; norms grow
+    slowly with a Zipf popularity. Many near-equal scores within a topic make it a harder case for rounding.
+    """
+    n_topics = max(4, n_items // 1000)
+    topic = rng.integers(n_topics, size=n_items + 1)
+    centres = rng.normal(size=(n_topics, dim))
+    table = centres[topic] + 0.7 * rng.normal(size=(n_items + 1, dim))
+    popularity = 1.0 / (1.0 + rng.permutation(n_items + 1)) ** 0.8
+    table *= (0.5 + (popularity / popularity.max()) ** 0.1)[:, None] * 0.1
+    table[0] = 0.0
+    members = [np.flatnonzero(topic[1:] == t) + 1 for t in range(n_topics)]
+    return table.astype(np.float32), [m for m in members if len(m)]
+
+
+def top_ids(serve, ids: np.ndarray, chunk: int = 64) -> np.ndarray:
+    return np.concatenate(
+        [serve(item_ids=tf.constant(ids[s : s + chunk]))["item_ids"].numpy() for s in range(0, len(ids), chunk)]
+    )
+
+
+def recall(exact: np.ndarray, other: np.ndarray, k: int) -> dict[str, float]:
+    """Share of the exact top-k that ``other`` returns, per query: mean, minimum, share of identical top-k."""
+    hits = np.array([len(set(e[:k]) & set(o[:k])) / k for e, o in zip(exact, other, strict=True)])
+    same = np.mean([np.array_equal(e[:k], o[:k]) for e, o in zip(exact, other, strict=True)])
+    return {
+        "mean": round(float(hits.mean()), 5),
+        "min": round(float(hits.min()), 3),
+        "same_list": round(float(same), 4),
+    }
+
+
+def export_all(encoder, name: str, args: argparse.Namespace, workdir: str, tag: str) -> dict[str, str]:
+    return {
+        index: export.export_saved_model(
+            encoder,
+            workdir,
+            f"bench_{name}_{tag}_{index}",
+            args.max_len,
+            args.top_k,
+            warmup_batch_sizes=tuple(args.batch_sizes),
+            verify=False,
+            index=index,
+        )
+        for index in args.indexes
+    }
+
+
+def measure_recall(serve: dict[str, Any], queries: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """Recall of every index but the exact one against the exact one on ``queries`` `(n, max_len)`."""
+    answers = {index: top_ids(fn, queries) for index, fn in serve.items()}
+    return {
+        index: {
+            "recall@10": recall(answers["exact"], answer, 10),
+            f"recall@{args.top_k}": recall(answers["exact"], answer, args.top_k),
+        }
+        for index, answer in answers.items()
+        if index != "exact"
+    }
+
+
 def measure(name: str, n_items: int, args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     keras.utils.set_random_seed(0)
     config = ModelConfig(backbone="sasrec", dim=args.dim, num_layers=2, num_heads=2, dropout=0.2)
     encoder = build_backbone(config, n_items, args.max_len)
     encoder(tf.zeros([1, args.max_len], tf.int32))
-    started = time.perf_counter()
-    path = export.export_saved_model(
-        encoder,
-        workdir,
-        f"bench_{name}",
-        args.max_len,
-        args.top_k,
-        warmup_batch_sizes=tuple(args.batch_sizes),
-        verify=False,
-    )
-    export_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    serve = tf.saved_model.load(path).signatures["serving_default"]
-    load_seconds = time.perf_counter() - started
-
-    rng = np.random.default_rng(0)
     result: dict[str, Any] = {
         "n_items": n_items,
-        "export_seconds": round(export_seconds, 2),
-        "load_seconds": round(load_seconds, 2),
-        "export_bytes": folder_size(path),
-        "variables_bytes": folder_size(os.path.join(path, "variables")),
-        "saved_model_pb_bytes": os.path.getsize(os.path.join(path, "saved_model.pb")),
         "item_table_bytes": (n_items + 1) * args.dim * 4,
         "stock_bruteforce_would_add_bytes": n_items * args.dim * 4 + n_items * 4,
+        "indexes": {},
         "latency": {},
     }
+    serve = {}
+    for index in args.indexes:
+        started = time.perf_counter()
+        (path,) = export_all(
+            encoder, name, argparse.Namespace(**{**vars(args), "indexes": [index]}), workdir, "timed"
+        ).values()
+        export_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        serve[index] = tf.saved_model.load(path).signatures["serving_default"]
+        result["indexes"][index] = {
+            "export_seconds": round(export_seconds, 2),
+            "load_seconds": round(time.perf_counter() - started, 2),
+            "export_bytes": folder_size(path),
+            "variables_bytes": folder_size(os.path.join(path, "variables")),
+            "saved_model_pb_bytes": os.path.getsize(os.path.join(path, "saved_model.pb")),
+            "path": path,
+        }
+
+    rng = np.random.default_rng(0)
+    uniform = lambda length: rng.integers(1, n_items + 1, size=length)  # noqa: E731
     for batch in args.batch_sizes:
-        ids = np.zeros((batch, args.max_len), np.int32)
-        for row in range(batch):
-            length = int(rng.integers(5, args.max_len + 1))
-            ids[row, args.max_len - length :] = rng.integers(1, n_items + 1, size=length)
-        inputs = tf.constant(ids)
+        inputs = tf.constant(histories(rng, batch, args.max_len, uniform))
         for _ in range(args.warmup):
-            serve(item_ids=inputs)["item_ids"].numpy()
-        times = []
-        for _ in range(args.calls):
-            started = time.perf_counter()
-            serve(item_ids=inputs)["item_ids"].numpy()  # .numpy() waits for the result
-            times.append(time.perf_counter() - started)
-        result["latency"][f"batch_{batch}"] = percentiles(times)
+            for fn in serve.values():
+                fn(item_ids=inputs)["item_ids"].numpy()
+        times: dict[str, list[float]] = {index: [] for index in serve}
+        for call in range(args.calls):
+            for index in args.indexes[:: 1 if call % 2 == 0 else -1]:
+                started = time.perf_counter()
+                serve[index](item_ids=inputs)["item_ids"].numpy()  # .numpy() waits for the result
+                times[index].append(time.perf_counter() - started)
+        result["latency"][f"batch_{batch}"] = {index: percentiles(t) for index, t in times.items()}
         print(f"{name} ({n_items:,} items) batch {batch}: {result['latency'][f'batch_{batch}']}", flush=True)
+    if args.recall_queries and len(args.indexes) > 1:
+        queries = histories(rng, args.recall_queries, args.max_len, uniform)
+        result["recall"] = {"untrained_random": measure_recall(serve, queries, args)}
+        serve.clear()  # the 1M exports hold 256-384 MB each
+        for info in result["indexes"].values():
+            shutil.rmtree(info["path"], ignore_errors=True)
+        table, members = trained_like(n_items, args.dim, rng)
+        encoder.item_embeddings.assign(table)
+        topics = rng.integers(len(members), size=args.recall_queries)
+        queries = np.concatenate(
+            [histories(rng, 1, args.max_len, lambda length, t=t: rng.choice(members[t], size=length)) for t in topics]
+        )
+        paths = export_all(encoder, name, args, workdir, "trained_like")
+        serve = {index: tf.saved_model.load(path).signatures["serving_default"] for index, path in paths.items()}
+        result["recall"]["trained_like"] = measure_recall(serve, queries, args)
+        serve.clear()
+        for path in paths.values():
+            shutil.rmtree(path, ignore_errors=True)
+        print(f"{name} recall: {json.dumps(result['recall'])}", flush=True)
+    for info in result["indexes"].values():
+        del info["path"]
     return result
+
+
+def without_onednn(argv: list[str], calls: int) -> dict[str, Any]:
+    """The same timings (``calls`` a batch size) in a child process with TensorFlow's oneDNN kernels off (read when
+    TensorFlow is imported, hence the process); no recall (the kernels do not change which items are returned)."""
+    handle, out = tempfile.mkstemp(prefix="serving_latency_eigen_", suffix=".json")
+    os.close(handle)
+    child = [a for a in argv if a != "--also-without-onednn"]
+    child += ["--calls", str(calls), "--recall-queries", "0", "--out", out]
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
+    try:
+        subprocess.run([sys.executable, "-m", "benchmarks.serving_latency", *child], check=True, env=env)
+        with open(out) as f:
+            report = json.load(f)
+    finally:
+        os.remove(out)
+    return {
+        "TF_ENABLE_ONEDNN_OPTS": "0",
+        "calls": calls,
+        "load_average_after": report["machine"]["load_average_after"],
+        **{name: {"latency": result["latency"]} for name, result in report["results"].items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,9 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--top-k", type=int, default=20)
+    parser.add_argument("--indexes", default="exact,bfloat16", help="export.index values, exact first")
+    parser.add_argument("--recall-queries", type=int, default=512, help="histories per query kind (0: no recall)")
+    parser.add_argument("--also-without-onednn", action="store_true", help="time again with TF_ENABLE_ONEDNN_OPTS=0")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results", "serving_latency.json"))
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    args.indexes = args.indexes.split(",")
+    if args.indexes[0] != "exact":
+        parser.error("--indexes must start with exact (recall is measured against it)")
 
     load_before = os.getloadavg()
     workdir = tempfile.mkdtemp(prefix="serving_latency_")
@@ -120,10 +254,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report = {
-        "command": " ".join(
-            [os.path.basename(sys.executable), "-m", "benchmarks.serving_latency", *(argv or sys.argv[1:])]
+        "command": " ".join([os.path.basename(sys.executable), "-m", "benchmarks.serving_latency", *argv]),
+        "what": (
+            "serving_default of the export, in-process (tf.saved_model.load), ms per call of one batch, for each "
+            "export.index, calls interleaved; recall of each index against the exact one"
         ),
-        "what": "serving_default of the export, in-process (tf.saved_model.load), ms per call of one batch",
+        "queries": {
+            "timed": "random left-padded histories of 5..max_len uniformly drawn items, untrained model",
+            "recall.untrained_random": f"{args.recall_queries} such histories",
+            "recall.trained_like": (
+                f"{args.recall_queries} histories of items from one cluster each, over a clustered item table with "
+                "popularity-dependent norms (benchmarks.serving_latency.trained_like); untrained encoder"
+            ),
+            "recall": "share of the exact export's top-k ids that the index returns; min over queries; same_list: "
+            "share of queries with the identical ranked top-k",
+        },
+        "kernels": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (oneDNN on: x86 default)")},
         "model": {
             "backbone": "sasrec",
             "num_layers": 2,
@@ -150,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": results,
     }
+    if args.also_without_onednn:
+        # Eigen's bfloat16 matmul is slow: at most 20 calls, so that the run stays short.
+        report["without_onednn"] = without_onednn(argv, min(args.calls, 20))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)

@@ -15,6 +15,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -116,6 +117,11 @@ class ExportConfig:
     model_name: str = "mdcns"
     top_k: int = 20
     version: int = 0  # 0: next free version number
+    # The item index of serving_default / serve_keys. "exact": float32 brute force over the whole table.
+    # "bfloat16": brute force over a bfloat16 copy of the table (half the bytes a query reads), its best `rescore`
+    # candidates (plus one per history item) re-scored exactly in float32 (mdcns_tf/compact_index.py).
+    index: str = "exact"
+    rescore: int = 0  # bfloat16 index only: candidates re-scored exactly per query; 0 = 4 x top_k
 
 
 @dataclasses.dataclass
@@ -168,10 +174,6 @@ class Config:
         return out
 
 
-# Samplers whose per-user or search state lives in variables updated inside `train_step` (scatter/assign in
-# replica context): those updates have no cross-replica meaning, and tf.distribute rejects them at trace time.
-REPLICA_LOCAL_STATE_SAMPLERS = ("srns", "gdns", "autosample")
-
 CHOICES = {
     "trainer": ("single", "mdcns"),
     "data.train_positions": ("all", "last"),
@@ -181,6 +183,7 @@ CHOICES = {
     "mdcns.distill_reduction": ("mean", "sum"),
     "mdcns.teacher": ("mean", "sum", "ema", "frozen"),
     "mdcns.pool_scope": ("sequence", "position"),
+    "export.index": ("exact", "bfloat16"),  # mdcns_tf.compact_index.INDEXES (that module imports TensorFlow)
 }
 
 
@@ -301,6 +304,7 @@ def _check_ranges(config: Config) -> None:
         "train.patience": config.train.patience,
         "train.weight_decay": config.train.weight_decay,
         "export.version": config.export.version,
+        "export.rescore": config.export.rescore,
         "mdcns.peer_learning_rate": config.mdcns.peer_learning_rate,
     }
     for key, value in non_negative.items():
@@ -325,6 +329,20 @@ def _check_metrics(config: Config) -> None:
         raise ConfigError(
             f"train.monitor: {config.train.monitor!r} must be mrr or ndcg@K / recall@K with K in eval.ks "
             f"{config.eval.ks}"
+        )
+
+
+def _check_export(export: ExportConfig) -> None:
+    """``export.rescore``: a window of at least K candidates, for the index that has one."""
+    if export.rescore and export.index == "exact":
+        raise ConfigError(
+            f"export.rescore: {export.rescore} applies to export.index: bfloat16 only (the exact index scores every "
+            "item); set export.index=bfloat16 or leave export.rescore at 0"
+        )
+    if export.rescore and export.rescore < export.top_k:
+        raise ConfigError(
+            f"export.rescore: {export.rescore} re-scored candidates cannot give export.top_k = {export.top_k} "
+            "results; use 0 (4 x top_k) or at least top_k"
         )
 
 
@@ -375,6 +393,7 @@ def validate(config: Config) -> Config:
         "mdcns.distill_reduction": config.mdcns.distill_reduction,
         "mdcns.teacher": config.mdcns.teacher,
         "mdcns.pool_scope": config.mdcns.pool_scope,
+        "export.index": config.export.index,
     }
     for key, value in flat.items():
         if value not in CHOICES[key]:
@@ -412,18 +431,8 @@ def validate(config: Config) -> Config:
         raise ConfigError("mdcns.tau must be positive")
     if config.mdcns.teacher == "frozen" and not config.mdcns.teacher_checkpoint:
         raise ConfigError("mdcns.teacher: frozen needs mdcns.teacher_checkpoint")
-    if (
-        config.train.distribute != "default"
-        and config.trainer == "single"
-        and config.loss.name != "softmax"
-        and config.sampler.name in REPLICA_LOCAL_STATE_SAMPLERS
-    ):
-        raise ConfigError(
-            f"train.distribute={config.train.distribute}: sampler {config.sampler.name!r} keeps per-user state that "
-            "is updated inside the training step and cannot be shared across replicas; use train.distribute=default "
-            f"or a stateless sampler (not one of {list(REPLICA_LOCAL_STATE_SAMPLERS)})"
-        )
     _check_metrics(config)
+    _check_export(config.export)
     if not is_safe_model_name(config.export.model_name):
         raise ConfigError(
             f"export.model_name: {config.export.model_name!r} is not a single folder name of letters, digits, '.', "
@@ -446,12 +455,37 @@ def validate(config: Config) -> Config:
             samplers.sampler_params(name, block)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    _check_distributed_sampler(config, samplers)
     return config
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Loads ``path`` (with its ``base`` parents), applies ``overrides`` (``a.b=value``), validates."""
-    raw = _read_yaml(path) if path else {}
+def _check_distributed_sampler(config: Config, samplers: types.ModuleType) -> None:
+    """Samplers whose state is updated inside `train_step` (scatter/assign in replica context; the class attribute
+    ``replica_local_state``) have no cross-replica meaning, and tf.distribute rejects them at trace time."""
+    if config.train.distribute == "default" or config.trainer != "single" or config.loss.name == "softmax":
+        return
+    if samplers.get_sampler_class(config.sampler.name).replica_local_state:
+        stateful = sorted(name for name, cls in samplers.SAMPLERS.items() if cls.replica_local_state)
+        raise ConfigError(
+            f"train.distribute={config.train.distribute}: sampler {config.sampler.name!r} keeps per-user state that "
+            "is updated inside the training step and cannot be shared across replicas; use train.distribute=default "
+            f"or a stateless sampler (not one of {stateful})"
+        )
+
+
+def merged_yaml(paths: str | Sequence[str] | None) -> dict:
+    """The raw mapping of one config file or a list of them, ``base:`` parents resolved, later files winning; unlike
+    the loaded `Config` it tells a key that is not set from one set to its default."""
+    raw: dict = {}
+    for path in [paths] if isinstance(paths, str) else list(paths or []):
+        raw = _deep_merge(raw, _read_yaml(path))
+    return raw
+
+
+def load_config(paths: str | Sequence[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """Loads one config file or a list of them (each with its ``base`` parents; a later file's keys win, as in
+    ``base:``), applies ``overrides`` (``a.b=value``), validates."""
+    raw = merged_yaml(paths)
     for text in overrides or []:
         keys, value = _parse_override(text)
         node = raw

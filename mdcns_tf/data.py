@@ -82,6 +82,15 @@ def _prefixes(record: dict[str, tf.Tensor], max_len: int) -> tf.data.Dataset:
     return tf.data.Dataset.range(1, tf.cast(tf.shape(sequence)[0], tf.int64)).map(prefix)
 
 
+def train_sequences(data_dir: str, max_sequences: int = 0) -> list:
+    """The training split's item-id sequences (1-D int32 numpy arrays, chronological), for samplers that build a
+    statistic of the training data before training (`NegativeSampler.prepare`)."""
+    records = read_records(data_dir, "train")
+    if max_sequences:
+        records = records.take(max_sequences)
+    return [record[features.ITEM_IDS] for record in records.as_numpy_iterator()]
+
+
 def _train_lengths(data_dir: str, max_sequences: int) -> tf.data.Dataset:
     records = read_records(data_dir, "train")
     if max_sequences:

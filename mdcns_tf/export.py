@@ -1,11 +1,12 @@
 """Export a finished training run again, without retraining; and the public name of the SavedModel export API.
 
-    python -m mdcns_tf.export --run runs/quickstart [--top_k K] [--model_name NAME] [--version V]
+    python -m mdcns_tf.export --run runs/quickstart [--top_k K] [--model_name NAME] [--version V] [--index I]
     mdcns-export --run runs/quickstart --top_k 50
 
 Exports the weights model selection kept (``<run>/best/weights``) as a new version of ``<run>/export/<model_name>/``
 with the run's ``config.yaml``, its data folder (whose ``items.txt`` is the ``serve_keys`` vocabulary) and the code
-that exports at the end of training: for another K, another model name, or an export that failed or was turned off
+that exports at the end of training: for another K, another model name, another index (``--index bfloat16``), or an
+export that failed or was turned off
 (``export.enabled: false``). Versions are immutable; ``--version 0`` (the default) takes the next free number. The
 version's ``assets.extra/model_card.json`` holds the run's metrics, its training provenance and this command's.
 
@@ -45,10 +46,17 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
-def reexport(run_dir: str, top_k: int | None = None, model_name: str | None = None, version: int = 0) -> str:
+def reexport(
+    run_dir: str,
+    top_k: int | None = None,
+    model_name: str | None = None,
+    version: int = 0,
+    index: str | None = None,
+    rescore: int | None = None,
+) -> str:
     """Exports the selected weights of the training run in ``run_dir``; returns the new version's path.
 
-    ``top_k`` / ``model_name``: default to the run's ``export.top_k`` / ``export.model_name``; ``version`` 0 takes
+    ``top_k`` / ``model_name`` / ``index`` / ``rescore``: default to the run's ``export.*`` keys; ``version`` 0 takes
     the next free number. Raises `ConfigError`, `FileNotFoundError` (not a run, no selected weights),
     `FileExistsError` (the version exists) or `ValueError` (the vocabulary does not fit the model).
     """
@@ -57,6 +65,12 @@ def reexport(run_dir: str, top_k: int | None = None, model_name: str | None = No
         overrides.append(f"export.top_k={top_k}")
     if model_name is not None:
         overrides.append(f"export.model_name={json.dumps(model_name)}")
+    if index is not None:
+        overrides.append(f"export.index={json.dumps(index)}")
+        if rescore is None and index == "exact":
+            overrides.append("export.rescore=0")  # a bfloat16 run's window does not apply to the exact index
+    if rescore is not None:
+        overrides.append(f"export.rescore={rescore}")
     config = finished_run.load_run_config(run_dir, overrides)
     from mdcns_tf import servable  # TensorFlow: imported once the arguments are known
 
@@ -79,6 +93,8 @@ def reexport(run_dir: str, top_k: int | None = None, model_name: str | None = No
         config.export.version,
         data_dir=config.data.dir,
         model_card=card,
+        index=config.export.index,
+        rescore=config.export.rescore,
     )
 
 
@@ -92,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top_k", type=int, default=None, help="K of the export (default: the run's export.top_k)")
     parser.add_argument("--model_name", default=None, help="model folder and served name (default: the run's)")
     parser.add_argument("--version", type=int, default=0, help="version number (default 0: the next free one)")
+    parser.add_argument(
+        "--index", default=None, help="item index: exact or bfloat16 (default: the run's export.index; README, Serving)"
+    )
+    parser.add_argument(
+        "--rescore", type=int, default=None, help="bfloat16 index: candidates re-scored per query (0: 4 x top_k)"
+    )
     return parser
 
 
@@ -99,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli.setup_logging()
     try:
-        path = reexport(args.run, args.top_k, args.model_name, args.version)
+        path = reexport(args.run, args.top_k, args.model_name, args.version, args.index, args.rescore)
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

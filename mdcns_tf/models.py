@@ -149,12 +149,23 @@ class SequentialRecommender(RetrievalModel):
             user_index=data["user_index"],
             states=states,
             item_embeddings=item_embeddings,
+            inference_states=self.inference_states(data["input_ids"]),
         )
         negatives = self.sampler.sample(context)
         positive_scores = tf.reduce_sum(states * tf.gather(item_embeddings, target_ids), axis=-1)
-        negative_scores = score_items(states, item_embeddings, negatives.ids)
+        if negatives.embeddings is not None:  # synthetic negatives (MixGCF): scored as given
+            negative_scores = tf.einsum("bld,blkd->blk", states, negatives.embeddings)
+        else:
+            negative_scores = score_items(states, item_embeddings, negatives.ids)
         per_position = self.sampler.loss(context, negatives, positive_scores, negative_scores)
         return self.reduce_positions(per_position, trained)
+
+    def inference_states(self, input_ids: tf.Tensor) -> tf.Tensor | None:
+        """Dropout-free states without gradient for samplers that ask for them (``needs_inference_states``: one more
+        forward pass a step), else None."""
+        if not self.sampler.needs_inference_states:
+            return None
+        return tf.stop_gradient(self.encoder(input_ids, training=False))
 
     def epoch_end_hooks(self) -> list:
         return [self.sampler.on_epoch_end] if self.sampler is not None else []

@@ -33,8 +33,11 @@ its row returns item id 0 / key ``""`` with score `NO_ITEM_SCORE` (0 is never a 
 
 ``K`` is fixed per export (``export.top_k``): TF Serving batches concurrent requests of one signature into one
 run, which needs every input to be a batchable tensor; a per-request K would be a second input and a dynamic
-output shape. The index is exact brute force (a matmul and a top-k), which is fast enough for catalogs up to a
-few million items on CPU (``benchmarks/serving_latency.py``); above that, use ``query_embedding`` with an ANN.
+output shape. The index (``export.index``) is brute force: ``exact`` scores every item in float32 (a matmul and a
+top-k); ``bfloat16`` scans a bfloat16 copy of the table saved with the version (half the bytes a query reads) and
+re-scores its best candidates exactly (`mdcns_tf.compact_index`): the same ids as ``exact`` unless an item of the
+true top-K falls outside the re-scored window (recall in ``benchmarks/serving_latency.py``). Both are plain TF ops.
+Far beyond a million items, use ``query_embedding`` with an ANN.
 
 ``assets.extra/tf_serving_warmup_requests`` holds a few `PredictionLog` requests per signature and batch size;
 TF Serving replays them when it loads the version, so the first real request does not pay for lazy
@@ -60,7 +63,7 @@ import tensorflow_recommenders as tfrs
 from tensorflow.core.framework import tensor_pb2
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import features, prediction_log
+from mdcns_tf import compact_index, features, prediction_log
 from mdcns_tf.backbones import Backbone
 from mdcns_tf.config import is_safe_model_name
 
@@ -109,12 +112,26 @@ class TableBruteForce(tfrs.layers.factorized_top_k.BruteForce):
 
 
 class ServingModule(tf.Module):
-    """The exported object: the trained backbone, the item table (by reference), the index and the vocabulary."""
+    """The exported object: the trained backbone, the item table (by reference), the index and the vocabulary.
 
-    def __init__(self, encoder: Backbone, max_len: int, top_k: int, vocabulary_file: str) -> None:
+    ``index``: `compact_index.EXACT` or `compact_index.BFLOAT16` (then ``rescore``, 0 = the default window, is
+    how many candidates a query re-scores exactly; see `compact_index.RescoredBruteForce`).
+    """
+
+    def __init__(
+        self,
+        encoder: Backbone,
+        max_len: int,
+        top_k: int,
+        vocabulary_file: str,
+        index: str = compact_index.EXACT,
+        rescore: int = 0,
+    ) -> None:
         super().__init__(name="serving")
         if not 0 < top_k <= encoder.n_items:
             raise ValueError(f"top_k must be in [1, n_items={encoder.n_items}], got {top_k}")
+        if index not in compact_index.INDEXES:
+            raise ValueError(f"index must be one of {compact_index.INDEXES}, got {index!r}")
         self.encoder = encoder
         self.max_len = max_len
         self.top_k = top_k
@@ -122,7 +139,16 @@ class ServingModule(tf.Module):
         self.dim = encoder.dim
         # The very variable the encoder embeds inputs with: saved once, shared by the index and item_embeddings.
         self.item_table = encoder.item_embeddings
-        self.index = TableBruteForce(k=top_k, name="brute_force").index_table(self.item_table)
+        if index == compact_index.EXACT:
+            self.index = TableBruteForce(k=top_k, name="brute_force").index_table(self.item_table)
+        else:
+            # A snapshot of the trained table, built once here and saved with the version: (n_items + 1, d).
+            self.compact_item_table = tf.Variable(
+                compact_index.compact_table(self.item_table), trainable=False, name="compact_item_table"
+            )
+            self.index = compact_index.RescoredBruteForce(
+                k=top_k, rescore=compact_index.rescore_count(rescore, top_k), name="rescored_brute_force"
+            ).index_tables(self.item_table, self.compact_item_table)
         # Line i (0-based) of items.txt is the key of id i + 1. TextFileInitializer tracks the file as a SavedModel
         # asset (copied to assets/ and re-pointed at load time), so the version folder is self-contained.
         self.key_to_line = tf.lookup.StaticHashTable(
@@ -437,6 +463,8 @@ def export_saved_model(
     warmup_batch_sizes: Sequence[int] = (1, 8, 64),
     verify: bool = True,
     model_card: dict[str, Any] | None = None,
+    index: str = "exact",
+    rescore: int = 0,
 ) -> str:
     """Writes ``<base_dir>/<model_name>/<version>/`` atomically and returns its path.
 
@@ -445,6 +473,7 @@ def export_saved_model(
     when batching is on). ``verify`` reloads the staged folder and compares it with the in-memory model before
     publishing it (a few seconds; the check a server would otherwise do with real traffic). ``model_card``: more
     entries for ``assets.extra/model_card.json`` (the run's metrics and provenance), written with the version.
+    ``index`` / ``rescore``: ``export.index`` / ``export.rescore`` (see `ServingModule`).
     """
     model_dir = check_target(base_dir, model_name)
     version = version or next_version(model_dir)
@@ -459,7 +488,9 @@ def export_saved_model(
         vocabulary_file = os.path.join(staging, "vocabulary", features.ITEMS_FILE)
         keys = _write_vocabulary(vocabulary_file, vocabulary_path(data_dir), encoder.n_items)
         saved = os.path.join(staging, "model")
-        module = ServingModule(encoder, max_len=max_len, top_k=top_k, vocabulary_file=vocabulary_file)
+        module = ServingModule(
+            encoder, max_len=max_len, top_k=top_k, vocabulary_file=vocabulary_file, index=index, rescore=rescore
+        )
         tf.saved_model.save(module, saved, signatures=module.signatures())
         requests = warmup_inputs(encoder.n_items, max_len, keys, warmup_batch_sizes)
         write_warmup(os.path.join(saved, WARMUP_FILE), model_name, requests)
@@ -470,6 +501,8 @@ def export_saved_model(
             "top_k": top_k,
             "max_len": max_len,
             "n_items": encoder.n_items,
+            "index": index,
+            **({"rescore": compact_index.rescore_count(rescore, top_k)} if index != compact_index.EXACT else {}),
             **(model_card or {}),
         }
         with open(os.path.join(saved, MODEL_CARD_FILE), "w", encoding="utf-8") as f:

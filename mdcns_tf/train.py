@@ -28,7 +28,7 @@ import yaml
 
 import mdcns_tf  # noqa: F401  (sets the TensorFlow environment before anything imports it)
 from mdcns_tf import cli, provenance, shipped_configs
-from mdcns_tf.config import Config, ConfigError, _read_yaml, load_config
+from mdcns_tf.config import Config, ConfigError, load_config, merged_yaml
 
 # TensorFlow is imported by the functions that train, not here: `--help` and usage errors answer at once.
 if TYPE_CHECKING:
@@ -93,6 +93,9 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
 
     with strategy.scope():
         model = build_model(config, metadata)
+        sampler = getattr(model, "sampler", None)
+        if sampler is not None and sampler.needs_train_sequences:  # e.g. GNNO's item graph
+            sampler.prepare(data.train_sequences(cfg.dir, cfg.max_train_sequences))
         model.build_for_input(cfg.max_len)
         model.compile(
             optimizer=keras.optimizers.Adam(config.train.learning_rate, weight_decay=config.train.weight_decay or None),
@@ -168,6 +171,8 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
             config.export.version,
             data_dir=cfg.dir,
             model_card={"metrics": summary, "provenance": record},
+            index=config.export.index,
+            rescore=config.export.rescore,
         )
         write_metrics(out_dir, result)
     if not chief:  # a non-chief worker: its copies were only written to keep in step
@@ -178,18 +183,18 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
     return result
 
 
-def resolve_config(path: str, overrides: list[str]) -> Config:
-    """The config of ``--config path`` (a file, or a shipped config's name) and ``--set`` overrides.
+def resolve_config(paths: str | list[str], overrides: list[str]) -> Config:
+    """The config of ``--config FILE [FILE ...]`` (files or shipped configs' names, later ones winning) and ``--set``
+    overrides.
 
-    A config that sets no ``output_dir`` (in the file or its ``base:`` parents) writes to ``runs/<file name>``,
-    never to the code's default folder, which belongs to the quickstart; ``--set output_dir=...`` still wins.
+    A config that sets no ``output_dir`` (in its files or their ``base:`` parents) writes to ``runs/<last file's
+    name>``, never to the code's default folder, which belongs to the quickstart; ``--set output_dir=...`` still wins.
     """
-    path = shipped_configs.resolve(path)
-    # The merged YAML, not the loaded `Config`: only it tells an unset key from one set to the default value.
-    if "output_dir" not in _read_yaml(path):
-        stem = os.path.splitext(os.path.basename(path))[0]
+    files = [shipped_configs.resolve(path) for path in ([paths] if isinstance(paths, str) else paths)]
+    if "output_dir" not in merged_yaml(files):
+        stem = os.path.splitext(os.path.basename(files[-1]))[0]
         overrides = [f"output_dir={json.dumps(os.path.join('runs', stem))}", *overrides]
-    return load_config(path, overrides)
+    return load_config(files, overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,7 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--config", required=True, help="YAML config (may name parents with `base:`), or a shipped config's name"
+        "--config",
+        required=True,
+        nargs="+",
+        metavar="FILE",
+        help="YAML config(s), each a file (may name parents with `base:`) or a shipped config's name; a later file's "
+        "keys win (e.g. --config beauty_sasrec_mdcns my_data.yaml)",
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override")
     parser.add_argument(

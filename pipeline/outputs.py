@@ -58,6 +58,11 @@ def is_local(path: str) -> bool:
     return "://" not in path
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute (workers in other processes or machines have another cwd); URLs unchanged."""
+    return os.path.abspath(path) if is_local(path) else path
+
+
 def _join(output: str, relative: str) -> str:
     return FileSystems.join(output, *relative.split("/"))
 

@@ -24,7 +24,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -35,7 +36,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from mdcns_tf import cli, features
-from pipeline import formats, outputs, splits, transforms
+from pipeline import formats, outputs, sinks, splits, transforms
 
 LOG = logging.getLogger("pipeline")
 
@@ -156,14 +157,29 @@ def with_default_runner(beam_args: Sequence[str]) -> list[str]:
     return beam_args
 
 
+def with_dask_defaults(beam_args: Sequence[str]) -> list[str]:
+    """On the Dask runner, one input file per partition unless ``--dask_npartitions``/``--dask_partition_size``
+    is given: the runner ignores ``Reshuffle`` and puts up to 128 ``Create`` elements in one partition, so every
+    file would be read by one worker and every later step would inherit that single partition."""
+    beam_args = list(beam_args)
+    runner = next((a.split("=", 1)[1] for a in beam_args if a.startswith("--runner=")), "")
+    if "--runner" in beam_args and beam_args.index("--runner") + 1 < len(beam_args):
+        runner = beam_args[beam_args.index("--runner") + 1]
+    partitioned = any(a.split("=", 1)[0] in ("--dask_npartitions", "--dask_partition_size") for a in beam_args)
+    if runner.endswith("DaskRunner") and not partitioned:
+        beam_args.append("--dask_partition_size=1")
+    return beam_args
+
+
 def parse_args(argv: Sequence[str] | None = None) -> tuple[PipelineConfig, PipelineOptions]:
     known, beam_args = build_arg_parser().parse_known_args(argv)
     config = PipelineConfig(**vars(known))
-    return config, PipelineOptions(with_default_runner(beam_args))
+    return config, PipelineOptions(with_dask_defaults(with_default_runner(beam_args)))
 
 
 def match_inputs(pattern: str) -> list[tuple[int, str, int]]:
-    """``(file_ordinal, path, size)`` of the matched files in path order (the ordinal orders ties across files).
+    """``(file_ordinal, path, size)`` of the matched files in path order (the ordinal orders ties across files);
+    local paths are absolute, because workers read them (a Dask worker's cwd is not the launcher's).
 
     A local directory stands for its non-hidden files (not its subdirectories); directories a glob matches are
     skipped: a directory is not a file of rows.
@@ -176,7 +192,7 @@ def match_inputs(pattern: str) -> list[tuple[int, str, int]]:
     except Exception as e:  # noqa: BLE001  (Beam raises BeamIOError, or ValueError for an unknown scheme)
         raise FileNotFoundError(f"--input {pattern!r}: {e}") from None
     paths = sorted(
-        (m.path, m.size_in_bytes)
+        (outputs.absolute(m.path), m.size_in_bytes)
         for m in metadata
         if not (outputs.is_local(m.path) and os.path.isdir(m.path))
         and not (directory_input and os.path.basename(m.path).startswith("."))
@@ -328,6 +344,68 @@ def write_metadata(
     return dataclasses.asdict(meta)
 
 
+def finish(
+    element: tuple[None, Iterable[tuple[str, Any]]],
+    *,
+    config: PipelineConfig,
+    files: list[str],
+    run_id: str,
+    split_file: SplitFile | None = None,
+) -> dict[str, Any]:
+    """The last step, on the gathered ``(kind, value)`` parts: ``("temp", (sink, temporary path))`` per file
+    written (`sinks.finalize` renames them), ``("stat", (name, total))``, ``("item_count", (item id, n))``,
+    ``("item_vocab", list)`` and ``("user_vocab", list)``; then `write_metadata`. A vocabulary that is absent (no
+    user left) is empty."""
+    temp_paths: dict[str, list[str | None]] = {sink: [] for sink in SINKS}
+    stats: dict[str, int] = {}
+    item_counts: dict[int, int] = {}
+    vocabularies: dict[str, list[str]] = {"item_vocab": [], "user_vocab": []}
+    for kind, value in element[1]:
+        if kind == "temp":
+            temp_paths[value[0]].append(value[1])
+        elif kind == "stat":
+            stats[value[0]] = value[1]
+        elif kind == "item_count":
+            item_counts[value[0]] = value[1]
+        else:
+            vocabularies[kind] = value
+    written = [path for sink in SINKS for path in finalize_sink(sink, temp_paths[sink], config, run_id)]
+    return write_metadata(
+        None,
+        config=config,
+        files=files,
+        stats=stats,
+        item_counts=item_counts,
+        written=written,
+        split_file=split_file,
+        **vocabularies,
+    )
+
+
+SINKS = (outputs.REJECTED_DIR, *features.SPLITS)
+
+
+def finalize_sink(sink: str, temp_paths: list[str | None], config: PipelineConfig, run_id: str) -> list[str]:
+    """The final paths of one sink's files (`sinks.finalize`); an empty split still gets one (empty) file."""
+    rejected = sink == outputs.REJECTED_DIR
+    return sinks.finalize(
+        temp_paths,
+        directory=FileSystems.join(config.output, sink),
+        prefix="rejected" if rejected else "part",
+        suffix=".txt" if rejected else features.TFRECORD_SUFFIX,
+        temp_dir=temp_dir(config.output, sink, run_id),
+        min_shards=1 if rejected else max(1, config.num_shards),
+    )
+
+
+def temp_dir(output: str, sink: str, run_id: str) -> str:
+    return FileSystems.join(output, sink, f".temp-{run_id}")
+
+
+def _tagged(value: Any, kind: str) -> tuple[str, Any]:
+    return kind, value
+
+
 def build_pipeline(
     p: beam.Pipeline,
     config: PipelineConfig,
@@ -336,16 +414,27 @@ def build_pipeline(
 ) -> beam.PCollection:
     """Adds the whole graph to ``p``; returns the singleton PCollection of the metadata dict.
 
-    ``split_file`` (the loaded ``--split_file``) travels with the `transforms.MakeRecords` DoFn: a paper's split is
-    a few thousand lines; a split of millions of users would rather be a side input.
+    ``split_file`` (the loaded ``--split_file``) travels with the `transforms.UserSplits` DoFn: a paper's split is
+    a few thousand lines; a split of millions of users would rather be joined like the vocabularies.
 
     Bookkeeping: every step that changes the row count emits ``(name, n)`` stats (per-file read counts, per-user
     lengths after dedupe / k-core / min length, one per record); one keyed sum turns them into ``metadata.counts``.
+
+    Every step feeds the last one (`finish`) through its main input: the stats, vocabularies and item counts, and
+    the temporary files the sinks wrote, which also orders it after every sink; it finalizes the files, then writes
+    the metadata. No side input, no tagged output (the Dask runner gets both wrong: `pipeline.transforms`), and no
+    step that leads nowhere: the Dask runner computes only what the last step applied depends on::
+
+        p | "a" >> beam.Create([1]) | "wa" >> beam.Map(lambda _: open("/tmp/a", "w"))
+        p | "b" >> beam.Create([2]) | "wb" >> beam.Map(lambda _: open("/tmp/b", "w"))
+        # Dask: only /tmp/b is created; any other runner: both
     """
     delimiter, fixed = config.delimiter_value
     columns = formats.parse_columns(config.columns) if config.columns else None
+    # Workers (Dask worker processes, remote machines) write the files: never rely on the launcher's cwd.
+    config = dataclasses.replace(config, output=outputs.absolute(config.output))
     out = config.output
-    singleton = beam.pvalue.AsSingleton
+    run_id = uuid.uuid4().hex[:16]
 
     parsed = (
         p
@@ -353,20 +442,10 @@ def build_pipeline(
         # Spread files over workers; a file itself is read by one worker, streaming, to keep line order.
         | "SpreadFiles" >> beam.Reshuffle()
         | "ReadAndParse"
-        >> beam.ParDo(
-            transforms.ReadAndParse(config.input_format, delimiter, fixed, columns, config.max_line_bytes)
-        ).with_outputs(transforms.REJECTED, transforms.COUNTS, main="rows")
+        >> beam.ParDo(transforms.ReadAndParse(config.input_format, delimiter, fixed, columns, config.max_line_bytes))
     )
-    stats = [parsed[transforms.COUNTS] | "ReadStats" >> beam.FlatMap(dict.items)]
-    written = [
-        parsed[transforms.REJECTED]
-        | "WriteRejected"
-        >> beam.io.WriteToText(
-            FileSystems.join(out, outputs.REJECTED_DIR, "rejected"), file_name_suffix=".txt", num_shards=1
-        )
-    ]
-
-    sequences = parsed.rows | "Sequences" >> transforms.BuildSequences(
+    stats = [transforms.select(parsed, transforms.COUNTS, "FileCounts") | "ReadStats" >> beam.FlatMap(dict.items)]
+    sequences = transforms.select(parsed, transforms.ROWS, "Rows") | "Sequences" >> transforms.BuildSequences(
         has_timestamps=config.input_format == "interactions", dedupe=config.dedupe
     )
     stats.append(transforms.sequence_stats(sequences, "rows_after_dedupe", users_key="users_read"))
@@ -377,60 +456,74 @@ def build_pipeline(
     sequences = sequences | "MinSeqLen" >> beam.Filter(lambda kv, n=config.effective_min_seq_len: len(kv[1]) >= n)
     stats.append(transforms.sequence_stats(sequences, "rows_written"))
 
+    # Without defaults: no user left = no vocabulary element (`finish` reads it as empty).
     item_vocab = (
         sequences
-        | "ItemKeys" >> beam.Map(lambda kv: kv[1])
-        | "ItemVocab" >> beam.CombineGlobally(transforms.Vocabulary())
+        | "Items" >> beam.FlatMap(lambda kv: kv[1])
+        # distinct first: a global combine is one group, which the Dask runner materialises whole in one worker
+        | "DistinctItems" >> beam.Distinct()
+        | "ItemKeys" >> beam.Map(lambda key: (key,))
+        | "ItemVocab" >> beam.CombineGlobally(transforms.Vocabulary()).without_defaults()
     )
     user_vocab = (
         sequences
         | "UserKeys" >> beam.Map(lambda kv: (kv[0],))
-        | "UserVocab" >> beam.CombineGlobally(transforms.Vocabulary())
+        | "UserVocab" >> beam.CombineGlobally(transforms.Vocabulary()).without_defaults()
     )
-    records = sequences | "MakeRecords" >> beam.ParDo(
+    records = {"sequences": sequences, "item_vocab": item_vocab, "user_vocab": user_vocab} | "MakeRecords" >> (
         transforms.MakeRecords(
             config.split,
             config.seed,
             config.valid_fraction,
             config.test_fraction,
             split_file.assignment if split_file is not None else None,
+        )
+    )
+    stats.append(records | "RecordStats" >> beam.Map(lambda kv: (f"records_{kv[0]}", 1)))
+    rejected_dir = outputs.REJECTED_DIR
+    rejected = transforms.select(parsed, transforms.REJECTED, "RejectedLines")
+    # The rejected lines always go to one file; the records to --num_shards files per split, or one per bundle.
+    temp_files = [
+        rejected
+        | "RejectedPairs" >> beam.Map(_tagged, rejected_dir)
+        | "WriteRejected"
+        >> sinks.WriteFiles({rejected_dir: (temp_dir(out, rejected_dir, run_id), ".txt", sinks.TEXT, 1)}),
+        records
+        | "Serialize" >> beam.Map(lambda kv: (kv[0], transforms.serialize_record(kv[1])))
+        | "WriteRecords"
+        >> sinks.WriteFiles(
+            {
+                split: (temp_dir(out, split, run_id), features.TFRECORD_SUFFIX, sinks.TFRECORD, config.num_shards)
+                for split in features.SPLITS
+            }
         ),
-        singleton(item_vocab),
-        singleton(user_vocab),
-    ).with_outputs(*features.SPLITS)
+    ]
+    item_counts = (
+        transforms.select(records, "train", "TrainRecords")
+        | "TrainItemIds" >> beam.FlatMap(lambda record: [(item_id, 1) for item_id in record[1]])
+        | "CountPerItem" >> beam.CombinePerKey(sum)
+    )
 
-    for split in features.SPLITS:
-        written.append(
-            records[split]
-            | f"Serialize_{split}" >> beam.Map(transforms.serialize_record)
-            | f"Write_{split}"
-            >> beam.io.WriteToTFRecord(
-                FileSystems.join(out, split, "part"),
-                file_name_suffix=features.TFRECORD_SUFFIX,
-                num_shards=config.num_shards,
-                compression_type=CompressionTypes.GZIP,
-            )
-        )
-        stats.append(records[split] | f"Stats_records_{split}" >> beam.Map(lambda _, key=f"records_{split}": (key, 1)))
-    item_counts = records.train | "TrainItemCounts" >> beam.CombineGlobally(transforms.ItemCounts())
-    stats_dict = stats | "AllStats" >> beam.Flatten() | "SumStats" >> transforms.SumStats()
-    all_written = written | "AllWritten" >> beam.Flatten()
-
+    # Everything meets in one group for the last step (Dask computes only what that step depends on). One marker
+    # per sink, so that a sink that got no element still gets its (empty) file.
+    markers = p | "SinkMarkers" >> beam.Create([(sink, None) for sink in SINKS])
+    parts = (
+        [*temp_files, markers] | "AllTempFiles" >> beam.Flatten() | "TempParts" >> beam.Map(_tagged, "temp"),
+        stats
+        | "AllStats" >> beam.Flatten()
+        | "SumStats" >> beam.CombinePerKey(sum)
+        | "StatParts" >> beam.Map(_tagged, "stat"),
+        item_counts | "ItemCountParts" >> beam.Map(_tagged, "item_count"),
+        item_vocab | "ItemVocabPart" >> beam.Map(_tagged, "item_vocab"),
+        user_vocab | "UserVocabPart" >> beam.Map(_tagged, "user_vocab"),
+    )
     return (
-        p
-        | "Finish" >> beam.Create([None])
+        parts
+        | "AllParts" >> beam.Flatten()
+        | "OneKey" >> beam.Map(lambda part: (None, part))
+        | "Gather" >> beam.GroupByKey()
         | "WriteMetadata"
-        >> beam.Map(
-            write_metadata,
-            config=config,
-            files=[path for _, path, _ in inputs],
-            stats=singleton(stats_dict),
-            item_vocab=singleton(item_vocab),
-            user_vocab=singleton(user_vocab),
-            item_counts=singleton(item_counts),
-            written=beam.pvalue.AsList(all_written),
-            split_file=split_file,
-        )
+        >> beam.Map(finish, config=config, files=[path for _, path, _ in inputs], run_id=run_id, split_file=split_file)
     )
 
 
@@ -466,7 +559,14 @@ def execute(
     p = beam.Pipeline(options=options)
     build_pipeline(p, config, inputs, split_file)
     result = p.run()
-    result.wait_until_finish()
+    try:
+        result.wait_until_finish()
+    finally:
+        # Beam's Dask runner opens a `distributed.Client` per run and never closes it: closed here, else it keeps
+        # reconnecting (and logging tracebacks) once the cluster is gone.
+        client = getattr(result, "client", None)
+        if client is not None and hasattr(client, "close"):
+            client.close()
     LOG.info("pipeline finished in %.1fs (state %s)", time.monotonic() - start, result.state)
     try:  # not every runner reports metrics back to the launcher
         counters = result.metrics().query(MetricsFilter().with_namespace("pipeline"))["counters"]

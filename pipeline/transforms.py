@@ -3,15 +3,37 @@
 Element shapes between the steps (``K`` = raw key string):
 
     ReadAndParse       (file_ordinal, path, size_bytes)
-                         -> main: (user K, (timestamp, file_ordinal, line_no, (item K, ...)))
-                            rejected: "path\\tline\\treason\\traw" lines; counts: one dict[str, int] per file
+                         -> (ROWS, (user K, (timestamp, file_ordinal, line_no, (item K, ...))))
+                            (REJECTED, "path\\tline\\treason\\traw"); (COUNTS, dict[str, int]) once per file
     BuildSequences     (user K, values) grouped per user -> (user K, [item K, ...]) sorted by (timestamp, file, line)
     KCore / min length (user K, [item K, ...]) -> same, fewer
-    MakeRecords        (user K, [item K, ...]) -> tagged train/valid/test (user_index, [item id], target)
+    MakeRecords        (user K, [item K, ...]) + vocabularies -> (split, (user_index, [item id], target))
 
 No step holds the dataset in one worker: parsing streams each file, sequences are grouped per user. The item and
-user vocabularies (distinct keys, not interactions) are combined into one sorted list each and broadcast as side
-inputs; that bounds the vocabulary (not the data) by one worker's memory.
+user vocabularies (distinct keys, not interactions) are combined into one sorted list each; that bounds the
+vocabulary (not the data) by one worker's memory. Ids reach the sequences through joins (`MakeRecords`).
+
+Portability. The graph uses only single-output ParDos, GroupByKey/CoGroupByKey, Flatten and combiners without
+default values: no side input and no tagged output. Beam 2.77's Dask runner (`apache_beam.runners.dask`) gets both
+wrong, and every other runner runs this subset as well:
+
+- Tagged outputs: its ParDo puts every output in every output collection::
+
+      out = p | beam.Create([1, 2]) | beam.ParDo(
+          lambda x: [x, beam.pvalue.TaggedOutput("neg", -x)]).with_outputs("neg", main="main")
+      out.neg | beam.Map(print)   # Dask: 1, -1, 2, -2 (the main outputs too); any other runner: -1, -2
+
+  so a step emits ``(tag, value)`` pairs and `select` picks one tag.
+- Side inputs: a side input is the producing dask bag pickled into each task of the consumer and recomputed there
+  (``list(bag)`` in ``DaskBagWindowedIterator``), once per partition, in that one worker::
+
+      seen = p | "s" >> beam.Create(range(5)) | beam.Map(lambda x: open(f"/tmp/si_{x}", "a").write("x") and x)
+      p | beam.Create(range(300)) | beam.Map(lambda x, s: x, beam.pvalue.AsList(seen))
+      # Dask: each /tmp/si_* holds "xxx" (3 partitions of 128); any other runner: "x"
+
+  With the vocabularies as side inputs the whole upstream pipeline reran inside every records task. So ids are
+  joined (`MakeRecords`), k-core groups by item (`KCore`), and a global combine that must yield a value on empty
+  input gets it from a ``Create`` marker (`combine_globally`), not from Beam's default injection (a side input).
 """
 
 from __future__ import annotations
@@ -30,6 +52,7 @@ from pipeline import encoding, formats, splits
 
 LOG = logging.getLogger("pipeline")
 
+ROWS = "rows"
 REJECTED = "rejected"
 COUNTS = "counts"
 
@@ -39,8 +62,9 @@ Sequence_ = tuple[str, list[str]]
 class ReadAndParse(beam.DoFn):
     """Streams one file line by line (order kept via line numbers) through a `formats.LineParser`.
 
-    Input: ``(file_ordinal, path, size_bytes)``. Outputs: main `formats.Parsed` values, ``rejected`` text lines and,
-    once per file, a ``counts`` dict. Logs progress with an ETA every ``log_every_s`` seconds.
+    Input: ``(file_ordinal, path, size_bytes)``. Outputs ``(tag, value)`` pairs (one output, see the module
+    docstring; `select` splits them): ``ROWS`` `formats.Parsed` values, ``REJECTED`` text lines and, once per file,
+    a ``COUNTS`` dict. Logs progress with an ETA every ``log_every_s`` seconds.
     """
 
     def __init__(
@@ -78,9 +102,10 @@ class ReadAndParse(beam.DoFn):
             for line_no, (raw, consumed) in enumerate(formats.iter_lines(stream, self.max_line_bytes), start=1):
                 out = parser.parse(line_no, raw)
                 if isinstance(out, formats.Rejection):
-                    yield beam.pvalue.TaggedOutput(REJECTED, out.to_line())
+                    yield REJECTED, out.to_line()
                 else:
-                    yield from out
+                    for parsed in out:
+                        yield ROWS, parsed
                 if line_no % 65536 == 0:
                     self._report(parser.counts, reported)
                     now = time.monotonic()
@@ -107,7 +132,7 @@ class ReadAndParse(beam.DoFn):
             parser.layout,
             "none" if parser.header is None else repr(parser.header[:200]),
         )
-        yield beam.pvalue.TaggedOutput(COUNTS, dict(parser.counts))
+        yield COUNTS, dict(parser.counts)
 
     def _report(self, counts: dict[str, int], reported: dict[str, int]) -> None:
         # Counters are bumped in batches: a metric update per line would dominate the parse cost.
@@ -141,6 +166,27 @@ class SumDicts(beam.CombineFn):
 
     def extract_output(self, acc: dict[str, int]) -> dict[str, int]:
         return acc
+
+
+def _with_tag(element: tuple[str, Any], tag: str) -> list[Any]:
+    return [element[1]] if element[0] == tag else []
+
+
+def select(tagged: beam.PCollection, tag: str, label: str) -> beam.PCollection:
+    """The values of ``(tag, value)`` pairs with this tag (a portable stand-in for a tagged output)."""
+    return tagged | label >> beam.FlatMap(_with_tag, tag)
+
+
+def combine_globally(pcoll: beam.PCollection, fn: beam.CombineFn, empty: Any, label: str) -> beam.PCollection:
+    """``CombineGlobally(fn)`` that yields exactly one value, ``fn``'s result for ``empty`` on empty input.
+
+    Beam injects the empty result through a side input; here a ``Create([empty])`` marker is combined in instead
+    (``fn`` must ignore it: an empty collection of keys, an empty dict), which every runner supports.
+    """
+    marker = pcoll.pipeline | f"{label}Empty" >> beam.Create([empty])
+    return (
+        (pcoll, marker) | f"{label}WithEmpty" >> beam.Flatten() | label >> beam.CombineGlobally(fn).without_defaults()
+    )
 
 
 def build_sequence(element: tuple[str, Iterable[Any]], has_timestamps: bool, dedupe: bool) -> Sequence_:
@@ -185,26 +231,25 @@ class BuildSequences(beam.PTransform):
         )
 
 
-class _DropItems(beam.DoFn):
-    """Removes the side input's items from each sequence, then drops users left with fewer than ``k`` items."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self._drop: frozenset[str] | None = None
-
-    def process(self, element: Sequence_, drop: Iterable[str]) -> Iterator[Sequence_]:
-        # In a batch pipeline a side input is constant, so it is materialised once per DoFn instance, not per call.
-        if self._drop is None:
-            self._drop = frozenset(drop)
-        user, items = element
-        if self._drop:
-            items = [item for item in items if item not in self._drop]
-        if len(items) >= self.k:
-            yield user, items
+def _events_by_item(element: Sequence_) -> Iterator[tuple[str, tuple[str, int]]]:
+    user, items = element
+    for position, item in enumerate(items):
+        yield item, (user, position)
 
 
-def _item_counts(element: Sequence_) -> Iterable[tuple[str, int]]:
-    return Counter(element[1]).items()
+def _keep_frequent_item(element: tuple[str, Iterable[tuple[str, int]]], k: int) -> Iterator[Any]:
+    item, uses = element
+    uses = list(uses)
+    if len(uses) >= k:
+        for user, position in uses:
+            yield user, (position, item)
+
+
+def _rebuild_if_long(element: tuple[str, Iterable[tuple[int, str]]], k: int) -> Iterator[Sequence_]:
+    user, positioned = element
+    items = [item for _, item in sorted(positioned)]
+    if len(items) >= k:
+        yield user, items
 
 
 class KCore(beam.PTransform):
@@ -213,6 +258,10 @@ class KCore(beam.PTransform):
     Beam graphs are static, so the loop is unrolled ``rounds`` times (default 10); a round after the fixed point
     removes nothing. Output ``kcore_left`` (via `violations`) counts the items and users still below k afterwards,
     which is 0 when the fixed point was reached; the pipeline logs a warning and records it in metadata otherwise.
+
+    A round groups the events by item (an item's group is its count: kept or dropped whole), then by user (the
+    kept events back in sequence order). No side input (see the module docstring); memory per group is bounded by
+    the most popular item's interactions.
     """
 
     def __init__(self, k: int, rounds: int) -> None:
@@ -222,15 +271,19 @@ class KCore(beam.PTransform):
 
     def expand(self, sequences: beam.PCollection) -> beam.PCollection:
         for r in range(self.rounds):
-            low_items = (
+            sequences = (
                 sequences
-                | f"ItemCounts{r}" >> beam.FlatMap(_item_counts)
-                | f"SumItems{r}" >> beam.CombinePerKey(sum)
-                | f"LowItems{r}" >> beam.Filter(lambda kv, k=self.k: kv[1] < k)
-                | f"LowKeys{r}" >> beam.Keys()
+                | f"EventsByItem{r}" >> beam.FlatMap(_events_by_item)
+                | f"GroupByItem{r}" >> beam.GroupByKey()
+                | f"DropRareItems{r}" >> beam.FlatMap(_keep_frequent_item, k=self.k)
+                | f"GroupByUser{r}" >> beam.GroupByKey()
+                | f"DropShortUsers{r}" >> beam.FlatMap(_rebuild_if_long, k=self.k)
             )
-            sequences = sequences | f"Drop{r}" >> beam.ParDo(_DropItems(self.k), beam.pvalue.AsList(low_items))
         return sequences
+
+
+def _item_counts(element: Sequence_) -> Iterable[tuple[str, int]]:
+    return Counter(element[1]).items()
 
 
 def kcore_violations(sequences: beam.PCollection, k: int, label: str = "KCoreCheck") -> beam.PCollection:
@@ -258,11 +311,17 @@ def sequence_stats(sequences: beam.PCollection, label: str, users_key: str | Non
     return sequences | f"Stats_{label}" >> beam.FlatMap(lambda kv: [(label, len(kv[1])), (users_key, 1)])
 
 
+def _stat_dict(element: tuple[str, int]) -> dict[str, int]:
+    return {element[0]: element[1]}
+
+
 class SumStats(beam.PTransform):
-    """``(name, int)`` collections -> a singleton ``dict[name, total]`` (absent names are simply missing)."""
+    """``(name, int)`` collections -> a singleton ``dict[name, total]`` (absent names are simply missing; ``{}``
+    for no stats at all)."""
 
     def expand(self, stats: beam.PCollection) -> beam.PCollection:
-        return stats | "SumPerName" >> beam.CombinePerKey(sum) | "ToDict" >> beam.combiners.ToDict()
+        totals = stats | "SumPerName" >> beam.CombinePerKey(sum) | "AsDict" >> beam.Map(_stat_dict)
+        return combine_globally(totals, SumDicts(), {}, "ToDict")
 
 
 class Vocabulary(beam.CombineFn):
@@ -285,13 +344,25 @@ class Vocabulary(beam.CombineFn):
         return formats.vocabulary_order(acc)
 
 
-class MakeRecords(beam.DoFn):
-    """``(user K, [item K])`` -> tagged ``train``/``valid``/``test`` records ``(user_index, [item id], target)``.
+def _item_ids(vocabulary: list[str]) -> Iterator[tuple[str, int]]:
+    for item_id, key in enumerate(vocabulary, start=1):
+        yield key, item_id
 
-    Side inputs: the item vocabulary (id = position + 1) and the user vocabulary (index = position + 1); for the
-    user protocol the split of each user comes from ``split_file`` (``{user key: split}`` read from
-    ``--split_file``, checked against the vocabulary by `splits.file_split_assignment`) when given, else from
-    `splits.user_split_assignment` on the user vocabulary.
+
+def _ids_by_user(element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, tuple[int, int]]]:
+    _, joined = element
+    for item_id in joined["id"]:
+        for user, position in joined["uses"]:
+            yield user, (position, item_id)
+
+
+class UserSplits(beam.DoFn):
+    """The user vocabulary -> ``(user K, (user_index, split))`` for every user (index = position + 1).
+
+    The split is the loo protocol's (every user in every split: ``None``) or the user protocol's, from
+    ``split_file`` (``{user key: split}`` read from ``--split_file``, checked against the vocabulary by
+    `splits.file_split_assignment`, which raises `splits.SplitFileError`) when given, else from
+    `splits.user_split_assignment`.
     """
 
     def __init__(
@@ -309,33 +380,64 @@ class MakeRecords(beam.DoFn):
         self.valid_fraction = valid_fraction
         self.test_fraction = test_fraction
         self.split_file = split_file
-        self._item_ids: dict[str, int] | None = None
-        self._user_index: dict[str, int] | None = None
-        self._user_split: dict[str, str] | None = None
-        self.users_counter = Metrics.counter("pipeline", "users_written")
 
-    def process(self, element: Sequence_, item_vocab: list[str], user_vocab: list[str]) -> Iterator[Any]:
-        if self._item_ids is None:  # side inputs are constant in batch: build the lookups once per instance
-            self._item_ids = {key: i for i, key in enumerate(item_vocab, start=1)}
-            self._user_index = {key: i for i, key in enumerate(user_vocab, start=1)}
-            if self.protocol == "user" and self.split_file is not None:
-                self._user_split = splits.file_split_assignment(user_vocab, self.split_file)
-            elif self.protocol == "user":
-                self._user_split = splits.user_split_assignment(
-                    user_vocab, self.seed, self.valid_fraction, self.test_fraction
-                )
-        assert self._user_index is not None
-        user, items = element
-        ids = [self._item_ids[item] for item in items]
-        user_index = self._user_index[user]
+    def process(self, user_vocab: list[str]) -> Iterator[tuple[str, tuple[int, str | None]]]:
         if self.protocol == "loo":
-            records = splits.loo_records(user_index, ids)
+            assignment: dict[str, str] | None = None
+        elif self.split_file is not None:
+            assignment = splits.file_split_assignment(user_vocab, self.split_file)
         else:
-            assert self._user_split is not None
-            records = splits.user_records(user_index, ids, self._user_split[user])
-        self.users_counter.inc()
-        for split, record in records.items():
-            yield beam.pvalue.TaggedOutput(split, record)
+            assignment = splits.user_split_assignment(user_vocab, self.seed, self.valid_fraction, self.test_fraction)
+        for index, key in enumerate(user_vocab, start=1):
+            yield key, (index, None if assignment is None else assignment[key])
+
+
+def records_of_user(element: tuple[str, dict[str, list[Any]]], protocol: str) -> Iterator[tuple[str, Any]]:
+    """A user's joined ``{"user": [(user_index, split)], "ids": [(position, item id), ...]}`` -> its
+    ``(split, record)`` pairs."""
+    _, joined = element
+    ((user_index, split),) = joined["user"]
+    ids = [item_id for _, item_id in sorted(joined["ids"])]
+    records = splits.loo_records(user_index, ids) if protocol == "loo" else splits.user_records(user_index, ids, split)
+    Metrics.counter("pipeline", "users_written").inc()
+    yield from records.items()
+
+
+class MakeRecords(beam.PTransform):
+    """``{"sequences", "item_vocab", "user_vocab"}`` -> ``(split, (user_index, [item id], target))`` pairs.
+
+    Item ids (position in ``item_vocab`` + 1) reach the events by a join on the item key, user indices and splits
+    (`UserSplits`) by a join on the user key: two shuffles of the events instead of broadcasting the vocabularies
+    as side inputs, which the Dask runner recomputes per task (module docstring). A user with no vocabulary entry
+    cannot occur: both vocabularies are built from these sequences.
+    """
+
+    def __init__(
+        self,
+        protocol: str,
+        seed: int,
+        valid_fraction: float,
+        test_fraction: float,
+        split_file: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.user_splits = UserSplits(protocol, seed, valid_fraction, test_fraction, split_file)
+
+    def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
+        item_ids = inputs["item_vocab"] | "ItemIds" >> beam.FlatMap(_item_ids)
+        events = inputs["sequences"] | "EventsByItem" >> beam.FlatMap(_events_by_item)
+        ids = (
+            {"id": item_ids, "uses": events}
+            | "JoinItemIds" >> beam.CoGroupByKey()
+            | "IdsByUser" >> beam.FlatMap(_ids_by_user)
+        )
+        users = inputs["user_vocab"] | "UserSplits" >> beam.ParDo(self.user_splits)
+        return (
+            {"user": users, "ids": ids}
+            | "JoinUsers" >> beam.CoGroupByKey()
+            | "Records" >> beam.FlatMap(records_of_user, protocol=self.protocol)
+        )
 
 
 class ItemCounts(beam.CombineFn):

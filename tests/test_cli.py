@@ -163,3 +163,22 @@ def test_a_config_without_output_dir_writes_to_runs_and_its_name(tmp_path):
     assert train.resolve_config("quickstart", []).output_dir == "runs/quickstart"
     assert train.resolve_config("beauty_sasrec_mdcns", []).output_dir == "runs/beauty_sasrec_mdcns"
     assert train.resolve_config("base", []).output_dir == os.path.join("runs", "base")
+
+
+def test_several_config_files_layer_in_order_and_name_the_run_by_the_last(tmp_path):
+    (tmp_path / "my_data.yaml").write_text("data:\n  dir: data/mine\n  max_len: 20\nseed: 5\n")
+    config = train.resolve_config(["base", "training/fast", str(tmp_path / "my_data.yaml")], ["seed=6"])
+    # training/fast sets batch 512 and buckets over base; my_data wins over both; --set wins over all.
+    assert (config.data.batch_size, config.data.bucket_by_length) == (512, True)
+    assert (config.data.dir, config.data.max_len, config.seed) == ("data/mine", 20, 6)
+    assert config.output_dir == os.path.join("runs", "my_data")
+
+
+def test_the_template_for_your_data_loads_and_names_its_run():
+    config = train.resolve_config("templates/your_data", [])
+    assert (config.output_dir, config.data.dir, config.export.model_name) == (
+        "runs/your_data",
+        "data/your_data",
+        "your_model",
+    )
+    assert config.data.bucket_by_length  # the fast recipe is layered in

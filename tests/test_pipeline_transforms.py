@@ -20,18 +20,17 @@ def test_read_interactions_with_rejections(tmp_path) -> None:
         out = (
             p
             | beam.Create([(0, str(path), len(data))])
-            | beam.ParDo(transforms.ReadAndParse("interactions", None, False, None)).with_outputs(
-                transforms.REJECTED, transforms.COUNTS, main="rows"
-            )
+            | beam.ParDo(transforms.ReadAndParse("interactions", None, False, None))
         )
-        assert_that(out.rows, equal_to([("1", (300, 0, 2, ("10",))), ("2", (100, 0, 7, ("12",)))]), label="rows")
+        rows = transforms.select(out, transforms.ROWS, "Rows")
+        assert_that(rows, equal_to([("1", (300, 0, 2, ("10",))), ("2", (100, 0, 7, ("12",)))]), label="rows")
         assert_that(
-            out[transforms.REJECTED] | beam.Map(lambda line: line.split("\t", 3)[1:3]),
+            transforms.select(out, transforms.REJECTED, "Rejected") | beam.Map(lambda line: line.split("\t", 3)[1:3]),
             equal_to([["3", "non_numeric_timestamp"], ["5", "wrong_column_count"], ["6", "non_utf8"]]),
             label="rejected",
         )
         assert_that(
-            out[transforms.COUNTS] | beam.Map(lambda c: {k: v for k, v in c.items() if v}),
+            transforms.select(out, transforms.COUNTS, "Counts") | beam.Map(lambda c: {k: v for k, v in c.items() if v}),
             equal_to(
                 [
                     {
@@ -68,6 +67,7 @@ def test_parse_and_sort_each_format(tmp_path, fmt: str, data: bytes, expected: l
             p
             | beam.Create([(0, str(path), len(data))])
             | beam.ParDo(transforms.ReadAndParse(fmt, None, False, None))
+            | beam.FlatMap(lambda tagged: [tagged[1]] if tagged[0] == transforms.ROWS else [])
             | transforms.BuildSequences(has_timestamps=fmt == "interactions", dedupe=False)
         )
         assert_that(sequences, equal_to(expected))
@@ -139,13 +139,13 @@ def make_records(protocol: str, sequences: list, seed: int = 42) -> dict[str, li
     collected: dict[str, list] = {}
     with TestPipeline(runner=RUNNER) as p:
         created = p | beam.Create(sequences)
-        out = created | beam.ParDo(
-            transforms.MakeRecords(protocol, seed, 0.2, 0.1),
-            beam.pvalue.AsSingleton(p | "iv" >> beam.Create([items])),
-            beam.pvalue.AsSingleton(p | "uv" >> beam.Create([users])),
-        ).with_outputs("train", "valid", "test")
+        out = {
+            "sequences": created,
+            "item_vocab": p | "iv" >> beam.Create([items]),
+            "user_vocab": p | "uv" >> beam.Create([users]),
+        } | transforms.MakeRecords(protocol, seed, 0.2, 0.1)
         for split in ("train", "valid", "test"):
-            collected[split] = out[split]
+            collected[split] = transforms.select(out, split, f"select_{split}")
         expected = {split: [] for split in ("train", "valid", "test")}
         assignment = splits.user_split_assignment(users, seed, 0.2, 0.1)
         for user, seq in sequences:

@@ -20,8 +20,6 @@ from mdcns_tf.samplers import SAMPLERS, SamplingContext, sampler_params
 from mdcns_tf.samplers.autosample import RETRAIN, SEARCH, architecture_gradient
 from mdcns_tf.samplers.base import Negatives
 from mdcns_tf.samplers.candidates import gumbel_top_k, sample_excluding, top_m_uniform_pick
-from mdcns_tf.samplers.gdns import UNSEEN
-from mdcns_tf.samplers.srns import EMPTY
 
 # Chi-square critical values at p = 0.001 by degrees of freedom.
 CHI2_CRITICAL_001 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515}
@@ -36,7 +34,9 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-def make_sampler(name: str, n_items: int, n_users: int = 4, k: int = 1, counts=None, seed: int = 0, **params):
+def make_sampler(
+    name: str, n_items: int, n_users: int = 4, k: int = 1, counts=None, seed: int = 0, embedding_dim: int = 1, **params
+):
     return SAMPLERS[name](
         params=sampler_params(name, params),
         n_items=n_items,
@@ -46,6 +46,7 @@ def make_sampler(name: str, n_items: int, n_users: int = 4, k: int = 1, counts=N
         loss_name="bce",
         seed=seed,
         name=name,
+        embedding_dim=embedding_dim,
     )
 
 
@@ -155,48 +156,7 @@ def test_popularity_logq_is_the_log_of_k_times_the_catalogue_probability():
 # --- SRNS ---------------------------------------------------------------------------------------------------------
 
 
-def set_srns_memory(sampler, user: int, ids, history, stamps, epoch: int) -> None:
-    sampler.memory_ids.scatter_nd_update([[user]], [ids])
-    sampler.memory_history.scatter_nd_update([[user]], [history])
-    sampler.history_stamps.scatter_nd_update([[user]], [stamps])
-    sampler.epoch.assign(epoch)
-
-
-@pytest.mark.parametrize("alpha, expected", [(0.0, 3), (1.0, 4)])
-def test_srns_prefers_the_higher_variance_candidate_among_high_scores(alpha, expected):
-    # Memory of user 1: items 3, 4, 5 scored 2.1, 2.0, -3.0 against a positive (item 1) scored 0.
-    item_scores = np.zeros(21, dtype=np.float32)
-    item_scores[[3, 4, 5]] = [2.1, 2.0, -3.0]
-    history = np.array(
-        [
-            [0.8, 0.8, 0.8, 0.8, 0.8],  # item 3: stable score (a likely false negative), std 0
-            [0.6, 0.9, 0.7, 1.0, 0.8],  # item 4: fluctuating, std 0.1414
-            [0.0, 1.0, 0.0, 1.0, 0.0],  # item 5: most variable (std 0.49) but its score is low
-        ],
-        dtype=np.float32,
-    )
-    sampler = make_sampler("srns", n_items=20, memory_size=3, fresh_size=3, alpha=alpha, warmup_epochs=5)
-    # Epoch 5 = warmup: the variance weight is alpha. Stamps 5, 1..4: all five entries are recent.
-    set_srns_memory(sampler, 1, [3, 4, 5], history, [5, 1, 2, 3, 4], epoch=5)
-    context = scored_context(item_scores, [[1.0]], [[1]], [[1, 2]], user_index=[1])
-    # By hand: sig(2.1) = .8909; sig(2.0) + alpha . std = .8808 + .1414 alpha; sig(-3) + .49 alpha = .0474 + .49 alpha.
-    assert sampler.sample(context).ids.numpy().item() == expected
-
-
-def test_srns_records_the_likelihood_in_the_current_epoch_slot():
-    item_scores = np.zeros(21, dtype=np.float32)
-    item_scores[[3, 4]] = [1.0, -1.0]
-    sampler = make_sampler("srns", n_items=20, memory_size=2, fresh_size=2, temperature=1e-3)
-    history = np.full([2, 5], EMPTY, np.float32)
-    set_srns_memory(sampler, 1, [3, 4], history, [-1] * 5, epoch=7)
-    # Fresh items score 0 < 1 and the temperature is tiny: item 3 survives the resampling deterministically.
-    sampler.sample(scored_context(item_scores, [[1.0]], [[1]], [[1]], user_index=[1]))
-    row = list(sampler.memory_ids.numpy()[1])
-    assert 3 in row
-    stored = sampler.memory_history.numpy()[1, row.index(3)]
-    np.testing.assert_allclose(stored[7 % 5], sigmoid(1.0), rtol=1e-6)
-    assert (np.delete(stored, 7 % 5) == EMPTY).all()
-    assert sampler.history_stamps.numpy()[1, 7 % 5] == 7
+# The SRNS pick (likelihood + alpha . std over the model snapshots) is tested in test_samplers_gdns_srns.py.
 
 
 def test_gumbel_top_k_draws_follow_the_softmax():
@@ -231,45 +191,7 @@ def test_srns_memory_update_follows_softmax_of_score_over_temperature():
 # --- GDNS ---------------------------------------------------------------------------------------------------------
 
 
-def test_gdns_gain_follows_its_ema_and_the_largest_gain_is_picked():
-    ema, eps = 0.5, 1e-6
-    item_scores = np.zeros(11, np.float32)
-    item_scores[[1, 2, 3, 4, 5, 6]] = [1.0, -0.5, -4.0, 0.5, 0.0, 2.0]
-    sampler = make_sampler("gdns", n_items=10, pool_size=4, refresh=0, ema=ema, eps=eps)
-    pool = [3, 4, 5, 6]
-    previous = np.array([0.9, 0.2, UNSEEN, 0.4], np.float32)
-    gain = np.array([0.5, 0.6, 0.5, 0.9], np.float32)
-    sampler.pool_ids.scatter_nd_update([[1]], [pool])
-    sampler.gap.scatter_nd_update([[1]], [previous])
-    sampler.gain.scatter_nd_update([[1]], [gain])
-    # Two trained positions (targets 1 and 2, scored 1.0 and -0.5) and one untrained position.
-    states = np.array([[1.0, 1.0, 1.0]])
-    context = scored_context(item_scores, states, [[1, 2, 0]], [[1, 2]], user_index=[1])
-    ids = sampler.sample(context).ids.numpy()
-
-    s = states[0, :2, None] * item_scores[pool][None, :]  # (2 trained positions, 4 items)
-    positive = states[0, :2] * item_scores[[1, 2]]
-    current = sigmoid(s - positive[:, None]).mean(axis=0)
-    expected_gain = np.where(
-        previous >= 0, ema * gain + (1 - ema) * sigmoid((previous - current) / (current + eps)), gain
-    )
-    np.testing.assert_allclose(sampler.gap.numpy()[1], current, rtol=1e-5)
-    np.testing.assert_allclose(sampler.gain.numpy()[1], expected_gain, rtol=1e-5)
-    # By hand: H = .018, .554, (unseen), .828 -> G = .75, .473, .5, .637. Item 3's gap collapsed (0.9 -> .018):
-    # the largest gain, though item 6 had the largest gain before.
-    np.testing.assert_allclose(expected_gain, [0.75, 0.473, 0.5, 0.637], atol=2e-3)
-    assert pool[int(np.argmax(expected_gain))] == 3
-    np.testing.assert_array_equal(ids, [[[3], [3], [3]]])
-
-
-def test_gdns_refresh_evicts_the_lowest_gains():
-    sampler = make_sampler("gdns", n_items=30, pool_size=4, refresh=1, ema=0.5)
-    sampler.pool_ids.scatter_nd_update([[1]], [[3, 4, 5, 6]])
-    sampler.gain.scatter_nd_update([[1]], [[0.9, 0.1, 0.8, 0.7]])  # all unseen: gains unchanged by the step
-    sampler.sample(scored_context(np.zeros(31), [[1.0]], [[1]], [[1, 2]], user_index=[1]))
-    row = sampler.pool_ids.numpy()[1]
-    assert list(row[[0, 2, 3]]) == [3, 5, 6] and row[1] not in (0, 1, 2, 4)
-    assert sampler.gap.numpy()[1, 1] == UNSEEN and sampler.gain.numpy()[1, 1] == pytest.approx(0.5)
+# The gain, the proportional draw and the feedback-loop simulation are in test_samplers_gdns_srns.py.
 
 
 def test_gdns_group_wise_margin_loss():
@@ -350,7 +272,7 @@ def test_no_sampler_returns_a_history_item_or_the_target(name):
         exclusion[u, : len(history)] = history
         targets[u, -min(seq_len, len(history) - 1) :] = history[1 : seq_len + 1][: min(seq_len, len(history) - 1)]
     counts = [0] + list(rng.integers(1, 50, n_items))
-    sampler = make_sampler(name, n_items=n_items, n_users=n_users, k=k, counts=counts, seed=1)
+    sampler = make_sampler(name, n_items=n_items, n_users=n_users, k=k, counts=counts, seed=1, embedding_dim=8)
 
     def check(epoch: int) -> None:
         context = SamplingContext(
@@ -393,7 +315,7 @@ def test_sampler_trains_end_to_end(name, tiny_dataset, tmp_path):
         "train.verbose=0",
         "train.tensorboard=false",
         # The stateful samplers' variables go through the checkpoint of BackupAndRestore.
-        f"train.backup_and_restore={str(name in ('srns', 'gdns', 'autosample')).lower()}",
+        f"train.backup_and_restore={str(SAMPLERS[name].replica_local_state).lower()}",
         "eval.test=false",
         "export.enabled=false",
         "export.top_k=10",

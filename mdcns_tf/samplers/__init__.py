@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from mdcns_tf.registry import lookup, options_from_block
+from mdcns_tf.samplers.adasir import AdaSIRSampler
 from mdcns_tf.samplers.autosample import AutoSampleSampler
 from mdcns_tf.samplers.base import Negatives, NegativeSampler, SamplingContext
 from mdcns_tf.samplers.dns import DNSSampler
 from mdcns_tf.samplers.dns_mn import DNSMNSampler
 from mdcns_tf.samplers.gdns import GDNSSampler
+from mdcns_tf.samplers.gnno import GNNOSampler
+from mdcns_tf.samplers.mixgcf import MixGCFPlusSampler, MixGCFSampler
 from mdcns_tf.samplers.popularity import PopularitySampler
 from mdcns_tf.samplers.srns import SRNSSampler
 from mdcns_tf.samplers.uniform import UniformSampler
@@ -22,6 +25,10 @@ SAMPLERS: dict[str, type[NegativeSampler]] = {
     "srns": SRNSSampler,
     "gdns": GDNSSampler,
     "autosample": AutoSampleSampler,
+    "mixgcf": MixGCFSampler,
+    "mixgcf_plus": MixGCFPlusSampler,
+    "adasir": AdaSIRSampler,
+    "gnno": GNNOSampler,
 }
 
 
@@ -48,6 +55,7 @@ def build_sampler(config: Any, n_items: int, n_users: int, item_counts: list[int
         seed=config.seed,
         name=name,
         gbce_t=config.loss.gbce_t,
+        embedding_dim=config.model.dim,
     )
 
 

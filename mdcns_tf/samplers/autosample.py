@@ -105,6 +105,7 @@ def dot_gradients(first: list, second: list) -> tf.Tensor:
 class AutoSampleSampler(NegativeSampler):
     Params = AutoSampleParams
     uses_tape = True
+    replica_local_state = True
 
     def __init__(
         self,
@@ -117,8 +118,11 @@ class AutoSampleSampler(NegativeSampler):
         seed: int,
         name: str | None = None,
         gbce_t: float = losses.GBCE_T,
+        embedding_dim: int | None = None,
     ) -> None:
-        super().__init__(params, n_items, n_users, num_negatives, item_counts, loss_name, seed, name, gbce_t)
+        super().__init__(
+            params, n_items, n_users, num_negatives, item_counts, loss_name, seed, name, gbce_t, embedding_dim
+        )
         from mdcns_tf.samplers import get_sampler_class, sampler_params  # the registry imports this module
 
         names = list(params.candidates)
@@ -142,11 +146,19 @@ class AutoSampleSampler(NegativeSampler):
                 seed=seed + 7919 * (i + 1),
                 name=candidate,
                 gbce_t=gbce_t,
+                embedding_dim=embedding_dim,
             )
             for i, candidate in enumerate(names)
         ]
+        # The trainer reads this to add dropout-free states to the context: needed when a candidate needs them.
+        self.needs_inference_states = any(c.needs_inference_states for c in self.candidates)
         if any(c.uses_tape for c in self.candidates):
             raise ValueError("autosample: a candidate may not itself learn from the tape")
+        if any(c.synthetic_negatives or c.needs_train_sequences for c in self.candidates):
+            raise ValueError(
+                "autosample: candidates with synthetic negatives or a training-data graph (mixgcf, gnno) "
+                "are not supported"
+            )
         k = len(names)
         self.arch_logits = tf.Variable(tf.zeros([k]), trainable=False, name="arch_logits")
         self.arch_m = tf.Variable(tf.zeros([k]), trainable=False, name="arch_adam_m")

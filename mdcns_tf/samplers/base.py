@@ -3,14 +3,21 @@
 A sampler is a `tf.Module` (its state lives in `tf.Variable`s the trainer checkpoints) with one in-graph call:
 ``sample(context) -> Negatives``. The trainer scores the negatives with the same backbone states and feeds
 ``(positive scores, negative scores)`` to ``loss(...)``, which samplers with a loss of their own (GDNS's group-wise
-margin, AutoSample's mixture) override. ``on_epoch_end`` is called eagerly once an epoch for stateful samplers.
+margin, AutoSample's mixture) override. ``on_epoch_end`` is called eagerly once an epoch for stateful samplers;
+``prepare`` once before training for samplers that need statistics of the training data (GNNO's item graph).
+
+What the rest of the code must know about a sampler is a class attribute here, read from the class (one place each):
+``uses_tape``, ``replica_local_state`` (the config check refuses such samplers under ``tf.distribute``),
+``needs_inference_states`` (the trainer adds dropout-free states to the context).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
+import numpy as np
 import tensorflow as tf
 
 from mdcns_tf import losses
@@ -31,6 +38,8 @@ class SamplingContext:
     user_index     `(batch,)`          1-based user index, for per-user state.
     states         `(batch, seq_len, dim)` backbone outputs (for hard-negative samplers).
     item_embeddings `(n_items + 1, dim)` the model's item table.
+    inference_states `(batch, seq_len, dim)` the backbone's states with ``training=False`` (no dropout), without
+                   gradient; set by the trainer only for samplers with ``needs_inference_states``, else None.
     """
 
     input_ids: tf.Tensor
@@ -39,16 +48,29 @@ class SamplingContext:
     user_index: tf.Tensor
     states: tf.Tensor
     item_embeddings: tf.Tensor
+    inference_states: tf.Tensor | None = None
+
+    def reference_states(self) -> tf.Tensor:
+        """States to select negatives and record scores with: the dropout-free ones when the trainer computed
+        them, else the training states; without gradient either way."""
+        states = self.inference_states if self.inference_states is not None else self.states
+        return tf.stop_gradient(states)
 
 
 @dataclasses.dataclass
 class Negatives:
     """ids `(batch, seq_len, k)`; weights `(batch, seq_len, k)` or None (= 1); logq: log sampling
-    probability of each id `(batch, seq_len, k)` for a logQ correction, or None."""
+    probability of each id `(batch, seq_len, k)` for a logQ correction, or None.
+
+    embeddings `(batch, seq_len, k, dim)` or None: synthetic negatives (MixGCF's positive mixing). When set, the
+    trainer scores ``state . embeddings`` instead of the item table rows of ``ids`` (gradients flow into whatever
+    the embeddings were built from); ``ids`` then name the real item each synthetic negative was made from.
+    """
 
     ids: tf.Tensor
     weights: tf.Tensor | None = None
     logq: tf.Tensor | None = None
+    embeddings: tf.Tensor | None = None
 
 
 class NegativeSampler(tf.Module):
@@ -58,6 +80,17 @@ class NegativeSampler(tf.Module):
     # True for samplers that learn from the training step's gradients (AutoSample's bi-level update): the trainer
     # then records the step on a persistent tape and calls `update_from_tape` before applying the gradients.
     uses_tape: ClassVar[bool] = False
+    # True for samplers whose state (per-user memories, snapshots, search weights) is written inside `train_step`
+    # with scatter/assign in replica context: such updates have no cross-replica meaning, so the config check
+    # (`mdcns_tf.config.validate`) refuses these samplers under ``train.distribute`` mirrored / multi_worker.
+    replica_local_state: ClassVar[bool] = False
+    # True for samplers whose statistics must not carry dropout noise (SRNS's score variance, GDNS's score change):
+    # the trainer then runs the backbone once more with ``training=False`` and passes ``inference_states``.
+    needs_inference_states: ClassVar[bool] = False
+    # True for samplers whose negatives may carry synthetic embeddings (`Negatives.embeddings`).
+    synthetic_negatives: ClassVar[bool] = False
+    # True for samplers that need the training sequences before the first step: the trainer calls `prepare`.
+    needs_train_sequences: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -70,6 +103,7 @@ class NegativeSampler(tf.Module):
         seed: int,
         name: str | None = None,
         gbce_t: float = losses.GBCE_T,
+        embedding_dim: int | None = None,
     ) -> None:
         super().__init__(name=name)
         self.params = params
@@ -79,6 +113,9 @@ class NegativeSampler(tf.Module):
         self.item_counts = item_counts
         self.loss_name = loss_name
         self.gbce_t = gbce_t
+        # Width of the item table (config model.dim); samplers that snapshot the model (SRNS, GDNS) need it to create
+        # their variables before `fit`, so that BackupAndRestore restores into them.
+        self.embedding_dim = embedding_dim
         # Build samplers under the trainer's strategy scope: a generator created there gives each replica its own
         # stream (seed hashed with the global replica id) and its state is a variable saved by BackupAndRestore.
         self.generator = tf.random.Generator.from_seed(seed)
@@ -100,6 +137,10 @@ class NegativeSampler(tf.Module):
     def update_from_tape(self, tape: tf.GradientTape, variables: list[tf.Variable]) -> None:
         """In-graph hook after the loss, before the model's update (only when ``uses_tape``). ``tape`` is the
         persistent tape of the step's forward pass, ``variables`` the model's trainable variables."""
+
+    def prepare(self, train_sequences: Iterable[np.ndarray]) -> None:
+        """Eager hook, once before training (only when ``needs_train_sequences``): the training split's item-id
+        sequences, one 1-D int array per user, in chronological order."""
 
     def on_epoch_end(self, epoch: int) -> None:
         """Eager hook once per epoch (SRNS rotates its score history here)."""

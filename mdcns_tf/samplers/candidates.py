@@ -12,6 +12,10 @@ import tensorflow as tf
 # bounded so that a pathological input (history covering the catalogue) fails loudly instead of spinning.
 MAX_REDRAWS = 1000
 
+# Where a candidate pool is drawn: once per sequence (shared by its positions) or once per position. The values and
+# meaning of ``mdcns.pool_scope`` (`mdcns_tf.config.CHOICES`) and of the DNS samplers' ``pool_scope``.
+POOL_SCOPES = ("sequence", "position")
+
 
 def in_sorted(sorted_ids: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
     """Membership test. sorted_ids `(batch, x)` ascending per row, ids `(batch, n)` -> bool `(batch, n)`."""
@@ -114,25 +118,38 @@ def pooled_hard_negatives(
     pool_size: int,
     m: int,
     num_negatives: int,
+    pool_scope: str = "sequence",
 ) -> tf.Tensor:
-    """DNS(M,N) mechanism: per sequence and per negative, ``pool_size`` uniform candidates outside the history,
-    scored at every position; each position picks uniformly among the top-``m`` of each sub-pool.
+    """DNS(M,N) mechanism: per negative, ``pool_size`` uniform candidates outside the history, scored at every
+    position; each position picks uniformly among the top-``m`` of each sub-pool.
 
-    The pool is drawn once per sequence and shared by its positions (one `(batch, k * pool_size)` draw instead of
-    `(batch, seq_len, ...)`): the positions of one sequence share the history, so the candidates are equally
-    valid for all of them, and only the scores (hence the picks) differ per position. ``num_negatives`` sub-pools
-    keep the k negatives independent (a shared top-1 would give k copies of one item).
+    ``pool_scope`` (the option and meaning of ``mdcns.pool_scope``): ``sequence`` draws the pool once per sequence
+    and shares it among its positions (one `(batch, k * pool_size)` draw): the positions share the history, so the
+    candidates are valid for all of them and only the scores differ per position, but positions with similar
+    states then pick the same hardest item. ``position`` draws a fresh pool for every position
+    (`sample_position_pools`, a `(batch, seq_len, k * pool_size)` gather to score): distinct hard negatives across
+    positions, at seq_len times the candidates. ``num_negatives`` sub-pools keep the k negatives independent (a
+    shared top-1 would give k copies of one item).
 
     states `(batch, seq_len, dim)`, item_embeddings `(n_items + 1, dim)`, exclusion_ids `(batch, x)`
     -> ids `(batch, seq_len, num_negatives)`.
     """
-    pool_ids = sample_excluding(generator, exclusion_ids, n_items, num_negatives * pool_size)
-    # Selection only: no gradient flows through the choice, so the tape need not keep this (B, L, N) product.
-    scores = score_candidates(tf.stop_gradient(states), tf.stop_gradient(item_embeddings), pool_ids)
-    batch, seq_len = tf.shape(scores)[0], tf.shape(scores)[1]
+    # Selection only: no gradient flows through the choice, so the tape need not keep the scores.
+    states, item_embeddings = tf.stop_gradient(states), tf.stop_gradient(item_embeddings)
+    batch, seq_len = tf.shape(states)[0], tf.shape(states)[1]
+    if pool_scope == "position":
+        pool_ids = sample_position_pools(generator, exclusion_ids, n_items, seq_len, num_negatives * pool_size)
+        scores = score_items(states, item_embeddings, pool_ids)  # (B, L, k * N)
+    elif pool_scope == "sequence":
+        pool_ids = sample_excluding(generator, exclusion_ids, n_items, num_negatives * pool_size)
+        scores = score_candidates(states, item_embeddings, pool_ids)  # (B, L, k * N)
+    else:
+        raise ValueError(f"pool_scope must be 'sequence' or 'position', got {pool_scope!r}")
     scores = tf.reshape(scores, [batch, seq_len, num_negatives, pool_size])
     picks = top_m_uniform_pick(generator, scores, m, num_picks=1)[..., 0]  # (B, L, k) index within sub-pool
     picks += tf.range(num_negatives, dtype=picks.dtype) * pool_size
+    if pool_scope == "position":
+        return tf.gather(pool_ids, picks, batch_dims=2)
     return gather_pool(pool_ids, picks)
 
 

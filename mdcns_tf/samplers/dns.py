@@ -13,12 +13,14 @@ class DNSParams:
     """Config block ``sampler.dns``.
 
     pool_size  N, uniform candidates (outside the user's sequence) per negative; 100 matches the MDCNS pool so
-               that DNS / DNS(M,N) / MDCNS compare at equal candidate budget. With ``train_positions: all`` the
-               pool is drawn once per sequence and shared by its positions (each position ranks it with its own
-               state); with ``last`` only one position trains, so this is a pool per sample.
+               that DNS / DNS(M,N) / MDCNS compare at equal candidate budget.
+    pool_scope ``sequence`` (one pool per sequence, shared by its positions) or ``position`` (a fresh pool for
+               every position, so that positions stop picking the same hardest item); as ``mdcns.pool_scope``
+               and DNS(M,N)'s option of the same name.
     """
 
     pool_size: int = 100
+    pool_scope: str = "sequence"
 
 
 class DNSSampler(DNSMNSampler):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from mdcns_tf.samplers.base import Negatives, NegativeSampler, SamplingContext
-from mdcns_tf.samplers.candidates import pooled_hard_negatives
+from mdcns_tf.samplers.candidates import POOL_SCOPES, pooled_hard_negatives
 
 
 @dataclasses.dataclass
@@ -16,15 +16,19 @@ class DNSMNParams:
     """Config block ``sampler.dns_mn``.
 
     pool_size  N, uniform candidates (outside the user's sequence) per negative; 100 matches the MDCNS pool so
-               that DNS / DNS(M,N) / MDCNS compare at equal candidate budget. With ``train_positions: all`` the
-               pool is drawn once per sequence and shared by its positions (each position ranks it with its own
-               state); with ``last`` only one position trains, so this is a pool per sample.
+               that DNS / DNS(M,N) / MDCNS compare at equal candidate budget.
     top_m      M, the pick is uniform among the M highest-scoring candidates (M = 1 is DNS). 5 is in the
                range DNS+ and MDCNS report (1..5); M trades hardness against false negatives.
+    pool_scope as ``mdcns.pool_scope``: ``sequence`` draws one pool per sequence, shared by its positions (each
+               ranks it with its own state; with ``train_positions: last`` only one position trains, so this is
+               a pool per sample); ``position`` draws a fresh pool for every position, as the authors' prefix
+               samples each draw their own: positions stop picking the same hardest item, for seq_len times the
+               scored candidates.
     """
 
     pool_size: int = 100
     top_m: int = 5
+    pool_scope: str = "sequence"
 
 
 class DNSMNSampler(NegativeSampler):
@@ -34,6 +38,8 @@ class DNSMNSampler(NegativeSampler):
         super().__init__(params, n_items, *args, **kwargs)
         if params.pool_size < 1 or not 1 <= self.top_m <= params.pool_size:
             raise ValueError(f"{self.name}: need 1 <= top_m <= pool_size, got {self.top_m} and {params.pool_size}")
+        if params.pool_scope not in POOL_SCOPES:
+            raise ValueError(f"{self.name}: pool_scope must be one of {POOL_SCOPES}, got {params.pool_scope!r}")
 
     @property
     def top_m(self) -> int:
@@ -49,5 +55,6 @@ class DNSMNSampler(NegativeSampler):
             self.params.pool_size,
             self.top_m,
             self.num_negatives,
+            self.params.pool_scope,
         )
         return Negatives(ids=ids)

@@ -3,29 +3,42 @@
 Per user u and candidate negative j, the expected preference gap over the user's positives
 ``H^t(u,j) = E_{i in P(u)} sig(r_uj - r_ui)`` and its gain
 ``G^t(u,j) = a . G^{t-1}(u,j) + (1 - a) . sig((H^{t-1}(u,j) - H^t(u,j)) / (H^t(u,j) + eps))``.
-A true negative's gap shrinks as the model learns it (high gain); a false negative's stays put (low gain). The
-negatives are the candidates with the highest gain, trained with the group-wise margin loss
+A true negative's gap shrinks as the model learns it (high gain); a false negative's stays put (low gain).
+Negatives are drawn with probability proportional to the gain and trained with the group-wise margin loss
 ``sum_{i in P} sum_{j in N} max(0, r_uj - r_ui + margin)``.
 
-Choices (the paper leaves them open or is written for (user, item) collaborative filtering):
+Why not a sticky pool and an argmax. The first version kept 32 candidates per user across visits (the gain needs
+two observations of the same (u, j)), took the argmax of the gain, gave that one negative to every position and
+evicted the lowest gains. That loop feeds on itself: training pushes the picked item down, its gap falls, its gain
+rises, it is picked again, and informative items are evicted (a simulation gave 2 distinct negatives a user and
+96% repeats from one epoch to the next; test NDCG@10 .005 against uniform's .026 on Beauty). Here:
 
-* **Candidate pool**: a per-user memory of ``pool_size`` (32) items from outside the user's sequence, kept
-  across visits because the gain needs two observations of the same (u, j). At each visit the ``refresh``
-  (8) lowest-gain items, the suspected false negatives and the already-learned ones, are replaced by fresh
-  uniform items, so the pool keeps exploring; a fresh item starts at gain ``initial_gain`` = sig(0) = 0.5, the
-  gain of "no change", and gets a real gain from its second visit on.
-* **Positives of u**: the trained positions of the sequence (with ``train_positions: all``, the user's whole
-  training sequence; ``r_ui`` is position l's score of its target and ``r_uj`` position l's score of j). H is
-  their mean. With ``last``, a visit is one prefix sample, so P(u) is its single target.
-* **Time t**: one visit of the user (one epoch with ``all``).
-* **Negative group**: the ``num_negatives`` highest-gain items of the user, shared by all its positions; the
-  group-wise loss pairs every positive (position) with every negative. The trainer averages over positions
-  where the paper sums: a constant factor the learning rate absorbs. ``group_loss: false`` keeps the
-  configured pairwise loss (``loss.name``) instead, for comparisons at equal loss.
+* **Fresh candidates at every visit**: ``pool_size`` uniform items outside the user's sequence.
+* **The previous epochs' scores of any item** come from snapshots of the model (`snapshots.ModelSnapshots`: the
+  end-of-epoch item table and the user's dropout-free reference state at its visit), so H^{t-1}, H^{t-2}, ... of a
+  fresh candidate are computed, not remembered: no per-(user, item) memory, and no stickiness.
+* **The gain** is the EMA above over the last ``history_epochs`` epochs and the current one, started at the
+  oldest available change (so it is a weighted mean of observed changes, not shrunk towards a prior);
+  ``initial_gain`` only when no earlier snapshot exists (the first epoch: uniform sampling).
+* **Sampling in proportion to the gain** (``G^power``, power 1 = proportional): every position of the sequence
+  draws its own ``num_negatives`` from the pool, independently and with replacement (Gumbel-max), so positions get
+  different negatives.
 
-State per user (tf.Variables, in-graph scatter updates): ``pool_size`` int32 ids + float32 H + float32 G:
-12 . 32 = 384 bytes a user with the defaults; Sports (35,598 users) 13.7 MB, Games (31,013) 11.9 MB.
-Users appearing twice in one batch (prefix samples) write their rows once; which write wins is unspecified.
+Sequential mapping (the paper is for (user, item) collaborative filtering):
+
+* **u's representation**: its dropout-free state at its last trained position (the state its latest item is
+  predicted from); ``r_uj`` = that state . E[j]. Dropout-free (``needs_inference_states``, one more forward pass a
+  step) because dropout noise would dominate a relative change of H.
+* **Positives P(u)**: the targets of the sequence's trained positions (with ``train_positions: all`` the user's
+  whole training sequence; with ``last`` the prefix sample's single target). The same ids are scored with every
+  snapshot, so H changes only because the model did.
+* **Time t**: an epoch (one visit of the user with ``all``).
+* **Group-wise loss**: per position, the hinge summed over its own negatives; the trainer averages over positions
+  where the paper sums (a constant factor the learning rate absorbs). ``group_loss: false`` keeps the configured
+  pairwise loss (``loss.name``) instead, for comparisons at equal loss.
+
+State (tf.Variables, in-graph updates, checkpointed): the snapshots only, ``(history_epochs + 1) x (dim + 1)``
+4-byte values a user (1,040 bytes with the defaults and dim 64) plus ``history_epochs + 1`` item tables.
 """
 
 from __future__ import annotations
@@ -35,110 +48,146 @@ import dataclasses
 import tensorflow as tf
 
 from mdcns_tf.samplers.base import Negatives, NegativeSampler, SamplingContext
-from mdcns_tf.samplers.candidates import positive_scores, sample_excluding, score_candidates
-
-# H of an item not yet observed (real H values are means of sigmoids, in (0, 1)).
-UNSEEN = -1.0
+from mdcns_tf.samplers.candidates import at_position, last_trained_position, sample_excluding
+from mdcns_tf.samplers.snapshots import ModelSnapshots
 
 
 @dataclasses.dataclass
 class GDNSParams:
     """Config block ``sampler.gdns``.
 
-    pool_size     per-user candidate memory (items whose gain is tracked).
-    refresh       lowest-gain memory items replaced by fresh uniform ones at each visit (0 = fixed pool).
-    ema           a, the weight of the previous gain.
-    eps           keeps the relative change finite when H is near 0.
-    initial_gain  gain of an item fresh to the pool (0.5 = sig(0), the gain of an unchanged H).
-    margin        of the group-wise hinge loss.
-    group_loss    true: the group-wise margin loss; false: the configured ``loss.name`` on the same negatives.
+    pool_size       fresh uniform candidates per user and visit, outside its sequence (64: a pool per sequence,
+                    from which each position draws its own negatives).
+    history_epochs  earlier epochs whose snapshots enter the gain (3 changes of H: a = 0.7 leaves the oldest one
+                    a weight of 0.49 against 0.3 for the newest; older ones would barely count).
+    ema             a, the weight of the previous gain.
+    eps             keeps the relative change finite when H is near 0.
+    initial_gain    the gain before any change is observed (0.5 = sig(0), the gain of an unchanged H).
+    power           draws are proportional to gain ** power (1: in proportion to the gain).
+    margin          of the group-wise hinge loss.
+    group_loss      true: the group-wise margin loss; false: the configured ``loss.name`` on the same negatives.
     """
 
-    pool_size: int = 32
-    refresh: int = 8
+    pool_size: int = 64
+    history_epochs: int = 3
     ema: float = 0.7
     eps: float = 1e-6
     initial_gain: float = 0.5
+    power: float = 1.0
     margin: float = 1.0
     group_loss: bool = True
 
 
-def expected_gap(scores: tf.Tensor, positive: tf.Tensor, trained: tf.Tensor) -> tf.Tensor:
-    """H(u, j) = mean over trained positions l of sig(s_lj - s_l+).
+def expected_gap(candidate_scores: tf.Tensor, positive_scores: tf.Tensor, trained: tf.Tensor) -> tf.Tensor:
+    """H(u, j) = mean over the positives i (trained positions) of sig(r_uj - r_ui).
 
-    scores `(batch, seq_len, n)`, positive `(batch, seq_len)`, trained bool `(batch, seq_len)` -> `(batch, n)`.
+    candidate_scores `(..., n)`, positive_scores `(..., seq_len)`, trained bool `(batch, seq_len)` with the batch
+    axis first in both -> `(..., n)`.
     """
-    weights = tf.cast(trained, scores.dtype)[..., tf.newaxis]
-    gaps = tf.sigmoid(scores - positive[..., tf.newaxis]) * weights
-    return tf.math.divide_no_nan(tf.reduce_sum(gaps, axis=1), tf.reduce_sum(weights, axis=1))
+    weights = tf.cast(trained, candidate_scores.dtype)
+    while weights.shape.rank < positive_scores.shape.rank:  # (B, L) -> (B, 1, ..., L)
+        weights = weights[:, tf.newaxis]
+    gaps = tf.sigmoid(candidate_scores[..., tf.newaxis, :] - positive_scores[..., :, tf.newaxis])  # (..., L, n)
+    total = tf.reduce_sum(gaps * weights[..., tf.newaxis], axis=-2)
+    return tf.math.divide_no_nan(total, tf.reduce_sum(weights, axis=-1, keepdims=True))
 
 
-def updated_gain(gain: tf.Tensor, previous: tf.Tensor, current: tf.Tensor, ema: float, eps: float) -> tf.Tensor:
-    """G^t = a . G^{t-1} + (1 - a) . sig((H^{t-1} - H^t) / (H^t + eps)) where H^{t-1} was observed; else G^{t-1}.
+def step_gain(previous: tf.Tensor, current: tf.Tensor, eps: float) -> tf.Tensor:
+    """sig((H^{t-1} - H^t) / (H^t + eps))."""
+    return tf.sigmoid((previous - current) / (current + eps))
 
-    All `(batch, n)`; ``previous == UNSEEN`` marks an unobserved item.
+
+def chained_gain(
+    history: tf.Tensor, valid: tf.Tensor, current: tf.Tensor, ema: float, eps: float, initial_gain: float
+) -> tf.Tensor:
+    """G over the snapshots, oldest first: the first observed change starts it, each later one enters as
+    ``G = a . G + (1 - a) . step_gain``; ``initial_gain`` where no change is observed. Missing snapshots are
+    skipped (the change is taken from the latest earlier one).
+
+    history `(batch, window, n)` H of earlier epochs, valid bool `(batch, window)`, current `(batch, n)` H now
+    -> `(batch, n)`.
     """
-    new = ema * gain + (1.0 - ema) * tf.sigmoid((previous - current) / (current + eps))
-    return tf.where(previous >= 0.0, new, gain)
+    gain = tf.fill(tf.shape(current), tf.constant(initial_gain, current.dtype))
+    started = tf.zeros(tf.shape(current)[:1], tf.bool)
+    last_h, has_last = tf.zeros_like(current), tf.zeros_like(started)
+    window = history.shape[1]
+    for k in range(window + 1):  # static: the window is a handful of epochs
+        h, ok = (history[:, k], valid[:, k]) if k < window else (current, tf.ones_like(started))
+        pair = tf.logical_and(has_last, ok)
+        change = step_gain(last_h, h, eps)
+        updated = tf.where(started[:, None], ema * gain + (1.0 - ema) * change, change)
+        gain = tf.where(pair[:, None], updated, gain)
+        started = tf.logical_or(started, pair)
+        last_h = tf.where(ok[:, None], h, last_h)
+        has_last = tf.logical_or(has_last, ok)
+    return gain
+
+
+def proportional_picks(
+    generator: tf.random.Generator, weights: tf.Tensor, seq_len: tf.Tensor, k: int, power: float = 1.0
+) -> tf.Tensor:
+    """Indices into the pool drawn with probability weights ** power / sum, independently for every position and
+    negative (with replacement, Gumbel-max: one argmax, no loop).
+
+    weights `(batch, n)` > 0 -> `(batch, seq_len, k)`.
+    """
+    logits = power * tf.math.log(weights)
+    shape = tf.concat([tf.shape(weights)[:1], [seq_len, k], tf.shape(weights)[1:]], axis=0)
+    uniform = generator.uniform(shape, minval=1e-20, maxval=1.0, dtype=logits.dtype)
+    gumbel = -tf.math.log(-tf.math.log(uniform))
+    return tf.argmax(logits[:, tf.newaxis, tf.newaxis, :] + gumbel, axis=-1, output_type=tf.int32)
 
 
 class GDNSSampler(NegativeSampler):
     Params = GDNSParams
+    replica_local_state = True
+    needs_inference_states = True
 
     def __init__(self, params: GDNSParams, n_items: int, n_users: int, num_negatives: int, *args, **kwargs) -> None:
         super().__init__(params, n_items, n_users, num_negatives, *args, **kwargs)
-        if params.refresh < 0 or num_negatives + params.refresh > params.pool_size:
-            raise ValueError(
-                f"gdns: need num_negatives ({num_negatives}) + refresh ({params.refresh}) <= pool_size "
-                f"({params.pool_size}), so that the picked negatives are never the evicted ones"
-            )
+        if params.pool_size < 1 or params.history_epochs < 1:
+            raise ValueError("gdns: need pool_size >= 1 and history_epochs >= 1")
         if not 0.0 <= params.ema < 1.0:
             raise ValueError(f"gdns: ema must be in [0, 1), got {params.ema}")
-        rows = n_users + 1  # user_index is 1-based; row 0 unused
-        self.pool_ids = tf.Variable(tf.zeros([rows, params.pool_size], tf.int32), trainable=False, name="pool_ids")
-        self.gap = tf.Variable(tf.fill([rows, params.pool_size], UNSEEN), trainable=False, name="gap")
-        self.gain = tf.Variable(tf.fill([rows, params.pool_size], params.initial_gain), trainable=False, name="gain")
+        if not 0.0 < params.initial_gain < 1.0 or params.power < 0:
+            raise ValueError("gdns: need 0 < initial_gain < 1 and power >= 0")
+        self.snapshots = ModelSnapshots(n_users, n_items, self.embedding_dim, params.history_epochs, name="snapshots")
+        self.epoch = tf.Variable(0, trainable=False, name="epoch")
 
     @staticmethod
-    def bytes_per_user(params: GDNSParams) -> int:
-        return 12 * params.pool_size
+    def bytes_per_user(params: GDNSParams, dim: int = 64) -> int:
+        return ModelSnapshots.bytes_per_user(dim, params.history_epochs)
+
+    def pool_gains(
+        self, users: tf.Tensor, reference: tf.Tensor, target_ids: tf.Tensor, table: tf.Tensor, pool: tf.Tensor
+    ) -> tf.Tensor:
+        """Gains `(batch, n)` of ``pool`` `(batch, n)` for users `(batch,)` whose reference states are
+        ``reference`` `(batch, dim)` now, with positives ``target_ids`` `(batch, seq_len)` (0 = not trained)."""
+        target_ids = tf.cast(target_ids, tf.int32)
+        trained = tf.not_equal(target_ids, 0)
+        ids = tf.concat([target_ids, pool], axis=1)
+        seq_len = tf.shape(target_ids)[1]
+        now = tf.einsum("bd,bnd->bn", reference, tf.gather(table, ids))  # (B, L + n)
+        current = expected_gap(now[:, seq_len:], now[:, :seq_len], trained)
+        past, valid = self.snapshots.past_scores(users, ids, self.epoch)  # (B, W, L + n)
+        history = expected_gap(past[..., seq_len:], past[..., :seq_len], trained)
+        p = self.params
+        return chained_gain(history, valid, current, p.ema, p.eps, p.initial_gain)
 
     def sample(self, context: SamplingContext) -> Negatives:
         p = self.params
         users = tf.cast(context.user_index, tf.int32)
-        batch, seq_len = tf.shape(context.target_ids)[0], tf.shape(context.target_ids)[1]
-        pool = tf.gather(self.pool_ids, users)  # (B, P)
-        previous = tf.gather(self.gap, users)
-        gain = tf.gather(self.gain, users)
+        table = tf.stop_gradient(context.item_embeddings)
+        reference = at_position(context.reference_states(), last_trained_position(context.target_ids))  # (B, d)
+        pool = sample_excluding(self.generator, context.exclusion_ids, self.n_items, p.pool_size)  # (B, n)
+        gains = self.pool_gains(users, reference, context.target_ids, table, pool)
+        picks = proportional_picks(self.generator, gains, tf.shape(context.target_ids)[1], self.num_negatives, p.power)
+        ids = tf.gather(pool, tf.reshape(picks, [tf.shape(pool)[0], -1]), batch_dims=1)
+        self.snapshots.record(users, reference, table, self.epoch)
+        return Negatives(ids=tf.reshape(ids, tf.shape(picks)))
 
-        fresh = sample_excluding(self.generator, context.exclusion_ids, self.n_items, p.pool_size + p.refresh)
-        empty = tf.equal(pool, 0)  # a user's first visit fills its pool
-        pool = tf.where(empty, fresh[:, : p.pool_size], pool)
-        previous = tf.where(empty, UNSEEN, previous)
-        gain = tf.where(empty, p.initial_gain, gain)
-
-        states = tf.stop_gradient(context.states)
-        embeddings = tf.stop_gradient(context.item_embeddings)
-        scores = score_candidates(states, embeddings, pool)  # (B, L, P)
-        trained = tf.not_equal(context.target_ids, 0)
-        current = expected_gap(scores, positive_scores(states, embeddings, context.target_ids), trained)
-        gain = updated_gain(gain, previous, current, p.ema, p.eps)
-
-        top = tf.math.top_k(gain, k=self.num_negatives).indices  # (B, k)
-        group = tf.gather(pool, top, batch_dims=1)
-        ids = tf.broadcast_to(group[:, tf.newaxis, :], [batch, seq_len, self.num_negatives])
-
-        if p.refresh:
-            evicted = tf.math.top_k(-gain, k=p.refresh).indices  # (B, R) the lowest gains
-            rows = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], tf.shape(evicted))
-            where = tf.stack([rows, evicted], axis=-1)  # (B, R, 2)
-            pool = tf.tensor_scatter_nd_update(pool, where, fresh[:, p.pool_size :])
-            current = tf.tensor_scatter_nd_update(current, where, tf.fill(tf.shape(evicted), UNSEEN))
-            gain = tf.tensor_scatter_nd_update(gain, where, tf.fill(tf.shape(evicted), p.initial_gain))
-        self.pool_ids.scatter_nd_update(users[:, None], pool)
-        self.gap.scatter_nd_update(users[:, None], current)
-        self.gain.scatter_nd_update(users[:, None], gain)
-        return Negatives(ids=ids)
+    def on_epoch_end(self, epoch: int) -> None:
+        self.epoch.assign(epoch + 1)
 
     def loss(
         self, context: SamplingContext, negatives: Negatives, positive_scores: tf.Tensor, negative_scores: tf.Tensor

@@ -1,33 +1,42 @@
-"""SRNS (Ding et al. NeurIPS 2020, code dingjingtao/SRNS): simplify and robustify negative sampling.
+"""SRNS (Ding et al. NeurIPS 2020, "Simplify and Robustify Negative Sampling"), after the official code
+(github.com/dingjingtao/SRNS, ``SRNS_real/SRNS_main.py``, ``Model.py``, ``run.sh``).
 
-Per user, a small memory of S1 candidate negatives. Each time the user is trained:
+The official rule, per training pair (u, i):
 
-1. the negative is the memory item maximising ``sig(s_uj - s_ui) + alpha . min(1, t / warmup) . std_j``, where
-   ``std_j`` is the standard deviation of ``sig(s_uj - s_ui)`` over the last ``history_epochs`` epochs: false
-   negatives keep a stable, high score (low variance), informative true negatives fluctuate while the model
-   learns them, so variance breaks ties between hard candidates in favour of true negatives;
-2. the memory is refreshed: S2 fresh uniform items join the S1 memory items and S1 of the S1 + S2 are kept,
-   drawn without replacement with probabilities softmax(s_uj / T) (the authors' ``np.random.choice(p=...,
-   replace=False)``; here a Gumbel-top-k draw, one `top_k`, no loop).
+1. **pick**: among the S1 items of u's memory, the negative maximising
+   ``sig(s_uj - s_ui) + alpha . min(1, epoch / warmup) . std_j``, the current likelihood of j outranking i plus the
+   population standard deviation of that likelihood over the snapshots of the last 5 epoch ends (false negatives
+   keep a stable score; informative true negatives fluctuate while the model learns them);
+2. **memory update**: S2 new candidates join the S1 memory items and S1 of the S1 + S2 are kept, drawn without
+   replacement with probabilities softmax(s_uj / T) (``np.random.choice(p=..., replace=False)``; here a Gumbel-top-k
+   draw, one `top_k`, no loop);
+3. **loss**: BPR, ``-log sig(s_ui - s_uj)`` (``Model.py``); here ``loss.name``: ``bpr`` is the official loss,
+   ``bce`` (the project default) or the other sampled losses are options.
+
+Where the variance comes from. The official code scores a per-user monitor set (3000 uniform items) at every epoch
+end and the memory holds indices into it; the set rotates every epoch and is used once it has 5 snapshots. Here
+the snapshots are of the model itself (`snapshots.ModelSnapshots`: the end-of-epoch item table and the user's
+dropout-free state at its visit), which gives the likelihood history of *any* item: every memory candidate, a newly
+admitted one included, has its full history (the previous version recorded the history online for memory items
+only, so a newly admitted item had variance 0). The history of epoch e' is
+``sig(state_u^e' . E^e'[j] - state_u^e' . E^e'[i])`` with i the positive being trained now (the official code keeps
+the positive's snapshot scores per (u, i) pair the same way).
 
 Sequential mapping (the paper is for (user, item) pairs):
 
-* "user" is the training sequence's ``user_index``: one memory per user, shared by all its positions.
-* The memory and the variance history live at the user's **last trained position** (its state and target are
-  the user's "u" and "i" there): that is the position the user's latest item is predicted from, and with
-  ``train_positions: all`` it is the same (state, target) pair every epoch, so the history is a clean per-epoch
-  series as in the paper. With ``last`` (prefix samples), a user appears once per prefix in an epoch; the memory
-  is refreshed at each visit and the epoch's history entry is the value at the latest visit.
-* Each trained position picks its own negative from the shared memory, with its own likelihood
-  ``sig(s_lj - s_l,target_l)`` and the user-level ``std_j``.
-* The authors score a separate 3000-item monitor set per user at each epoch end for the variance (60 MB per
-  1000 users); here the history is recorded online, at the visit, for the memory items only, and travels with
-  an item while it stays in memory (an item fresh to the memory starts without history: std 0).
+* "u" is the training sequence's ``user_index``: one memory per user, shared by all its positions. The memory
+  holds item ids and persists across epochs (the official memory holds indices into the rotating monitor set, so
+  each epoch it lands on new random items; holding ids keeps the memory's softmax refresh meaningful across
+  epochs, where a user is visited once an epoch with ``train_positions: all``).
+* Each trained position l picks its own negative with its own likelihood ``sig(s_lj - s_l,target_l)``. The std is
+  the user's, at its last trained position (the state the user's latest item is predicted from, and the only
+  position whose state is snapshotted), against its target there.
+* Scores for selection, memory and snapshots come from the dropout-free states (``needs_inference_states``: one
+  more forward pass a step); the official model (MF) has no dropout, so its scores carry no such noise.
 
-State (tf.Variables, checkpointed with the model, updated in-graph with scatter updates), per user:
-S1 int32 ids + S1 x history_epochs float32 likelihoods + history_epochs int32 epoch stamps. With the defaults
-(S1 = 8, 5 epochs): 32 + 160 + 20 = 212 bytes a user; Sports (35,598 users) 7.5 MB, Games (31,013) 6.6 MB.
-Users appearing twice in one batch (prefix samples) write their rows once; which write wins is unspecified.
+State (tf.Variables, checkpointed with the model, updated in-graph): the memory, S1 int32 a user, plus the
+snapshots (see `snapshots`). With the defaults and dim 64: 32 + 1,560 bytes a user (Beauty, 22,363 users: 36 MB)
+plus 18.6 MB of item tables for Beauty's 12,101 items.
 """
 
 from __future__ import annotations
@@ -47,22 +56,25 @@ from mdcns_tf.samplers.candidates import (
     sample_excluding,
     score_candidates,
 )
-
-# Marks an empty history entry; real entries are sigmoids in (0, 1).
-EMPTY = -1.0
+from mdcns_tf.samplers.snapshots import ModelSnapshots
 
 
 @dataclasses.dataclass
 class SRNSParams:
-    """Config block ``sampler.srns`` (defaults: DESIGN section 6 / the paper).
+    """Config block ``sampler.srns``. Defaults are the official run script's (dingjingtao/SRNS,
+    ``SRNS_real/run.sh`` and ``SRNS_main.py``), also the values DESIGN section 6 quotes.
 
-    memory_size     S1, candidate negatives remembered per user (must be >= num_negatives).
-    fresh_size      S2, uniform items drawn at each visit to refresh the memory.
-    alpha           weight of the variance term.
-    warmup_epochs   the variance weight ramps linearly from 0 to alpha over this many epochs (scores are noise
-                    at the start, so their variance means nothing yet).
-    temperature     T in the memory resampling softmax(s / T).
-    history_epochs  epochs over which the variance is taken.
+    memory_size     S1, candidate negatives remembered per user (``--S1 8``; must be >= num_negatives).
+    fresh_size      S2, new candidates drawn at each visit to refresh the memory (``S1 * --S2_div_S1`` = 8 * 8).
+    alpha           weight of the std term (``--alpha 5.0``).
+    warmup_epochs   the std weight is ``alpha . min(1, epoch / warmup_epochs)``, epoch counted from 0
+                    (``--warmup 50``): scores are noise at the start, so their variance means nothing yet.
+    temperature     T in the memory update softmax(s / T) (``--temperature 10.0``).
+    history_epochs  epoch-end snapshots the std is taken over (5, hard-coded in ``SRNS_main.py``).
+
+    The MDCNS authors' port (Lyz103/SIGIR26-MDCNS, ``Baselines/Neg_samples_srns``) differs: S1 = S2 = 20, warm-up
+    1 epoch, std of raw scores (not likelihoods) per prefix sample over a fixed candidate list, the memory update
+    a deterministic top-S1 by score, BCE by default. We follow the official code.
     """
 
     memory_size: int = 8
@@ -73,18 +85,15 @@ class SRNSParams:
     history_epochs: int = 5
 
 
-def history_std(history: tf.Tensor, stamps: tf.Tensor, epoch: tf.Tensor, window: int) -> tf.Tensor:
-    """Population standard deviation over the valid entries of each item's history.
+def history_std(history: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+    """Population standard deviation over the valid snapshots (as ``SRNS_main.py``: sqrt(mean squared deviation)).
 
-    history `(batch, s1, window)` (``EMPTY`` = unobserved), stamps `(batch, window)` epoch each ring slot was
-    written in, epoch scalar -> `(batch, s1)`; 0 with fewer than two valid entries. An entry is valid when it is
-    observed and was written within the last ``window`` epochs (stale slots of skipped epochs do not count).
+    history `(batch, window, n)`, valid bool `(batch, window)` -> `(batch, n)`; 0 with fewer than two snapshots.
     """
-    recent = tf.logical_and(stamps > epoch - window, stamps >= 0)[:, tf.newaxis, :]
-    valid = tf.cast(tf.logical_and(recent, history >= 0.0), history.dtype)
-    count = tf.reduce_sum(valid, axis=-1)
-    mean = tf.math.divide_no_nan(tf.reduce_sum(history * valid, axis=-1), count)
-    variance = tf.math.divide_no_nan(tf.reduce_sum(tf.square(history - mean[..., tf.newaxis]) * valid, -1), count)
+    weights = tf.cast(valid, history.dtype)[..., tf.newaxis]
+    count = tf.reduce_sum(weights, axis=1)
+    mean = tf.math.divide_no_nan(tf.reduce_sum(history * weights, axis=1), count)
+    variance = tf.math.divide_no_nan(tf.reduce_sum(tf.square(history - mean[:, tf.newaxis]) * weights, 1), count)
     return tf.sqrt(variance)
 
 
@@ -99,6 +108,8 @@ def srns_pick(likelihood: tf.Tensor, std: tf.Tensor, variance_weight: tf.Tensor,
 
 class SRNSSampler(NegativeSampler):
     Params = SRNSParams
+    replica_local_state = True
+    needs_inference_states = True
 
     def __init__(self, params: SRNSParams, n_items: int, n_users: int, num_negatives: int, *args, **kwargs) -> None:
         super().__init__(params, n_items, n_users, num_negatives, *args, **kwargs)
@@ -109,16 +120,16 @@ class SRNSSampler(NegativeSampler):
             )
         if params.temperature <= 0 or params.history_epochs < 1 or params.warmup_epochs < 0:
             raise ValueError("srns: temperature must be > 0, history_epochs >= 1, warmup_epochs >= 0")
-        rows, s1, window = n_users + 1, params.memory_size, params.history_epochs  # row 0: user_index is 1-based
-        # id 0 = empty slot: a user's memory is filled from its first fresh draw.
-        self.memory_ids = tf.Variable(tf.zeros([rows, s1], tf.int32), trainable=False, name="memory_ids")
-        self.memory_history = tf.Variable(tf.fill([rows, s1, window], EMPTY), trainable=False, name="memory_history")
-        self.history_stamps = tf.Variable(tf.fill([rows, window], -1), trainable=False, name="history_stamps")
+        # id 0 = empty slot (row 0 unused, user_index is 1-based): a user's memory is filled from its first draw.
+        self.memory_ids = tf.Variable(
+            tf.zeros([n_users + 1, params.memory_size], tf.int32), trainable=False, name="memory_ids"
+        )
+        self.snapshots = ModelSnapshots(n_users, n_items, self.embedding_dim, params.history_epochs, name="snapshots")
         self.epoch = tf.Variable(0, trainable=False, name="epoch")
 
     @staticmethod
-    def bytes_per_user(params: SRNSParams) -> int:
-        return 4 * params.memory_size + 4 * params.memory_size * params.history_epochs + 4 * params.history_epochs
+    def bytes_per_user(params: SRNSParams, dim: int = 64) -> int:
+        return 4 * params.memory_size + ModelSnapshots.bytes_per_user(dim, params.history_epochs)
 
     def variance_weight(self) -> tf.Tensor:
         warmup = max(self.params.warmup_epochs, 1e-9)
@@ -126,45 +137,37 @@ class SRNSSampler(NegativeSampler):
 
     def sample(self, context: SamplingContext) -> Negatives:
         p = self.params
-        s1, window = p.memory_size, p.history_epochs
+        s1 = p.memory_size
         users = tf.cast(context.user_index, tf.int32)
+        states = context.reference_states()
+        table = tf.stop_gradient(context.item_embeddings)
         memory = tf.gather(self.memory_ids, users)  # (B, S1)
-        history = tf.gather(self.memory_history, users)  # (B, S1, W)
-        stamps = tf.gather(self.history_stamps, users)  # (B, W)
 
         fresh = sample_excluding(self.generator, context.exclusion_ids, self.n_items, p.fresh_size)  # (B, S2)
         empty = tf.equal(memory, 0)
         memory = tf.where(empty, fresh[:, :s1], memory)
-        history = tf.where(empty[..., tf.newaxis], EMPTY, history)
 
-        # Selection and bookkeeping only: no gradient through these scores.
-        states = tf.stop_gradient(context.states)
-        embeddings = tf.stop_gradient(context.item_embeddings)
         pool = tf.concat([memory, fresh], axis=1)  # (B, S1 + S2)
-        scores = score_candidates(states, embeddings, pool)  # (B, L, S1 + S2)
-        likelihood = tf.sigmoid(scores[..., :s1] - positive_scores(states, embeddings, context.target_ids)[..., None])
+        scores = score_candidates(states, table, pool)  # (B, L, S1 + S2)
+        likelihood = tf.sigmoid(scores[..., :s1] - positive_scores(states, table, context.target_ids)[..., None])
 
-        # 1. Negatives from the memory as it was before this visit.
-        std = history_std(history, stamps, self.epoch, window)
+        # 1. The std of each memory item's likelihood over the last epochs' snapshots, at the last trained position.
+        last = last_trained_position(context.target_ids)
+        target = at_position(tf.cast(context.target_ids, tf.int32), last)  # (B,)
+        past, valid = self.snapshots.past_scores(users, tf.concat([target[:, None], memory], axis=1), self.epoch)
+        std = history_std(tf.sigmoid(past[..., 1:] - past[..., :1]), valid)  # (B, S1)
         picks = srns_pick(likelihood, std, self.variance_weight(), self.num_negatives)
         ids = gather_pool(memory, picks)
 
-        # 2. This epoch's history entry, at the user's last trained position.
-        last = last_trained_position(context.target_ids)
-        slot = self.epoch % window
-        in_slot = tf.one_hot(slot, window, on_value=True, off_value=False)  # (W,)
-        history = tf.where(in_slot, at_position(likelihood, last)[..., tf.newaxis], history)
-        stamps = tf.where(in_slot, self.epoch, stamps)
-
-        # 3. Memory refresh: keep S1 of memory + fresh, drawn by softmax(s / T) without replacement. A fresh item
+        # 2. Memory update: keep S1 of memory + fresh, drawn by softmax(s / T) without replacement. A fresh item
         # already in memory is masked so the memory never holds one item twice.
         logits = at_position(scores, last) / p.temperature
         logits = tf.where(tf.concat([tf.zeros_like(empty), duplicates_of(fresh, memory)], 1), -float("inf"), logits)
         keep = gumbel_top_k(self.generator, logits, s1)  # (B, S1) indices into the pool
-        pool_history = tf.concat([history, tf.fill([tf.shape(fresh)[0], p.fresh_size, window], EMPTY)], axis=1)
         self.memory_ids.scatter_nd_update(users[:, None], tf.gather(pool, keep, batch_dims=1))
-        self.memory_history.scatter_nd_update(users[:, None], tf.gather(pool_history, keep, batch_dims=1))
-        self.history_stamps.scatter_nd_update(users[:, None], stamps)
+
+        # 3. This epoch's snapshot: the user's state at its last trained position, and the item table.
+        self.snapshots.record(users, at_position(states, last), table, self.epoch)
         return Negatives(ids=ids)
 
     def on_epoch_end(self, epoch: int) -> None:
