@@ -242,7 +242,8 @@ def test_pool_gbce_student_loss_by_hand():
     got, loss = _student_loss("gbce")
     beta = losses.gbce_beta(3, N_ITEMS, loss["gbce_t"])
     pool = softplus(0.3) + softplus(-0.4) + softplus(2.0)
-    picks = 1.0 * softplus(0.3) + 0.5 * softplus(2.0) + 2.0 * softplus(-0.4)
+    # The paper's BCE on each pick, its own positive term included, weighted alpha 1 / beta .5 / gamma 2.
+    picks = sum(w * (softplus(-1.0) + softplus(s)) for w, s in ((1.0, 0.3), (0.5, 2.0), (2.0, -0.4)))
     np.testing.assert_allclose(got, [[beta * softplus(-1.0) + pool + picks]], rtol=1e-6)
 
 
