@@ -48,6 +48,8 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from benchmarks import common
+
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.053, 0.058, 0.062)
 # Epoch budgets at which the test number a shorter run would have given is reported (this repo's grids use 30).
 BUDGETS: tuple[int, ...] = (10, 20, 30, 50)
@@ -733,24 +735,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs[path if len(pieces) == 1 else f"{path}#{k}"] = parse_log(piece)
     rows = summarize(runs, thresholds)
     result = {
+        **common.envelope(common.command_line("benchmarks.authors_logs", None if argv is None else list(argv))),
         "source": {"repo": repo_name(options.repo), "commit": commit, "patterns": list(options.pattern)},
-        "command": "python -m benchmarks.authors_logs " + " ".join(_quote(a) for a in (argv or sys.argv[1:])),
         "thresholds": list(thresholds),
         "skipped": skipped,
         "aggregate": aggregate(rows, thresholds),
         "runs": runs if options.full else {path: curves_only(run) for path, run in runs.items()},
         "summary": rows,
     }
+    common.close(result)
     os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
     with open(options.out, "w") as f:
         f.write(dumps_result(result) + "\n")
     print(markdown_table(rows, thresholds))
     print(f"\n{len(runs)} runs from {len(paths)} files ({len(skipped)} unreadable) -> {options.out}", file=sys.stderr)
     return 0
-
-
-def _quote(arg: str) -> str:
-    return arg if re.fullmatch(r"[\w@%+=:,./-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
 
 
 if __name__ == "__main__":

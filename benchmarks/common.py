@@ -1,5 +1,10 @@
-"""What every benchmark result carries: the machine, the library versions, the repo state (all from
-`mdcns_tf.provenance`, shared with every training run) and the command."""
+"""What every benchmark result carries: the command, when it was measured, the machine and its load, the library
+versions and the repo state (all from `mdcns_tf.provenance`, shared with every training run).
+
+`envelope` starts a result with them and `write_result` adds the load at the end and writes it: every results JSON
+has the same keys, so one reader serves them all. Files written before the envelope named the timestamp ``when``,
+``date``, ``finished_at`` or ``updated``; `measured_at` reads any of them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from mdcns_tf import provenance
@@ -26,8 +32,8 @@ def machine_info() -> dict[str, Any]:
     return provenance.machine()
 
 
-def versions() -> dict[str, str | None]:
-    return provenance.versions(PACKAGES)
+def versions(packages: Sequence[str] = PACKAGES) -> dict[str, str | None]:
+    return provenance.versions(packages)
 
 
 def git_state() -> dict[str, Any]:
@@ -43,6 +49,43 @@ def command_line(module: str, argv: list[str] | None = None) -> str:
 
 def now() -> str:
     return provenance.now()
+
+
+# The one name of a result's timestamp; older files used the others (read by `measured_at`).
+TIMESTAMP_KEY = "measured_at"
+OLD_TIMESTAMP_KEYS = ("when", "date", "finished_at", "updated")
+
+
+def envelope(command: str, packages: Sequence[str] = PACKAGES) -> dict[str, Any]:
+    """The head of a results JSON, taken when the measurement starts: the command, the timestamp, the machine (with
+    its 1-minute load average: the machine may be shared), the versions of ``packages`` and the git state."""
+    return {
+        "command": command,
+        TIMESTAMP_KEY: now(),
+        "machine": machine_info(),
+        "versions": versions(packages),
+        "git": git_state(),
+    }
+
+
+def measured_at(result: dict[str, Any]) -> str | None:
+    """The timestamp of a result, whichever key the script that wrote it used."""
+    for key in (TIMESTAMP_KEY, *OLD_TIMESTAMP_KEYS):
+        if key in result:
+            return result[key]
+    return None
+
+
+def close(result: dict[str, Any]) -> dict[str, Any]:
+    """Records the load average at the end beside the one at the start of an `envelope`: load that came and went
+    during a long measurement shows."""
+    result["machine"]["load_average_1m_end"] = machine_info().get("load_average_1m")
+    return result
+
+
+def write_result(path: str, result: dict[str, Any]) -> None:
+    """`close`, then writes ``result`` atomically."""
+    write_json(path, close(result))
 
 
 def write_json(path: str, payload: Any) -> None:

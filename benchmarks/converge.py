@@ -17,7 +17,6 @@ which each threshold is reached), ``convergence.md`` (the table) and ``converge_
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
 import logging
@@ -28,6 +27,7 @@ from typing import Any
 
 from benchmarks import common, report
 from benchmarks.grid import GridError, load_grid
+from benchmarks.grid_runner import run_grid
 from mdcns_tf import cli
 
 log = logging.getLogger("benchmarks.converge")
@@ -155,7 +155,7 @@ def markdown(curves: list[dict[str, Any]], header: dict[str, Any]) -> str:
         reached = [curve["reached"][f"{t:.3f}"] for t in THRESHOLDS]
         cells = [f"{_cell(p, 'epoch')} / {_cell(p, 'steps')} / {_cell(p, 'seconds')}" for p in reached]
         lines.append(f"| {curve['label']} | {curve['epochs']} | {best_text} | " + " | ".join(cells) + " |")
-    lines += ["", f"Updated {header['updated']}.", ""]
+    lines += ["", f"Updated {common.measured_at(header)}.", ""]
     return "\n".join(lines)
 
 
@@ -219,15 +219,13 @@ def build_report(
     curves.sort(key=lambda c: (c["reached"][f"{THRESHOLDS[-1]:.3f}"] or {}).get("seconds") or float("inf"))
     curves += authors
     header = {
+        **common.envelope(command),
         "grid": grid_name,
         "description": description,
-        "command": command,
-        "machine": common.machine_info(),
         "metric_version": METRIC_VERSION,
-        "updated": common.now(),
     }
     payload = {**header, "thresholds": list(THRESHOLDS), "curves": curves}
-    common.write_json(os.path.join(results_dir, "convergence.json"), payload)
+    common.write_result(os.path.join(results_dir, "convergence.json"), payload)
     with open(os.path.join(results_dir, "convergence.md"), "w") as f:
         f.write(markdown(curves, header))
     plot(curves, results_dir, f"{grid_name}: validation NDCG@20")
@@ -235,11 +233,7 @@ def build_report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=cli.prog("benchmarks.converge", "mdcns-bench-converge"),
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.parser("benchmarks.converge", "mdcns-bench-converge", __doc__)
     parser.add_argument("--grid", required=True, help="a quality-grid file whose methods are the settings compared")
     parser.add_argument("--only", help="train only the matching cells (as benchmarks.quality --only)")
     parser.add_argument("--report-only", action="store_true", help="rebuild convergence.md/json and plots only")
@@ -270,11 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = args.results or os.path.join(common.RESULTS, grid.name)
     rc = 0
     if not args.report_only:
-        from benchmarks import quality
-
-        rc = quality.main(
-            ["--grid", args.grid, "--results", results_dir, *(["--only", args.only] if args.only else [])]
-        )
+        # Trained as `benchmarks.quality` would, and recorded as that command in the run files.
+        grid_args = ["--grid", args.grid, "--results", results_dir, *(["--only", args.only] if args.only else [])]
+        data_root = os.environ.get("MDCNS_SHARED_DATA", common.DEFAULT_DATA_ROOT)
+        command = common.command_line("benchmarks.quality", grid_args)
+        rc = run_grid(grid, data_root, results_dir, command, args.only)
     authors = load_authors(args.authors, args.authors_run or ["*"]) if args.authors else []
     payload = build_report(
         grid.name,

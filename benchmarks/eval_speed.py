@@ -10,15 +10,12 @@ a backbone's states). Writes ``benchmarks/results/eval_speed.json`` (``--output`
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
 from typing import Any
 
 import mdcns_tf  # noqa: F401
-from benchmarks import common
-from mdcns_tf import data
+from benchmarks import common, timing
+from mdcns_tf import cli, data
 from mdcns_tf.config import load_config
 from mdcns_tf.factory import build_model
 from mdcns_tf.features import Metadata
@@ -34,26 +31,27 @@ def measure(data_dir: str, split: str, backbone: str, rounds: int, batch_size: i
         for bucketed in (False, True)
     }
     results = {bucketed: model.evaluate(ds, return_dict=True, verbose=0) for bucketed, ds in datasets.items()}
-    seconds: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(rounds):
-        for bucketed, ds in datasets.items():
-            started = time.perf_counter()
-            model.evaluate(ds, verbose=0)
-            seconds[bucketed].append(time.perf_counter() - started)
+    times = timing.interleaved(
+        {
+            "file_order": lambda: model.evaluate(datasets[False], verbose=0),
+            "bucketed": lambda: model.evaluate(datasets[True], verbose=0),
+        },
+        rounds,
+    )
     gap = max(abs(results[True][k] - results[False][k]) for k in results[False])
-    file_order, bucketed = statistics.median(seconds[False]), statistics.median(seconds[True])
+    file_order, bucketed = times.median_wall("file_order"), times.median_wall("bucketed")
     return {
         "backbone": backbone,
         "file_order_s": round(file_order, 3),
         "bucketed_s": round(bucketed, 3),
         "speedup": round(file_order / bucketed, 2),
         "max_metric_difference": gap,
-        "seconds": {"file_order": seconds[False], "bucketed": seconds[True]},
+        "seconds": times.wall,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("benchmarks.eval_speed", None, __doc__)
     parser.add_argument("--data", required=True, help="a pipeline output folder (metadata.json + splits)")
     parser.add_argument("--split", default="valid", choices=["valid", "test"])
     parser.add_argument("--backbones", nargs="+", default=["sasrec", "gru4rec"])
@@ -61,25 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--output", default="benchmarks/results/eval_speed.json")
     args = parser.parse_args(argv)
+    head = common.envelope(common.command_line("benchmarks.eval_speed", argv))
     rows = [measure(args.data, args.split, b, args.rounds, args.batch_size) for b in args.backbones]
     for row in rows:
         print(
             f"{row['backbone']:10} file order {row['file_order_s']:.2f}s  bucketed {row['bucketed_s']:.2f}s  "
             f"{row['speedup']:.2f}x  (metrics differ by at most {row['max_metric_difference']:.1e})"
         )
-    common.write_json(
-        args.output,
-        {
-            "command": common.command_line("benchmarks.eval_speed", argv),
-            "data": args.data,
-            "split": args.split,
-            "rows": rows,
-            "machine": common.machine_info(),
-            "versions": common.versions(),
-            "git": common.git_state(),
-            "measured_at": common.now(),
-        },
-    )
+    common.write_result(args.output, {**head, "data": args.data, "split": args.split, "rows": rows})
     return 0
 
 

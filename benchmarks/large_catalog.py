@@ -30,7 +30,8 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks import common
+from benchmarks import commands, common
+from mdcns_tf import cli
 
 CONFIGS: dict[str, list[str]] = {
     "uniform": ["trainer=single", "sampler.name=uniform"],
@@ -221,7 +222,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("benchmarks.large_catalog", None, __doc__)
     parser.add_argument("--n-items", type=int, default=1_000_000)
     parser.add_argument("--n-users", type=int, default=20_000)
     parser.add_argument("--steps", type=int, default=200, help="timed training steps per configuration")
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(result, f)
         return 0
 
+    head = common.envelope(common.command_line("benchmarks.large_catalog", argv))
     started = time.perf_counter()
     write_dataset(args.data_dir, args.n_users, args.n_items, seed=0)
     dataset_seconds = time.perf_counter() - started
@@ -252,18 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.configs.split(","):
         # Outside the results folder: a half-run benchmark must not leave files next to the published results.
         child_output = os.path.join(tempfile.gettempdir(), f"large_catalog.{os.getpid()}.{name}.json")
-        command = [
-            sys.executable,
-            "-m",
+        command = commands.module_command(
             "benchmarks.large_catalog",
             *passthrough,
-            "--data-dir",
-            args.data_dir,
-            "--child",
-            name,
-            "--child-output",
-            child_output,
-        ]
+            *("--data-dir", args.data_dir, "--child", name, "--child-output", child_output),
+        )
         print(f"[large_catalog] {name} ...", flush=True)
         subprocess.run(command, check=True, cwd=common.REPO)
         with open(child_output) as f:
@@ -271,12 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         os.remove(child_output)
         print(f"[large_catalog] {name}: {json.dumps(results[name])}", flush=True)
     payload = {
+        **head,
         "benchmark": "large_catalog",
-        "command": common.command_line("benchmarks.large_catalog", argv),
-        "date": common.now(),
-        "machine": common.machine_info(),
-        "versions": common.versions(),
-        "git": common.git_state(),
         "dataset": {
             "n_items": args.n_items,
             "n_users": args.n_users,
@@ -287,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "shapes": {"batch": args.batch, "max_len": args.max_len, "dim": args.dim, "backbone": "sasrec (2 layers)"},
         "results": results,
     }
-    common.write_json(args.output, payload)
+    common.write_result(args.output, payload)
     print(f"[large_catalog] wrote {args.output}")
     return 0
 

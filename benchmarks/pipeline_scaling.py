@@ -46,6 +46,19 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def command_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def is_sdk_worker(command: str) -> bool:
+    """A Python process running Beam's SDK worker (not the shell that starts it)."""
+    return "sdk_worker" in command and "python" in command.split(" ", 1)[0]
+
+
 def children(pid: int) -> list[int]:
     """Direct and indirect child processes (from /proc/<pid>/task/*/children)."""
     found, todo = [], [pid]
@@ -72,6 +85,7 @@ class PeakMemory:
     def __init__(self, launcher: int, workers: list[int] | None = None, interval: float = 0.2) -> None:
         self.launcher, self.fixed_workers, self.interval = launcher, workers, interval
         self.peaks: dict[int, float] = {}
+        self.commands: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -86,6 +100,7 @@ class PeakMemory:
             peak = peak_rss_mb(pid)
             if peak is not None:
                 self.peaks[pid] = max(self.peaks.get(pid, 0.0), peak)
+                self.commands.setdefault(pid, command_of(pid))
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()
@@ -114,7 +129,7 @@ def write_log(folder: str, events: int, events_per_file: int, seed: int = 0) -> 
                 if out is not None:
                     out.close()
                 paths.append(os.path.join(folder, f"log-{len(paths):04d}.tsv"))
-                out = open(paths[-1], "w")  # noqa: SIM115  (rotated by hand)
+                out = open(paths[-1], "w")
             out.write(line)
         if out is not None:
             out.close()
@@ -145,7 +160,7 @@ def run_once(runner: str, log_dir: str, output: str, timeout: float) -> dict[str
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
         )
         with distributed.Client(cluster) as client:
-            worker_pids = sorted(int(w["pid"]) for w in client.scheduler_info()["workers"].values())
+            worker_pids = sorted(client.run(os.getpid).values())
         args += [f"--runner={DASK_RUNNER}", f"--dask_client_address={cluster.scheduler_address}"]
     load_before = os.getloadavg()
     started = time.perf_counter()
@@ -160,12 +175,17 @@ def run_once(runner: str, log_dir: str, output: str, timeout: float) -> dict[str
     if process.returncode != 0:
         raise RuntimeError(f"{runner} failed ({process.returncode}): {log.decode(errors='replace')[-2000:]}")
     launcher = round(memory.peaks.pop(process.pid, 0.0), 1)
-    workers = sorted((round(mb, 1) for mb in memory.peaks.values()), reverse=True)
-    if runner == "direct":
-        workers = workers[:2]  # the 2 SDK workers (any helper process the launcher starts is smaller)
+    # direct: the launcher's children that run Beam's SDK worker (sdk_worker_main); dask: the cluster's workers
+    workers = sorted(
+        (round(mb, 1) for pid, mb in memory.peaks.items() if runner == "dask" or is_sdk_worker(memory.commands[pid])),
+        reverse=True,
+    )
+    others = {
+        memory.commands[pid][:120]: round(mb, 1) for pid, mb in memory.peaks.items() if round(mb, 1) not in workers
+    }
     return {
         "seconds": round(seconds, 2),
-        "peak_rss_mb": {"launcher": launcher, "workers": workers},
+        "peak_rss_mb": {"launcher": launcher, "workers": workers, **({"other_processes": others} if others else {})},
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
@@ -220,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             "skipped": skipped,
             "shared_machine": "the machine was shared: a training job ran in the background and the benchmark ran "
             "under nice -n 19, so times are upper bounds; see each row's load average (2 cores)",
-            "machine": common.machine_info(),
+            "machine": {**common.machine_info(), "cpu_count": os.cpu_count()},
             "versions": common.versions((*common.PACKAGES, "dask", "distributed")),
             "git": common.git_state(),
             "measured_at": common.now(),

@@ -9,7 +9,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from benchmarks import published
+from benchmarks import common, published
 
 TABLE_METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "mrr")
 
@@ -162,7 +162,7 @@ def write_markdown(
         f"- Code of the runs: {', '.join(f'`{c}`' for c in measured['commits']) or '?'}; report written at commit "
         f"`{header.get('git', {}).get('commit', '?')}`"
         + (" (uncommitted changes)" if header.get("git", {}).get("dirty") else ""),
-        f"- Updated: {header['updated']}; runs: {len(runs)} finished, wall time of the finished runs "
+        f"- Updated: {common.measured_at(header)}; runs: {len(runs)} finished, wall time of the finished runs "
         f"{sum(r['timings']['wall_seconds'] for r in runs) / 60:.1f} min",
         "",
         "Test metrics at the best validation epoch (model selection on validation NDCG@20), full ranking, mean ± "

@@ -1,36 +1,47 @@
 """Train-step and evaluation speed per sampler and per backbone, as ratios measured side by side in one process.
 
     python -m benchmarks.speed [--quick] [--tiny] [--only PATTERN] [--no-pipeline] [--out benchmarks/results]
+    python -m benchmarks.speed --backbones sasrec mamba4rec --seq-len 12 --no-pipeline   # chosen backbones
+    python -m benchmarks.speed --samplers uniform gnno autosample --no-pipeline           # chosen samplers
+    python -m benchmarks.speed --backbones linrec --set loss.name=softmax --no-pipeline    # any config override
 
 Shapes are Beauty's (batch 256, max length 50, d 64, 12,101 items + padding, 22,363 users) on synthetic random
 batches: the step's cost depends on the shapes, not on the ids. Every variant is built with
 `mdcns_tf.factory.build_model` from ``configs/base.yaml`` plus overrides and a `Metadata` stub, and its
-``model.train_step`` runs inside a `tf.function`. The machine is shared and noisy, so absolute times are only
-indicative: variants are interleaved in rounds (the order rotates every round so none always runs first or last)
-and the report gives per-variant medians and ratios to uniform SASRec taken over the same rounds.
+``model.train_step`` runs inside a `tf.function`; a sampler that builds a statistic of the training data first
+(GNNO's item graph) gets Beauty-like synthetic training sequences. The machine is shared and noisy, so absolute
+times are only indicative: variants are interleaved in rounds (`benchmarks.timing`: the order rotates every round so
+none always runs first or last) and the report gives per-variant medians and ratios to uniform SASRec taken over the
+same rounds, in wall time and in process CPU time (the steadier of the two on a loaded machine).
+
+``--backbones`` / ``--samplers`` measure only those (with uniform SASRec, the reference); ``--seq-len N`` trains
+every measured variant on the last N positions of each batch, traced with an unknown length as under
+``data.bucket_by_length``, against uniform SASRec at the same length. AutoSample is timed in both stages: the
+search (``sasrec/autosample``) and the retraining on the selected candidate (``sasrec/autosample/retrain``).
 
 Also measured: full-ranking evaluation throughput (users/s through ``model.test_step``, batch 512, every backbone)
 and the Beam pipeline's throughput (events/s on a synthetic log via ``python -m pipeline.run``; the marginal rate
 between two sizes cancels the fixed start-up cost).
 
-Writes ``<out>/speed.json`` and ``<out>/speed.md`` with the command, the machine and the versions.
+Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (``speed`` for the whole suite, ``speed_subset`` for a chosen
+subset unless ``--name`` says otherwise) with the command, the machine and the versions.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import fnmatch
+import importlib.util
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from benchmarks import common
+from benchmarks import commands, common, timing
 from mdcns_tf import cli
 
 log = logging.getLogger("benchmarks.speed")
@@ -63,6 +74,11 @@ class Variant:
     # Train on the last ``seq_len`` positions of each batch, traced with an unknown length, as under
     # ``data.bucket_by_length``; compared with the reference at the same length (see `length_reference`).
     seq_len: int | None = None
+    # Run on the built model before tracing: puts a sampler in the state to time (e.g. AutoSample's retrain stage).
+    setup: Callable[[Any], None] | None = None
+
+
+REFERENCE_VARIANT = Variant(REFERENCE, "reference", ("sampler.name=uniform",))
 
 
 def bucket_variant(variant: Variant, seq_len: int = BUCKET_LEN) -> Variant:
@@ -74,6 +90,15 @@ def length_reference(variant: Variant) -> str:
     return f"{REFERENCE}@len{variant.seq_len}" if variant.seq_len else REFERENCE
 
 
+def autosample_retrain_stage(model: Any) -> None:
+    """AutoSample after its search: the retrain stage, drawing from DNS when it is a candidate (the usual pick)."""
+    from mdcns_tf.samplers.autosample import RETRAIN
+
+    sampler = model.sampler
+    sampler.phase.assign(RETRAIN)
+    sampler.selected.assign(sampler.names.index("dns") if "dns" in sampler.names else 0)
+
+
 def default_variants() -> list[Variant]:
     """Uniform SASRec (the reference), every sampler on SASRec, every backbone with uniform, MDCNS with two peers.
 
@@ -82,8 +107,14 @@ def default_variants() -> list[Variant]:
     from mdcns_tf.backbones import BACKBONES
     from mdcns_tf.samplers import SAMPLERS
 
-    variants = [Variant(REFERENCE, "reference", ("sampler.name=uniform",))]
+    variants = [REFERENCE_VARIANT]
     variants += [Variant(f"sasrec/{s}", "sampler", (f"sampler.name={s}",)) for s in SAMPLERS if s != "uniform"]
+    if "autosample" in SAMPLERS:
+        variants.append(
+            Variant(
+                "sasrec/autosample/retrain", "sampler", ("sampler.name=autosample",), setup=autosample_retrain_stage
+            )
+        )
     variants += [Variant(f"{b}/uniform", "backbone", (f"model.backbone={b}",)) for b in BACKBONES if b != "sasrec"]
     for peer in ("gru4rec", "mamba4rec"):
         variants.append(Variant(f"mdcns/sasrec+{peer}", "mdcns", ("trainer=mdcns", f"mdcns.peer_backbone={peer}")))
@@ -99,6 +130,42 @@ def default_variants() -> list[Variant]:
     reference, mamba = variants[0], next(v for v in variants if v.name == "mamba4rec/uniform")
     variants += [bucket_variant(reference), bucket_variant(mamba)]
     return variants
+
+
+def select_variants(
+    variants: list[Variant],
+    only: str | None = None,
+    backbones: Sequence[str] = (),
+    samplers: Sequence[str] = (),
+    seq_len: int | None = None,
+) -> list[Variant]:
+    """The variants to measure: those of the chosen ``backbones`` (with uniform negatives) and ``samplers`` (on
+    SASRec), or all when neither is given, narrowed by the fnmatch pattern ``only``; with ``seq_len``, each at that
+    length instead. The reference, at every length measured, always runs: every ratio is taken against it."""
+    if backbones or samplers:
+        wanted = {f"{b}/uniform" for b in backbones} | {f"sasrec/{s}" for s in samplers}
+        variants = [v for v in variants if v.name in wanted or v.name.removesuffix("/retrain") in wanted]
+    if only:
+        pattern = only if any(c in only for c in "*?[") else f"*{only}*"
+        variants = [v for v in variants if fnmatch.fnmatchcase(v.name, pattern)]
+    if seq_len:
+        variants = [bucket_variant(v, seq_len) for v in variants if not v.seq_len]
+    lengths = sorted({v.seq_len for v in variants} | {seq_len}, key=lambda n: n or 0)
+    needed = [bucket_variant(REFERENCE_VARIANT, n) if n else REFERENCE_VARIANT for n in lengths]
+    chosen = {v.name for v in variants}
+    return [v for v in needed if v.name not in chosen] + variants
+
+
+def synthetic_train_sequences(shape: Shape, item_counts: list[int], mean_len: int = 9) -> list[Any]:
+    """Beauty-like training sequences (about ``mean_len`` items a user, items drawn by popularity) for samplers that
+    build a statistic of the training data first (GNNO's item graph, `NegativeSampler.prepare`)."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    probabilities = np.asarray(item_counts[1:], np.float64) / sum(item_counts[1:])
+    lengths = rng.poisson(mean_len - 2, shape.n_users) + 2
+    items = rng.choice(np.arange(1, shape.n_items + 1), int(lengths.sum()), p=probabilities)
+    return np.split(items, np.cumsum(lengths)[:-1])
 
 
 def stub_metadata(shape: Shape) -> Any:
@@ -148,65 +215,53 @@ def synthetic_batches(shape: Shape, count: int, seed: int) -> tuple[list[dict], 
     return train, evaluation
 
 
-def build(variant: Variant, shape: Shape, metadata: Any) -> Any:
-    """The compiled model of a variant; raises `ConfigError` when its sampler/backbone is not registered."""
+def build(variant: Variant, shape: Shape, metadata: Any, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
+    """The compiled model of a variant and its config; ``overrides`` apply to every variant, before the variant's
+    own. Raises `ConfigError` when its sampler/backbone is not registered."""
     import tf_keras as keras
 
     from mdcns_tf.config import load_config
     from mdcns_tf.factory import build_model
 
-    overrides = [
-        f"model.dim={shape.dim}",
-        f"data.max_len={shape.max_len}",
-        f"data.batch_size={shape.batch}",
-        f"data.eval_batch_size={shape.eval_batch}",
-        "seed=1",
-        *variant.overrides,
-    ]
-    config = load_config(BASE_CONFIG, overrides)
+    config = load_config(
+        BASE_CONFIG,
+        [
+            f"model.dim={shape.dim}",
+            f"data.max_len={shape.max_len}",
+            f"data.batch_size={shape.batch}",
+            f"data.eval_batch_size={shape.eval_batch}",
+            "seed=1",
+            *overrides,
+            *variant.overrides,
+        ],
+    )
     model = build_model(config, metadata)
+    sampler = getattr(model, "sampler", None)
+    if sampler is not None and sampler.needs_train_sequences:
+        sampler.prepare(synthetic_train_sequences(shape, metadata.item_counts))
     model.build_for_input(shape.max_len)
     model.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate))
-    return model
+    if variant.setup is not None:
+        variant.setup(model)
+    return model, config
 
 
-def timed(fn: Any, batches: list, steps: int) -> float:
-    """Seconds per call of ``fn`` over ``steps`` calls; the last output is read back so the work is finished."""
-    started = time.perf_counter()
+def run_steps(fn: Any, batches: list, steps: int) -> None:
+    """``steps`` calls of ``fn`` over ``batches``; the last output is read back so the work is finished."""
     out = None
     for i in range(steps):
         out = fn(batches[i % len(batches)])
     if out is not None:
         next(iter(out.values())).numpy()
-    return (time.perf_counter() - started) / steps
 
 
-def interleaved(fns: dict[str, Any], batches: list, rounds: int, steps: int) -> dict[str, list[float]]:
-    """Per-variant step times over ``rounds`` rounds; the order rotates each round to spread machine noise."""
-    names = list(fns)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            samples[name].append(timed(fns[name], batches, steps))
-        log.info("round %d/%d done", r + 1, rounds)
-    return samples
-
-
-def ratio_stats(samples: dict[str, list[float]], reference: str) -> dict[str, float]:
-    """Median over rounds of (variant time / reference time in the same round): noise that hits a whole round
-    cancels, unlike a ratio of two medians."""
-    ref = samples[reference]
-    return {name: statistics.median(t / r for t, r in zip(times, ref, strict=True)) for name, times in samples.items()}
-
-
-def train_function(model: Any, variant: Variant, shape: Shape, batches: list[dict]) -> Any:
+def train_function(model: Any, variant: Variant, shape: Shape, batches: list[dict], jit_compile: bool = False) -> Any:
     """``model.train_step`` in a `tf.function`; for a bucket-length variant, traced with an unknown length and fed
     the last ``seq_len`` positions of each batch (precomputed, so the timing excludes the trimming)."""
     import tensorflow as tf
 
     if not variant.seq_len:
-        return tf.function(model.train_step)
+        return tf.function(model.train_step, jit_compile=jit_compile)
     length = min(variant.seq_len, shape.max_len)
     trimmed = {
         id(batch): {
@@ -220,11 +275,13 @@ def train_function(model: Any, variant: Variant, shape: Shape, batches: list[dic
         key: tf.TensorSpec([None, None] if key in ("input_ids", "target_ids") else value.shape, value.dtype)
         for key, value in batches[0].items()
     }
-    step = tf.function(model.train_step, input_signature=[spec])
+    step = tf.function(model.train_step, input_signature=[spec], jit_compile=jit_compile)
     return lambda batch: step(trimmed[id(batch)])
 
 
-def measure_models(shape: Shape, variants: list[Variant], rounds: int, steps: int) -> tuple[list, list, list[str]]:
+def measure_models(
+    shape: Shape, variants: list[Variant], rounds: int, steps: int, overrides: Sequence[str] = ()
+) -> tuple[list, list, list[str]]:
     import tensorflow as tf
 
     metadata = stub_metadata(shape)
@@ -232,43 +289,45 @@ def measure_models(shape: Shape, variants: list[Variant], rounds: int, steps: in
     notes: list[str] = []
     train_fns: dict[str, Any] = {}
     eval_fns: dict[str, Any] = {}
-    built: dict[str, Any] = {}
     params: dict[str, int] = {}
     for variant in variants:
         try:
-            model = build(variant, shape, metadata)
+            model, config = build(variant, shape, metadata, overrides)
         except Exception as e:  # noqa: BLE001  (a missing or broken piece is a note, never the end of the run)
             notes.append(f"{variant.name} skipped: {type(e).__name__}: {e}")
             log.warning("%s", notes[-1])
             continue
-        fn = train_function(model, variant, shape, batches)
+        fn = train_function(model, variant, shape, batches, config.train.jit_compile)
         started = time.perf_counter()
         try:
-            timed(fn, batches, 2)  # trace + warm up (first-call allocation) outside the measurement
+            run_steps(fn, batches, 2)  # trace + warm up (first-call allocation) outside the measurement
         except Exception as e:  # noqa: BLE001
             log.debug("train_step of %s failed", variant.name, exc_info=True)
             notes.append(f"{variant.name} skipped: train_step failed: {type(e).__name__}: {str(e)[-400:]}")
             log.warning("%s", notes[-1])
             continue
         log.info("built %s (trace + 2 steps %.1fs)", variant.name, time.perf_counter() - started)
-        built[variant.name] = model
         train_fns[variant.name] = fn
         params[variant.name] = int(sum(v.shape.num_elements() for v in model.trainable_variables))
         if variant.group in ("reference", "backbone") and not variant.seq_len:
             eval_fn = tf.function(model.test_step)
-            timed(eval_fn, [eval_batch], 2)
+            run_steps(eval_fn, [eval_batch], 2)
             eval_fns[variant.name.split("/")[0]] = eval_fn
-    if REFERENCE not in train_fns:
+    if not any(length_reference(v) in train_fns for v in variants):
         raise RuntimeError(f"the reference variant {REFERENCE} could not be built: {notes}")
 
-    samples = interleaved(train_fns, batches, rounds, steps)
-    ratios = {ref: ratio_stats(samples, ref) for ref in {length_reference(v) for v in variants} if ref in samples}
+    times = timing.interleaved(
+        {name: lambda fn=fn: run_steps(fn, batches, steps) for name, fn in train_fns.items()}, rounds, steps
+    )
+    references = {length_reference(v) for v in variants} & set(train_fns)
+    wall_ratios = {ref: timing.ratios(times.wall, ref) for ref in references}
+    cpu_ratios = {ref: timing.ratios(times.cpu, ref) for ref in references}
     rows = []
     for variant in variants:
         reference = length_reference(variant)
-        if variant.name not in samples or reference not in ratios:
+        if variant.name not in train_fns or reference not in references:
             continue
-        step = statistics.median(samples[variant.name])
+        step = times.median_wall(variant.name)
         length = min(variant.seq_len or shape.max_len, shape.max_len)
         rows.append(
             {
@@ -276,8 +335,10 @@ def measure_models(shape: Shape, variants: list[Variant], rounds: int, steps: in
                 "group": variant.group,
                 "seq_len": length,
                 "step_ms_median": round(1000 * step, 2),
-                "step_ms_rounds": [round(1000 * t, 2) for t in samples[variant.name]],
-                "ratio_to_uniform_sasrec": round(ratios[reference][variant.name], 3),
+                "step_ms_rounds": [round(1000 * t, 2) for t in times.wall[variant.name]],
+                "ratio_to_uniform_sasrec": round(wall_ratios[reference][variant.name], 3),
+                "step_cpu_ms_median": round(1000 * times.median_cpu(variant.name), 2),
+                "cpu_ratio_to_uniform_sasrec": round(cpu_ratios[reference][variant.name], 3),
                 "ratio_reference": reference,
                 "sequences_per_s": round(shape.batch / step, 1),
                 "tokens_per_s": round(shape.batch * length / step, 0),
@@ -287,10 +348,15 @@ def measure_models(shape: Shape, variants: list[Variant], rounds: int, steps: in
 
     eval_rows = []
     if eval_fns:
-        eval_samples = interleaved(eval_fns, [eval_batch], rounds, max(1, steps // 2))
-        eval_ratios = ratio_stats(eval_samples, "sasrec") if "sasrec" in eval_samples else {}
-        for name, times in eval_samples.items():
-            step = statistics.median(times)
+        eval_steps = max(1, steps // 2)
+        eval_times = timing.interleaved(
+            {name: lambda fn=fn: run_steps(fn, [eval_batch], eval_steps) for name, fn in eval_fns.items()},
+            rounds,
+            eval_steps,
+        )
+        eval_ratios = timing.ratios(eval_times.wall, "sasrec") if "sasrec" in eval_fns else {}
+        for name in eval_fns:
+            step = eval_times.median_wall(name)
             eval_rows.append(
                 {
                     "backbone": name,
@@ -305,46 +371,22 @@ def measure_models(shape: Shape, variants: list[Variant], rounds: int, steps: in
 def measure_pipeline(sizes: tuple[int, int], timeout: float = 900) -> dict[str, Any]:
     """Wall time of ``pipeline.run`` (loo split, interactions format) on two synthetic logs; events/s at each size
     and the marginal rate (extra events / extra seconds), which excludes Beam's start-up."""
-    try:
-        import pipeline.run  # noqa: F401
-        import pipeline.synthetic  # noqa: F401
-    except ImportError as e:
-        return {"skipped": f"pipeline not importable: {e}"}
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (common.REPO, env.get("PYTHONPATH", "")) if p)
+    # Looked up, not imported: the pipeline runs in child processes, and `pipeline.run` is an entry point.
+    missing = [m for m in ("pipeline.run", "pipeline.synthetic") if importlib.util.find_spec(m) is None]
+    if missing:
+        return {"skipped": f"pipeline not importable: {missing}"}
+    env = commands.child_env()
     out: dict[str, Any] = {"runs": []}
     with tempfile.TemporaryDirectory(prefix="mdcns_speed_") as tmp:
         for events in sizes:
             users = max(10, events // 20)
             raw = os.path.join(tmp, f"log_{events}.tsv")
-            gen = [
-                sys.executable,
-                "-m",
+            gen = commands.module_command(
                 "pipeline.synthetic",
-                "--output",
-                raw,
-                "--users",
-                str(users),
-                "--items",
-                str(max(50, events // 50)),
-                "--events",
-                str(events),
-                "--seed",
-                "0",
-            ]
-            run = [
-                sys.executable,
-                "-m",
-                "pipeline.run",
-                "--input",
-                raw,
-                "--input_format",
-                "interactions",
-                "--split",
-                "loo",
-                "--output",
-                os.path.join(tmp, f"out_{events}"),
-            ]
+                *("--output", raw, "--users", str(users), "--items", str(max(50, events // 50))),
+                *("--events", str(events), "--seed", "0"),
+            )
+            run = commands.pipeline_command(raw, "interactions", "loo", os.path.join(tmp, f"out_{events}"))
             try:
                 subprocess.run(gen, cwd=common.REPO, env=env, check=True, capture_output=True, timeout=timeout)
                 started = time.perf_counter()
@@ -365,17 +407,15 @@ def measure_pipeline(sizes: tuple[int, int], timeout: float = 900) -> dict[str, 
     (small, large) = out["runs"]
     extra = large["seconds"] - small["seconds"]
     out["marginal_events_per_s"] = round((large["events"] - small["events"]) / extra, 0) if extra > 0 else None
-    out["command"] = (
-        "python -m pipeline.run --input <synthetic log> --input_format interactions --split loo "
-        "--output <tmp>   (default FnApiRunner)"
-    )
+    typed = commands.pipeline_command("<synthetic log>", "interactions", "loo", "<tmp>")[1:]
+    out["command"] = " ".join(["python", *typed]) + "   (default FnApiRunner)"
     return out
 
 
 def write_markdown(path: str, result: dict[str, Any]) -> str:
     shape = result["shape"]
     lines = [
-        "# Speed",
+        f"# Speed{'' if result.get('name', 'speed') == 'speed' else ': ' + result['name']}",
         "",
         f"- Command: `{result['command']}`",
         f"- Machine: {result['machine']['cores']} cores, {result['machine']['cpu_model']}, load average "
@@ -384,21 +424,24 @@ def write_markdown(path: str, result: dict[str, Any]) -> str:
         f"- Versions: {', '.join(f'{k} {v}' for k, v in result['versions'].items())}; commit "
         f"`{result['git'].get('commit')}`",
         f"- Shapes: batch {shape['batch']}, max length {shape['max_len']}, d {shape['dim']}, {shape['n_items']} items; "
-        f"{result['rounds']} interleaved rounds x {result['steps']} steps; {result['measured_at']}",
+        f"{result['rounds']} interleaved rounds x {result['steps']} steps; {common.measured_at(result)}",
         "",
         "## Train step (synthetic full-length batches, `model.train_step` in a `tf.function`)",
         "",
-        "Ratio = median over rounds of (variant step / uniform SASRec step in the same round); `@len<n>` rows train "
+        "Ratio = median over rounds of (variant step / uniform SASRec step in the same round), in wall and in process "
+        "CPU time; `@len<n>` rows train "
         "on the last n positions, traced with an unknown length (as under `data.bucket_by_length`), and are compared "
         "with `sasrec/uniform@len<n>`.",
         "",
-        "| variant | group | step ms (median) | x uniform SASRec | sequences/s | tokens/s | trainable params |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | group | step ms (median) | x uniform SASRec | step CPU ms (median) | x uniform SASRec (CPU) "
+        "| sequences/s | tokens/s | trainable params |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["train_step"]:
         lines.append(
             f"| {row['variant']} | {row['group']} | {row['step_ms_median']:.1f} | "
-            f"{row['ratio_to_uniform_sasrec']:.2f} | {row['sequences_per_s']:.0f} | "
+            f"{row['ratio_to_uniform_sasrec']:.2f} | {row['step_cpu_ms_median']:.1f} | "
+            f"{row['cpu_ratio_to_uniform_sasrec']:.2f} | {row['sequences_per_s']:.0f} | "
             f"{row['tokens_per_s']:.0f} | {row['trainable_parameters']:,} |"
         )
     if result.get("mdcns_over_uniform"):
@@ -436,29 +479,22 @@ def run_speed(
     rounds: int,
     steps: int,
     out_dir: str,
-    only: str | None = None,
+    variants: list[Variant],
     pipeline_sizes: tuple[int, int] | None = (100_000, 500_000),
     command: str = "",
+    overrides: Sequence[str] = (),
+    name: str = "speed",
 ) -> dict[str, Any]:
-    """Measures, writes ``speed.json`` and ``speed.md`` into ``out_dir``, returns the result."""
+    """Measures ``variants`` (see `select_variants`), writes ``<name>.json`` and ``<name>.md`` into ``out_dir``,
+    returns the result."""
     import mdcns_tf  # noqa: F401  (legacy Keras switch before TensorFlow loads)
 
-    variants = default_variants()
-    if only:
-        pattern = only if any(c in only for c in "*?[") else f"*{only}*"
-        selected = [v for v in variants if fnmatch.fnmatchcase(v.name, pattern)]
-        # The reference, and the same-length reference of a selected bucket-length variant, always run.
-        needed = {REFERENCE} | {length_reference(v) for v in selected}
-        variants = [v for v in variants if v in selected or v.name in needed]
-    machine = common.machine_info()
-    rows, eval_rows, notes = measure_models(shape, variants, rounds, steps)
-    result: dict[str, Any] = {
-        "command": command,
-        "machine": machine,
-        "versions": common.versions(),
-        "git": common.git_state(),
-        "measured_at": common.now(),
+    result: dict[str, Any] = common.envelope(command)
+    rows, eval_rows, notes = measure_models(shape, variants, rounds, steps, overrides)
+    result |= {
+        "name": name,
         "shape": dataclasses.asdict(shape),
+        "overrides": list(overrides),
         "rounds": rounds,
         "steps": steps,
         "train_step": rows,
@@ -467,31 +503,34 @@ def run_speed(
         "pipeline": measure_pipeline(pipeline_sizes) if pipeline_sizes else {"skipped": "not requested"},
         "notes": notes,
     }
-    result["machine"]["load_average_1m_end"] = common.machine_info().get("load_average_1m")
     os.makedirs(out_dir, exist_ok=True)
-    common.write_json(os.path.join(out_dir, "speed.json"), result)
-    write_markdown(os.path.join(out_dir, "speed.md"), result)
+    common.write_result(os.path.join(out_dir, f"{name}.json"), result)
+    write_markdown(os.path.join(out_dir, f"{name}.md"), result)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=cli.prog("benchmarks.speed", "mdcns-bench-speed"),
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.parser("benchmarks.speed", "mdcns-bench-speed", __doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and a smaller pipeline log (~5 min)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (tests, smoke checks): seconds, not minutes")
     parser.add_argument("--only", help="fnmatch pattern (or substring) on variant names; uniform SASRec always runs")
+    parser.add_argument("--backbones", nargs="+", default=[], metavar="NAME", help="measure these backbones only")
+    parser.add_argument("--samplers", nargs="+", default=[], metavar="NAME", help="measure these samplers only")
+    parser.add_argument("--seq-len", type=int, default=None, help="train every variant on the last N positions")
+    parser.add_argument("--batch", type=int, default=None, help="sequences a training batch (default: the shape's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, all variants")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the pipeline throughput measurement")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="train steps per variant per round")
     parser.add_argument("--out", default=common.RESULTS, help="output folder (default benchmarks/results)")
+    parser.add_argument("--name", default=None, help="file stem (default speed; speed_subset for a chosen subset)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One tf.function per variant is the design; TensorFlow's "excessive retracing" warning counts them all.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     shape = TINY if args.tiny else BEAUTY
+    if args.batch:
+        shape = dataclasses.replace(shape, batch=args.batch)
     rounds = args.rounds or (2 if args.tiny else 5 if args.quick else 9)
     steps = args.steps or (1 if args.tiny else 3 if args.quick else 5)
     sizes = (
@@ -499,8 +538,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_pipeline
         else ((5_000, 20_000) if args.tiny else (50_000, 250_000) if args.quick else (100_000, 1_000_000))
     )
-    result = run_speed(shape, rounds, steps, args.out, args.only, sizes, common.command_line("benchmarks.speed", argv))
-    print(open(os.path.join(args.out, "speed.md")).read())
+    variants = select_variants(default_variants(), args.only, args.backbones, args.samplers, args.seq_len)
+    subset = bool(args.only or args.backbones or args.samplers or args.seq_len)
+    # A subset never overwrites the committed results of the whole suite unless named so.
+    name = args.name or ("speed_subset" if subset else "speed")
+    command = common.command_line("benchmarks.speed", argv)
+    result = run_speed(shape, rounds, steps, args.out, variants, sizes, command, args.set, name)
+    print(open(os.path.join(args.out, f"{name}.md")).read())
     return 0 if result["train_step"] else 1
 
 

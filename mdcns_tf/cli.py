@@ -7,6 +7,7 @@ instead of after the 3-5 s TensorFlow import.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -16,6 +17,17 @@ def prog(module: str, script: str) -> str:
     """The command as the user typed it, for usage lines: the console script ``script`` (``mdcns-train``) when run
     through it, otherwise ``python -m module``. argparse's own default would be ``train.py`` under ``python -m``."""
     return script if os.path.basename(sys.argv[0]) == script else f"python -m {module}"
+
+
+def parser(module: str, script: str | None, description: str | None) -> argparse.ArgumentParser:
+    """An entry point's argument parser: usage named as typed (`prog`; ``python -m module`` for a module without a
+    console script), the module docstring as the description, its line breaks kept (the docstrings show commands
+    and file layouts)."""
+    return argparse.ArgumentParser(
+        prog=prog(module, script) if script else f"python -m {module}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def setup_logging() -> None:

@@ -14,8 +14,9 @@ TensorFlow has no fast CPU kernel for an int8 matrix-vector product (``BatchMatM
 ``QuantizedMatMul`` 3x slower than the float32 matmul, casting int8 to float32 then multiplying 2.4x slower). An
 inverted file (k-means, 1,024 lists) reads far less, but on the untrained model's isotropic embeddings probing 3%
 of the items found 36% of the top-10 and probing 25% found 87%: its recall depends on what training made of the
-table. bfloat16 MatMul is fast where TensorFlow runs its oneDNN kernels (the pip package's default on x86) and
-several times slower than float32 without them (``TF_ENABLE_ONEDNN_OPTS=0``, or a build without oneDNN).
+table. bfloat16 MatMul is fast where TensorFlow runs its oneDNN kernels (the pip package's default on x86);
+without them (``TF_ENABLE_ONEDNN_OPTS=0``, or a build without oneDNN) a bare bfloat16 matmul is ~4.7x slower than
+float32 and the export gains little (``without_onednn`` in ``benchmarks/results/serving_latency.json``).
 
 The index is a TFRS ``TopK`` layer, so ``query_with_exclusions`` (TFRS: fetch ``k + #exclusions``, demote the
 excluded) treats the history exactly as the exact index does.
@@ -51,10 +52,11 @@ def top_candidates(scores: tf.Tensor, k: int, block: int = BLOCK) -> tuple[tf.Te
     """The exact top-``k`` of each row of ``scores`` `(batch, n)` -> (values `(batch, k')`, column ids int32
     `(batch, k')`), ``k' = min(k, n)``, best first (ties in any order).
 
-    ``tf.math.top_k`` over a million columns costs ~5 ms a row on this machine, as much as half the scan. Here
-    the columns are cut into blocks of ``block``; the ``k`` blocks with the highest maxima hold a top-k (every
-    value above the k-th largest lies in a distinct block whose maximum is at least that value, so at most k
-    blocks matter), and the final top_k runs on their ``k * block`` values only.
+    ``tf.math.top_k`` over a million columns costs 4-6 ms a row on this machine, a third to half of the bfloat16
+    scan. Here the columns are cut into blocks of ``block``; only blocks whose maximum is at least the k-th largest
+    value ``v`` hold top-k values, each such block's maximum is one of the (at most k, ties aside) values >= ``v``,
+    so the ``k`` blocks with the highest maxima hold a top-k, and the final top_k runs on their ``k * block``
+    values only.
     """
     n = int(scores.shape[1])
     k = min(k, n)

@@ -9,7 +9,6 @@ re-measure runs trained before a metrics fix, or on another copy of the data (``
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -37,11 +36,7 @@ def evaluate_run(run_dir: str, splits: list[str], overrides: list[str] | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=cli.prog("mdcns_tf.evaluate", "mdcns-evaluate"),
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.parser("mdcns_tf.evaluate", "mdcns-evaluate", __doc__)
     parser.add_argument("--run", required=True, help="output_dir of a training run")
     parser.add_argument("--splits", nargs="+", default=["valid", "test"], choices=["valid", "test"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")

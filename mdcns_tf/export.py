@@ -99,11 +99,7 @@ def reexport(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=cli.prog("mdcns_tf.export", "mdcns-export"),
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.parser("mdcns_tf.export", "mdcns-export", __doc__)
     parser.add_argument("--run", required=True, help="output_dir of a training run")
     parser.add_argument("--top_k", type=int, default=None, help="K of the export (default: the run's export.top_k)")
     parser.add_argument("--model_name", default=None, help="model folder and served name (default: the run's)")

@@ -9,7 +9,6 @@ with, whatever the data folder holds today. ``--data`` is only compared with it 
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -66,11 +65,7 @@ def item_keys(version_dir: str, data_dir: str | None) -> list[str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=cli.prog("mdcns_tf.recommend", "mdcns-recommend"),
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.parser("mdcns_tf.recommend", "mdcns-recommend", __doc__)
     parser.add_argument("--model", required=True, help="export/<model_name> folder or one version folder")
     parser.add_argument("--history", required=True, help="comma-separated item ids, oldest first")
     parser.add_argument("--data", help="pipeline output folder: warns when its items.txt differs from the export's")

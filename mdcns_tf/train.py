@@ -198,11 +198,7 @@ def resolve_config(paths: str | list[str], overrides: list[str]) -> Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=cli.prog("mdcns_tf.train", "mdcns-train"),
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.parser("mdcns_tf.train", "mdcns-train", __doc__)
     parser.add_argument(
         "--config",
         required=True,

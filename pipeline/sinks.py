@@ -135,14 +135,20 @@ class WriteFiles(beam.PTransform):
 def finalize(
     temp_paths: Iterable[str | None], directory: str, prefix: str, suffix: str, temp_dir: str, min_shards: int = 1
 ) -> list[str]:
-    """Renames the temporary files to ``<directory>/<prefix>-SSSSS-of-NNNNN<suffix>`` (sorted, so a rerun names
-    the same content alike), creates empty shards up to ``min_shards`` (an empty split still has a file, as with
-    Beam's sinks), deletes ``temp_dir``; returns the final paths. ``None`` entries are markers, ignored."""
+    """Renames the temporary files to ``<directory>/<prefix>-SSSSS-of-NNNNN<suffix>`` (in the order of their
+    temporary names), creates empty shards up to ``min_shards`` (an empty split still has a file, as with Beam's
+    sinks), deletes ``temp_dir``; returns the final paths. ``None`` entries are markers, ignored. A retried call
+    skips the renames an earlier attempt already did."""
     sources = sorted(path for path in temp_paths if path is not None)
     n = max(len(sources), min_shards)
     finals = [FileSystems.join(directory, f"{prefix}-{i:05d}-of-{n:05d}{suffix}") for i in range(n)]
-    if sources:
-        FileSystems.rename(sources, finals[: len(sources)])
+    pending = [
+        (src, dst)
+        for src, dst in zip(sources, finals[: len(sources)], strict=True)
+        if FileSystems.exists(src) or not FileSystems.exists(dst)
+    ]
+    if pending:
+        FileSystems.rename([src for src, _ in pending], [dst for _, dst in pending])
     for path in finals[len(sources) :]:
         FileSystems.create(path, compression_type=compression_of(suffix)).close()
     leftovers = [m.path for m in FileSystems.match([FileSystems.join(temp_dir, "*")])[0].metadata_list]

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from benchmarks import converge, published, quality, report
+from benchmarks import common, converge, grid_runner, published, report, timing
 from benchmarks import grid as grid_mod
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,13 +64,13 @@ def test_missing_pieces_are_skipped_with_a_note(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MDCNS_DATA_CACHE", str(tmp_path / "cache"))
     spec = grid_mod.load_grid(_write_grid(tmp_path, {"uniform": {}, "future": {"sampler.name": "not_landed_yet"}}))
     # Raw data absent: the dataset is skipped, the grid goes on.
-    runner = quality.GridRunner(spec, str(tmp_path / "no_data"), str(tmp_path / "results"), "cmd")
+    runner = grid_runner.GridRunner(spec, str(tmp_path / "no_data"), str(tmp_path / "results"), "cmd")
     assert runner.plan(spec.cells()[0], dry_run=True) is None
     assert "absent" in runner.notes["toy"]
     # Data present, a sampler not registered yet: that cell alone is skipped.
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "toy.txt").write_text("1 1 2 3\n")
-    runner = quality.GridRunner(spec, str(tmp_path / "raw"), str(tmp_path / "results"), "cmd")
+    runner = grid_runner.GridRunner(spec, str(tmp_path / "raw"), str(tmp_path / "results"), "cmd")
     plans = [runner.plan(c, dry_run=True) for c in spec.cells()]
     assert [p is not None for p in plans] == [True, False, True, False]
     assert "not_landed_yet" in runner.notes["toy/sasrec/future/seed1"]
@@ -84,22 +84,22 @@ def test_reuse_runs_from_another_grid_only_with_the_same_config_hash(tmp_path, m
     spec = grid_mod.load_grid(_write_grid(tmp_path, {"uniform": {}}, extra="reuse_runs_from: [older]\n"))
     assert spec.reuse_runs_from == ("older",)
     results = tmp_path / "results"
-    runner = quality.GridRunner(spec, str(tmp_path / "raw"), str(results / "t"), "cmd")
+    runner = grid_runner.GridRunner(spec, str(tmp_path / "raw"), str(results / "t"), "cmd")
     first, second = spec.cells()
     config = runner.plan(first, dry_run=True)["config"]
     # The other grid finished seed 1 with this exact config, and seed 2 with another one (e.g. another budget).
     other_budget = json.loads(json.dumps(runner.plan(second, dry_run=True)["config"]))
     other_budget["train"]["epochs"] += 1
     for cell, cell_config in ((first, config), (second, other_budget)):
-        path = quality.run_json_path(str(results / "older"), cell)
+        path = grid_runner.run_json_path(str(results / "older"), cell)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             json.dump({"status": "done", "grid": "older", "config": cell_config, "metrics": {}}, f)
     assert runner.plan(first, dry_run=True)["status"] == "done"
-    assert not os.path.exists(quality.run_json_path(str(results / "t"), first)), "a dry run copies nothing"
+    assert not os.path.exists(grid_runner.run_json_path(str(results / "t"), first)), "a dry run copies nothing"
     plans = [runner.plan(c, dry_run=False) for c in (first, second)]
     assert [p["status"] for p in plans] == ["done", "todo"]
-    with open(quality.run_json_path(str(results / "t"), first)) as f:
+    with open(grid_runner.run_json_path(str(results / "t"), first)) as f:
         copied = json.load(f)
     assert copied["grid"] == "older" and copied["reused_from"].endswith("older/runs/toy/sasrec/uniform/seed1.json")
     with pytest.raises(grid_mod.GridError, match="own runs"):
@@ -111,19 +111,19 @@ def test_config_hash_survives_a_new_default_key_but_not_a_changed_value() -> Non
 
     config = Config().to_dict()
     config["sampler"]["name"] = "dns"
-    digest = quality.config_hash(config, "cache-a")
+    digest = grid_runner.config_hash(config, "cache-a")
     # A run stored before a key existed lacks it; today's config holds its default: the same run.
     older = json.loads(json.dumps(config))
     del older["mdcns"]["pool_scope"]
-    assert quality.config_hash(older, "cache-a") == digest
+    assert grid_runner.config_hash(older, "cache-a") == digest
     # Any value that differs, a default changed by the user included, is a different run; paths are not.
     changed = json.loads(json.dumps(config))
     changed["mdcns"]["pool_scope"] = "position"
-    assert quality.config_hash(changed, "cache-a") != digest
-    assert quality.config_hash(config, "cache-b") != digest
+    assert grid_runner.config_hash(changed, "cache-a") != digest
+    assert grid_runner.config_hash(config, "cache-b") != digest
     moved = json.loads(json.dumps(config))
     moved["output_dir"] = "/elsewhere"
-    assert quality.config_hash(moved, "cache-a") == digest
+    assert grid_runner.config_hash(moved, "cache-a") == digest
 
 
 def _fake_run(method: str, seed: int, ndcg10: float, recall10: float, order: int) -> dict:
@@ -231,14 +231,110 @@ def test_speed_harness_tiny(tmp_path) -> None:
     from benchmarks import speed
 
     # Only the reference variant and no pipeline run: a few seconds of tracing on a tiny shape.
+    variants = speed.select_variants(speed.default_variants(), only="__nothing__")
     result = speed.run_speed(
-        speed.TINY, rounds=2, steps=1, out_dir=str(tmp_path), only="__nothing__", pipeline_sizes=None, command="test"
+        speed.TINY, rounds=2, steps=1, out_dir=str(tmp_path), variants=variants, pipeline_sizes=None, command="test"
     )
     (row,) = result["train_step"]
     assert row["variant"] == "sasrec/uniform" and row["ratio_to_uniform_sasrec"] == 1.0
+    assert row["cpu_ratio_to_uniform_sasrec"] == 1.0 and row["step_cpu_ms_median"] > 0
     assert row["sequences_per_s"] > 0 and result["eval"][0]["users_per_s"] > 0
-    assert json.load(open(tmp_path / "speed.json"))["shape"]["batch"] == speed.TINY.batch
+    written = json.load(open(tmp_path / "speed.json"))
+    assert written["shape"]["batch"] == speed.TINY.batch
+    assert set(ENVELOPE_KEYS) <= set(written) and "load_average_1m_end" in written["machine"]
     assert "| sasrec/uniform | reference |" in open(tmp_path / "speed.md").read()
+
+
+def test_speed_selects_backbones_samplers_and_a_length() -> None:
+    from benchmarks import speed
+
+    every = speed.default_variants()
+    names = lambda variants: [v.name for v in variants]  # noqa: E731
+    assert names(speed.select_variants(every, backbones=["sasrec", "mamba4rec"])) == [
+        "sasrec/uniform",
+        "mamba4rec/uniform",
+    ]
+    # Both AutoSample stages; the reference comes first whether or not it was asked for.
+    reference, *chosen = names(speed.select_variants(every, samplers=["gnno", "autosample"]))
+    assert reference == "sasrec/uniform"
+    assert sorted(chosen) == ["sasrec/autosample", "sasrec/autosample/retrain", "sasrec/gnno"]
+    # At a length, every variant and its reference are trimmed; the full-length reference is not needed.
+    at12 = speed.select_variants(every, backbones=["mamba4rec"], seq_len=12)
+    assert names(at12) == ["sasrec/uniform@len12", "mamba4rec/uniform@len12"]
+    assert {speed.length_reference(v) for v in at12} == {"sasrec/uniform@len12"}
+    # --only keeps the same-length reference of what it selects (the suite's own length-12 rows).
+    assert names(speed.select_variants(every, only="mamba4rec/uniform@len12")) == [
+        "sasrec/uniform",
+        "sasrec/uniform@len12",
+        "mamba4rec/uniform@len12",
+    ]
+
+
+def test_interleaved_rounds_rotate_and_ratios_are_per_round() -> None:
+    calls: list[str] = []
+    times = timing.interleaved({name: (lambda n=name: calls.append(n)) for name in "abc"}, rounds=3, units=2)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert all(len(times.wall[n]) == 3 and len(times.cpu[n]) == 3 for n in "abc")
+    # Round 2 was twice as slow for both: the per-round ratio ignores it.
+    samples = {"ref": [1.0, 2.0, 1.0], "x": [3.0, 6.0, 3.0]}
+    assert timing.ratios(samples, "ref") == {"ref": 1.0, "x": 3.0}
+
+
+ENVELOPE_KEYS = ("command", common.TIMESTAMP_KEY, "machine", "versions", "git")
+
+
+def test_every_result_has_one_envelope_and_old_timestamps_still_read() -> None:
+    head = common.envelope("python -m benchmarks.x --y")
+    assert list(head) == list(ENVELOPE_KEYS) and "load_average_1m" in head["machine"]
+    assert common.close(head)["machine"]["load_average_1m_end"] is not None
+    for key in ("measured_at", "when", "date", "finished_at", "updated"):
+        assert common.measured_at({key: "2026-01-01T00:00:00+00:00"}) == "2026-01-01T00:00:00+00:00"
+    # The committed results of the retired step-time scripts keep their own key.
+    with open(os.path.join(REPO, "benchmarks", "results", "sampler_step_time.json")) as f:
+        assert common.measured_at(json.load(f)).startswith("2026")
+
+
+ENTRY_POINT_MODULES = {
+    "mdcns_tf.train",
+    "mdcns_tf.evaluate",
+    "mdcns_tf.recommend",
+    "mdcns_tf.export",
+    "pipeline.run",
+    "serving.client",
+} | {f"benchmarks.{os.path.basename(p)[:-3]}" for p in glob.glob(os.path.join(REPO, "benchmarks", "*.py"))}
+# The benchmarks' shared modules (no `main`): what the entry points import.
+LIBRARY = ("__init__", "common", "commands", "timing", "grid", "grid_runner", "published", "report")
+LIBRARY_MODULES = {f"benchmarks.{m}" for m in LIBRARY}
+
+
+def _imported_modules(path: str) -> set[str]:
+    import ast
+
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
+    return found
+
+
+# Modules other helpers are changing now; their imports are listed in the lead's notes.
+NOT_YET = {("benchmarks/serving_latency.py", "mdcns_tf.export")}
+
+
+def test_no_module_imports_an_entry_point() -> None:
+    entry_points = ENTRY_POINT_MODULES - LIBRARY_MODULES
+    offenders = []
+    for package in ("mdcns_tf", "benchmarks", "pipeline", "serving"):
+        for path in glob.glob(os.path.join(REPO, package, "**", "*.py"), recursive=True):
+            relative = os.path.relpath(path, REPO)
+            for module in _imported_modules(path) & entry_points:
+                if (relative, module) not in NOT_YET:
+                    offenders.append(f"{relative} imports {module}")
+    assert not offenders
 
 
 def test_eval_speed_harness_compares_both_orders(tiny_dataset, tmp_path) -> None:
@@ -263,7 +359,7 @@ def test_split_file_is_passed_to_the_pipeline_and_keys_the_cache(tmp_path, monke
     spec = grid_mod.load_grid(path)
     toy = spec.datasets["toy"]
     assert toy.split_file == "splits/toy_split.tsv"
-    command = quality.pipeline_command(toy, "/data", "/out")
+    command = grid_runner.pipeline_command(toy, "/data", "/out")
     assert command[command.index("--split_file") + 1] == "/data/splits/toy_split.tsv"
     # Another split file is another dataset: a cached copy made with the seeded split is never reused for it.
     seeded = grid_mod.DatasetSpec("toy", toy.input, toy.input_format, toy.split, toy.configs)
@@ -271,7 +367,7 @@ def test_split_file_is_passed_to_the_pipeline_and_keys_the_cache(tmp_path, monke
     # The raw file is present but the split file is not: the dataset is skipped with a note naming the split file.
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "toy.txt").write_text("1 1 2 3\n")
-    runner = quality.GridRunner(spec, str(tmp_path / "raw"), str(tmp_path / "results"), "cmd")
+    runner = grid_runner.GridRunner(spec, str(tmp_path / "raw"), str(tmp_path / "results"), "cmd")
     assert runner.plan(spec.cells()[0], dry_run=True) is None
     assert "toy_split.tsv is absent" in runner.notes["toy"]
 

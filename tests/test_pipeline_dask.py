@@ -92,3 +92,10 @@ def test_dask_runner_matches_the_direct_runner(
         assert dask[key] == direct[key], key
     # the two-phase sinks leave no temporary directory behind
     assert not list((tmp_path / "dask").glob("*/.temp-*")) and not list((tmp_path / "direct").glob("*/.temp-*"))
+
+
+def test_one_input_file_per_dask_partition_unless_the_user_chose() -> None:
+    assert run.with_dask_defaults([f"--runner={DASK_RUNNER}"])[-1] == "--dask_partition_size=1"
+    assert run.with_dask_defaults(["--runner", DASK_RUNNER])[-1] == "--dask_partition_size=1"
+    assert "--dask_partition_size=1" not in run.with_dask_defaults([f"--runner={DASK_RUNNER}", "--dask_npartitions=8"])
+    assert run.with_dask_defaults(["--runner=FnApiRunner"]) == ["--runner=FnApiRunner"]
