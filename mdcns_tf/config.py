@@ -219,8 +219,22 @@ def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"{path}: base: expected a file name or a list of file names, got {parents!r}")
     merged: dict = {}
     for parent in parents:
-        merged = _deep_merge(merged, _read_yaml(os.path.join(os.path.dirname(path), parent), seen + (path,)))
+        merged = _deep_merge(merged, _read_yaml(_parent_path(path, parent), seen + (path,)))
     return _deep_merge(merged, raw)
+
+
+def _parent_path(child: str, parent: str) -> str:
+    """A ``base:`` entry: a path relative to the child's folder, else a shipped config's name (``base``,
+    ``training/fast``), so that a config copied anywhere can still build on the shipped ones."""
+    relative = os.path.join(os.path.dirname(child), parent)
+    if os.path.exists(relative):
+        return relative
+    from mdcns_tf import shipped_configs  # it imports this module
+
+    try:
+        return shipped_configs.resolve(parent)
+    except ConfigError:
+        raise ConfigError(f"{child}: base {parent!r} is neither a file beside it nor a shipped config") from None
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

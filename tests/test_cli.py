@@ -182,3 +182,14 @@ def test_the_template_for_your_data_loads_and_names_its_run():
         "your_model",
     )
     assert config.data.bucket_by_length  # the fast recipe is layered in
+
+
+def test_a_copied_template_builds_on_the_shipped_configs_by_name(tmp_path):
+    template = os.path.join(shipped_configs.CONFIG_DIR, "templates", "your_data.yaml")
+    copy = tmp_path / "my_data.yaml"
+    copy.write_text(open(template).read().replace("data/your_data", "data/mine"))
+    config = train.resolve_config(str(copy), [])
+    assert config.data.dir == "data/mine" and config.data.batch_size == 512  # training/fast, found by name
+    (tmp_path / "broken.yaml").write_text("base: [no_such_parent]\n")
+    with pytest.raises(ConfigError, match="base 'no_such_parent' is neither a file beside it nor a shipped config"):
+        train.resolve_config(str(tmp_path / "broken.yaml"), [])
