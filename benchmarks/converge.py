@@ -26,7 +26,7 @@ import sys
 from typing import Any
 
 from benchmarks import common, report
-from benchmarks.grid import GridError, load_grid
+from benchmarks.grid import load_grid_or_report
 from benchmarks.grid_runner import run_grid
 from mdcns_tf import cli
 
@@ -185,11 +185,8 @@ def plot(curves: list[dict[str, Any]], out_dir: str, title: str) -> list[str]:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"converge_{axis if axis != 'epoch' else 'epochs'}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        name = f"converge_{axis if axis != 'epoch' else 'epochs'}.png"
+        written.append(report.save_figure(fig, os.path.join(out_dir, name)))
     return written
 
 
@@ -255,11 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a grid cell's scratch folder whose run has not finished: drawn from its best/state.json history",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        grid = load_grid(args.grid)
-    except GridError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cli.setup_logging()
+    grid = load_grid_or_report(args.grid)
+    if grid is None:
         return 2
     results_dir = args.results or os.path.join(common.RESULTS, grid.name)
     rc = 0

@@ -37,6 +37,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import sys
 from typing import Any
 
 import yaml
@@ -249,3 +250,12 @@ def load_grid(path: str) -> GridSpec:
         seeds=tuple(seeds),
         reuse_runs_from=tuple(reuse),
     )
+
+
+def load_grid_or_report(path: str) -> GridSpec | None:
+    """`load_grid` for a command line: the problem printed as one ``error:`` line, None instead of a traceback."""
+    try:
+        return load_grid(path)
+    except GridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None

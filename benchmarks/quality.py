@@ -19,12 +19,11 @@ or a dataset whose raw file is absent, are skipped with a note in ``results.md``
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 from benchmarks import common
-from benchmarks.grid import GridError, load_grid
+from benchmarks.grid import load_grid_or_report
 from benchmarks.grid_runner import run_grid
 from mdcns_tf import cli
 
@@ -42,11 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--results", default=None, help="results folder (default benchmarks/results/<grid>)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        grid = load_grid(args.grid)
-    except GridError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cli.setup_logging()
+    grid = load_grid_or_report(args.grid)
+    if grid is None:
         return 2
     return run_grid(
         grid,

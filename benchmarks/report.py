@@ -186,6 +186,16 @@ def _label(backbone: str, method: str, backbones: set[str]) -> str:
     return method if len(backbones) == 1 else f"{backbone}/{method}"
 
 
+def save_figure(fig: Any, path: str) -> str:
+    """Lays ``fig`` out, writes it as a PNG at ``path`` (one resolution for every benchmark plot) and frees it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_plots(out_dir: str, runs: list[dict[str, Any]]) -> list[str]:
     """Per dataset: ``ndcg10_<dataset>.png`` (test NDCG@10 per method, error bars = sample std over seeds) and
     ``val_ndcg20_<dataset>.png`` (validation NDCG@20 per epoch, mean over seeds, one line per method)."""
@@ -226,11 +236,7 @@ def write_plots(out_dir: str, runs: list[dict[str, Any]]) -> list[str]:
         ax.set_title(f"{dataset}: test NDCG@10 (mean ± std over seeds; {metric_versions_label(every)})", fontsize=9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="lower right")
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"ndcg10_{dataset}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, os.path.join(out_dir, f"ndcg10_{dataset}.png")))
 
         fig, ax = plt.subplots(figsize=(6.0, 3.8))
         for (backbone, method), group in by_method.items():
@@ -250,9 +256,5 @@ def write_plots(out_dir: str, runs: list[dict[str, Any]]) -> list[str]:
         ax.set_title(f"{dataset}: validation NDCG@20 (mean over seeds; {metric_versions_label(every)})", fontsize=9)
         ax.legend()
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"val_ndcg20_{dataset}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, os.path.join(out_dir, f"val_ndcg20_{dataset}.png")))
     return written
