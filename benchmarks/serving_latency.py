@@ -4,7 +4,7 @@
         [--also-without-onednn] [--out benchmarks/results/...]
 
 For each catalog an untrained SASRec (2 layers, d 64, max_len 50; weights do not change the cost) is exported once
-per ``export.index`` (`mdcns_tf.export.export_saved_model`), loaded back with `tf.saved_model.load` and warmed up;
+per ``export.index`` (`mdcns_tf.servable.export_saved_model`), loaded back with `tf.saved_model.load` and warmed up;
 then, per batch size, the indexes are called in turn (their order alternating every round, so that the load of
 the machine falls on both alike) ``--calls`` times each with the same random left-padded histories; p50/p99/mean
 are in milliseconds per call (one call = one batch). Also written: each export's size on disk, split into
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -37,14 +36,13 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import export
+from benchmarks import common
+from mdcns_tf import servable
 from mdcns_tf.backbones import build_backbone
 from mdcns_tf.config import ModelConfig
-from mdcns_tf.provenance import cpu_model
 
 CATALOGS = {"beauty": 12_101, "1m": 1_000_000}
 
@@ -109,7 +107,7 @@ def recall(exact: np.ndarray, other: np.ndarray, k: int) -> dict[str, float]:
 
 def export_all(encoder, name: str, args: argparse.Namespace, workdir: str, tag: str) -> dict[str, str]:
     return {
-        index: export.export_saved_model(
+        index: servable.export_saved_model(
             encoder,
             workdir,
             f"bench_{name}_{tag}_{index}",
@@ -222,7 +220,7 @@ def without_onednn(argv: list[str], calls: int) -> dict[str, Any]:
     return {
         "TF_ENABLE_ONEDNN_OPTS": "0",
         "calls": calls,
-        "load_average_after": report["machine"]["load_average_after"],
+        "load_average_1m_end": report["machine"]["load_average_1m_end"],
         **{name: {"latency": result["latency"]} for name, result in report["results"].items()},
     }
 
@@ -247,14 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.indexes[0] != "exact":
         parser.error("--indexes must start with exact (recall is measured against it)")
 
-    load_before = os.getloadavg()
+    report = common.envelope(
+        common.command_line("benchmarks.serving_latency", argv), (*common.PACKAGES, "tensorflow-recommenders")
+    )
     workdir = tempfile.mkdtemp(prefix="serving_latency_")
     try:
         results = {name: measure(name, CATALOGS[name], args, workdir) for name in args.catalogs.split(",")}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    report = {
-        "command": " ".join([os.path.basename(sys.executable), "-m", "benchmarks.serving_latency", *argv]),
+    report |= {
         "what": (
             "serving_default of the export, in-process (tf.saved_model.load), ms per call of one batch, for each "
             "export.index, calls interleaved; recall of each index against the exact one"
@@ -280,28 +279,12 @@ def main(argv: list[str] | None = None) -> int:
         },
         "calls": args.calls,
         "warmup_calls": args.warmup,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            "platform": platform.platform(),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "tf_keras": keras.__version__,
-            "tensorflow_recommenders": tfrs.__version__,
-            "numpy": np.__version__,
-        },
         "results": results,
     }
     if args.also_without_onednn:
         # Eigen's bfloat16 matmul is slow: at most 20 calls, so that the run stays short.
         report["without_onednn"] = without_onednn(argv, min(args.calls, 20))
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
+    common.write_result(args.out, report)
     print(f"wrote {args.out}")
     return 0
 
