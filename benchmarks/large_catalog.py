@@ -173,16 +173,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     rss_after_build = rss_mib()
 
     cfg = config.data
-    train_ds = data.train_dataset(
-        cfg.dir,
-        cfg.max_len,
-        cfg.batch_size,
-        cfg.train_positions,
-        config.seed,
-        cfg.shuffle_buffer,
-        0,
-        cfg.bucket_by_length,
-    ).repeat()
+    train_ds = data.train_dataset(cfg, config.seed).repeat()
     timer = StepTimer()
     warmup = min(20, args.steps // 4)
     model.fit(train_ds, epochs=1, steps_per_epoch=warmup, callbacks=[timer.callback], verbose=0)

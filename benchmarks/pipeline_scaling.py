@@ -21,6 +21,7 @@ most ``--max-seconds`` on the previous size. Every run records the load average:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -191,6 +192,22 @@ def run_once(runner: str, log_dir: str, output: str, timeout: float) -> dict[str
     }
 
 
+PACKAGES = (*common.PACKAGES, "dask", "distributed")
+
+
+def merge(previous: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with ``previous``'s rows too (sorted by size, runner); the earlier runs' commands, times and
+    machines are kept under ``earlier_runs``."""
+    earlier = [*previous.get("earlier_runs", []), {k: previous.get(k) for k in ("command", "measured_at", "machine")}]
+    rows = sorted([*previous["rows"], *result["rows"]], key=lambda row: (row["events"], row["runner"]))
+    return {
+        **result,
+        "rows": rows,
+        "skipped": [*previous.get("skipped", []), *result["skipped"]],
+        "earlier_runs": earlier,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000000,10000000", help="events per log, comma-separated, ascending")
@@ -199,10 +216,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=240, help="skip larger sizes after a slower run")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--out", default=os.path.join(common.RESULTS, "pipeline_scaling.json"))
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add the rows to --out's (another size measured later); keeps both commands",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     runners = args.runners.split(",")
 
+    result = {
+        **common.envelope(common.command_line("benchmarks.pipeline_scaling", argv), PACKAGES),
+        "what": "python -m pipeline.run --split loo on a synthetic log (events // 20 users, events // 50 items) cut "
+        "into files of events_per_file rows; 2 worker processes per runner; wall time of the launcher process "
+        "(start-up included); peak RSS (VmHWM) per process",
+        "runners": {
+            "direct": "--direct_num_workers=2 --direct_running_mode=multi_processing",
+            "dask": f"--runner={DASK_RUNNER} --dask_client_address=<LocalCluster(n_workers=2, threads_per_worker=1, "
+            "processes=True)> (scheduler in the benchmark process, not counted)",
+        },
+        "events_per_file": args.events_per_file,
+        "shared_machine": "the machine was shared: a training job ran in the background and the benchmark ran under "
+        "nice -n 19, so times are upper bounds; see each row's load average (2 cores)",
+    }
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     with tempfile.TemporaryDirectory(prefix="pipeline_scaling_") as tmp:
@@ -213,39 +249,27 @@ def main(argv: list[str] | None = None) -> int:
             log_dir = os.path.join(tmp, f"log_{events}")
             files = write_log(log_dir, events, args.events_per_file)
             for runner in runners:
-                result = run_once(runner, log_dir, os.path.join(tmp, f"out_{events}_{runner}"), args.timeout)
-                row = {"events": events, "files": len(files), "runner": runner, **result}
-                row["events_per_s"] = round(events / result["seconds"])
+                measured = run_once(runner, log_dir, os.path.join(tmp, f"out_{events}_{runner}"), args.timeout)
+                row = {"events": events, "files": len(files), "runner": runner, **measured}
+                row["events_per_s"] = round(events / measured["seconds"])
                 rows.append(row)
                 print(
-                    f"{events:>10,} events  {runner:6}  {result['seconds']:7.1f} s  {row['events_per_s']:>7,} ev/s  "
-                    f"peak RSS launcher {result['peak_rss_mb']['launcher']:.0f} MB, workers "
-                    f"{result['peak_rss_mb']['workers']} MB  (load {result['load_average_before'][0]:.1f})",
+                    f"{events:>10,} events  {runner:6}  {measured['seconds']:7.1f} s  {row['events_per_s']:>7,} ev/s  "
+                    f"peak RSS launcher {measured['peak_rss_mb']['launcher']:.0f} MB, workers "
+                    f"{measured['peak_rss_mb']['workers']} MB  (load {measured['load_average_before'][0]:.1f})",
                     flush=True,
                 )
-    common.write_json(
-        args.out,
-        {
-            "command": common.command_line("benchmarks.pipeline_scaling", argv),
-            "what": "python -m pipeline.run --split loo on a synthetic log (events // 20 users, events // 50 items) "
-            "cut into files of events_per_file rows; 2 worker processes per runner; wall time of the launcher "
-            "process (start-up included); peak RSS (VmHWM) per process",
-            "runners": {
-                "direct": "--direct_num_workers=2 --direct_running_mode=multi_processing",
-                "dask": f"--runner={DASK_RUNNER} --dask_client_address=<LocalCluster(n_workers=2, "
-                "threads_per_worker=1, processes=True)> (scheduler in the benchmark process, not counted)",
-            },
-            "events_per_file": args.events_per_file,
-            "rows": rows,
-            "skipped": skipped,
-            "shared_machine": "the machine was shared: a training job ran in the background and the benchmark ran "
-            "under nice -n 19, so times are upper bounds; see each row's load average (2 cores)",
-            "machine": {**common.machine_info(), "cpu_count": os.cpu_count()},
-            "versions": common.versions((*common.PACKAGES, "dask", "distributed")),
-            "git": common.git_state(),
-            "measured_at": common.now(),
-        },
-    )
+    slowest = max(rows, key=lambda row: (row["events"], row["seconds"]), default=None)
+    if slowest is not None and slowest["seconds"] > args.max_seconds and not skipped:
+        skipped.append(
+            f"sizes above {slowest['events']} events: not run, {slowest['runner']} took {slowest['seconds']:.0f} s "
+            f"there (> --max-seconds {args.max_seconds:.0f})"
+        )
+    result.update(rows=rows, skipped=skipped)
+    if args.append and os.path.exists(args.out):
+        with open(args.out) as f:
+            result = merge(json.load(f), result)
+    common.write_result(args.out, result)
     print(f"wrote {common.repo_relative(args.out)}")
     return 0
 

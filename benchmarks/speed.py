@@ -43,6 +43,7 @@ from typing import Any
 
 from benchmarks import commands, common, timing
 from mdcns_tf import cli
+from mdcns_tf.batch import EXCLUSION_IDS, HISTORY_IDS, INPUT_IDS, POSITION_KEYS, TARGET, TARGET_IDS, USER_INDEX
 
 log = logging.getLogger("benchmarks.speed")
 
@@ -199,18 +200,18 @@ def synthetic_batches(shape: Shape, count: int, seed: int) -> tuple[list[dict], 
         sequence = ids(shape.batch, shape.max_len + 1)
         train.append(
             {
-                "input_ids": sequence[:, :-1],
-                "target_ids": sequence[:, 1:],
-                "exclusion_ids": sequence,
-                "user_index": rng.uniform([shape.batch], 1, shape.n_users + 1, dtype=tf.int32),
+                INPUT_IDS: sequence[:, :-1],
+                TARGET_IDS: sequence[:, 1:],
+                EXCLUSION_IDS: sequence,
+                USER_INDEX: rng.uniform([shape.batch], 1, shape.n_users + 1, dtype=tf.int32),
             }
         )
     history = ids(shape.eval_batch, shape.max_len)
     evaluation = {
-        "input_ids": history,
-        "history_ids": history,
-        "target": ids(shape.eval_batch),
-        "user_index": rng.uniform([shape.eval_batch], 1, shape.n_users + 1, dtype=tf.int32),
+        INPUT_IDS: history,
+        HISTORY_IDS: history,
+        TARGET: ids(shape.eval_batch),
+        USER_INDEX: rng.uniform([shape.eval_batch], 1, shape.n_users + 1, dtype=tf.int32),
     }
     return train, evaluation
 
@@ -263,16 +264,9 @@ def train_function(model: Any, variant: Variant, shape: Shape, batches: list[dic
     if not variant.seq_len:
         return tf.function(model.train_step, jit_compile=jit_compile)
     length = min(variant.seq_len, shape.max_len)
-    trimmed = {
-        id(batch): {
-            **batch,
-            "input_ids": batch["input_ids"][:, -length:],
-            "target_ids": batch["target_ids"][:, -length:],
-        }
-        for batch in batches
-    }
+    trimmed = {id(batch): {**batch, **{key: batch[key][:, -length:] for key in POSITION_KEYS}} for batch in batches}
     spec = {
-        key: tf.TensorSpec([None, None] if key in ("input_ids", "target_ids") else value.shape, value.dtype)
+        key: tf.TensorSpec([None, None] if key in POSITION_KEYS else value.shape, value.dtype)
         for key, value in batches[0].items()
     }
     step = tf.function(model.train_step, input_signature=[spec], jit_compile=jit_compile)

@@ -1,16 +1,7 @@
 """`tf.data` input from the pipeline's TFRecords (format: `mdcns_tf.features`).
 
-Training elements (a dict, no labels: the trainer's `train_step` reads it):
-    input_ids      `(batch, max_len)` int32, left-padded model input
-    target_ids     `(batch, max_len)` int32, next item per position, 0 where the position is not trained
-    exclusion_ids  `(batch, x)` int32, the user's whole training sequence (a negative is never one of these)
-    user_index     `(batch,)` int32
-
-Evaluation elements:
-    input_ids      `(batch, max_len)` int32, the last max_len items of the history, left-padded
-    history_ids    `(batch, x)` int32, the whole history (masked out of the ranking), 0-padded
-    target         `(batch,)` int32, the held-out item
-    user_index     `(batch,)` int32
+Training and evaluation elements are dicts of int32 tensors, no labels (the trainers' ``train_step`` and
+``test_step`` read them); their keys and shapes are the batch contract in `mdcns_tf.batch`.
 """
 
 from __future__ import annotations
@@ -22,6 +13,8 @@ import tensorflow as tf
 
 import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from mdcns_tf import features
+from mdcns_tf.batch import EXCLUSION_IDS, HISTORY_IDS, INPUT_IDS, POSITION_KEYS, TARGET, TARGET_IDS, USER_INDEX
+from mdcns_tf.config import DataConfig
 
 
 def split_files(data_dir: str, split: str) -> list[str]:
@@ -58,10 +51,10 @@ def left_pad(ids: tf.Tensor, length: int) -> tf.Tensor:
 def _all_positions(record: dict[str, tf.Tensor], max_len: int) -> dict[str, tf.Tensor]:
     sequence = record[features.ITEM_IDS]
     return {
-        "input_ids": left_pad(sequence[:-1], max_len),
-        "target_ids": left_pad(sequence[1:], max_len),
-        "exclusion_ids": sequence,
-        "user_index": record[features.USER_INDEX],
+        INPUT_IDS: left_pad(sequence[:-1], max_len),
+        TARGET_IDS: left_pad(sequence[1:], max_len),
+        EXCLUSION_IDS: sequence,
+        USER_INDEX: record[features.USER_INDEX],
     }
 
 
@@ -73,10 +66,10 @@ def _prefixes(record: dict[str, tf.Tensor], max_len: int) -> tf.data.Dataset:
     def prefix(t: tf.Tensor) -> dict[str, tf.Tensor]:
         t = tf.cast(t, tf.int32)
         return {
-            "input_ids": left_pad(sequence[:t], max_len),
-            "target_ids": only_last * sequence[t],
-            "exclusion_ids": sequence,
-            "user_index": record[features.USER_INDEX],
+            INPUT_IDS: left_pad(sequence[:t], max_len),
+            TARGET_IDS: only_last * sequence[t],
+            EXCLUSION_IDS: sequence,
+            USER_INDEX: record[features.USER_INDEX],
         }
 
     return tf.data.Dataset.range(1, tf.cast(tf.shape(sequence)[0], tf.int64)).map(prefix)
@@ -121,53 +114,50 @@ def count_trained_positions(data_dir: str, train_positions: str, max_len: int, m
 
 
 def train_dataset(
-    data_dir: str,
-    max_len: int,
-    batch_size: int,
-    train_positions: str = "all",
-    seed: int = 0,
-    shuffle_buffer: int = 100_000,
-    max_sequences: int = 0,
-    bucket_by_length: bool = False,
-    epoch: tf.Variable | None = None,
+    cfg: DataConfig, seed: int, *, shuffle_buffer: int | None = None, epoch: tf.Variable | None = None
 ) -> tf.data.Dataset:
-    """Shuffled, batched training samples; one pass over the data per iteration (Keras epochs).
+    """Shuffled, batched training elements (`mdcns_tf.batch`) of ``cfg``: the records in ``cfg.dir`` (the first
+    ``cfg.max_train_sequences``, all when 0), as ``cfg.train_positions``, ``cfg.max_len``, ``cfg.batch_size`` and
+    ``cfg.bucket_by_length`` say; one pass over the data per iteration (Keras epochs).
+
+    ``shuffle_buffer`` (default ``cfg.shuffle_buffer``) overrides the buffer only: 1 gives the records' order,
+    which counts the batches of an epoch without paying for a shuffle (`mdcns_tf.train_input`).
 
     With ``epoch`` (an int64 variable the trainer sets before each epoch's iterator is created) the shuffle order of
     an iteration is a function of ``(seed, epoch)`` only, so a run resumed at epoch k sees the same order as an
     uninterrupted run does at epoch k. Without it, ``reshuffle_each_iteration`` derives the order from how many
     iterators this process has created, which restarts at 0 after a resume.
 
-    With ``bucket_by_length`` the shuffled stream is grouped into batches of similar length and each batch is
+    With ``cfg.bucket_by_length`` the shuffled stream is grouped into batches of similar length and each batch is
     trimmed to its longest sequence: ``input_ids``/``target_ids`` become `(batch, t)` with t <= max_len, holding
     the last t positions. Short-sequence datasets (Amazon: ~9 items a user against max_len 50) then train several
     times faster; backbones treat a `(batch, t)` input as the last t of max_len positions.
     """
-    records = read_records(data_dir, "train")
-    if max_sequences:
-        records = records.take(max_sequences)
+    max_len = cfg.max_len
+    buffer = cfg.shuffle_buffer if shuffle_buffer is None else shuffle_buffer
+    records = read_records(cfg.dir, "train")
+    if cfg.max_train_sequences:
+        records = records.take(cfg.max_train_sequences)
     records = records.filter(lambda r: tf.shape(r[features.ITEM_IDS])[0] >= 2)
-    if train_positions == "all":
+    if cfg.train_positions == "all":
         samples = records.map(lambda r: _all_positions(r, max_len), num_parallel_calls=tf.data.AUTOTUNE)
-    elif train_positions == "last":
+    elif cfg.train_positions == "last":
         samples = records.flat_map(lambda r: _prefixes(r, max_len))
     else:
-        raise ValueError(f"train_positions must be 'all' or 'last', got {train_positions!r}")
+        raise ValueError(f"train_positions must be 'all' or 'last', got {cfg.train_positions!r}")
     samples = samples.cache()
     if epoch is None:
-        samples = samples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        samples = samples.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     else:
         # The epoch is read once when an iterator starts; the cache above is shared by all iterations.
         cached = samples
         samples = (
             tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
             .map(lambda _: epoch.read_value())
-            .flat_map(
-                lambda e: cached.shuffle(shuffle_buffer, seed=epoch_seed(seed, e), reshuffle_each_iteration=False)
-            )
+            .flat_map(lambda e: cached.shuffle(buffer, seed=epoch_seed(seed, e), reshuffle_each_iteration=False))
         )
-    padded_shapes = {"input_ids": [max_len], "target_ids": [max_len], "exclusion_ids": [None], "user_index": []}
-    return batch_samples(samples, batch_size, max_len, padded_shapes, bucket_by_length)
+    padded_shapes = {INPUT_IDS: [max_len], TARGET_IDS: [max_len], EXCLUSION_IDS: [None], USER_INDEX: []}
+    return batch_samples(samples, cfg.batch_size, max_len, padded_shapes, cfg.bucket_by_length)
 
 
 def batch_samples(
@@ -179,7 +169,7 @@ def batch_samples(
         return samples.padded_batch(batch_size, padded_shapes=padded_shapes).prefetch(tf.data.AUTOTUNE)
     boundaries = sorted({b for b in (4, 8, 12, 16, 24, 32, 40) if b < max_len})
     batches = samples.bucket_by_sequence_length(
-        element_length_func=lambda sample: tf.math.count_nonzero(sample["input_ids"], dtype=tf.int32),
+        element_length_func=lambda sample: tf.math.count_nonzero(sample[INPUT_IDS], dtype=tf.int32),
         bucket_boundaries=boundaries,
         bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
         padded_shapes=padded_shapes,
@@ -194,9 +184,9 @@ def epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
 
 def trim_batch(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """Drops the leading columns that are padding in every row of a left-padded batch."""
-    used = tf.maximum(tf.reduce_max(tf.math.count_nonzero(batch["input_ids"], axis=1, dtype=tf.int32)), 1)
-    start = tf.shape(batch["input_ids"])[1] - used
-    trimmed = {key: batch[key][:, start:] for key in ("input_ids", "target_ids") if key in batch}
+    used = tf.maximum(tf.reduce_max(tf.math.count_nonzero(batch[INPUT_IDS], axis=1, dtype=tf.int32)), 1)
+    start = tf.shape(batch[INPUT_IDS])[1] - used
+    trimmed = {key: batch[key][:, start:] for key in POSITION_KEYS if key in batch}
     return {**batch, **trimmed}
 
 
@@ -216,13 +206,13 @@ def eval_dataset(
     def to_eval(record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         history = record[features.ITEM_IDS]
         return {
-            "input_ids": left_pad(history, max_len),
-            "history_ids": history,
-            "target": record[features.TARGET],
-            "user_index": record[features.USER_INDEX],
+            INPUT_IDS: left_pad(history, max_len),
+            HISTORY_IDS: history,
+            TARGET: record[features.TARGET],
+            USER_INDEX: record[features.USER_INDEX],
         }
 
-    padded_shapes = {"input_ids": [max_len], "history_ids": [None], "target": [], "user_index": []}
+    padded_shapes = {INPUT_IDS: [max_len], HISTORY_IDS: [None], TARGET: [], USER_INDEX: []}
     dataset = records.map(to_eval, num_parallel_calls=tf.data.AUTOTUNE).cache()
     return batch_samples(dataset, batch_size, max_len, padded_shapes, bucket_by_length)
 

@@ -30,6 +30,7 @@ import tf_keras as keras
 import mdcns_tf  # noqa: F401
 from mdcns_tf import losses
 from mdcns_tf.backbones import Backbone, build_backbone
+from mdcns_tf.batch import EXCLUSION_IDS, INPUT_IDS, TARGET_IDS
 from mdcns_tf.config import Config, MDCNSConfig
 from mdcns_tf.features import Metadata
 from mdcns_tf.models import RetrievalModel, masked_mean, replica_scale
@@ -210,15 +211,16 @@ class MDCNSModel(RetrievalModel):
         return self.reduce_positions(per_position, trained)
 
     def compute_losses(self, data: dict[str, tf.Tensor], training: bool = True) -> dict[str, tf.Tensor]:
-        """All loss terms and step statistics for one batch (see the module docstring)."""
-        input_ids, target_ids = data["input_ids"], data["target_ids"]
+        """All loss terms and step statistics for one training element (`mdcns_tf.batch`; see the module
+        docstring)."""
+        input_ids, target_ids = data[INPUT_IDS], data[TARGET_IDS]
         trained = tf.not_equal(target_ids, 0)
         if self.params.pool_scope == "position":
             pool_ids = sample_position_pools(
-                self.generator, data["exclusion_ids"], self.n_items, tf.shape(input_ids)[1], self.params.pool_size
+                self.generator, data[EXCLUSION_IDS], self.n_items, tf.shape(input_ids)[1], self.params.pool_size
             )
         else:
-            pool_ids = sample_excluding(self.generator, data["exclusion_ids"], self.n_items, self.params.pool_size)
+            pool_ids = sample_excluding(self.generator, data[EXCLUSION_IDS], self.n_items, self.params.pool_size)
 
         self_scores = positive_and_pool_scores(
             self.encoder(input_ids, training=training), self.encoder.item_embeddings, target_ids, pool_ids

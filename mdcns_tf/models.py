@@ -10,6 +10,7 @@ import tf_keras as keras
 import mdcns_tf  # noqa: F401
 from mdcns_tf import losses, metrics
 from mdcns_tf.backbones import Backbone
+from mdcns_tf.batch import EXCLUSION_IDS, HISTORY_IDS, INPUT_IDS, TARGET, TARGET_IDS, USER_INDEX
 from mdcns_tf.samplers import NegativeSampler, SamplingContext
 from mdcns_tf.samplers.candidates import score_items
 
@@ -79,11 +80,12 @@ class RetrievalModel(keras.Model):
         return self.encoder(input_ids, training=False)[:, -1, :]
 
     def test_step(self, data: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Ranks every item for an evaluation element (keys and shapes: `mdcns_tf.batch`), history masked."""
         ranks = metrics.target_ranks(
-            self.query_embeddings(data["input_ids"]),
+            self.query_embeddings(data[INPUT_IDS]),
             self.encoder.item_embeddings,
-            data["target"],
-            data["history_ids"],
+            data[TARGET],
+            data[HISTORY_IDS],
             chunk_size=self.eval_chunk_size,
         )
         for name, values in metrics.metrics_from_ranks(ranks, self.ks).items():
@@ -133,9 +135,10 @@ class SequentialRecommender(RetrievalModel):
         self.loss_name = loss_name
 
     def compute_training_loss(self, data: dict[str, tf.Tensor], training: bool = True) -> tf.Tensor:
-        target_ids = data["target_ids"]
+        """The scalar loss of a training element (keys and shapes: `mdcns_tf.batch`)."""
+        target_ids = data[TARGET_IDS]
         trained = tf.not_equal(target_ids, 0)
-        states = self.encoder(data["input_ids"], training=training)
+        states = self.encoder(data[INPUT_IDS], training=training)
         item_embeddings = self.encoder.item_embeddings
         if self.loss_name == "softmax":
             per_position = losses.full_softmax(
@@ -143,13 +146,13 @@ class SequentialRecommender(RetrievalModel):
             )
             return self.reduce_positions(per_position, tf.ones_like(per_position, tf.bool))
         context = SamplingContext(
-            input_ids=data["input_ids"],
+            input_ids=data[INPUT_IDS],
             target_ids=target_ids,
-            exclusion_ids=data["exclusion_ids"],
-            user_index=data["user_index"],
+            exclusion_ids=data[EXCLUSION_IDS],
+            user_index=data[USER_INDEX],
             states=states,
             item_embeddings=item_embeddings,
-            inference_states=self.inference_states(data["input_ids"]),
+            inference_states=self.inference_states(data[INPUT_IDS]),
         )
         negatives = self.sampler.sample(context)
         positive_scores = tf.reduce_sum(states * tf.gather(item_embeddings, target_ids), axis=-1)

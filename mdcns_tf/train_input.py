@@ -16,32 +16,17 @@ def train_input(config: Config, first_epoch: int) -> tuple[tf.data.Dataset, int,
     the data in the uninterrupted order; with train.steps_per_epoch the data repeats and epochs do not align with
     passes, so the order after a resume is not the uninterrupted one.
     """
-    cfg = config.data
-
-    def batches(shuffle_buffer: int, epoch: tf.Variable | None = None) -> tf.data.Dataset:
-        return data.train_dataset(
-            cfg.dir,
-            cfg.max_len,
-            cfg.batch_size,
-            cfg.train_positions,
-            config.seed,
-            shuffle_buffer,
-            cfg.max_train_sequences,
-            cfg.bucket_by_length,
-            epoch=epoch,
-        )
-
     if config.train.steps_per_epoch:
-        return shard_by_data(batches(cfg.shuffle_buffer).repeat()), config.train.steps_per_epoch, None
+        return shard_by_data(data.train_dataset(config.data, config.seed).repeat()), config.train.steps_per_epoch, None
     shuffle_epoch = tf.Variable(first_epoch, dtype=tf.int64, trainable=False, name="shuffle_epoch")
-    train_ds = batches(cfg.shuffle_buffer, shuffle_epoch)
+    train_ds = data.train_dataset(config.data, config.seed, epoch=shuffle_epoch)
     # Tell Keras the exact number of batches an epoch yields. With an unknown count Keras runs each process's first
     # epoch until the input raises end-of-data inside one more train step, and that aborted step still runs its
     # data-independent updates (optimizer iterations + 1, a decay of the sparse embedding moments): harmless once,
     # but a resumed run would do it again and drift from an uninterrupted one. Length buckets make the count differ
     # from ceil(samples / batch) (one partial batch a bucket), but not from epoch to epoch (bucket sizes do not
-    # depend on the order), so one unshuffled pass counts it.
-    counting = batches(1)
+    # depend on the order), so one unshuffled pass (a shuffle buffer of 1) counts it.
+    counting = data.train_dataset(config.data, config.seed, shuffle_buffer=1)
     steps_per_epoch = int(counting.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
     train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
     return shard_by_data(train_ds), steps_per_epoch, shuffle_epoch

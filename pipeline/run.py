@@ -244,8 +244,8 @@ def write_metadata(
     """The final step: ``items.txt``, ``users.txt``, ``metadata.json``, then the complete ``manifest.json``
     (returns the metadata dict).
 
-    ``stats`` holds the summed bookkeeping (see `build_pipeline`). Runs once, after every sink: ``written`` (their
-    output, the paths of the files they wrote) orders this step last and is what the fingerprint hashes.
+    ``stats`` holds the summed bookkeeping (see `build_pipeline`). Called once by `finish`, after every sink's
+    files are in place: ``written`` (their final paths) is what the fingerprint hashes.
     """
     n_items, n_users = len(item_vocab), len(user_vocab)
     dense_counts = [0] * (n_items + 1)

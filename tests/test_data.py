@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import tensorflow as tf
 from conftest import write_loo_dataset
 
 import mdcns_tf  # noqa: F401
 from mdcns_tf import data
+from mdcns_tf.batch import EVAL_KEYS, EXCLUSION_IDS, HISTORY_IDS, INPUT_IDS, TARGET, TARGET_IDS, TRAIN_KEYS
+from mdcns_tf.config import DataConfig
+
+
+def train_batches(data_dir: str, **data_config: Any) -> list[dict[str, tf.Tensor]]:
+    """Every training batch of one pass over ``data_dir`` with ``DataConfig(**data_config)``, seed 0."""
+    return list(data.train_dataset(DataConfig(dir=data_dir, **data_config), seed=0))
 
 
 def test_left_pad_keeps_the_most_recent_items():
@@ -18,15 +27,17 @@ def test_left_pad_keeps_the_most_recent_items():
 def test_all_positions_and_prefix_augmentation(tmp_path):
     # User 1's training sequence is [5, 6, 7, 8] (the last two of [5..10] are valid/test targets).
     write_loo_dataset(str(tmp_path), [[5, 6, 7, 8, 9, 10]], n_items=10)
-    (batch,) = list(data.train_dataset(str(tmp_path), max_len=4, batch_size=8, train_positions="all"))
-    np.testing.assert_array_equal(batch["input_ids"].numpy(), [[0, 5, 6, 7]])
-    np.testing.assert_array_equal(batch["target_ids"].numpy(), [[0, 6, 7, 8]])
-    np.testing.assert_array_equal(batch["exclusion_ids"].numpy(), [[5, 6, 7, 8]])
+    (batch,) = train_batches(str(tmp_path), max_len=4, batch_size=8, train_positions="all")
+    assert sorted(batch) == sorted(TRAIN_KEYS)
+    np.testing.assert_array_equal(batch[INPUT_IDS].numpy(), [[0, 5, 6, 7]])
+    np.testing.assert_array_equal(batch[TARGET_IDS].numpy(), [[0, 6, 7, 8]])
+    np.testing.assert_array_equal(batch[EXCLUSION_IDS].numpy(), [[5, 6, 7, 8]])
 
-    (batch,) = list(data.train_dataset(str(tmp_path), max_len=4, batch_size=8, train_positions="last"))
-    order = np.argsort(batch["target_ids"].numpy()[:, -1])
-    np.testing.assert_array_equal(batch["input_ids"].numpy()[order], [[0, 0, 0, 5], [0, 0, 5, 6], [0, 5, 6, 7]])
-    np.testing.assert_array_equal(batch["target_ids"].numpy()[order], [[0, 0, 0, 6], [0, 0, 0, 7], [0, 0, 0, 8]])
+    (batch,) = train_batches(str(tmp_path), max_len=4, batch_size=8, train_positions="last")
+    assert sorted(batch) == sorted(TRAIN_KEYS)
+    order = np.argsort(batch[TARGET_IDS].numpy()[:, -1])
+    np.testing.assert_array_equal(batch[INPUT_IDS].numpy()[order], [[0, 0, 0, 5], [0, 0, 5, 6], [0, 5, 6, 7]])
+    np.testing.assert_array_equal(batch[TARGET_IDS].numpy()[order], [[0, 0, 0, 6], [0, 0, 0, 7], [0, 0, 0, 8]])
     assert data.count_train_examples(str(tmp_path), "last") == 3
     assert data.count_train_examples(str(tmp_path), "all") == 1
 
@@ -34,21 +45,22 @@ def test_all_positions_and_prefix_augmentation(tmp_path):
 def test_eval_elements(tmp_path):
     write_loo_dataset(str(tmp_path), [[5, 6, 7, 8, 9, 10], [1, 2, 3]], n_items=10)
     (batch,) = list(data.eval_dataset(str(tmp_path), "test", max_len=3, batch_size=8))
-    np.testing.assert_array_equal(batch["input_ids"].numpy(), [[7, 8, 9], [0, 1, 2]])
-    np.testing.assert_array_equal(batch["history_ids"].numpy(), [[5, 6, 7, 8, 9], [1, 2, 0, 0, 0]])
-    np.testing.assert_array_equal(batch["target"].numpy(), [10, 3])
+    assert sorted(batch) == sorted(EVAL_KEYS)
+    np.testing.assert_array_equal(batch[INPUT_IDS].numpy(), [[7, 8, 9], [0, 1, 2]])
+    np.testing.assert_array_equal(batch[HISTORY_IDS].numpy(), [[5, 6, 7, 8, 9], [1, 2, 0, 0, 0]])
+    np.testing.assert_array_equal(batch[TARGET].numpy(), [10, 3])
 
 
 def test_length_buckets_trim_padding_without_losing_samples(tmp_path):
     sequences = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17], [1, 3, 5, 7, 9, 11]]
     write_loo_dataset(str(tmp_path), sequences, n_items=17)
-    batches = list(data.train_dataset(str(tmp_path), max_len=12, batch_size=2, bucket_by_length=True))
+    batches = train_batches(str(tmp_path), max_len=12, batch_size=2, bucket_by_length=True)
     seen = []
     for batch in batches:
-        inputs = batch["input_ids"].numpy()
+        inputs = batch[INPUT_IDS].numpy()
         # Trimmed: some row uses the first column, and the last column is always a real item.
         assert (inputs[:, 0] != 0).any() and (inputs[:, -1] != 0).all()
-        seen.extend(batch["target_ids"].numpy()[:, -1].tolist())
+        seen.extend(batch[TARGET_IDS].numpy()[:, -1].tolist())
     assert sorted(seen) == sorted(s[-3] for s in sequences)
 
 
@@ -58,5 +70,5 @@ def test_trained_positions_are_counted_per_protocol(tmp_path):
     assert data.count_trained_positions(str(tmp_path), "all", max_len=4) == 3 + 4
     assert data.count_trained_positions(str(tmp_path), "last", max_len=4) == 3 + 5
     # The count is what the training input really marks as trained (target_ids != 0).
-    (batch,) = list(data.train_dataset(str(tmp_path), max_len=4, batch_size=8, train_positions="all"))
-    assert int(tf.math.count_nonzero(batch["target_ids"])) == 7
+    (batch,) = train_batches(str(tmp_path), max_len=4, batch_size=8, train_positions="all")
+    assert int(tf.math.count_nonzero(batch[TARGET_IDS])) == 7

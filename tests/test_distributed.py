@@ -53,7 +53,7 @@ WORKER_SCRIPT = textwrap.dedent(
 # replicas' mean losses is exactly the batch mean (with unequal counts it is the mean of per-replica means).
 MIRRORED_SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import dataclasses, json, sys
     import mdcns_tf
     import numpy as np
     import tensorflow as tf
@@ -66,7 +66,8 @@ MIRRORED_SCRIPT = textwrap.dedent(
 
     config = load_config(None, sys.argv[2:])
     metadata = Metadata.load(config.data.dir)
-    batch = next(iter(data.train_dataset(config.data.dir, config.data.max_len, 8, max_sequences=8)))
+    data_config = dataclasses.replace(config.data, batch_size=8, max_train_sequences=8)
+    batch = next(iter(data.train_dataset(data_config, seed=0)))
     one_batch = tf.data.Dataset.from_tensors(batch)
 
     def one_step(strategy, initial=None):

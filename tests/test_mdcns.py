@@ -14,6 +14,7 @@ import tf_keras as keras
 import mdcns_tf  # noqa: F401
 from mdcns_tf import losses
 from mdcns_tf.backbones import BACKBONES
+from mdcns_tf.batch import EXCLUSION_IDS, INPUT_IDS, TARGET_IDS, USER_INDEX
 from mdcns_tf.config import load_config
 from mdcns_tf.export import export_saved_model
 from mdcns_tf.features import Metadata
@@ -51,10 +52,10 @@ def tiny_batch() -> dict[str, tf.Tensor]:
     rng = np.random.default_rng(0)
     sequences = rng.integers(1, N_ITEMS + 1, size=(4, MAX_LEN + 1))
     return {
-        "input_ids": tf.constant(sequences[:, :-1], tf.int32),
-        "target_ids": tf.constant(sequences[:, 1:], tf.int32),
-        "exclusion_ids": tf.constant(sequences, tf.int32),
-        "user_index": tf.constant([1, 2, 3, 4], tf.int32),
+        INPUT_IDS: tf.constant(sequences[:, :-1], tf.int32),
+        TARGET_IDS: tf.constant(sequences[:, 1:], tf.int32),
+        EXCLUSION_IDS: tf.constant(sequences, tf.int32),
+        USER_INDEX: tf.constant([1, 2, 3, 4], tf.int32),
     }
 
 

@@ -9,6 +9,7 @@ from conftest import synthetic_sequences, write_loo_dataset
 
 import mdcns_tf  # noqa: F401
 from mdcns_tf import data
+from mdcns_tf.batch import INPUT_IDS
 from mdcns_tf.config import load_config
 from mdcns_tf.factory import build_model, resolved_reduction
 from mdcns_tf.features import Metadata
@@ -64,7 +65,7 @@ def test_length_bucketed_evaluation_gives_the_same_metrics(tmp_path, backbone):
     for bucketed in (False, True):
         dataset = data.eval_dataset(str(tmp_path), "test", 40, batch_size=16, bucket_by_length=bucketed)
         if bucketed:
-            assert min(int(batch["input_ids"].shape[1]) for batch in dataset) < 40
+            assert min(int(batch[INPUT_IDS].shape[1]) for batch in dataset) < 40
         results[bucketed] = model.evaluate(dataset, return_dict=True, verbose=0)
     for name, value in results[False].items():
         assert results[True][name] == pytest.approx(value, abs=1e-6), name

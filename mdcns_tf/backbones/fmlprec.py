@@ -23,8 +23,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
-from mdcns_tf.backbones.base import Backbone
-from mdcns_tf.backbones.layers import PositionalInput, check_length, feed_forward_stack, normal_initializer
+from mdcns_tf.backbones.layers import PositionalFFNBackbone, normal_initializer
 
 
 @dataclasses.dataclass
@@ -94,7 +93,7 @@ class CausalFilterLayer(keras.layers.Layer):
         return self.norm(x + self.dropout(filtered, training=training))
 
 
-class FMLPRec(Backbone):
+class FMLPRec(PositionalFFNBackbone):
     """Causal FMLP-Rec: item + position embeddings, then ``num_layers`` x (causal filter, FFN). ``num_heads`` unused.
 
     See the module docstring for the deviations from the paper (causal linear convolution instead of the circular,
@@ -106,29 +105,17 @@ class FMLPRec(Backbone):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         opts: FMLPRecOptions = self.options
-        self.positional_input = PositionalInput(
-            self.max_len, self.dim, self.dropout_rate, opts.layer_norm_eps, name="positional_input"
-        )
         self.filters = [
             CausalFilterLayer(
                 self.dim, self.max_len, self.dropout_rate, opts.layer_norm_eps, opts.filter_init_std, name=f"filter_{i}"
             )
             for i in range(self.num_layers)
         ]
-        self.ffns = feed_forward_stack(
-            self.num_layers,
-            self.dim,
-            self.dim * opts.inner_multiplier,
-            self.dropout_rate,
-            opts.hidden_act,
-            opts.layer_norm_eps,
-        )
+        self.ffns = self.feed_forward_stack()
 
     def encode(self, item_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
         """item_ids `(batch, seq_len)`, ``seq_len <= max_len`` -> states `(batch, seq_len, dim)`, 0 at padding."""
-        check_length(item_ids, self.max_len)
-        padding = self.padding_mask(item_ids)
-        x = self.positional_input(self.item_embedding(item_ids), padding, training=training)
+        x, padding = self.embedded_input(item_ids, training=training)
         for filter_layer, ffn in zip(self.filters, self.ffns, strict=True):
             # Zeroing after each sub-layer keeps padded slots at exactly 0, so they add nothing to the convolution.
             x = filter_layer(x, training=training) * padding

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import tensorflow as tf
 import tf_keras as keras
+
+from mdcns_tf.backbones.base import Backbone
 
 
 def normal_initializer(stddev: float = 0.02) -> keras.initializers.Initializer:
@@ -89,11 +91,48 @@ class PositionalInput(keras.layers.Layer):
         return self.dropout(self.norm(x), training=training) * padding
 
 
-def feed_forward_stack(
-    num_layers: int, dim: int, inner_dim: int, dropout: float, activation: str, epsilon: float
-) -> list[FeedForward]:
-    """One `FeedForward` per layer, named ``ffn_<i>`` (FMLP-Rec and LinRec)."""
-    return [
-        FeedForward(dim, inner_dim, dropout, activation=activation, epsilon=epsilon, name=f"ffn_{i}")
-        for i in range(num_layers)
-    ]
+class FeedForwardOptions(Protocol):
+    """The options of a `PositionalFFNBackbone` (its ``Options`` dataclass has at least these fields)."""
+
+    inner_multiplier: int  # FFN width / dim
+    hidden_act: str  # FFN activation
+    layer_norm_eps: float  # epsilon of every LayerNorm
+
+
+class PositionalFFNBackbone(Backbone):
+    """RecBole-style backbone (FMLP-Rec, LinRec): `PositionalInput`, then ``num_layers`` x (a sequence mixer of
+    the subclass's own, a post-LN `FeedForward`).
+
+    Builds the input layer from the options (`FeedForwardOptions`); a subclass builds its mixers, then
+    ``self.ffns = self.feed_forward_stack()`` (in this order: layers are created in attribute order), and starts
+    `encode` with `embedded_input`.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        opts: FeedForwardOptions = self.options
+        self.positional_input = PositionalInput(
+            self.max_len, self.dim, self.dropout_rate, opts.layer_norm_eps, name="positional_input"
+        )
+
+    def feed_forward_stack(self) -> list[FeedForward]:
+        """One `FeedForward` per layer, named ``ffn_<i>``, of width ``inner_multiplier * dim``."""
+        opts: FeedForwardOptions = self.options
+        return [
+            FeedForward(
+                self.dim,
+                self.dim * opts.inner_multiplier,
+                self.dropout_rate,
+                activation=opts.hidden_act,
+                epsilon=opts.layer_norm_eps,
+                name=f"ffn_{i}",
+            )
+            for i in range(self.num_layers)
+        ]
+
+    def embedded_input(self, item_ids: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+        """item_ids `(batch, seq_len)`, ``seq_len <= max_len`` (checked at trace time) -> (the positional input
+        `(batch, seq_len, dim)`, 0 at padding; the padding mask `(batch, seq_len, 1)`, 1 for real items)."""
+        check_length(item_ids, self.max_len)
+        padding = self.padding_mask(item_ids)
+        return self.positional_input(self.item_embedding(item_ids), padding, training=training), padding

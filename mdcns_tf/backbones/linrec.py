@@ -30,8 +30,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
-from mdcns_tf.backbones.base import Backbone
-from mdcns_tf.backbones.layers import PositionalInput, check_length, feed_forward_stack, normal_initializer
+from mdcns_tf.backbones.layers import PositionalFFNBackbone, normal_initializer
 
 CAUSAL_MODES = ("chunked", "cumsum", "masked")
 
@@ -129,7 +128,7 @@ class LinRecAttention(keras.layers.Layer):
         return self.norm(x + self.dropout(self.output_dense(context), training=training))
 
 
-class LinRec(Backbone):
+class LinRec(PositionalFFNBackbone):
     """Causal LinRec: item + position embeddings, then ``num_layers`` x (linear attention, FFN); see module doc."""
 
     Options = LinRecOptions
@@ -137,9 +136,6 @@ class LinRec(Backbone):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         opts: LinRecOptions = self.options
-        self.positional_input = PositionalInput(
-            self.max_len, self.dim, self.dropout_rate, opts.layer_norm_eps, name="positional_input"
-        )
         self.attentions = [
             LinRecAttention(
                 self.dim,
@@ -152,20 +148,11 @@ class LinRec(Backbone):
             )
             for i in range(self.num_layers)
         ]
-        self.ffns = feed_forward_stack(
-            self.num_layers,
-            self.dim,
-            self.dim * opts.inner_multiplier,
-            self.dropout_rate,
-            opts.hidden_act,
-            opts.layer_norm_eps,
-        )
+        self.ffns = self.feed_forward_stack()
 
     def encode(self, item_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
         """item_ids `(batch, seq_len)`, ``seq_len <= max_len`` -> states `(batch, seq_len, dim)`, 0 at padding."""
-        check_length(item_ids, self.max_len)
-        padding = self.padding_mask(item_ids)
-        x = self.positional_input(self.item_embedding(item_ids), padding, training=training)
+        x, padding = self.embedded_input(item_ids, training=training)
         for attention, ffn in zip(self.attentions, self.ffns, strict=True):
             x = ffn(attention(x, padding, training=training), training=training) * padding
         return x

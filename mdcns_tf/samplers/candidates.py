@@ -1,12 +1,17 @@
 """Mechanisms every sampler shares: drawing items outside a user's history, scoring them, top-M picks.
 
 Samplers differ in policy (which candidates, which scores, which pick); these functions are the mechanism, so
-uniform, DNS, DNS(M,N), SRNS, GDNS and the MDCNS views never reimplement them.
+uniform, DNS, DNS(M,N), SRNS, GDNS and the MDCNS views never reimplement them. `PooledHardNegativeSampler` is the
+DNS(M,N) mechanism as a sampler base class, shared by DNS, DNS(M,N), MixGCF and MixGCF+.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import tensorflow as tf
+
+from mdcns_tf.samplers.base import NegativeSampler, SamplingContext
 
 # A draw that hits the history is redrawn; with |history| << n_items almost every draw is valid, and the loop is
 # bounded so that a pathological input (history covering the catalogue) fails loudly instead of spinning.
@@ -151,6 +156,44 @@ def pooled_hard_negatives(
     if pool_scope == "position":
         return tf.gather(pool_ids, picks, batch_dims=2)
     return gather_pool(pool_ids, picks)
+
+
+class PooledHardNegativeSampler(NegativeSampler):
+    """A sampler whose negatives are DNS(M,N) picks from uniform candidate pools (`pooled_hard_negatives`).
+
+    The mechanism lives here: the option checks, the pool, its scores and the top-M pick (`hard_negative_ids`).
+    A subclass sets the policy: its ``Params`` (with ``pool_size`` and ``pool_scope``, and ``top_m`` unless it
+    fixes `top_m`, as DNS and MixGCF do with M = 1) and what `sample` makes of the picked items (DNS(M,N): the
+    items themselves; MixGCF: mixes of them with the positive).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        pool_size, pool_scope = self.params.pool_size, self.params.pool_scope
+        if pool_size < 1 or not 1 <= self.top_m <= pool_size:
+            raise ValueError(f"{self.name}: need 1 <= top_m <= pool_size, got {self.top_m} and {pool_size}")
+        if pool_scope not in POOL_SCOPES:
+            raise ValueError(f"{self.name}: pool_scope must be one of {POOL_SCOPES}, got {pool_scope!r}")
+
+    @property
+    def top_m(self) -> int:
+        """M: each negative is drawn uniformly among the M highest-scoring candidates of its sub-pool."""
+        return self.params.top_m
+
+    def hard_negative_ids(self, context: SamplingContext) -> tf.Tensor:
+        """The picked items `(batch, seq_len, num_negatives)`: per negative, ``pool_size`` uniform candidates
+        outside ``context.exclusion_ids``, scored with ``context.states``, one drawn among the top `top_m`."""
+        return pooled_hard_negatives(
+            self.generator,
+            context.states,
+            context.item_embeddings,
+            context.exclusion_ids,
+            self.n_items,
+            self.params.pool_size,
+            self.top_m,
+            self.num_negatives,
+            self.params.pool_scope,
+        )
 
 
 def gumbel_top_k(generator: tf.random.Generator, logits: tf.Tensor, k: int) -> tf.Tensor:

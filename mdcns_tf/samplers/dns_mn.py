@@ -1,14 +1,15 @@
 """DNS(M,N) ("DNS+", Shi et al. WWW 2023): per position, one negative drawn uniformly among the top-M of N
-uniform candidates. DNS (`dns.py`) is DNS(1,N) and subclasses this; the mechanism (pool, scores, top-M pick)
-lives in `candidates.pooled_hard_negatives`, shared with MDCNS.
+uniform candidates. DNS (`dns.py`) is DNS(1,N) and subclasses this; the mechanism (checks, pool, scores, top-M
+pick) lives in `candidates.PooledHardNegativeSampler` and `candidates.pooled_hard_negatives`, shared with MixGCF and
+MDCNS.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from mdcns_tf.samplers.base import Negatives, NegativeSampler, SamplingContext
-from mdcns_tf.samplers.candidates import POOL_SCOPES, pooled_hard_negatives
+from mdcns_tf.samplers.base import Negatives, SamplingContext
+from mdcns_tf.samplers.candidates import PooledHardNegativeSampler
 
 
 @dataclasses.dataclass
@@ -31,30 +32,10 @@ class DNSMNParams:
     pool_scope: str = "sequence"
 
 
-class DNSMNSampler(NegativeSampler):
+class DNSMNSampler(PooledHardNegativeSampler):
+    """The picked candidates are the negatives."""
+
     Params = DNSMNParams
 
-    def __init__(self, params, n_items: int, *args, **kwargs) -> None:
-        super().__init__(params, n_items, *args, **kwargs)
-        if params.pool_size < 1 or not 1 <= self.top_m <= params.pool_size:
-            raise ValueError(f"{self.name}: need 1 <= top_m <= pool_size, got {self.top_m} and {params.pool_size}")
-        if params.pool_scope not in POOL_SCOPES:
-            raise ValueError(f"{self.name}: pool_scope must be one of {POOL_SCOPES}, got {params.pool_scope!r}")
-
-    @property
-    def top_m(self) -> int:
-        return self.params.top_m
-
     def sample(self, context: SamplingContext) -> Negatives:
-        ids = pooled_hard_negatives(
-            self.generator,
-            context.states,
-            context.item_embeddings,
-            context.exclusion_ids,
-            self.n_items,
-            self.params.pool_size,
-            self.top_m,
-            self.num_negatives,
-            self.params.pool_scope,
-        )
-        return Negatives(ids=ids)
+        return Negatives(ids=self.hard_negative_ids(context))

@@ -14,7 +14,7 @@ training sample with state h, positive item v+ and N uniform candidates c_1..c_N
 
 Because alpha is shared by the candidates of a sample and 1 - alpha > 0, s'_n = alpha . h.e(v+) + (1 - alpha) .
 h.e(c_n) ranks the candidates exactly as their raw scores h.e(c_n) do: the top-M of the mixes are the mixes of the
-top-M raw candidates. The pick therefore reuses the DNS(M,N) mechanism (`candidates.pooled_hard_negatives`) and
+top-M raw candidates. The pick therefore reuses the DNS(M,N) mechanism (`candidates.PooledHardNegativeSampler`) and
 only the picked candidate is mixed, with no `(batch, seq_len, N, dim)` tensor.
 
 Differences from the MixGCF paper: no hop mixing (a sequential backbone has no GNN layers whose per-hop
@@ -33,8 +33,8 @@ import dataclasses
 
 import tensorflow as tf
 
-from mdcns_tf.samplers.base import Negatives, NegativeSampler, SamplingContext
-from mdcns_tf.samplers.candidates import POOL_SCOPES, pooled_hard_negatives
+from mdcns_tf.samplers.base import Negatives, SamplingContext
+from mdcns_tf.samplers.candidates import PooledHardNegativeSampler
 
 
 @dataclasses.dataclass
@@ -77,35 +77,15 @@ def mix_with_positive(alpha: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor
     return alpha * positive[:, :, tf.newaxis, :] + (1.0 - alpha) * negative
 
 
-class MixGCFPlusSampler(NegativeSampler):
+class MixGCFPlusSampler(PooledHardNegativeSampler):
     """Positive mixing with a uniform pick among the top-M of N mixes (MixGCF+); `MixGCFSampler` is M = 1."""
 
     Params = MixGCFPlusParams
     synthetic_negatives = True
 
-    def __init__(self, params, n_items: int, *args, **kwargs) -> None:
-        super().__init__(params, n_items, *args, **kwargs)
-        if params.pool_size < 1 or not 1 <= self.top_m <= params.pool_size:
-            raise ValueError(f"{self.name}: need 1 <= top_m <= pool_size, got {self.top_m} and {params.pool_size}")
-        if params.pool_scope not in POOL_SCOPES:
-            raise ValueError(f"{self.name}: pool_scope must be one of {POOL_SCOPES}, got {params.pool_scope!r}")
-
-    @property
-    def top_m(self) -> int:
-        return self.params.top_m
-
     def sample(self, context: SamplingContext) -> Negatives:
-        ids = pooled_hard_negatives(
-            self.generator,
-            context.states,
-            context.item_embeddings,
-            context.exclusion_ids,
-            self.n_items,
-            self.params.pool_size,
-            self.top_m,
-            self.num_negatives,
-            self.params.pool_scope,
-        )  # (B, L, k): the top-M pick of the raw scores is the top-M pick of the mixes (module docstring)
+        # The top-M pick of the raw scores is the top-M pick of the mixes (module docstring).
+        ids = self.hard_negative_ids(context)  # (B, L, k)
         alpha = self.generator.uniform(tf.shape(context.target_ids), dtype=context.item_embeddings.dtype)
         embeddings = mix_with_positive(
             alpha,
