@@ -61,7 +61,7 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
     from mdcns_tf.fit_callbacks import make_callbacks
     from mdcns_tf.metrics_file import write_metrics
     from mdcns_tf.preflight import check_data, check_export
-    from mdcns_tf.train_input import train_input
+    from mdcns_tf.train_input import seed_process, train_input
 
     metadata = Metadata.load(config.data.dir, verify=False)
     verify_records(config.data.dir, metadata, scan_ids=False)  # the fingerprint: no TensorFlow op
@@ -81,7 +81,7 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
         yaml.safe_dump(config.to_dict(), f, sort_keys=False)
     # Taken before training: the code, libraries and command that the run starts with.
     record = provenance.run_record(config.to_dict(), config.data.dir, metadata.fingerprint)
-    keras.utils.set_random_seed(config.seed)
+    seed_process(config.seed)
     # Layers' dropout draws from `tf.random.Generator`s (variables in the checkpoint, a distinct stream per replica)
     # instead of TF1 stateful ops, whose state restarts with the process: a resumed run then drops the same units.
     keras.backend.experimental.enable_tf_random_generator()

@@ -8,6 +8,23 @@ from mdcns_tf import data
 from mdcns_tf.config import Config
 from mdcns_tf.distribution import shard_by_data
 
+# TensorFlow reduces seeds modulo 2^31 - 1.
+_TF_SEED_MODULUS = 2**31 - 1
+
+
+def seed_process(seed: int) -> None:
+    """Seeds Python, NumPy and TensorFlow with ``seed`` (`keras.utils.set_random_seed`).
+
+    `tf.random.get_seed` compares (global seed, op seed) with (0, 0); the epoch-seeded shuffle's op seed is a tensor,
+    so with a global seed of 0 (mod 2^31 - 1) that comparison raises inside tf.data. Such seeds give TensorFlow the
+    global seed 2^31 - 2 instead (Python and NumPy keep ``seed``).
+    """
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(seed)
+    if seed % _TF_SEED_MODULUS == 0:
+        tf.random.set_seed(_TF_SEED_MODULUS - 1)
+
 
 def train_input(config: Config, first_epoch: int) -> tuple[tf.data.Dataset, int, tf.Variable | None]:
     """(training batches, steps an epoch, the epoch variable that seeds the shuffle or None).

@@ -303,7 +303,8 @@ def kcore_violations(sequences: beam.PCollection, k: int, label: str = "KCoreChe
 def sequence_stats(sequences: beam.PCollection, label: str, users_key: str | None = None) -> beam.PCollection:
     """Stats ``(label, len(items))`` (and ``(users_key, 1)``) per ``(user, [item])``, to be summed per key.
 
-    All bookkeeping goes through one `SumStats` at the end: one cheap keyed sum instead of a `CombineGlobally` per
+    All bookkeeping goes through one keyed sum at the end (``SumStats`` in `pipeline.run.build_pipeline`; `SumStats`
+    here is the same as one dict): one cheap keyed sum instead of a `CombineGlobally` per
     number (each of which costs Beam ~0.5 s of graph construction).
     """
     if users_key is None:

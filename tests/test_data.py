@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from conftest import write_loo_dataset
 
@@ -72,3 +73,21 @@ def test_trained_positions_are_counted_per_protocol(tmp_path):
     # The count is what the training input really marks as trained (target_ids != 0).
     (batch,) = train_batches(str(tmp_path), max_len=4, batch_size=8, train_positions="all")
     assert int(tf.math.count_nonzero(batch[TARGET_IDS])) == 7
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**31 - 1])
+def test_the_epoch_seeded_shuffle_works_for_every_process_seed(tmp_path, seed):
+    from mdcns_tf.train_input import seed_process
+
+    write_loo_dataset(str(tmp_path), [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [2, 4, 6, 8, 10]], n_items=10)
+    epoch = tf.Variable(0, dtype=tf.int64)
+    seed_process(seed)  # TF's seed check raised inside tf.data for a global seed of 0 (mod 2^31 - 1)
+    try:
+        orders = []
+        for _ in range(2):
+            config = DataConfig(dir=str(tmp_path), max_len=4, batch_size=8)
+            (batch,) = list(data.train_dataset(config, seed, epoch=epoch))
+            orders.append(batch["target_ids"].numpy()[:, -1].tolist())
+        assert sorted(orders[0]) == sorted(orders[1]) == [3, 6, 8]
+    finally:
+        tf.random.set_seed(None)
