@@ -193,3 +193,12 @@ def test_a_copied_template_builds_on_the_shipped_configs_by_name(tmp_path):
     (tmp_path / "broken.yaml").write_text("base: [no_such_parent]\n")
     with pytest.raises(ConfigError, match="base 'no_such_parent' is neither a file beside it nor a shipped config"):
         train.resolve_config(str(tmp_path / "broken.yaml"), [])
+
+
+def test_the_readme_lists_every_console_script():
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    assert [name for name in scripts if f"`{name}`" not in readme] == []
+    assert [module for module in scripts.values() if f"`{module.split(':')[0]}`" not in readme] == []
