@@ -8,9 +8,13 @@ instead of after the 3-5 s TensorFlow import.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import re
 import sys
+import tempfile
+from collections.abc import Iterator
 
 
 def prog(module: str, script: str) -> str:
@@ -35,3 +39,47 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# What TensorFlow's C++ side prints on every start on a machine without a GPU, before absl logging is initialised
+# (so neither TF_CPP_MIN_LOG_LEVEL nor absl's flags reach it): the CUDA stubs' "no driver" lines, the failed cuInit,
+# the oneDNN notice and absl's own preamble. Nothing a CPU user can act on.
+_CPU_START_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|cudart_stub\.cc|cuda_platform\.cc:\d+\] failed call to cuInit"
+    r"|port\.cc:\d+\] oneDNN custom operations are on|cpu_feature_guard\.cc"
+)
+VERBOSE_START_ENV = "MDCNS_TF_VERBOSE_START"
+
+
+@contextlib.contextmanager
+def without_cpu_start_noise() -> Iterator[None]:
+    """Captures the process's stderr (fd 2, so C++ writes too) for the block, then writes back every line except
+    the CPU-machine start-up noise (`_CPU_START_NOISE`)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not _CPU_START_NOISE.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def start_tensorflow() -> None:
+    """Imports TensorFlow and lets it look for devices `without_cpu_start_noise`: warnings and errors still show.
+    ``MDCNS_TF_VERBOSE_START=1`` shows everything."""
+    if os.environ.get(VERBOSE_START_ENV):
+        import tensorflow  # noqa: F401
+
+        return
+    with without_cpu_start_noise():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the device search is what calls cuInit

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cli.setup_logging()
+    cli.start_tensorflow()
     try:
         result = evaluate_run(args.run, args.splits, args.set)
     except (ConfigError, FileNotFoundError) as e:

@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli.setup_logging()
+    cli.start_tensorflow()
     try:
         path = reexport(args.run, args.top_k, args.model_name, args.version, args.index, args.rescore)
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # ConfigError is a ValueError

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", required=True, help="comma-separated item ids, oldest first")
     parser.add_argument("--data", help="pipeline output folder: warns when its items.txt differs from the export's")
     args = parser.parse_args(argv)
-    import tensorflow as tf  # after parsing: --help and usage errors do not wait for TensorFlow
+    cli.start_tensorflow()  # after parsing: --help and usage errors do not wait for TensorFlow
+    import tensorflow as tf
 
     try:
         history = [int(x) for x in args.history.split(",") if x.strip()]

@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli.setup_logging()
+    cli.start_tensorflow()
     try:
         config = resolve_config(args.config, args.set)
         run(config, restart=args.restart)

@@ -202,3 +202,20 @@ def test_the_readme_lists_every_console_script():
         readme = f.read()
     assert [name for name in scripts if f"`{name}`" not in readme] == []
     assert [module for module in scripts.values() if f"`{module.split(':')[0]}`" not in readme] == []
+
+
+def test_tensorflows_cpu_start_noise_is_dropped_and_everything_else_kept():
+    code = (
+        "import os\n"
+        "from mdcns_tf import cli\n"
+        "with cli.without_cpu_start_noise():\n"
+        "    os.write(2, b'W0000 00:00:1.0 1 cudart_stub.cc:31] Could not find cuda drivers on your machine\\n')\n"
+        "    os.write(2, b'E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\\n')\n"
+        "    os.write(2, b'E0000 00:00:1.0 1 some_kernel.cc:7] a real error\\n')\n"
+        "cli.start_tensorflow()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "a real error" in done.stderr
+    assert "cudart_stub" not in done.stderr and "cuInit" not in done.stderr
+    assert "absl::InitializeLog" not in done.stderr
