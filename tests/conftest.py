@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import mdcns_tf  # noqa: F401
 from mdcns_tf import features
+from mdcns_tf.samplers import SamplingContext
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
@@ -90,3 +91,17 @@ def tiny_dataset(tmp_path_factory) -> str:
     data_dir = str(tmp_path_factory.mktemp("tiny_dataset"))
     write_loo_dataset(data_dir, synthetic_sequences(300, 60, seed=0), 60)
     return data_dir
+
+
+def scored_context(item_scores, states, target_ids, exclusion_ids, user_index=None) -> SamplingContext:
+    """A sampler context whose score(l, j) = states[b, l] * item_scores[j] (1-d embeddings)."""
+    target_ids = tf.constant(target_ids, tf.int32)
+    batch = target_ids.shape[0]
+    return SamplingContext(
+        input_ids=tf.ones_like(target_ids),
+        target_ids=target_ids,
+        exclusion_ids=tf.constant(exclusion_ids, tf.int32),
+        user_index=tf.constant(user_index if user_index is not None else np.arange(1, batch + 1), tf.int32),
+        states=tf.constant(np.asarray(states, np.float32)[..., None]),
+        item_embeddings=tf.constant(np.asarray(item_scores, np.float32)[:, None]),
+    )

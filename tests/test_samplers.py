@@ -14,6 +14,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import scored_context
 
 import mdcns_tf  # noqa: F401
 from mdcns_tf.samplers import SAMPLERS, SamplingContext, sampler_params
@@ -47,20 +48,6 @@ def make_sampler(
         seed=seed,
         name=name,
         embedding_dim=embedding_dim,
-    )
-
-
-def scored_context(item_scores, states, target_ids, exclusion_ids, user_index=None) -> SamplingContext:
-    """Context whose score(l, j) = states[b, l] * item_scores[j] (1-d embeddings)."""
-    target_ids = tf.constant(target_ids, tf.int32)
-    batch = target_ids.shape[0]
-    return SamplingContext(
-        input_ids=tf.ones_like(target_ids),
-        target_ids=target_ids,
-        exclusion_ids=tf.constant(exclusion_ids, tf.int32),
-        user_index=tf.constant(user_index if user_index is not None else np.arange(1, batch + 1), tf.int32),
-        states=tf.constant(np.asarray(states, np.float32)[..., None]),
-        item_embeddings=tf.constant(np.asarray(item_scores, np.float32)[:, None]),
     )
 
 

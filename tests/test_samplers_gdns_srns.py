@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import scored_context
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf.samplers import SAMPLERS, SamplingContext, sampler_params
+from mdcns_tf.samplers import SAMPLERS, sampler_params
 from mdcns_tf.samplers.base import Negatives
 from mdcns_tf.samplers.candidates import sample_excluding, sample_position_pools
 from mdcns_tf.samplers.gdns import chained_gain, expected_gap, proportional_picks
@@ -47,20 +48,6 @@ def make_sampler(name, n_items, n_users=4, k=1, seed=0, dim=1, loss_name="bce", 
         seed=seed,
         name=name,
         embedding_dim=dim,
-    )
-
-
-def context_1d(item_scores, states, target_ids, exclusion_ids, user_index=None) -> SamplingContext:
-    """score(l, j) = states[b, l] * item_scores[j]."""
-    target_ids = tf.constant(target_ids, tf.int32)
-    batch = target_ids.shape[0]
-    return SamplingContext(
-        input_ids=tf.ones_like(target_ids),
-        target_ids=target_ids,
-        exclusion_ids=tf.constant(exclusion_ids, tf.int32),
-        user_index=tf.constant(user_index if user_index is not None else np.arange(1, batch + 1), tf.int32),
-        states=tf.constant(np.asarray(states, np.float32)[..., None]),
-        item_embeddings=tf.constant(np.asarray(item_scores, np.float32)[:, None]),
     )
 
 
@@ -129,7 +116,7 @@ def test_srns_std_comes_from_the_snapshots_for_items_new_to_the_memory(alpha, ex
     sampler.epoch.assign(5)  # = warmup: the std weight is alpha
     now = np.zeros(21, np.float32)
     now[[3, 4, 5]] = [2.1, 2.0, -3.0]
-    pick = sampler.sample(context_1d(now, [[1.0]], [[1]], [[1, 2]], user_index=[1])).ids.numpy().item()
+    pick = sampler.sample(scored_context(now, [[1.0]], [[1]], [[1, 2]], user_index=[1])).ids.numpy().item()
 
     criterion = {j: sigmoid(now[j]) + alpha * np.std(series) for j, series in likelihoods.items()}
     # By hand: .8909 + 0, .8808 + .128 alpha, .0474 + .44 alpha.
@@ -150,7 +137,7 @@ def test_srns_records_the_last_trained_state_and_the_item_table():
     sampler = make_sampler("srns", n_items=10, memory_size=2, fresh_size=2, history_epochs=5)
     sampler.epoch.assign(7)
     # Positions 0..2, the last one untrained: the last trained position is 1 (state -2).
-    sampler.sample(context_1d(item_scores, [[0.5, -2.0, 3.0]], [[1, 2, 0]], [[1, 2]], user_index=[1]))
+    sampler.sample(scored_context(item_scores, [[0.5, -2.0, 3.0]], [[1, 2, 0]], [[1, 2]], user_index=[1]))
     slot = 7 % 6
     assert sampler.snapshots.user_state.numpy()[1, slot, 0] == -2.0
     assert sampler.snapshots.user_epoch.numpy()[1].tolist() == [-1, 7, -1, -1, -1, -1]
@@ -241,7 +228,7 @@ def test_gdns_cannot_feed_on_itself():
     targets = histories[:, 1:]
     drawn = []
     for epoch in range(epochs):
-        context = context_1d(scores, np.ones([n_users, seq_len]), targets, histories)
+        context = scored_context(scores, np.ones([n_users, seq_len]), targets, histories)
         ids = sampler.sample(context).ids.numpy()
         drawn.append(ids.reshape(n_users, -1))
         np.subtract.at(scores, ids.ravel(), 0.5)  # the loss pushes the negatives down
@@ -271,7 +258,7 @@ def test_dns_position_pools_give_distinct_picks_across_positions(name):
     top_m = {"dns_mn": {"top_m": 1}}.get(name, {})
     item_scores = np.arange(n_items + 1, dtype=np.float32)  # every position ranks items by id
     exclusion = np.tile([1, 2], [batch, 1])
-    context = context_1d(item_scores, np.ones([batch, seq_len]), np.ones([batch, seq_len]), exclusion)
+    context = scored_context(item_scores, np.ones([batch, seq_len]), np.ones([batch, seq_len]), exclusion)
 
     shared = make_sampler(name, n_items=n_items, seed=1, pool_size=pool_size, **top_m).sample(context).ids.numpy()
     assert all(len(set(row)) == 1 for row in shared[..., 0]), "one pool a sequence: every position has its maximum"
@@ -289,7 +276,7 @@ def test_dns_mn_position_pools_keep_k_negatives_from_their_own_sub_pools():
     sampler = make_sampler("dns_mn", n_items=n_items, k=k, seed=2, pool_size=pool_size, top_m=1, pool_scope="position")
     twin = tf.random.Generator.from_state(sampler.generator.state.read_value(), sampler.generator.algorithm)
     pools = sample_position_pools(twin, tf.constant([[1]]), n_items, seq_len, k * pool_size).numpy()
-    context = context_1d(np.arange(n_items + 1), np.ones([1, seq_len]), np.ones([1, seq_len]), [[1]])
+    context = scored_context(np.arange(n_items + 1), np.ones([1, seq_len]), np.ones([1, seq_len]), [[1]])
     ids = sampler.sample(context).ids.numpy()
     np.testing.assert_array_equal(ids, pools.reshape(1, seq_len, k, pool_size).max(axis=-1))
 
@@ -316,5 +303,5 @@ def test_sample_excluding_is_unchanged_for_the_sequence_pools():
     sampler = make_sampler("dns", n_items=50, seed=4, pool_size=6)
     twin = tf.random.Generator.from_state(sampler.generator.state.read_value(), sampler.generator.algorithm)
     pool = sample_excluding(twin, tf.constant([[1, 2]]), 50, 6).numpy()
-    context = context_1d(np.arange(51), np.ones([1, 3]), np.ones([1, 3]), [[1, 2]])
+    context = scored_context(np.arange(51), np.ones([1, 3]), np.ones([1, 3]), [[1, 2]])
     assert sampler.sample(context).ids.numpy()[0, 0, 0] == pool.max()
