@@ -100,6 +100,16 @@ def autosample_retrain_stage(model: Any) -> None:
     sampler.selected.assign(sampler.names.index("dns") if "dns" in sampler.names else 0)
 
 
+def previous_selective_scan(model: Any) -> None:
+    """Mamba4Rec with the scan it had before the fused one (materialised states, odd-even parallel scan): the
+    reference for the fused scan's time and memory."""
+    from mdcns_tf.backbones.mamba4rec import MambaMixer, _odd_even_selective_scan
+
+    for layer in model.submodules:
+        if isinstance(layer, MambaMixer):
+            layer.scan = _odd_even_selective_scan
+
+
 def default_variants() -> list[Variant]:
     """Uniform SASRec (the reference), every sampler on SASRec, every backbone with uniform, MDCNS with two peers.
 
@@ -117,8 +127,26 @@ def default_variants() -> list[Variant]:
             )
         )
     variants += [Variant(f"{b}/uniform", "backbone", (f"model.backbone={b}",)) for b in BACKBONES if b != "sasrec"]
+    if "mamba4rec" in BACKBONES:
+        variants.append(
+            Variant(
+                "mamba4rec/uniform/previous-scan",
+                "backbone",
+                ("model.backbone=mamba4rec",),
+                setup=previous_selective_scan,
+            )
+        )
     for peer in ("gru4rec", "mamba4rec"):
         variants.append(Variant(f"mdcns/sasrec+{peer}", "mdcns", ("trainer=mdcns", f"mdcns.peer_backbone={peer}")))
+    # The MDCNS authors run their Mamba4Rec peer with d_state 16 (the `Namespace` of every MDCNS_Code log), half of
+    # Mamba4Rec's own default (32, measured above as a backbone).
+    variants.append(
+        Variant(
+            "mdcns/sasrec+mamba4rec/d_state16",
+            "mdcns",
+            ("trainer=mdcns", "mdcns.peer_backbone=mamba4rec", "model.options.mamba4rec.d_state=16"),
+        )
+    )
     variants.append(
         Variant(
             "mdcns/sasrec+gru4rec/position-pools",
@@ -247,6 +275,21 @@ def build(variant: Variant, shape: Shape, metadata: Any, overrides: Sequence[str
     return model, config
 
 
+def step_peak_mib(work: Callable[[], None]) -> float | None:
+    """The most memory TensorFlow's CPU allocator held during ``work`` beyond what it held before (MiB): the
+    step's activations, gradients and temporaries, not the model's variables. None where the allocator keeps no
+    statistics."""
+    import tensorflow as tf
+
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    except (ValueError, tf.errors.OpError):
+        return None
+    work()
+    return round((tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2**20, 1)
+
+
 def run_steps(fn: Any, batches: list, steps: int) -> None:
     """``steps`` calls of ``fn`` over ``batches``; the last output is read back so the work is finished."""
     out = None
@@ -284,6 +327,7 @@ def measure_models(
     train_fns: dict[str, Any] = {}
     eval_fns: dict[str, Any] = {}
     params: dict[str, int] = {}
+    step_memory: dict[str, float | None] = {}
     for variant in variants:
         try:
             model, config = build(variant, shape, metadata, overrides)
@@ -302,6 +346,7 @@ def measure_models(
             continue
         log.info("built %s (trace + 2 steps %.1fs)", variant.name, time.perf_counter() - started)
         train_fns[variant.name] = fn
+        step_memory[variant.name] = step_peak_mib(lambda fn=fn: run_steps(fn, batches, 1))
         params[variant.name] = int(sum(v.shape.num_elements() for v in model.trainable_variables))
         if variant.group in ("reference", "backbone") and not variant.seq_len:
             eval_fn = tf.function(model.test_step)
@@ -337,6 +382,7 @@ def measure_models(
                 "sequences_per_s": round(shape.batch / step, 1),
                 "tokens_per_s": round(shape.batch * length / step, 0),
                 "trainable_parameters": params[variant.name],
+                "step_peak_mib": step_memory[variant.name],
             }
         )
 
@@ -425,18 +471,20 @@ def write_markdown(path: str, result: dict[str, Any]) -> str:
         "Ratio = median over rounds of (variant step / uniform SASRec step in the same round), in wall and in process "
         "CPU time; `@len<n>` rows train "
         "on the last n positions, traced with an unknown length (as under `data.bucket_by_length`), and are compared "
-        "with `sasrec/uniform@len<n>`.",
+        "with `sasrec/uniform@len<n>`. Step peak = the most memory TensorFlow's CPU allocator held during one step "
+        "beyond what it held before it (activations, gradients, temporaries; not the variables), "
+        "`tf.config.experimental.get_memory_info`.",
         "",
         "| variant | group | step ms (median) | x uniform SASRec | step CPU ms (median) | x uniform SASRec (CPU) "
-        "| sequences/s | tokens/s | trainable params |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| sequences/s | tokens/s | trainable params | step peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["train_step"]:
         lines.append(
             f"| {row['variant']} | {row['group']} | {row['step_ms_median']:.1f} | "
             f"{row['ratio_to_uniform_sasrec']:.2f} | {row['step_cpu_ms_median']:.1f} | "
             f"{row['cpu_ratio_to_uniform_sasrec']:.2f} | {row['sequences_per_s']:.0f} | "
-            f"{row['tokens_per_s']:.0f} | {row['trainable_parameters']:,} |"
+            f"{row['tokens_per_s']:.0f} | {row['trainable_parameters']:,} | {row.get('step_peak_mib')} |"
         )
     if result.get("mdcns_over_uniform"):
         lines += [

@@ -245,6 +245,24 @@ def test_speed_harness_tiny(tmp_path) -> None:
     assert "| sasrec/uniform | reference |" in open(tmp_path / "speed.md").read()
 
 
+def test_speed_reports_step_memory_and_the_fused_scan_holds_less_than_the_previous_one() -> None:
+    from benchmarks import speed
+
+    variants = speed.select_variants(speed.default_variants(), only="mamba4rec/uniform*")
+    assert [v.name for v in variants] == [
+        "sasrec/uniform",
+        "sasrec/uniform@len12",
+        "mamba4rec/uniform",
+        "mamba4rec/uniform/previous-scan",
+        "mamba4rec/uniform@len12",
+    ]
+    rows, _, notes = speed.measure_models(speed.TINY, variants[:1] + variants[2:4], rounds=1, steps=1)
+    assert not notes
+    memory = {row["variant"]: row["step_peak_mib"] for row in rows}
+    # The previous scan materialises (batch, L, d_inner, d_state) decays, drives and states; the fused one none.
+    assert 0 < memory["mamba4rec/uniform"] < memory["mamba4rec/uniform/previous-scan"]
+
+
 def test_speed_selects_backbones_samplers_and_a_length() -> None:
     from benchmarks import speed
 

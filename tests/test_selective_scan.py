@@ -193,3 +193,21 @@ def test_mamba4rec_unchanged(seq_len: int, monkeypatch: pytest.MonkeyPatch) -> N
     fused = states_and_grads(model, ids)
     monkeypatch.setattr(MambaMixer, "call", previous_mixer_call)
     assert_close(fused, states_and_grads(model, ids), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("avx512", "before", "after"),
+    [
+        (True, None, "--xla_cpu_prefer_vector_width=512"),
+        (True, "--xla_dump_to=/tmp/x", "--xla_dump_to=/tmp/x --xla_cpu_prefer_vector_width=512"),
+        (True, "--xla_cpu_prefer_vector_width=256", "--xla_cpu_prefer_vector_width=256"),  # the user's choice wins
+        (False, None, None),
+    ],
+)
+def test_wide_vectors_are_asked_for_only_on_avx512_and_never_over_the_users_flags(
+    monkeypatch: pytest.MonkeyPatch, avx512: bool, before: str | None, after: str | None
+) -> None:
+    monkeypatch.setattr(ss, "cpu_has_avx512", lambda: avx512)
+    environ = {} if before is None else {"XLA_FLAGS": before}
+    assert ss.prefer_wide_vectors(environ) == (after is not None and after != before)
+    assert environ.get("XLA_FLAGS") == after
