@@ -351,7 +351,7 @@ def measure_models(
         if variant.group in ("reference", "backbone") and not variant.seq_len:
             eval_fn = tf.function(model.test_step)
             run_steps(eval_fn, [eval_batch], 2)
-            eval_fns[variant.name.split("/")[0]] = eval_fn
+            eval_fns[variant.name.replace("/uniform", "")] = eval_fn  # sasrec, mamba4rec/previous-scan, ...
     if not any(length_reference(v) in train_fns for v in variants):
         raise RuntimeError(f"the reference variant {REFERENCE} could not be built: {notes}")
 
