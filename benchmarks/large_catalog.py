@@ -9,7 +9,15 @@ format, then runs each configuration in its own subprocess, so that each peak RS
   never the catalogue, so `losses.full_softmax` is not involved);
 - ``uniform_sgd``: the same with plain SGD, whose sparse update touches only the rows of the batch: the step-time
   gap to ``uniform`` is what Adam's dense update of the 1M x dim table (and its two moment tables) costs;
-- ``mdcns``: MDCNS (``trainer=mdcns``, GRU4Rec peer, pool of 100), two 1M-row tables and two Adams.
+- ``mdcns``: MDCNS (``trainer=mdcns``, GRU4Rec peer, pool of 100), two 1M-row tables and two Adams;
+- ``softmax``: SASRec with full-softmax cross-entropy (``loss.name=softmax``): every trained position scores the
+  whole catalogue, so its logits alone take positions x 1M x 4 bytes (~36 GB at batch 256 here): run it at a small
+  batch, ``softmax@8``.
+
+``NAME@BATCH`` in ``--configs`` runs a configuration at its own batch size (e.g. ``mdcns,softmax@8,mdcns@8``).
+Each result carries its batch, the steps of one epoch over the ``--n-users`` training sequences and the epoch time
+that makes at the median step time (the first epoch's tracing left out), so configurations run at different batch
+sizes compare by epoch.
 
 Each trains ``--steps`` steps (``train.steps_per_epoch``; the first epoch's steps include tracing and are reported
 apart), then evaluates ``--eval-users`` validation users with full ranking in item chunks of
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -37,7 +46,18 @@ CONFIGS: dict[str, list[str]] = {
     "uniform": ["trainer=single", "sampler.name=uniform"],
     "uniform_sgd": ["trainer=single", "sampler.name=uniform"],
     "mdcns": ["trainer=mdcns", "mdcns.peer_backbone=gru4rec", "mdcns.pool_size=100"],
+    "softmax": ["trainer=single", "loss.name=softmax"],
 }
+
+
+def parse_config(token: str) -> tuple[str, int | None]:
+    """``NAME`` or ``NAME@BATCH`` -> (name, batch or None); a clear error for an unknown name or a bad batch."""
+    name, _, batch = token.partition("@")
+    if name not in CONFIGS:
+        raise SystemExit(f"large_catalog: unknown configuration {name!r}; known: {', '.join(CONFIGS)}")
+    if batch and not (batch.isdigit() and int(batch) > 0):
+        raise SystemExit(f"large_catalog: {token!r}: the batch after '@' must be a positive integer")
+    return name, int(batch) if batch else None
 
 
 def rss_mib() -> float:
@@ -141,8 +161,22 @@ class StepTimer:
         self.callback = Callback()
 
 
+def without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE`` (the parent passes the rest on to each child)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
-    """One configuration in this process (called with ``--child NAME``)."""
+    """One configuration in this process (called with ``--child NAME[@BATCH]``)."""
     import tensorflow as tf
     import tf_keras as keras
 
@@ -151,15 +185,17 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     from mdcns_tf.config import load_config
     from mdcns_tf.features import Metadata
 
+    name, batch = parse_config(args.child)
+    batch = batch or args.batch
     overrides = [
         f"data.dir={args.data_dir}",
-        f"data.batch_size={args.batch}",
+        f"data.batch_size={batch}",
         f"data.max_len={args.max_len}",
         f"model.dim={args.dim}",
         f"eval.item_chunk_size={args.chunk}",
         f"data.eval_batch_size={args.eval_batch}",
         "data.shuffle_buffer=10000",
-        *CONFIGS[args.child],
+        *CONFIGS[name],
     ]
     config = load_config(os.path.join(common.REPO, "configs", "base.yaml"), overrides)
     keras.utils.set_random_seed(config.seed)
@@ -167,7 +203,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     model = factory.build_model(config, metadata)
     model.build_for_input(config.data.max_len)
-    optimizer = keras.optimizers.SGD(0.05) if args.child.endswith("_sgd") else keras.optimizers.Adam(1e-3)
+    optimizer = keras.optimizers.SGD(0.05) if name.endswith("_sgd") else keras.optimizers.Adam(1e-3)
     model.compile(optimizer=optimizer)
     build_seconds = time.perf_counter() - started
     rss_after_build = rss_mib()
@@ -196,6 +232,9 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         "build_seconds": round(build_seconds, 2),
         "first_step_seconds_with_tracing": round(first_step, 2),
         "timed_steps": len(steps),
+        "batch": batch,
+        "steps_per_epoch": math.ceil(metadata.n_users / batch),
+        "epoch_seconds_at_median_step": round(math.ceil(metadata.n_users / batch) * statistics.median(steps), 1),
         "step_ms_median": round(1000 * statistics.median(steps), 1),
         "step_ms_p90": round(1000 * steps[int(0.9 * (len(steps) - 1))], 1),
         "rss_mib_after_build": round(rss_after_build),
@@ -206,8 +245,8 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         "eval_item_chunk_size": args.chunk,
         "valid_ndcg@10": round(float(results["ndcg_10"]), 4),
     }
-    if args.child == "uniform":
-        out["lone_table_update_ms"] = optimizer_update_ms(metadata.n_items, args.dim, args.batch * args.max_len)
+    if name == "uniform":
+        out["lone_table_update_ms"] = optimizer_update_ms(metadata.n_items, args.dim, batch * args.max_len)
     out["peak_rss_mib"] = round(peak_rss_mib())
     return out
 
@@ -223,10 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-users", type=int, default=2000)
     parser.add_argument("--eval-batch", type=int, default=256)
     parser.add_argument("--chunk", type=int, default=65_536, help="eval.item_chunk_size")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    parser.add_argument(
+        "--configs",
+        default="uniform,uniform_sgd,mdcns",
+        help=f"comma-separated NAME or NAME@BATCH, names from {', '.join(CONFIGS)}",
+    )
     parser.add_argument("--data-dir", default=os.path.join(common.RESULTS, "data", "large_catalog"))
     parser.add_argument("--output", default=os.path.join(common.RESULTS, "large_catalog.json"))
-    parser.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -236,13 +279,16 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(result, f)
         return 0
 
+    tokens = args.configs.split(",")
+    for token in tokens:
+        parse_config(token)  # every name checked before the minutes of writing the dataset
     head = common.envelope(common.command_line("benchmarks.large_catalog", argv))
     started = time.perf_counter()
     write_dataset(args.data_dir, args.n_users, args.n_items, seed=0)
     dataset_seconds = time.perf_counter() - started
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--configs")]
+    passthrough = without_option(argv if argv is not None else sys.argv[1:], "--configs")
     results: dict[str, Any] = {}
-    for name in args.configs.split(","):
+    for name in tokens:
         # Outside the results folder: a half-run benchmark must not leave files next to the published results.
         child_output = os.path.join(tempfile.gettempdir(), f"large_catalog.{os.getpid()}.{name}.json")
         command = commands.module_command(

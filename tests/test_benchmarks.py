@@ -445,3 +445,24 @@ def test_unfinished_runs_are_drawn_from_their_selection_state(tmp_path) -> None:
         {"epoch": 1, "steps": 123, "seconds": None, "value": 0.002},
         {"epoch": 3, "steps": 369, "seconds": None, "value": 0.03},
     ]
+
+
+def test_large_catalog_runs_a_configuration_at_its_own_batch(tmp_path) -> None:
+    from benchmarks import large_catalog
+
+    with pytest.raises(SystemExit, match="unknown configuration 'sofmax'"):
+        large_catalog.parse_config("sofmax@8")
+    with pytest.raises(SystemExit, match="positive integer"):
+        large_catalog.parse_config("softmax@0")
+    out = tmp_path / "large.json"
+    small = ["--n-items", "300", "--n-users", "40", "--steps", "4", "--max-len", "10", "--dim", "8"]
+    large_catalog.main(
+        [*small, "--batch", "8", "--eval-users", "16", "--eval-batch", "16", "--chunk", "128"]
+        + ["--configs", "mdcns,softmax@4", "--data-dir", str(tmp_path / "data"), "--output", str(out)]
+    )
+    results = json.load(open(out))["results"]
+    assert (results["mdcns"]["batch"], results["mdcns"]["steps_per_epoch"]) == (8, 5)  # 40 training sequences
+    softmax = results["softmax@4"]
+    assert (softmax["batch"], softmax["steps_per_epoch"], softmax["timed_steps"]) == (4, 10, 4)
+    assert "loss.name=softmax" in softmax["config_overrides"] and "data.batch_size=4" in softmax["config_overrides"]
+    assert softmax["epoch_seconds_at_median_step"] == pytest.approx(10 * softmax["step_ms_median"] / 1000, abs=0.1)
