@@ -466,3 +466,26 @@ def test_large_catalog_runs_a_configuration_at_its_own_batch(tmp_path) -> None:
     assert (softmax["batch"], softmax["steps_per_epoch"], softmax["timed_steps"]) == (4, 10, 4)
     assert "loss.name=softmax" in softmax["config_overrides"] and "data.batch_size=4" in softmax["config_overrides"]
     assert softmax["epoch_seconds_at_median_step"] == pytest.approx(10 * softmax["step_ms_median"] / 1000, abs=0.1)
+
+
+def test_breakdown_groups_users_by_target_popularity_and_history_with_paired_gaps() -> None:
+    import numpy as np
+
+    from benchmarks.breakdown import UserRanks, compare
+
+    # Six users; targets' training counts 50, 40, 30, 20, 10, 0 -> thirds {0, 1}, {2, 3}, {4, 5}.
+    counts = np.array([50, 40, 30, 20, 10, 0])
+    lengths = np.array([4, 5, 6, 8, 13, 20])
+    a = UserRanks(np.array([0, 1, 0, 100, 100, 3]), counts, lengths)
+    b = UserRanks(np.array([0, 1, 100, 100, 0, 0]), counts, lengths)
+    rows = {row["group"]: row for row in compare({"a": a, "b": b})}
+    # NDCG@10 of ranks 0, 1, 3: 1, 1/log2(3), 1/log2(5); 0 beyond the top 10.
+    n0, n1, n3 = 1.0, 1 / np.log2(3), 1 / np.log2(5)
+    assert rows["all users"]["ndcg@10:a"] == round((n0 + n1 + n0 + n3) / 6, 4)
+    assert rows["popular third"]["users"] == 2 and rows["popular third"]["gap:b"] == 0.0
+    assert rows["middle third"]["gap:b"] == round(-n0 / 2, 4)  # user 2 lost its top hit
+    assert rows["rare third"]["gap:b"] == round((n0 + n0 - n3) / 2, 4)
+    assert rows["rare third"]["target_train_count_range"] == [0, 10]
+    assert rows["history 4-6"]["users"] == 3 and rows["history 13+"]["users"] == 2
+    assert "history 1-3" not in rows  # an empty group has no row
+    assert rows["middle third"]["recall@10:a"] == 0.5
