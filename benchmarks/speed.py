@@ -49,6 +49,7 @@ log = logging.getLogger("benchmarks.speed")
 
 BASE_CONFIG = os.path.join(common.REPO, "configs", "base.yaml")
 REFERENCE = "sasrec/uniform"
+FULL_SOFTMAX = "sasrec/full-softmax"
 # Length of the length-bucket rows (``<variant>@len<n>``): a typical trimmed batch on Amazon data (~9 items a user).
 BUCKET_LEN = 12
 
@@ -70,7 +71,7 @@ TINY = Shape(batch=8, max_len=8, dim=16, n_items=200, n_users=64, eval_batch=16)
 @dataclasses.dataclass(frozen=True)
 class Variant:
     name: str
-    group: str  # reference | sampler | backbone | mdcns
+    group: str  # reference | sampler | loss | backbone | mdcns
     overrides: tuple[str, ...]
     # Train on the last ``seq_len`` positions of each batch, traced with an unknown length, as under
     # ``data.bucket_by_length``; compared with the reference at the same length (see `length_reference`).
@@ -126,6 +127,8 @@ def default_variants() -> list[Variant]:
                 "sasrec/autosample/retrain", "sampler", ("sampler.name=autosample",), setup=autosample_retrain_stage
             )
         )
+    # Full-softmax cross-entropy, the reference a practitioner tries first: scores the whole catalogue per position.
+    variants.append(Variant(FULL_SOFTMAX, "loss", ("loss.name=softmax",)))
     variants += [Variant(f"{b}/uniform", "backbone", (f"model.backbone={b}",)) for b in BACKBONES if b != "sasrec"]
     if "mamba4rec" in BACKBONES:
         variants.append(
@@ -169,14 +172,15 @@ def select_variants(
     seq_len: int | None = None,
 ) -> list[Variant]:
     """The variants to measure: those of the chosen ``backbones`` (with uniform negatives) and ``samplers`` (on
-    SASRec), or all when neither is given, narrowed by the fnmatch pattern ``only``; with ``seq_len``, each at that
-    length instead. The reference, at every length measured, always runs: every ratio is taken against it."""
+    SASRec), or all when neither is given, narrowed by ``only`` (comma-separated fnmatch patterns or substrings, any
+    may match); with ``seq_len``, each at that length instead. The reference, at every length measured, always
+    runs: every ratio is taken against it."""
     if backbones or samplers:
         wanted = {f"{b}/uniform" for b in backbones} | {f"sasrec/{s}" for s in samplers}
         variants = [v for v in variants if v.name in wanted or v.name.removesuffix("/retrain") in wanted]
     if only:
-        pattern = only if any(c in only for c in "*?[") else f"*{only}*"
-        variants = [v for v in variants if fnmatch.fnmatchcase(v.name, pattern)]
+        patterns = [p if any(c in p for c in "*?[") else f"*{p}*" for p in only.split(",")]
+        variants = [v for v in variants if any(fnmatch.fnmatchcase(v.name, p) for p in patterns)]
     if seq_len:
         variants = [bucket_variant(v, seq_len) for v in variants if not v.seq_len]
     lengths = sorted({v.seq_len for v in variants} | {seq_len}, key=lambda n: n or 0)
@@ -360,6 +364,7 @@ def measure_models(
     )
     references = {length_reference(v) for v in variants} & set(train_fns)
     wall_ratios = {ref: timing.ratios(times.wall, ref) for ref in references}
+    over_softmax = timing.ratios(times.wall, FULL_SOFTMAX) if FULL_SOFTMAX in train_fns else {}
     cpu_ratios = {ref: timing.ratios(times.cpu, ref) for ref in references}
     rows = []
     for variant in variants:
@@ -385,6 +390,8 @@ def measure_models(
                 "step_peak_mib": step_memory[variant.name],
             }
         )
+        if over_softmax and not variant.seq_len:
+            rows[-1]["ratio_to_full_softmax"] = round(over_softmax[variant.name], 3)
 
     eval_rows = []
     if eval_fns:
@@ -492,6 +499,13 @@ def write_markdown(path: str, result: dict[str, Any]) -> str:
             "MDCNS / uniform SASRec step-time ratio: "
             + ", ".join(f"{k} {v:.2f}x" for k, v in result["mdcns_over_uniform"].items()),
         ]
+    over_softmax = {r["variant"]: r.get("ratio_to_full_softmax") for r in result["train_step"] if r["group"] == "mdcns"}
+    if all(over_softmax.values()) and over_softmax:
+        lines += [
+            "",
+            "MDCNS / full-softmax SASRec step-time ratio (same rounds): "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in over_softmax.items()),
+        ]
     lines += ["", f"## Full-ranking evaluation (`model.test_step`, batch {shape['eval_batch']}, all items ranked)", ""]
     lines += ["| backbone | batch ms (median) | users/s | x SASRec time |", "|---|---|---|---|"]
     for row in result["eval"]:
@@ -555,7 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("benchmarks.speed", "mdcns-bench-speed", __doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and a smaller pipeline log (~5 min)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (tests, smoke checks): seconds, not minutes")
-    parser.add_argument("--only", help="fnmatch pattern (or substring) on variant names; uniform SASRec always runs")
+    parser.add_argument(
+        "--only", help="fnmatch patterns (or substrings), comma-separated, on variant names; uniform SASRec always runs"
+    )
     parser.add_argument("--backbones", nargs="+", default=[], metavar="NAME", help="measure these backbones only")
     parser.add_argument("--samplers", nargs="+", default=[], metavar="NAME", help="measure these samplers only")
     parser.add_argument("--seq-len", type=int, default=None, help="train every variant on the last N positions")

@@ -280,6 +280,13 @@ def test_speed_selects_backbones_samplers_and_a_length() -> None:
     at12 = speed.select_variants(every, backbones=["mamba4rec"], seq_len=12)
     assert names(at12) == ["sasrec/uniform@len12", "mamba4rec/uniform@len12"]
     assert {speed.length_reference(v) for v in at12} == {"sasrec/uniform@len12"}
+    # Several --only patterns: any may match.
+    assert names(speed.select_variants(every, only="full-softmax,mdcns/sasrec+gru4rec")) == [
+        "sasrec/uniform",
+        "sasrec/full-softmax",
+        "mdcns/sasrec+gru4rec",
+        "mdcns/sasrec+gru4rec/position-pools",  # a pattern without wildcards is a substring
+    ]
     # --only keeps the same-length reference of what it selects (the suite's own length-12 rows).
     assert names(speed.select_variants(every, only="mamba4rec/uniform@len12")) == [
         "sasrec/uniform",
