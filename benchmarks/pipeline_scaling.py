@@ -203,7 +203,14 @@ def merge(previous: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     return {
         **result,
         "rows": rows,
-        "skipped": [*previous.get("skipped", []), *result["skipped"]],
+        # An earlier run's skips stay true of that run only: say which.
+        "skipped": [
+            *(
+                s if s.startswith("earlier run") else f"earlier run ({previous.get('command')}): {s}"
+                for s in previous.get("skipped", [])
+            ),
+            *result["skipped"],
+        ],
         "earlier_runs": earlier,
     }
 

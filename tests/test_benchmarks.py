@@ -496,3 +496,18 @@ def test_breakdown_groups_users_by_target_popularity_and_history_with_paired_gap
     assert rows["history 4-6"]["users"] == 3 and rows["history 13+"]["users"] == 2
     assert "history 1-3" not in rows  # an empty group has no row
     assert rows["middle third"]["recall@10:a"] == 0.5
+
+
+def test_pipeline_scaling_append_keeps_rows_and_says_whose_skips_are_whose() -> None:
+    from benchmarks.pipeline_scaling import merge
+
+    earlier = {"command": "scaling --sizes 1000000", "rows": [{"events": 1_000_000, "runner": "dask"}]}
+    earlier["skipped"] = ["sizes above 1000000 events: not run"]
+    later = {"command": "scaling --sizes 10000000 --append", "rows": [{"events": 10_000_000, "runner": "direct"}]}
+    later["skipped"] = []
+    merged = merge(earlier, later)
+    assert [row["events"] for row in merged["rows"]] == [1_000_000, 10_000_000]
+    assert merged["skipped"] == ["earlier run (scaling --sizes 1000000): sizes above 1000000 events: not run"]
+    assert merged["earlier_runs"][0]["command"] == "scaling --sizes 1000000"
+    # Merged again, an earlier skip is not prefixed twice.
+    assert merge(merged, later)["skipped"] == merged["skipped"]
