@@ -133,6 +133,10 @@ class MDCNSConfig:
     # "sequence": one pool a sequence, shared by its positions (cheapest); "position": a fresh pool for every
     # position, as the authors' prefix samples each draw their own (more distinct hard negatives per sequence).
     pool_scope: str = "sequence"
+    # Candidates drawn with probability proportional to (training count + 1)^pool_alpha among items outside the
+    # sequence: 0 = uniform (the paper); 0.75 = word2vec's unigram^0.75, more popular items in the pool. With
+    # loss.name sampled_softmax the pool's scores get the logQ correction (minus log q(item)).
+    pool_alpha: float = 0.0
     top_m: int = 1
     beta_d: float = 1.0
     alpha: float = 1.0
@@ -443,6 +447,8 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"loss.gbce_t: must be in [0, 1], got {config.loss.gbce_t}")
     if not config.mdcns.tau > 0:
         raise ConfigError("mdcns.tau must be positive")
+    if config.mdcns.pool_alpha < 0:
+        raise ConfigError(f"mdcns.pool_alpha: must be >= 0 (0 = uniform), got {config.mdcns.pool_alpha}")
     if config.mdcns.teacher == "frozen" and not config.mdcns.teacher_checkpoint:
         raise ConfigError("mdcns.teacher: frozen needs mdcns.teacher_checkpoint")
     _check_metrics(config)

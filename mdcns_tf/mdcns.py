@@ -6,6 +6,7 @@ One Keras model holds three submodels: the **self** backbone (validated, early-s
 
 1. candidate pool C: uniform items outside the sequence (history and targets), one pool per sequence shared by
    all its positions `(batch, N)`, or with ``pool_scope: position`` a fresh one per position `(batch, len, N)`;
+   with ``pool_alpha`` > 0 drawn in proportion to (training count + 1)^pool_alpha instead;
 2. scores of both students on the positives `(batch, len)` and on C `(batch, len, N)` by batched matmul (never a
    `(batch, len, N, dim)` tensor), teacher scores = consensus;
 3. divergence d = |s_self - s_peer| (no gradient); each view * in {self, peer, teacher} re-ranks C by
@@ -41,6 +42,7 @@ from mdcns_tf.samplers.candidates import (
     score_items,
     top_m_uniform_pick,
 )
+from mdcns_tf.samplers.popularity import popularity_log_weights
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,7 @@ class MDCNSModel(RetrievalModel):
         peer_learning_rate: float,
         teacher_backbone: Backbone | None = None,
         gbce_t: float = losses.GBCE_T,
+        item_counts: list[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(self_backbone, **kwargs)
@@ -131,6 +134,16 @@ class MDCNSModel(RetrievalModel):
         self.n_items = n_items
         self.loss_name = loss_name
         self.gbce_t = gbce_t
+        # Pool distribution: None = uniform (the paper); else log-weights for the draw and log q for the logQ
+        # correction. The +1 gives items without training interactions (user split) a chance too.
+        self.pool_log_weights: tf.Tensor | None = None
+        self.pool_log_probs: tf.Tensor | None = None
+        if params.pool_alpha > 0:
+            if item_counts is None:
+                raise ValueError("mdcns.pool_alpha > 0 needs the training item counts")
+            self.pool_log_weights, self.pool_log_probs = popularity_log_weights(
+                item_counts, n_items, params.pool_alpha, count_offset=1.0, owner="mdcns.pool_alpha"
+            )
         # Created under the strategy scope (train.run builds the model there): each replica then draws its own
         # stream (seed hashed with the global replica id), and the state is a checkpointed variable.
         self.generator = tf.random.Generator.from_seed(seed)
@@ -169,7 +182,14 @@ class MDCNSModel(RetrievalModel):
             picks[view] = top_m_uniform_pick(self.generator, reranked, self.params.top_m)[..., 0]
         return {"picks": picks, "divergence": divergence}
 
-    def student_loss(self, scores: tf.Tensor, own: tf.Tensor, other: tf.Tensor, teacher: tf.Tensor) -> tf.Tensor:
+    def student_loss(
+        self,
+        scores: tf.Tensor,
+        own: tf.Tensor,
+        other: tf.Tensor,
+        teacher: tf.Tensor,
+        pool_logq: tf.Tensor | None = None,
+    ) -> tf.Tensor:
         """Per-position loss `(batch, len)` of one student from its [positive, pool] scores `(batch, len, 1 + N)`.
 
         own / other / teacher: pool indices `(batch, len)` picked by this student's view, the other student's view
@@ -177,7 +197,9 @@ class MDCNSModel(RetrievalModel):
         gamma weigh a pairwise loss on each pick (the paper). ``sampled_softmax``: the whole pool is the negative set
         and each pick counts alpha / beta / gamma times more (log-weighted copies of the picks in the partition
         function). ``gbce``: the paper's BCE on the picks plus gSASRec's generalised BCE over the whole pool. Either
-        way the scored pool is not thrown away; the uniform pool needs no logQ correction (constant over items).
+        way the scored pool is not thrown away. ``pool_logq`` (log q of each pool item, broadcastable to the pool's
+        `(batch, len, N)`; None for the uniform pool, whose q is constant) is subtracted from the pool's scores in the
+        softmax, so that a popularity-weighted pool still estimates the full softmax (Yi et al. 2019).
         """
         positive, pool = scores[..., 0], scores[..., 1:]
         p = self.params
@@ -189,6 +211,9 @@ class MDCNSModel(RetrievalModel):
         pick_weights = tf.constant([weight for _, weight in weights], scores.dtype)
         negatives = tf.gather(pool, picks, batch_dims=2)  # (batch, len, views)
         if self.loss_name == "sampled_softmax":
+            if pool_logq is not None:
+                pool = pool - pool_logq
+                negatives = tf.gather(pool, picks, batch_dims=2)
             # log 0 = -inf drops a zero-weight pick from the partition function
             return losses.sampled_softmax(positive, tf.concat([pool, negatives + tf.math.log(pick_weights)], axis=-1))
         pick_loss = "bpr" if self.loss_name == "bpr" else "bce"
@@ -217,10 +242,21 @@ class MDCNSModel(RetrievalModel):
         trained = tf.not_equal(target_ids, 0)
         if self.params.pool_scope == "position":
             pool_ids = sample_position_pools(
-                self.generator, data[EXCLUSION_IDS], self.n_items, tf.shape(input_ids)[1], self.params.pool_size
+                self.generator,
+                data[EXCLUSION_IDS],
+                self.n_items,
+                tf.shape(input_ids)[1],
+                self.params.pool_size,
+                self.pool_log_weights,
             )
         else:
-            pool_ids = sample_excluding(self.generator, data[EXCLUSION_IDS], self.n_items, self.params.pool_size)
+            pool_ids = sample_excluding(
+                self.generator, data[EXCLUSION_IDS], self.n_items, self.params.pool_size, self.pool_log_weights
+            )
+        pool_logq = None
+        if self.pool_log_probs is not None:
+            pool_logq = tf.gather(self.pool_log_probs, pool_ids)  # (batch, N) or (batch, len, N)
+            pool_logq = pool_logq if pool_ids.shape.rank == 3 else pool_logq[:, tf.newaxis, :]
 
         self_scores = positive_and_pool_scores(
             self.encoder(input_ids, training=training), self.encoder.item_embeddings, target_ids, pool_ids
@@ -237,10 +273,10 @@ class MDCNSModel(RetrievalModel):
         views = self.view_negatives(self_scores[..., 1:], peer_scores[..., 1:], teacher_scores[..., 1:])
         picks = views["picks"]
         self_loss = self.reduce_positions(
-            self.student_loss(self_scores, picks["self"], picks["peer"], picks["teacher"]), trained
+            self.student_loss(self_scores, picks["self"], picks["peer"], picks["teacher"], pool_logq), trained
         )
         peer_loss = self.reduce_positions(
-            self.student_loss(peer_scores, picks["peer"], picks["self"], picks["teacher"]), trained
+            self.student_loss(peer_scores, picks["peer"], picks["self"], picks["teacher"], pool_logq), trained
         )
 
         if self.params.no_distillation:
@@ -310,6 +346,7 @@ def build_mdcns_model(config: Config, metadata: Metadata) -> MDCNSModel:
         peer_learning_rate=params.peer_learning_rate or config.train.learning_rate,
         teacher_backbone=teacher_backbone,
         gbce_t=config.loss.gbce_t,
+        item_counts=metadata.item_counts,
         ks=config.eval.ks,
         eval_chunk_size=config.eval.item_chunk_size,
         name="mdcns",

@@ -255,3 +255,52 @@ def test_pool_losses_train_both_students(loss):
     logs = model.train_step(tiny_batch())
     assert np.isfinite(float(logs["loss"]))
     assert any(not np.allclose(b, v.numpy()) for b, v in zip(before, model.encoder.trainable_variables, strict=True))
+
+
+def test_pool_softmax_with_a_popularity_pool_subtracts_each_items_log_q_by_hand():
+    model, _ = tiny_model("loss.name=sampled_softmax", "mdcns.alpha=1.0", "mdcns.beta=0.5", "mdcns.gamma=2.0")
+    scores = tf.constant([[[1.0, 0.3, -0.4, 2.0]]])
+    logq = tf.constant([[[-1.0, -2.0, -3.0]]])  # log q of the three pool items
+    pick = lambda i: tf.constant([[i]])  # noqa: E731
+    got = model.student_loss(scores, pick(0), pick(2), pick(1), pool_logq=logq).numpy()
+    pool = [0.3 + 1.0, -0.4 + 2.0, 2.0 + 3.0]  # corrected: s - log q
+    # picks own 0 (alpha 1), other 2 (beta .5), teacher 1 (gamma 2): copies of the corrected scores
+    partition = math.exp(1.0) + sum(math.exp(s) for s in pool)
+    partition += 1.0 * math.exp(pool[0]) + 0.5 * math.exp(pool[2]) + 2.0 * math.exp(pool[1])
+    np.testing.assert_allclose(got, [[math.log(partition) - 1.0]], rtol=1e-6)
+
+
+def test_a_popularity_pool_draws_in_proportion_to_count_plus_one_and_trains():
+    counts = [0] + [99] + [0] * (N_ITEMS - 1)  # item 1: 99 interactions, the rest none
+    config = load_config(
+        None,
+        [
+            "trainer=mdcns",
+            f"mdcns.peer_backbone={PEER}",
+            "mdcns.pool_size=10",
+            "mdcns.pool_alpha=1.0",
+            "loss.name=sampled_softmax",
+            "model.dim=16",
+            f"data.max_len={MAX_LEN}",
+        ],
+    )
+    model = build_mdcns_model(config, Metadata(1, 10, N_ITEMS, counts, {}, {}, {}))
+    # weights (count + 1)^1: item 1 has 100, each of the other 39 has 1
+    probs = np.exp(model.pool_log_probs.numpy()[1:])
+    np.testing.assert_allclose(probs, np.array([100.0] + [1.0] * (N_ITEMS - 1)) / 139.0, rtol=1e-5)
+    pools = sample_excluding(
+        tf.random.Generator.from_seed(0), tf.zeros([2000, 1], tf.int32), N_ITEMS, 1, model.pool_log_weights
+    )
+    assert abs(float(np.mean(pools.numpy() == 1)) - 100 / 139) < 0.03
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    model.build_for_input(MAX_LEN)
+    assert np.isfinite(float(model.train_step(tiny_batch())["loss"]))
+    # The paper's uniform pool draws without weights.
+    assert tiny_model()[0].pool_log_weights is None
+
+
+def test_a_negative_pool_alpha_is_a_config_error():
+    from mdcns_tf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="mdcns.pool_alpha: must be >= 0"):
+        load_config(None, ["trainer=mdcns", "mdcns.pool_alpha=-0.5"])

@@ -75,11 +75,17 @@ def sample_excluding(
 
 
 def sample_position_pools(
-    generator: tf.random.Generator, exclusion_ids: tf.Tensor, n_items: int, seq_len: tf.Tensor, pool_size: int
+    generator: tf.random.Generator,
+    exclusion_ids: tf.Tensor,
+    n_items: int,
+    seq_len: tf.Tensor,
+    pool_size: int,
+    probs_logits: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """A fresh pool of ``pool_size`` items outside ``exclusion_ids`` `(batch, x)` for every position:
-    -> `(batch, seq_len, pool_size)` (one draw; the positions of a sequence share its exclusions)."""
-    pools = sample_excluding(generator, exclusion_ids, n_items, seq_len * pool_size)
+    -> `(batch, seq_len, pool_size)` (one draw; the positions of a sequence share its exclusions). Uniform, or
+    following ``probs_logits`` as in `sample_excluding`."""
+    pools = sample_excluding(generator, exclusion_ids, n_items, seq_len * pool_size, probs_logits)
     return tf.reshape(pools, [tf.shape(exclusion_ids)[0], seq_len, pool_size])
 
 

@@ -32,24 +32,33 @@ class PopularityParams:
     logq_correction: bool = False
 
 
+def popularity_log_weights(
+    item_counts: list[int], n_items: int, alpha: float, count_offset: float = 0.0, owner: str = "popularity"
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(count + count_offset)^alpha`` over items 1..n_items as (log-weights float64 `(n_items + 1,)` for
+    `sample_excluding`, log-probabilities float32 `(n_items + 1,)` for a logQ correction); index 0 (padding) and
+    items of weight 0 get -inf. Constants, not variables: they follow from the data and need no checkpoint."""
+    counts = np.asarray(item_counts, dtype=np.float64)
+    if counts.shape != (n_items + 1,):
+        raise ValueError(f"{owner}: item_counts has {counts.shape[0]} entries, expected n_items + 1")
+    weights = (counts[1:] + count_offset) ** alpha
+    weights[counts[1:] + count_offset <= 0] = 0.0
+    if not weights.sum() > 0:
+        raise ValueError(f"{owner}: every item has weight 0; give items without training counts an offset")
+    log_weights = np.full(n_items + 1, -np.inf)
+    with np.errstate(divide="ignore"):
+        log_weights[1:] = np.log(weights)
+    return tf.constant(log_weights, tf.float64), tf.constant(log_weights - math.log(weights.sum()), tf.float32)
+
+
 class PopularitySampler(NegativeSampler):
     Params = PopularityParams
 
     def __init__(self, params: PopularityParams, n_items: int, *args, **kwargs) -> None:
         super().__init__(params, n_items, *args, **kwargs)
-        counts = np.asarray(self.item_counts, dtype=np.float64)
-        if counts.shape != (n_items + 1,):
-            raise ValueError(f"popularity: item_counts has {counts.shape[0]} entries, expected n_items + 1")
-        weights = (counts[1:] + params.count_offset) ** params.alpha
-        weights[counts[1:] + params.count_offset <= 0] = 0.0
-        if not weights.sum() > 0:
-            raise ValueError("popularity: every item has weight 0; set sampler.popularity.count_offset > 0")
-        log_weights = np.full(n_items + 1, -np.inf)
-        with np.errstate(divide="ignore"):
-            log_weights[1:] = np.log(weights)
-        # Constants, not variables: they follow from the data and need no checkpoint.
-        self.log_weights = tf.constant(log_weights, tf.float64)
-        self.log_probs = tf.constant(log_weights - math.log(weights.sum()), tf.float32)
+        self.log_weights, self.log_probs = popularity_log_weights(
+            self.item_counts, n_items, params.alpha, params.count_offset
+        )
 
     def sample(self, context: SamplingContext) -> Negatives:
         batch, seq_len = tf.shape(context.target_ids)[0], tf.shape(context.target_ids)[1]
