@@ -351,9 +351,17 @@ def _item_ids(vocabulary: list[str]) -> Iterator[tuple[str, int]]:
 
 
 def _ids_by_user(element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, tuple[int, int]]]:
-    _, joined = element
+    item, joined = element
+    uses = list(joined["uses"])
+    if uses and len(list(joined["id"])) != 1:
+        # Both sides come from the same sequences, so this means the vocabulary and the events were computed from
+        # different versions of them. Fail loudly: dropping the item's events would lose data silently.
+        raise ValueError(
+            f"item {item!r}: {len(uses)} events but {len(list(joined['id']))} vocabulary ids; the item vocabulary "
+            "and the events disagree (was an upstream step re-run with a different result?)"
+        )
     for item_id in joined["id"]:
-        for user, position in joined["uses"]:
+        for user, position in uses:
             yield user, (position, item_id)
 
 
