@@ -72,8 +72,10 @@ def user_ranks(run_dir: str, split: str) -> UserRanks:
 
 
 def ndcg_at(ranks: np.ndarray, k: int = K) -> np.ndarray:
-    """Per-user NDCG@k of 0-based ranks `(n,)` -> `(n,)` (one relevant item: 1 / log2(rank + 2) inside the top k)."""
-    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+    """Per-user NDCG@k of 0-based ranks `(n,)` -> `(n,)`, by the training evaluation's own definition."""
+    from mdcns_tf import metrics
+
+    return metrics.metrics_from_ranks(ranks, (k,))[f"ndcg@{k}"].numpy().astype(np.float64)
 
 
 def groups(reference: UserRanks) -> dict[str, np.ndarray]:

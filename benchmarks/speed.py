@@ -500,7 +500,7 @@ def write_markdown(path: str, result: dict[str, Any]) -> str:
             + ", ".join(f"{k} {v:.2f}x" for k, v in result["mdcns_over_uniform"].items()),
         ]
     over_softmax = {r["variant"]: r.get("ratio_to_full_softmax") for r in result["train_step"] if r["group"] == "mdcns"}
-    if all(over_softmax.values()) and over_softmax:
+    if over_softmax and all(over_softmax.values()):
         lines += [
             "",
             "MDCNS / full-softmax SASRec step-time ratio (same rounds): "

@@ -352,15 +352,15 @@ def _item_ids(vocabulary: list[str]) -> Iterator[tuple[str, int]]:
 
 def _ids_by_user(element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, tuple[int, int]]]:
     item, joined = element
-    uses = list(joined["uses"])
-    if uses and len(list(joined["id"])) != 1:
+    ids, uses = list(joined["id"]), list(joined["uses"])
+    if uses and len(ids) != 1:
         # Both sides come from the same sequences, so this means the vocabulary and the events were computed from
         # different versions of them. Fail loudly: dropping the item's events would lose data silently.
         raise ValueError(
-            f"item {item!r}: {len(uses)} events but {len(list(joined['id']))} vocabulary ids; the item vocabulary "
+            f"item {item!r}: {len(uses)} events but {len(ids)} vocabulary ids; the item vocabulary "
             "and the events disagree (was an upstream step re-run with a different result?)"
         )
-    for item_id in joined["id"]:
+    for item_id in ids:
         for user, position in uses:
             yield user, (position, item_id)
 
