@@ -8,9 +8,12 @@ training sample with state h, positive item v+ and N uniform candidates c_1..c_N
 3. score s'_n = h . e'_n, take the top-M, pick one of them uniformly (M = 1: the hardest, as MixGCF; M > 1 is
    the DNS(M,N) "+" variant, MixGCF+: Table 3 of the MDCNS paper lists both, and the authors' run script
    sweeps M in {1..10, 15, 20, ..., 50, 100} with N = 100);
-4. the negative is the picked **synthetic embedding** e'_n; BCE (or BPR) scores it as h . e'_n and the gradient
-   flows into both e(v+) and e(c_n) (the mix is built from the trainable item table; only the choice of n is
-   not differentiated).
+4. the negative is the picked **synthetic embedding** e'_n, scored as h . e'_n; the gradient flows into both
+   e(v+) and e(c_n) (the mix is built from the trainable item table; only the choice of n is not differentiated);
+5. the loss is BPR (``run_finetune_full.py``: ``--loss_type`` default BPR, their only change from the DNS+ copy),
+   for which the mix only scales the margin: h.e'_n - h.e(v+) = (1 - alpha)(s_n - s+). Under BCE the mixed
+   negative's term also pushes the positive's own logit down with weight alpha, against its positive term, so
+   choose ``loss.name: bpr`` with these samplers to run them as the authors did.
 
 Because alpha is shared by the candidates of a sample and 1 - alpha > 0, s'_n = alpha . h.e(v+) + (1 - alpha) .
 h.e(c_n) ranks the candidates exactly as their raw scores h.e(c_n) do: the top-M of the mixes are the mixes of the
