@@ -18,6 +18,8 @@ state h and target t, at curriculum hardness H:
    ``args.N = N - gnums``);
 3. the 100 are scored h . e(j) and the negative is drawn uniformly among the top-``top_m`` (DNS(M,N));
 4. H starts at 0.05 and grows by 0.01 after every epoch up to 0.4 (easy to hard: more similar items are admitted).
+5. the loss is BPR (``run_finetune_full.py``: ``--loss_type`` default BPR; the run script passes none): run it
+   with ``loss.name: bpr`` as the authors did.
 
 Differences from the GNNO paper: the paper samples its negatives from the graph distribution alone; the MDCNS
 authors add the DNS(M,N) re-ranking over graph and uniform candidates, and that is what is ported.
