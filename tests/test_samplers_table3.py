@@ -22,7 +22,7 @@ from mdcns_tf.models import SequentialRecommender
 from mdcns_tf.samplers import SAMPLERS, sampler_params
 from mdcns_tf.samplers.adasir import draws_with_replacement, merge_pools
 from mdcns_tf.samplers.candidates import sample_excluding
-from mdcns_tf.samplers.gnno import SENTINEL, graph_negatives, item_jaccard, lookup_similarity
+from mdcns_tf.samplers.gnno import SimilarityTable, graph_negatives, item_jaccard
 from mdcns_tf.samplers.mixgcf import mix_with_positive
 
 CHI2_CRITICAL_001 = {1: 10.828, 2: 13.816, 3: 16.266}
@@ -179,14 +179,14 @@ def test_adasir_picks_from_the_pool_then_refreshes_it_by_importance_resampling()
 
 def table(keys, values) -> dict[tuple[int, int], float]:
     width = 5
-    return {(int(k) // width, int(k) % width): float(v) for k, v in zip(keys[:-1], values[:-1], strict=True)}
+    return {(int(k) // width, int(k) % width): float(v) for k, v in zip(keys, values, strict=True)}
 
 
 def test_gnno_jaccard_of_neighbourhoods_by_hand():
     # Path 1-2-3-4 with window 1: N(1) = {2}, N(2) = {1, 3}, N(3) = {2, 4}, N(4) = {3}.
     # J(1, 3) = |{2}| / |{2, 4}| = 1/2, J(2, 4) = 1/2; J(1, 2) = J(2, 3) = J(1, 4) = 0 (absent); J(i, i) = 1.
     keys, values = item_jaccard([np.array([1, 2, 3, 4])], n_items=4, window=1)
-    assert keys[-1] == SENTINEL and (np.diff(keys) > 0).all()
+    assert (np.diff(keys) > 0).all()
     expected = {(1, 3): 0.5, (3, 1): 0.5, (2, 4): 0.5, (4, 2): 0.5, (1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0, (4, 4): 1.0}
     assert table(keys, values) == pytest.approx(expected)
     # Window 2 on 1-2-3: a triangle, N(i) = the other two; J(1, 2) = |{3}| / |{1, 2, 3}| = 1/3.
@@ -213,28 +213,37 @@ def test_gnno_jaccard_matches_the_authors_dense_formula():
     keys, values = item_jaccard(sequences, n_items)
     rows, cols = np.nonzero(dense)
     np.testing.assert_allclose(
-        lookup_similarity(tf.constant(keys), tf.constant(values), n_items + 1, rows, cols).numpy(),
+        SimilarityTable(keys, values, n_items)(rows, cols).numpy(),
         dense[rows, cols],
         rtol=1e-6,
     )
-    assert len(keys) - 1 == len(rows)
+    assert len(keys) == len(rows)
+    assert SimilarityTable(keys, values, n_items)([5], [0]).numpy() == [0.0]  # absent pairs: 0
 
 
 def test_gnno_graph_draws_follow_exp_overlap_below_the_hardness():
     # Target 1 (its sequence: {1}); J(1, 2) = .3, J(1, 3) = .1, J(1, 4) = 0. At hardness .2, item 2 is excluded and
     # p(3) : p(4) = e^.1 : 1; at hardness .4 all three: e^.3 : e^.1 : 1.
-    keys = tf.constant([1 * 5 + 2, 1 * 5 + 3, SENTINEL], tf.int64)
-    values = tf.constant([0.3, 0.1, 0.0], tf.float32)
+    similarity = SimilarityTable([1 * 5 + 2, 1 * 5 + 3], [0.3, 0.1], n_items=4)
     exclusion, targets = tf.ones([400, 1], tf.int32), tf.ones([400, 5], tf.int32)
     generator = tf.random.Generator.from_seed(9)
     for hardness, allowed, weights in [(0.2, [3, 4], [0.1, 0.0]), (0.4, [2, 3, 4], [0.3, 0.1, 0.0])]:
-        ids = graph_negatives(generator, keys, values, exclusion, targets, 4, 20, tf.constant(hardness)).numpy()
+        ids = graph_negatives(generator, similarity, exclusion, targets, 4, 20, tf.constant(hardness)).numpy()
         assert ids.shape == (400, 5, 20) and set(np.unique(ids)) == set(allowed)
         counts = np.array([(ids == i).sum() for i in allowed])
         probabilities = np.exp(weights) / np.exp(weights).sum()
         assert chi_square(counts, probabilities) < CHI2_CRITICAL_001[len(allowed) - 1]
         uniform = np.full(len(allowed), 1 / len(allowed))
         assert chi_square(counts, uniform) > CHI2_CRITICAL_001[len(allowed) - 1]  # the overlap weights matter
+
+
+def test_gnno_graph_draws_keep_their_last_proposal_when_every_item_is_too_similar():
+    # Every pair of target 1 overlaps .9 > hardness .05: no proposal is ever accepted, and after MAX_ROUNDS each
+    # draw keeps its last uniform proposal from outside the sequence instead of looping forever.
+    similarity = SimilarityTable([1 * 6 + j for j in range(1, 6)], [0.9] * 5, n_items=5)
+    exclusion, targets = tf.constant([[1, 2]] * 50), tf.ones([50, 3], tf.int32)
+    ids = graph_negatives(tf.random.Generator.from_seed(3), similarity, exclusion, targets, 5, 4, tf.constant(0.05))
+    assert ids.shape == (50, 3, 4) and set(np.unique(ids.numpy())) == {3, 4, 5}
 
 
 def test_gnno_hardness_curriculum():
@@ -255,8 +264,7 @@ def test_gnno_picks_the_best_of_uniform_and_graph_candidates(hardness_max, expec
     sampler = make_sampler(
         "gnno", n_items=6, n_users=300, pool_size=61, graph_negatives=60, top_m=1, hardness_max=hardness_max, seed=10
     )
-    sampler.similarity_keys = tf.constant([1 * 7 + 6, SENTINEL], tf.int64)
-    sampler.similarity_values = tf.constant([0.5, 0.0], tf.float32)
+    sampler.similarity = SimilarityTable([1 * 7 + 6], [0.5], n_items=6)
     sampler.epoch.assign(1000)  # hardness = hardness_max
     context = scored_context(np.arange(7), np.ones([300, 4]), np.ones([300, 4]), np.ones([300, 1]))
     ids = sampler.sample(context).ids.numpy()
@@ -272,7 +280,7 @@ def test_gnno_picks_the_best_of_uniform_and_graph_candidates(hardness_max, expec
 def test_gnno_prepare_builds_the_graph_of_the_training_sequences():
     sampler = make_sampler("gnno", n_items=4, window=1, min_similarity=0.0)
     sampler.prepare([np.array([1, 2, 3, 4])])
-    found = lookup_similarity(sampler.similarity_keys, sampler.similarity_values, 5, [1, 2, 1], [3, 4, 2]).numpy()
+    found = sampler.similarity([1, 2, 1], [3, 4, 2]).numpy()
     np.testing.assert_allclose(found, [0.5, 0.5, 0.0])
 
 

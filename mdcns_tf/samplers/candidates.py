@@ -65,7 +65,8 @@ def sample_excluding(
         return tf.logical_and(tf.reduce_any(in_sorted(sorted_exclusions, ids)), step < MAX_REDRAWS)
 
     def redraw(ids: tf.Tensor, step: tf.Tensor):
-        return tf.where(in_sorted(sorted_exclusions, ids), draw(), ids), step + 1
+        # ensure_shape: the membership mask may know fewer static dims than ids, which the loop must keep
+        return tf.ensure_shape(tf.where(in_sorted(sorted_exclusions, ids), draw(), ids), ids.shape), step + 1
 
     ids, steps = tf.while_loop(not_done, redraw, (ids, tf.constant(0)))
     tf.debugging.assert_less(
