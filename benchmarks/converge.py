@@ -26,7 +26,7 @@ import sys
 from typing import Any
 
 from benchmarks import common, report
-from benchmarks.grid import load_grid_or_report
+from benchmarks.grid import cell_matches, load_grid_or_report
 from benchmarks.grid_runner import run_grid
 from mdcns_tf import cli
 
@@ -198,15 +198,18 @@ def build_report(
     authors: list[dict[str, Any]],
     extra_runs: list[str] = (),
     unfinished: list[str] = (),
+    only: str | None = None,
 ) -> dict[str, Any]:
     """Writes convergence.json / .md / plots for the grid's runs, the runs of ``extra_runs`` (``runs/`` folders of
     other grids, e.g. the paper grid, whose first epochs are the same trajectory when the config differs only in
-    the budget) and the authors' curves."""
+    the budget), those of them whose cell `grid.cell_matches` ``only``, and the authors' curves."""
     from mdcns_tf.metrics import METRIC_VERSION
 
     curves = []
     for runs_dir in [os.path.join(results_dir, "runs"), *extra_runs]:
         for run in report.load_runs(runs_dir):
+            if not cell_matches(run["cell"], only):
+                continue
             prefix = "" if run.get("grid") == grid_name else f"{run.get('grid')}: "
             label = f"{prefix}{run['method']} seed{run['seed']}"
             curves.append(summarize_curve(label, run_curve(run), f"{run.get('grid')}/{run['cell']}"))
@@ -232,7 +235,9 @@ def build_report(
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("benchmarks.converge", "mdcns-bench-converge", __doc__)
     parser.add_argument("--grid", required=True, help="a quality-grid file whose methods are the settings compared")
-    parser.add_argument("--only", help="train only the matching cells (as benchmarks.quality --only)")
+    parser.add_argument(
+        "--only", help="train and draw only the matching cells, of the grid and of --extra-runs (as benchmarks.quality)"
+    )
     parser.add_argument("--report-only", action="store_true", help="rebuild convergence.md/json and plots only")
     parser.add_argument("--authors", default=None, help="an authors_logs result JSON to draw beside ours")
     parser.add_argument(
@@ -273,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         authors,
         args.extra_runs,
         args.unfinished,
+        args.only,
     )
     print(open(os.path.join(results_dir, "convergence.md")).read())
     log.info("%d curves in %s", len(payload["curves"]), results_dir)

@@ -45,6 +45,15 @@ import yaml
 BUDGET_KEYS = ("train.epochs", "train.patience", "train.monitor", "train.steps_per_epoch", "train.validation_freq")
 
 
+def cell_matches(cell_id: str, only: str | None) -> bool:
+    """``only``: fnmatch patterns on the cell id (``dataset/backbone/method/seed<k>``), comma-separated; a pattern
+    without wildcards matches as a substring; None or empty matches every cell."""
+    if not only:
+        return True
+    patterns = [p if any(c in p for c in "*?[") else f"*{p}*" for p in only.split(",") if p]
+    return any(fnmatch.fnmatchcase(cell_id, p) for p in patterns)
+
+
 class GridError(ValueError):
     """A grid spec problem, reported with the offending key."""
 
@@ -98,22 +107,18 @@ class GridSpec:
     reuse_runs_from: tuple[str, ...] = ()
 
     def cells(self, only: str | None = None) -> list[Cell]:
-        """Every cell in a stable order (dataset, backbone, seed, method); ``only`` is an fnmatch pattern on the
-        cell id (``dataset/backbone/method/seed<k>``), a bare word matches as a substring.
+        """Every cell in a stable order (dataset, backbone, seed, method), those `cell_matches` ``only`` if given.
 
         Seeds are the outer loop over methods so that an interrupted grid has comparable methods for the first seeds
         rather than all seeds of the first method.
         """
-        pattern = None
-        if only:
-            pattern = only if any(c in only for c in "*?[") else f"*{only}*"
         out = []
         for dataset in self.datasets:
             for backbone in self.backbones:
                 for seed in self.seeds:
                     for method in self.methods:
                         cell = Cell(dataset, backbone, method, seed)
-                        if pattern is None or fnmatch.fnmatchcase(cell.id, pattern):
+                        if cell_matches(cell.id, only):
                             out.append(cell)
         return out
 

@@ -31,7 +31,9 @@ from mdcns_tf import cli
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("benchmarks.quality", "mdcns-bench-quality", __doc__)
     parser.add_argument("--grid", required=True, help="grid spec, e.g. configs/benchmarks/quick.yaml")
-    parser.add_argument("--only", help="fnmatch pattern (or substring) on dataset/backbone/method/seed<k>")
+    parser.add_argument(
+        "--only", help="fnmatch patterns (or substrings), comma-separated, on dataset/backbone/method/seed<k>"
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the cells, their status and commands; run nothing")
     parser.add_argument("--report-only", action="store_true", help="rebuild results.md and the plots from the JSONs")
     parser.add_argument(

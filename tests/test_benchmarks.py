@@ -58,6 +58,11 @@ def test_only_pattern(tmp_path) -> None:
     spec = grid_mod.load_grid(_write_grid(tmp_path, {"uniform": {}, "dns": {"sampler.name": "dns"}}))
     assert [c.id for c in spec.cells("dns")] == ["toy/sasrec/dns/seed1", "toy/sasrec/dns/seed2"]
     assert [c.id for c in spec.cells("*/seed2")] == ["toy/sasrec/uniform/seed2", "toy/sasrec/dns/seed2"]
+    # comma-separated: any may match (a pattern with a slash keeps "dns" from matching "gdns" or "dns_plus")
+    assert [c.id for c in spec.cells("*/dns/seed1,uniform/seed2")] == [
+        "toy/sasrec/dns/seed1",
+        "toy/sasrec/uniform/seed2",
+    ]
 
 
 def test_missing_pieces_are_skipped_with_a_note(tmp_path, monkeypatch) -> None:
@@ -515,3 +520,26 @@ def test_pipeline_scaling_append_keeps_rows_and_says_whose_skips_are_whose() -> 
     assert merged["earlier_runs"][0]["command"] == "scaling --sizes 1000000"
     # Merged again, an earlier skip is not prefixed twice.
     assert merge(merged, later)["skipped"] == merged["skipped"]
+
+
+def test_convergence_report_draws_only_the_matching_cells(tmp_path) -> None:
+    history = [
+        {"epoch": 1, "wall_time": 10.0, "val_ndcg_20": 0.05},
+        {"epoch": 2, "wall_time": 20.0, "val_ndcg_20": 0.06},
+    ]
+    for method in ("uniform", "mdcns", "mdcns_pool"):
+        path = tmp_path / "runs" / "toy" / "sasrec" / method / "seed1.json"
+        path.parent.mkdir(parents=True)
+        run = {
+            "status": "done",
+            "grid": "toy",
+            "cell": f"toy/sasrec/{method}/seed1",
+            "method": method,
+            "seed": 1,
+            "metrics": {"steps_per_epoch": 10, "history": history},
+            "timings": {"launched_unix": 0.0},
+        }
+        path.write_text(json.dumps(run))
+    payload = converge.build_report("toy", str(tmp_path), "cmd", "", [], only="*/mdcns/*,uniform")
+    assert sorted(c["label"] for c in payload["curves"]) == ["mdcns seed1", "uniform seed1"]
+    assert len(converge.build_report("toy", str(tmp_path), "cmd", "", [])["curves"]) == 3
