@@ -154,6 +154,7 @@ def test_unknown_option_rejected(name: str) -> None:
     ("name", "block"),
     [
         ("gru4rec", {"hidden_size": 0}),
+        ("gru4rec", {"projection_init": "xavier"}),
         ("fmlprec", {"hidden_act": "no_such_activation"}),
         ("linrec", {"causal_mode": "full"}),
         ("mamba4rec", {"d_state": 0}),
@@ -165,6 +166,30 @@ def test_unknown_option_rejected(name: str) -> None:
 def test_bad_option_values_rejected(name: str, block: dict) -> None:
     with pytest.raises(ValueError):
         backbone_options(name, block)
+
+
+def test_gru4rec_uniform_fan_in_projection_starts_every_state_at_a_shared_bias() -> None:
+    # PyTorch's nn.Linear default, U(+-1/sqrt(fan_in)) for kernel and bias: with hidden 64 the bias entries lie in
+    # +-1/8 with std 1/8/sqrt(3) ~ .072, and at initialisation the GRU's output is tiny, so every state is ~ the bias
+    # (the authors' peer scores items by bias . e(item) from the first step); the default starts states near 0.
+    ids = tf.constant([[0, 0, 3, 5, 7], [1, 2, 4, 6, 8]])
+    states = {}
+    for init in ("normal", "uniform_fan_in"):
+        tf.random.set_seed(0)
+        config = ModelConfig(
+            backbone="gru4rec", dim=32, options={"gru4rec": {"hidden_size": 64, "projection_init": init}}
+        )
+        model = build_backbone(config, n_items=20, max_len=5)
+        states[init] = model(ids).numpy()[:, -1]
+        bias = model.projection.bias.numpy()
+        if init == "normal":
+            assert not bias.any()
+        else:
+            assert np.abs(bias).max() <= 1 / 8 and 0.05 < bias.std() < 0.1
+            np.testing.assert_allclose(states[init], np.broadcast_to(bias, states[init].shape), atol=0.02)
+    assert (
+        np.linalg.norm(states["uniform_fan_in"], axis=-1).min() > 20 * np.linalg.norm(states["normal"], axis=-1).max()
+    )
 
 
 def test_build_backbone_passes_options() -> None:
