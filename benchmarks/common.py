@@ -83,6 +83,17 @@ def close(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def machine_line(result: dict[str, Any]) -> str:
+    """The machine of a result in one line for its markdown: cores, CPU and the load around the measurement."""
+    machine = result["machine"]
+    end = machine.get("load_average_1m_end")
+    return (
+        f"{machine['cores']} cores, {machine['cpu_model']}, load average {machine.get('load_average_1m')} at the start"
+        + (f", {end} at the end" if end is not None else "")
+        + " (shared machine: absolute times are indicative, ratios are measured side by side)"
+    )
+
+
 def write_result(path: str, result: dict[str, Any]) -> None:
     """`close`, then writes ``result`` atomically."""
     write_json(path, close(result))

@@ -465,9 +465,7 @@ def write_markdown(path: str, result: dict[str, Any]) -> str:
         f"# Speed{'' if result.get('name', 'speed') == 'speed' else ': ' + result['name']}",
         "",
         f"- Command: `{result['command']}`",
-        f"- Machine: {result['machine']['cores']} cores, {result['machine']['cpu_model']}, load average "
-        f"{result['machine'].get('load_average_1m')} at the start (shared machine: absolute times are indicative, "
-        "ratios are measured side by side)",
+        f"- Machine: {common.machine_line(result)}",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in result['versions'].items())}; commit "
         f"`{result['git'].get('commit')}`",
         f"- Shapes: batch {shape['batch']}, max length {shape['max_len']}, d {shape['dim']}, {shape['n_items']} items; "

@@ -5,10 +5,12 @@ One Keras model holds three submodels: the **self** backbone (validated, early-s
 **teacher** (by default a weight-free consensus of the two students' scores). Per training step, in-graph:
 
 1. candidate pool C: uniform items outside the sequence (history and targets), one pool per sequence shared by
-   all its positions `(batch, N)`, or with ``pool_scope: position`` a fresh one per position `(batch, len, N)`;
+   all its positions `(batch, N)`, or with ``pool_scope: position`` a fresh one per trained position (the P trained
+   positions of the batch laid out as one sequence, `(1, P, N)`);
    with ``pool_alpha`` > 0 drawn in proportion to (training count + 1)^pool_alpha instead;
-2. scores of both students on the positives `(batch, len)` and on C `(batch, len, N)` by batched matmul (never a
-   `(batch, len, N, dim)` tensor), teacher scores = consensus;
+2. scores of both students on the positives `(batch, len)` and on C `(batch, len, N)` by batched matmul, or for
+   pools per position by an XLA-fused gather-dot (`score_position_pools`; never a `(batch, len, N, dim)` tensor),
+   teacher scores = consensus;
 3. divergence d = |s_self - s_peer| (no gradient); each view * in {self, peer, teacher} re-ranks C by
    s* + beta_d . d, takes the top-M with `tf.math.top_k` and picks one uniformly: three negatives per position;
 4. recommendation loss of each student on its own scores: alpha on its own view's negative, beta on the other
@@ -37,9 +39,8 @@ from mdcns_tf.features import Metadata
 from mdcns_tf.models import RetrievalModel, masked_mean, replica_scale
 from mdcns_tf.samplers.candidates import (
     sample_excluding,
-    sample_position_pools,
     score_candidates,
-    score_items,
+    score_position_pools,
     top_m_uniform_pick,
 )
 from mdcns_tf.samplers.popularity import popularity_log_weights
@@ -59,7 +60,7 @@ def positive_and_pool_scores(
     `(batch, len, N)` (one a position) -> `(batch, len, 1 + N)`; column 0 is the positive.
     """
     positive = tf.reduce_sum(states * tf.gather(item_embeddings, target_ids), axis=-1, keepdims=True)
-    score = score_items if pool_ids.shape.rank == 3 else score_candidates
+    score = score_position_pools if pool_ids.shape.rank == 3 else score_candidates
     return tf.concat([positive, score(states, item_embeddings, pool_ids)], axis=-1)
 
 
@@ -90,10 +91,6 @@ class BackboneTeacher(keras.layers.Layer):
         self.mode = mode
         self.ema_decay = ema_decay
         self.backbone.trainable = False
-
-    def call(self, input_ids: tf.Tensor, target_ids: tf.Tensor, pool_ids: tf.Tensor) -> tf.Tensor:
-        states = self.backbone(input_ids, training=False)
-        return positive_and_pool_scores(states, self.backbone.item_embeddings, target_ids, pool_ids)
 
     def follow(self, source: Backbone) -> None:
         """EMA update from the self backbone (no-op for a frozen teacher)."""
@@ -240,34 +237,44 @@ class MDCNSModel(RetrievalModel):
         docstring)."""
         input_ids, target_ids = data[INPUT_IDS], data[TARGET_IDS]
         trained = tf.not_equal(target_ids, 0)
+        exclusion_ids = data[EXCLUSION_IDS]
         if self.params.pool_scope == "position":
-            pool_ids = sample_position_pools(
-                self.generator,
-                data[EXCLUSION_IDS],
-                self.n_items,
-                tf.shape(input_ids)[1],
-                self.params.pool_size,
-                self.pool_log_weights,
-            )
+            # Pools only for the trained positions: padding's terms are masked out anyway, and its pools were ~22%
+            # of the pool work on Beauty's length-bucketed batches (full softmax scores trained positions only, too).
+            # The P trained positions are laid out as one sequence `(1, P)`, so the rest of the step is unchanged.
+            where = tf.where(trained)  # (P, 2)
+
+            def positions(values: tf.Tensor) -> tf.Tensor:
+                return tf.gather_nd(values, where)[tf.newaxis]
+
+            target_ids = positions(target_ids)
+            trained = tf.ones_like(target_ids, tf.bool)
+            exclusion_ids = tf.gather(exclusion_ids, where[:, 0])  # each position's own sequence
         else:
-            pool_ids = sample_excluding(
-                self.generator, data[EXCLUSION_IDS], self.n_items, self.params.pool_size, self.pool_log_weights
-            )
+
+            def positions(values: tf.Tensor) -> tf.Tensor:
+                return values
+
+        pool_ids = sample_excluding(
+            self.generator, exclusion_ids, self.n_items, self.params.pool_size, self.pool_log_weights
+        )  # (batch, N): one pool a sequence; or (P, N): one a trained position
+        if self.params.pool_scope == "position":
+            pool_ids = pool_ids[tf.newaxis]  # (1, P, N)
         pool_logq = None
         if self.pool_log_probs is not None:
-            pool_logq = tf.gather(self.pool_log_probs, pool_ids)  # (batch, N) or (batch, len, N)
+            pool_logq = tf.gather(self.pool_log_probs, pool_ids)  # (batch, N) or (1, P, N)
             pool_logq = pool_logq if pool_ids.shape.rank == 3 else pool_logq[:, tf.newaxis, :]
 
-        self_scores = positive_and_pool_scores(
-            self.encoder(input_ids, training=training), self.encoder.item_embeddings, target_ids, pool_ids
-        )
-        peer_scores = positive_and_pool_scores(
-            self.peer(input_ids, training=training), self.peer.item_embeddings, target_ids, pool_ids
-        )
+        def scores_of(backbone: Backbone, training: bool) -> tf.Tensor:
+            states = positions(backbone(input_ids, training=training))
+            return positive_and_pool_scores(states, backbone.item_embeddings, target_ids, pool_ids)
+
+        self_scores = scores_of(self.encoder, training)
+        peer_scores = scores_of(self.peer, training)
         if isinstance(self.teacher, ConsensusTeacher):
             teacher_scores = self.teacher(self_scores, peer_scores)
         else:
-            teacher_scores = self.teacher(input_ids, target_ids, pool_ids)
+            teacher_scores = scores_of(self.teacher.backbone, False)
         teacher_scores = tf.stop_gradient(teacher_scores)
 
         views = self.view_negatives(self_scores[..., 1:], peer_scores[..., 1:], teacher_scores[..., 1:])

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 
+import numpy as np
 import pytest
 
 from benchmarks import common, converge, grid_runner, published, report, timing
@@ -212,10 +213,15 @@ def test_published_matching_follows_the_config_not_the_name() -> None:
     gru = {**mdcns, "mdcns": {**base["mdcns"], "peer_backbone": "gru4rec"}}
     assert published.lookup("Beauty.txt", "user", gru).ndcg10 == 0.0663
     assert published.lookup("Beauty.txt", "user", {**base, "model": {"backbone": "gru4rec"}}) is None
-    table3 = (("dns", 0.0335), ("dns_mn", 0.0425), ("srns", 0.0416), ("mixgcf", 0.0297), ("mixgcf_plus", 0.0418))
-    for sampler, ndcg10 in (*table3, ("adasir", 0.0497), ("gnno", 0.0476)):
-        config = {**base, "sampler": {"name": sampler, "num_negatives": 1}}
-        assert published.lookup("Beauty.txt", "user", config).ndcg10 == ndcg10
+    bce = (("dns", 0.0335), ("dns_mn", 0.0425), ("srns", 0.0416), ("adasir", 0.0497))
+    bpr = (("mixgcf", 0.0297), ("mixgcf_plus", 0.0418), ("gnno", 0.0476))  # the authors' baselines default to BPR
+    for loss, table3 in (("bce", bce), ("bpr", bpr)):
+        for sampler, ndcg10 in table3:
+            config = {**base, "loss": {"name": loss}, "sampler": {"name": sampler, "num_negatives": 1}}
+            assert published.lookup("Beauty.txt", "user", config).ndcg10 == ndcg10
+            other = {**config, "loss": {"name": "bpr" if loss == "bce" else "bce"}}
+            assert published.lookup("Beauty.txt", "user", other) is None, (sampler, "other loss")
+    assert published.lookup("Beauty.txt", "user", {**gru, "loss": {"name": "sampled_softmax"}}) is None
     assert published.lookup("Beauty.txt", "user", {**base, "sampler": {"name": "gdns", "num_negatives": 1}}) is None
     # SRNS as its official code runs it (BPR) is not the BCE number of the table.
     srns_bpr = {**base, "loss": {"name": "bpr"}, "sampler": {"name": "srns", "num_negatives": 1}}
@@ -543,3 +549,32 @@ def test_convergence_report_draws_only_the_matching_cells(tmp_path) -> None:
     payload = converge.build_report("toy", str(tmp_path), "cmd", "", [], only="*/mdcns/*,uniform")
     assert sorted(c["label"] for c in payload["curves"]) == ["mdcns seed1", "uniform seed1"]
     assert len(converge.build_report("toy", str(tmp_path), "cmd", "", [])["curves"]) == 3
+
+
+def test_epoch_time_times_real_epochs_of_grid_cells_side_by_side(tmp_path, monkeypatch) -> None:
+    from benchmarks import epoch_time
+
+    monkeypatch.setenv("MDCNS_DATA_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    (tmp_path / "raw").mkdir()
+    lines = [" ".join(map(str, [u, *rng.integers(1, 40, size=rng.integers(4, 12))])) for u in range(1, 61)]
+    (tmp_path / "raw" / "toy.txt").write_text("\n".join(lines) + "\n")
+    small = {"model.dim": 8, "data.max_len": 10, "data.batch_size": 16}
+    methods = {"uniform": small, "pospool": {**small, "trainer": "mdcns", "mdcns.pool_scope": "position"}}
+    grid = _write_grid(tmp_path, methods)
+    args = ["--grid", grid, "--cells", "uniform,pospool", "--rounds", "2", "--data-root", str(tmp_path / "raw")]
+    assert epoch_time.main([*args, "--results", str(tmp_path / "out")]) == 0
+    result = json.load(open(tmp_path / "out" / "epoch_time.json"))
+    assert result["reference"] == "uniform" and [c["cell"] for c in result["cells"]] == [
+        "toy/sasrec/uniform/seed1",
+        "toy/sasrec/pospool/seed1",
+    ]
+    reference, pospool = result["cells"]
+    assert reference["ratio_to_reference"] == 1.0 and len(pospool["epoch_s_rounds"]) == 2
+    # 60 users, batch 16: at least ceil(60 / 16) batches; length buckets can add partial ones
+    assert reference["steps_per_epoch"] == pospool["steps_per_epoch"] >= 4
+    assert (
+        pospool["ratio_to_reference"] > 0
+        and "| toy/sasrec/pospool/seed1 |" in open(tmp_path / "out" / "epoch_time.md").read()
+    )
+    assert epoch_time.main([*args[:2], "--cells", "uniform,nope"]) == 2

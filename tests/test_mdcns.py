@@ -161,6 +161,39 @@ def test_a_step_with_a_pool_per_position_trains_both_students():
     assert any(not np.allclose(b, v.numpy()) for b, v in zip(before, model.peer.trainable_variables, strict=True))
 
 
+def test_pools_per_position_are_drawn_for_trained_positions_only(monkeypatch):
+    # Left padding: rows with 0, 2, 5 and 7 padded items (8, 7, 4 and 2 trained targets at MAX_LEN 8). Only the
+    # P trained positions get a pool, each outside its own sequence.
+    from mdcns_tf import mdcns as mdcns_module
+
+    model, _ = tiny_model("mdcns.pool_scope=position")
+    batch = tiny_batch()
+    padding = np.zeros([4, MAX_LEN + 1], bool)
+    for row, pad in enumerate([0, 2, 5, MAX_LEN - 1]):
+        padding[row, :pad] = True
+    sequences = np.concatenate([batch[INPUT_IDS].numpy(), batch[TARGET_IDS].numpy()[:, -1:]], axis=1)
+    sequences[padding] = 0
+    batch = {
+        **batch,
+        INPUT_IDS: tf.constant(sequences[:, :-1]),
+        TARGET_IDS: tf.constant(sequences[:, 1:]),
+        EXCLUSION_IDS: tf.constant(sequences),
+    }
+    drawn = []
+    original = mdcns_module.sample_excluding
+    monkeypatch.setattr(
+        mdcns_module, "sample_excluding", lambda *a, **k: drawn.append((a[1], original(*a, **k))) or drawn[-1][1]
+    )
+    terms = model.compute_losses(batch, training=False)
+    ((exclusions, pools),) = drawn
+    trained_rows = np.nonzero(sequences[:, 1:])[0]
+    assert pools.shape == (len(trained_rows), 10) and len(trained_rows) == 8 + 7 + 4 + 2
+    for row, exclusion, pool in zip(trained_rows, exclusions.numpy(), pools.numpy(), strict=True):
+        np.testing.assert_array_equal(exclusion, sequences[row])
+        assert not set(pool.tolist()) & set(sequences[row].tolist())
+    assert all(np.isfinite(float(terms[name])) for name in ("loss", "self_loss", "peer_loss", "distill_kl"))
+
+
 def test_frozen_teacher_does_not_change(tmp_path):
     # A "pre-trained" single model: its encoder checkpoint is what a frozen teacher loads.
     source, _ = tiny_model()

@@ -20,7 +20,13 @@ import mdcns_tf  # noqa: F401
 from mdcns_tf.samplers import SAMPLERS, SamplingContext, sampler_params
 from mdcns_tf.samplers.autosample import RETRAIN, SEARCH, architecture_gradient
 from mdcns_tf.samplers.base import Negatives
-from mdcns_tf.samplers.candidates import gumbel_top_k, sample_excluding, top_m_uniform_pick
+from mdcns_tf.samplers.candidates import (
+    gumbel_top_k,
+    sample_excluding,
+    score_items,
+    score_position_pools,
+    top_m_uniform_pick,
+)
 
 # Chi-square critical values at p = 0.001 by degrees of freedom.
 CHI2_CRITICAL_001 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515}
@@ -78,6 +84,58 @@ def test_dns_mn_picks_uniformly_among_the_top_m_only():
     assert set(picks) == {1, 3, 5}
     counts = np.array([(picks == i).sum() for i in (1, 3, 5)])
     assert chi_square(counts, np.full(3, 1 / 3)) < CHI2_CRITICAL_001[2]
+
+
+def test_sample_excluding_redraws_only_the_rejected_draws_and_stays_uniform():
+    # Items 1-5 of 8 are excluded: about 5/8 of the first draws are rejected and drawn again, each checked against
+    # its own row. Accepted first draws are kept as they were (a twin generator replays the first draw), and the
+    # result is uniform over the three allowed items.
+    batch, n = 400, 30
+    exclusion = tf.constant(np.tile([1, 2, 3, 4, 5, 0], [batch, 1]), tf.int32)
+    generator = tf.random.Generator.from_seed(7)
+    twin = tf.random.Generator.from_state(generator.state.read_value(), generator.algorithm)
+    first = twin.uniform([batch, n], minval=1, maxval=9, dtype=tf.int32).numpy()
+    ids = sample_excluding(generator, exclusion, 8, n).numpy()
+    assert set(np.unique(ids)) == {6, 7, 8}
+    accepted = first >= 6
+    assert 0.2 < accepted.mean() < 0.5
+    np.testing.assert_array_equal(ids[accepted], first[accepted])
+    counts = np.bincount(ids.ravel(), minlength=9)[6:]
+    assert chi_square(counts, np.full(3, 1 / 3)) < CHI2_CRITICAL_001[2]
+
+
+def test_sample_excluding_fails_loudly_when_a_history_covers_the_catalogue():
+    generator = tf.random.Generator.from_seed(0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="covers .almost. the whole item catalogue"):
+        sample_excluding(generator, tf.constant([[1, 2, 3], [1, 0, 0]], tf.int32), 3, 4)
+
+
+def test_fused_position_pool_scores_match_the_gather_and_their_gradients():
+    # Repeated ids within and across positions: the table gradient must sum every use. Checked eagerly and traced
+    # with unknown batch and length (as under length-bucketed batches), against tf.gather + einsum.
+    rng = np.random.default_rng(0)
+    table = tf.Variable(rng.normal(size=[7, 4]).astype(np.float32))
+    states = tf.constant(rng.normal(size=[2, 3, 4]).astype(np.float32))
+    pool_ids = tf.constant(rng.integers(1, 7, size=[2, 3, 5]), tf.int32)
+    upstream = tf.constant(rng.normal(size=[2, 3, 5]).astype(np.float32))
+
+    def scores_and_gradients(score):
+        with tf.GradientTape() as tape:
+            tape.watch(states)
+            scores = score(states, table, pool_ids)
+            loss = tf.reduce_sum(scores * upstream)
+        d_states, d_table = tape.gradient(loss, [states, table])
+        return scores, d_states, tf.convert_to_tensor(d_table)
+
+    expected = scores_and_gradients(score_items)
+    spec = tf.TensorSpec([None, None, 4], tf.float32), tf.TensorSpec([None, None, 5], tf.int32)
+    traced = tf.function(lambda s, ids: score_position_pools(s, table, ids), input_signature=spec)
+    for got in (scores_and_gradients(score_position_pools), scores_and_gradients(lambda s, t, i: traced(s, i))):
+        for want, have in zip(expected, got, strict=True):
+            np.testing.assert_allclose(have.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    # by hand: position (0, 0), candidate 0
+    item = int(pool_ids[0, 0, 0])
+    assert np.isclose(float(expected[0][0, 0, 0]), float(np.dot(states[0, 0], table[item])), atol=1e-6)
 
 
 def test_dns_mn_sampler_picks_among_the_top_m_of_its_pool_uniformly():
