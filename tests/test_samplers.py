@@ -22,6 +22,7 @@ from mdcns_tf.samplers.autosample import RETRAIN, SEARCH, architecture_gradient
 from mdcns_tf.samplers.base import Negatives
 from mdcns_tf.samplers.candidates import (
     gumbel_top_k,
+    padded_rows,
     sample_excluding,
     score_items,
     score_position_pools,
@@ -136,6 +137,16 @@ def test_fused_position_pool_scores_match_the_gather_and_their_gradients():
     # by hand: position (0, 0), candidate 0
     item = int(pool_ids[0, 0, 0])
     assert np.isclose(float(expected[0][0, 0, 0]), float(np.dot(states[0, 0], table[item])), atol=1e-6)
+
+
+def test_pool_rows_are_padded_to_a_ladder_of_few_sizes():
+    # By hand: at least 256; then a multiple of 2^(floor(log2 rows) - 3).
+    for rows, padded in ((1, 256), (256, 256), (257, 512), (2047, 2048), (2049, 2304), (4097, 4608), (12800, 13312)):
+        assert int(padded_rows(tf.constant(rows))) == padded, rows
+    sizes = padded_rows(tf.range(1, 20001)).numpy()
+    rows = np.arange(1, 20001)
+    assert (sizes >= rows).all() and (sizes - rows < np.maximum(256, rows / 8)).all()
+    assert len(set(sizes[(rows > 2048) & (rows <= 4096)])) == 8  # compiled sizes an octave
 
 
 def test_dns_mn_sampler_picks_among_the_top_m_of_its_pool_uniformly():

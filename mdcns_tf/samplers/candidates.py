@@ -115,7 +115,7 @@ def score_items(states: tf.Tensor, item_embeddings: tf.Tensor, item_ids: tf.Tens
 
 @tf.function(jit_compile=True)
 def _pool_scores(states: tf.Tensor, item_embeddings: tf.Tensor, pool_ids: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_sum(states[:, :, tf.newaxis, :] * tf.gather(item_embeddings, pool_ids), axis=-1)
+    return tf.reduce_sum(states[:, tf.newaxis, :] * tf.gather(item_embeddings, pool_ids), axis=-1)
 
 
 @tf.function(jit_compile=True)
@@ -123,7 +123,7 @@ def _pool_score_gradients(
     upstream: tf.Tensor, states: tf.Tensor, item_embeddings: tf.Tensor, pool_ids: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
     d_states = tf.reduce_sum(upstream[..., tf.newaxis] * tf.gather(item_embeddings, pool_ids), axis=-2)
-    rows = upstream[..., tf.newaxis] * states[:, :, tf.newaxis, :]  # fused into the sum: never materialised
+    rows = upstream[..., tf.newaxis] * states[:, tf.newaxis, :]  # fused into the sum: never materialised
     d_embeddings = tf.math.unsorted_segment_sum(
         tf.reshape(rows, [-1, item_embeddings.shape[-1]]), tf.reshape(pool_ids, [-1]), item_embeddings.shape[0]
     )
@@ -138,6 +138,22 @@ def _fused_pool_scores(states: tf.Tensor, item_embeddings: tf.Tensor, pool_ids: 
     return _pool_scores(states, item_embeddings, pool_ids), gradient
 
 
+# XLA compiles once per shape, and the rows of a pool per position vary from batch to batch (length buckets, trained
+# positions only), so the rows are padded up to a ladder: a multiple of 2^(floor(log2 rows) - 3), at least
+# MIN_ROW_QUANTUM. That is 8 compiled sizes an octave and at most 1/8 of padding rows.
+MIN_ROW_QUANTUM = 256
+
+
+def padded_rows(rows: tf.Tensor) -> tf.Tensor:
+    """The ladder size for ``rows`` (int32 scalar): ``rows`` rounded up to a multiple of its quantum."""
+    rows = tf.maximum(tf.cast(rows, tf.int32), 1)
+    octave = tf.cast(
+        tf.math.floor(tf.math.log(tf.cast(rows, tf.float64)) / tf.math.log(tf.constant(2.0, tf.float64))), tf.int32
+    )
+    quantum = tf.maximum(tf.bitwise.left_shift(1, tf.maximum(octave - 3, 0)), MIN_ROW_QUANTUM)
+    return (rows + quantum - 1) // quantum * quantum
+
+
 def score_position_pools(states: tf.Tensor, item_embeddings: tf.Tensor, pool_ids: tf.Tensor) -> tf.Tensor:
     """`score_items` for large per-position pools (MDCNS ``pool_scope: position``): the same scores and gradients,
     fused by XLA so that no `(batch, len, N, dim)` tensor exists, and a dense item-table gradient.
@@ -146,13 +162,20 @@ def score_position_pools(states: tf.Tensor, item_embeddings: tf.Tensor, pool_ids
     the optimizer's de-duplication of them (`unsorted_segment_sum`) alone cost ~4x the forward scoring, and the
     gathered `(batch, len, N, dim)` tensors were 328 MB each. Summed inside XLA into the `(n_items + 1, dim)` table it
     costs about what the forward does (forward + backward 2.5x faster for one model, 2-core Xeon). A dense table
-    gradient is what Adam applies anyway (its sparse path decays all of m and v).
+    gradient is what Adam applies anyway (its sparse path decays all of m and v). The positions are flattened to rows
+    and padded with zero states and item 0 up to `padded_rows`, so XLA compiles a few sizes, not one per batch.
 
     states `(batch, seq_len, dim)`, item_embeddings `(n_items + 1, dim)`, pool_ids `(batch, seq_len, N)`
     -> `(batch, seq_len, N)`.
     """
+    shape = tf.shape(pool_ids)
+    rows = shape[0] * shape[1]
+    extra = padded_rows(rows) - rows
+    flat_states = tf.pad(tf.reshape(states, [rows, states.shape[-1]]), [[0, extra], [0, 0]])
+    flat_ids = tf.pad(tf.reshape(pool_ids, [rows, shape[2]]), [[0, extra], [0, 0]])
     # A variable would reach the custom gradient as a captured resource; its value is a plain input.
-    return _fused_pool_scores(states, tf.convert_to_tensor(item_embeddings), pool_ids)
+    scores = _fused_pool_scores(flat_states, tf.convert_to_tensor(item_embeddings), flat_ids)
+    return tf.reshape(scores[:rows], shape)
 
 
 def top_m_uniform_pick(generator: tf.random.Generator, scores: tf.Tensor, m: int, num_picks: int = 1) -> tf.Tensor:
