@@ -8,6 +8,7 @@ has the same keys, so one reader serves them all. Files written before the envel
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -21,6 +22,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 # The real datasets live beside the repo, never inside it (../shared/data/README.md).
 DEFAULT_DATA_ROOT = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
+
+
+def data_root() -> str:
+    """Where the raw datasets are: ``$MDCNS_SHARED_DATA``, else ../shared/data beside the repo."""
+    return os.environ.get("MDCNS_SHARED_DATA", DEFAULT_DATA_ROOT)
+
+
+def add_data_root_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-root",
+        default=data_root(),
+        help="folder holding the raw datasets (default ../shared/data or $MDCNS_SHARED_DATA)",
+    )
+
 
 # The library's own list plus what the benchmarks draw with; versions come from package metadata, so the parent
 # process never has to import TensorFlow.

@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         # Trained as `benchmarks.quality` would, and recorded as that command in the run files.
         grid_args = ["--grid", args.grid, "--results", results_dir, *(["--only", args.only] if args.only else [])]
-        data_root = os.environ.get("MDCNS_SHARED_DATA", common.DEFAULT_DATA_ROOT)
+        data_root = common.data_root()
         command = common.command_line("benchmarks.quality", grid_args)
         rc = run_grid(grid, data_root, results_dir, command, args.only)
     authors = load_authors(args.authors, args.authors_run or ["*"]) if args.authors else []

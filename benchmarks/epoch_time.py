@@ -74,6 +74,7 @@ def measure(grid: GridSpec, methods: list[str], seed: int, rounds: int, data_roo
             epoch_s_median=round(times.median_wall(method), 2),
             epoch_s_rounds=[round(t, 2) for t in times.wall[method]],
             epoch_cpu_s_median=round(times.median_cpu(method), 2),
+            epoch_cpu_s_rounds=[round(t, 2) for t in times.cpu[method]],
             ratio_to_reference=round(wall[method], 3),
             cpu_ratio_to_reference=round(cpu[method], 3),
         )
@@ -92,14 +93,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"One training epoch of each cell a round, {result['rounds']} rounds, cells interleaved; ratio = median over "
         f"rounds of (cell / `{result['reference']}` in the same round). Warm-up = the first epoch (tracing, compiles).",
         "",
-        "| cell | steps/epoch | epoch s (median) | rounds | x reference | CPU x reference | warm-up s |",
-        "|---|---|---|---|---|---|---|",
+        "| cell | steps/epoch | epoch s (median) | rounds | x reference | CPU s (median) | CPU x reference "
+        "| warm-up s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in result["cells"]:
         rounds = ", ".join(f"{t:.1f}" for t in row["epoch_s_rounds"])
         lines.append(
             f"| {row['cell']} | {row['steps_per_epoch']} | {row['epoch_s_median']:.1f} | {rounds} | "
-            f"{row['ratio_to_reference']:.2f} | {row['cpu_ratio_to_reference']:.2f} | {row['warmup_epoch_s']:.1f} |"
+            f"{row['ratio_to_reference']:.2f} | {row['epoch_cpu_s_median']:.1f} | "
+            f"{row['cpu_ratio_to_reference']:.2f} | {row['warmup_epoch_s']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -110,11 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", required=True, help="comma-separated methods of the grid, the reference first")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--data-root",
-        default=os.environ.get("MDCNS_SHARED_DATA", common.DEFAULT_DATA_ROOT),
-        help="folder holding the raw datasets (default ../shared/data or $MDCNS_SHARED_DATA)",
-    )
+    common.add_data_root_option(parser)
     parser.add_argument("--results", default=None, help="output folder (default benchmarks/results/<grid>)")
     args = parser.parse_args(argv)
     cli.setup_logging()

@@ -36,11 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dry-run", action="store_true", help="list the cells, their status and commands; run nothing")
     parser.add_argument("--report-only", action="store_true", help="rebuild results.md and the plots from the JSONs")
-    parser.add_argument(
-        "--data-root",
-        default=os.environ.get("MDCNS_SHARED_DATA", common.DEFAULT_DATA_ROOT),
-        help="folder holding the raw datasets (default ../shared/data or $MDCNS_SHARED_DATA)",
-    )
+    common.add_data_root_option(parser)
     parser.add_argument("--results", default=None, help="results folder (default benchmarks/results/<grid>)")
     args = parser.parse_args(argv)
     cli.setup_logging()
