@@ -32,25 +32,16 @@ def build_cell(grid: GridSpec, cell: Cell, data_dir: str) -> tuple[Any, Any, int
     """(compiled model, its training batches for one epoch, steps an epoch), as `mdcns_tf.train.run` makes them."""
     import tf_keras as keras
 
-    from mdcns_tf import data
-    from mdcns_tf.factory import build_model
+    from mdcns_tf.factory import build_model, prepare_for_training
     from mdcns_tf.features import Metadata
     from mdcns_tf.train_input import seed_process, train_input
 
     config = grid.resolve(cell, data_dir, os.devnull)
-    metadata = Metadata.load(data_dir, verify=False)
     seed_process(config.seed)
     keras.backend.experimental.enable_tf_random_generator()
     train_ds, steps, _ = train_input(config, first_epoch=0)
-    model = build_model(config, metadata)
-    sampler = getattr(model, "sampler", None)
-    if sampler is not None and sampler.needs_train_sequences:
-        sampler.prepare(data.train_sequences(data_dir, config.data.max_train_sequences))
-    model.build_for_input(config.data.max_len)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.train.learning_rate, weight_decay=config.train.weight_decay or None),
-        jit_compile=config.train.jit_compile,
-    )
+    model = build_model(config, Metadata.load(data_dir, verify=False))
+    prepare_for_training(model, config)
     return model, train_ds, steps
 
 

@@ -51,6 +51,22 @@ def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
     )
 
 
+def prepare_for_training(model: RetrievalModel, config: Config) -> None:
+    """What a built model needs before `fit`: its sampler's view of the training sequences (e.g. GNNO's item
+    graph), its variables, and the config's Adam (and ``train.jit_compile``). Under a strategy, call it in the scope."""
+    import tf_keras as keras
+
+    cfg = config.data
+    sampler = getattr(model, "sampler", None)
+    if sampler is not None and sampler.needs_train_sequences:
+        sampler.prepare(data.train_sequences(cfg.dir, cfg.max_train_sequences))
+    model.build_for_input(cfg.max_len)
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.train.learning_rate, weight_decay=config.train.weight_decay or None),
+        jit_compile=config.train.jit_compile,
+    )
+
+
 def evaluate(model: RetrievalModel, dataset: tf.data.Dataset) -> dict[str, float]:
     """Full-ranking metrics of ``dataset``, read from the model's trackers after `evaluate`: the values
     `evaluate` returns are summed over workers under `MultiWorkerMirroredStrategy` (see `WorkerMeanLogs`)."""

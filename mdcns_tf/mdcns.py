@@ -238,7 +238,8 @@ class MDCNSModel(RetrievalModel):
         input_ids, target_ids = data[INPUT_IDS], data[TARGET_IDS]
         trained = tf.not_equal(target_ids, 0)
         exclusion_ids = data[EXCLUSION_IDS]
-        if self.params.pool_scope == "position":
+        per_position = self.params.pool_scope == "position"
+        if per_position:
             # Pools only for the trained positions: padding's terms are masked out anyway, and its pools were ~22%
             # of the pool work on Beauty's length-bucketed batches (full softmax scores trained positions only, too).
             # The P trained positions are laid out as one sequence `(1, P)`, so the rest of the step is unchanged.
@@ -255,11 +256,11 @@ class MDCNSModel(RetrievalModel):
             def positions(values: tf.Tensor) -> tf.Tensor:
                 return values
 
+        # (batch, N): one pool a sequence; or (1, P, N): one a trained position
         pool_ids = sample_excluding(
             self.generator, exclusion_ids, self.n_items, self.params.pool_size, self.pool_log_weights
-        )  # (batch, N): one pool a sequence; or (P, N): one a trained position
-        if self.params.pool_scope == "position":
-            pool_ids = pool_ids[tf.newaxis]  # (1, P, N)
+        )
+        pool_ids = pool_ids[tf.newaxis] if per_position else pool_ids
         pool_logq = None
         if self.pool_log_probs is not None:
             pool_logq = tf.gather(self.pool_log_probs, pool_ids)  # (batch, N) or (1, P, N)

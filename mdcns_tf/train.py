@@ -56,7 +56,7 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
     from mdcns_tf import data, metrics, run_state, servable
     from mdcns_tf.callbacks import ModelSelection, ProgressLog
     from mdcns_tf.distribution import make_strategy, shard_by_data, worker_dir
-    from mdcns_tf.factory import eval_split, evaluate, resolved_reduction
+    from mdcns_tf.factory import eval_split, evaluate, prepare_for_training, resolved_reduction
     from mdcns_tf.features import Metadata, check_record_ids, verify_records
     from mdcns_tf.fit_callbacks import make_callbacks
     from mdcns_tf.metrics_file import write_metrics
@@ -93,14 +93,7 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
 
     with strategy.scope():
         model = build_model(config, metadata)
-        sampler = getattr(model, "sampler", None)
-        if sampler is not None and sampler.needs_train_sequences:  # e.g. GNNO's item graph
-            sampler.prepare(data.train_sequences(cfg.dir, cfg.max_train_sequences))
-        model.build_for_input(cfg.max_len)
-        model.compile(
-            optimizer=keras.optimizers.Adam(config.train.learning_rate, weight_decay=config.train.weight_decay or None),
-            jit_compile=config.train.jit_compile,
-        )
+        prepare_for_training(model, config)
 
     if resolved_reduction(config) == "epoch":
         positions = data.count_trained_positions(cfg.dir, cfg.train_positions, cfg.max_len, cfg.max_train_sequences)
