@@ -68,6 +68,8 @@ def measure(grid: GridSpec, methods: list[str], seed: int, rounds: int, data_roo
             epoch_cpu_s_rounds=[round(t, 2) for t in times.cpu[method]],
             ratio_to_reference=round(wall[method], 3),
             cpu_ratio_to_reference=round(cpu[method], 3),
+            others_cpu_s_rounds=[round(t, 1) for t in times.others_cpu.get(method, [])],
+            stolen_s_rounds=[round(t, 1) for t in times.stolen.get(method, [])],
         )
     return {"reference": methods[0], "rounds": rounds, "seed": seed, "cells": list(rows.values())}
 
@@ -82,18 +84,23 @@ def markdown(result: dict[str, Any]) -> str:
         f"{common.measured_at(result)}",
         "",
         f"One training epoch of each cell a round, {result['rounds']} rounds, cells interleaved; ratio = median over "
-        f"rounds of (cell / `{result['reference']}` in the same round). Warm-up = the first epoch (tracing, compiles).",
+        f"rounds of (cell / `{result['reference']}` in the same round). Warm-up = the first epoch (tracing, compiles). "
+        "Others / stolen: CPU seconds other processes used, and seconds the hypervisor stole, during each epoch.",
         "",
         "| cell | steps/epoch | epoch s (median) | rounds | x reference | CPU s (median) | CPU x reference "
-        "| warm-up s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| warm-up s | others / stolen s, per round |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["cells"]:
         rounds = ", ".join(f"{t:.1f}" for t in row["epoch_s_rounds"])
+        machine = ", ".join(
+            f"{o:.1f} / {s:.1f}"
+            for o, s in zip(row.get("others_cpu_s_rounds", []), row.get("stolen_s_rounds", []), strict=True)
+        )
         lines.append(
             f"| {row['cell']} | {row['steps_per_epoch']} | {row['epoch_s_median']:.1f} | {rounds} | "
             f"{row['ratio_to_reference']:.2f} | {row['epoch_cpu_s_median']:.1f} | "
-            f"{row['cpu_ratio_to_reference']:.2f} | {row['warmup_epoch_s']:.1f} |"
+            f"{row['cpu_ratio_to_reference']:.2f} | {row['warmup_epoch_s']:.1f} | {machine or 'n/a'} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -318,6 +318,21 @@ def test_interleaved_rounds_rotate_and_ratios_are_per_round() -> None:
     # Round 2 was twice as slow for both: the per-round ratio ignores it.
     samples = {"ref": [1.0, 2.0, 1.0], "x": [3.0, 6.0, 3.0]}
     assert timing.ratios(samples, "ref") == {"ref": 1.0, "x": 3.0}
+    if timing.machine_cpu_seconds() is not None:  # Linux: the rest of the machine is recorded for every call
+        assert all(len(times.others_cpu[n]) == 3 and min(times.stolen[n]) >= 0 for n in "abc")
+
+
+def test_machine_cpu_seconds_reads_busy_and_steal_columns(tmp_path) -> None:
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text(f"cpu  {100 * tick} {10 * tick} {20 * tick} 999999 55 {tick} {2 * tick} {7 * tick} 0 0\ncpu0 1 2\n")
+    assert timing.machine_cpu_seconds(str(stat)) == (133.0, 7.0)  # idle and iowait are not busy
+    assert timing.machine_cpu_seconds(str(tmp_path / "absent")) is None
+    stat.write_text("intr 1 2 3\n")
+    assert timing.machine_cpu_seconds(str(stat)) is None
 
 
 ENVELOPE_KEYS = ("command", common.TIMESTAMP_KEY, "machine", "versions", "git")
