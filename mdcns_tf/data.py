@@ -157,16 +157,25 @@ def train_dataset(
             .flat_map(lambda e: cached.shuffle(buffer, seed=epoch_seed(seed, e), reshuffle_each_iteration=False))
         )
     padded_shapes = {INPUT_IDS: [max_len], TARGET_IDS: [max_len], EXCLUSION_IDS: [None], USER_INDEX: []}
-    return batch_samples(samples, cfg.batch_size, max_len, padded_shapes, cfg.bucket_by_length)
+    return batch_samples(samples, cfg.batch_size, max_len, padded_shapes, cfg.bucket_by_length, cfg.autotune)
 
 
 def batch_samples(
-    samples: tf.data.Dataset, batch_size: int, max_len: int, padded_shapes: dict, bucket_by_length: bool
+    samples: tf.data.Dataset,
+    batch_size: int,
+    max_len: int,
+    padded_shapes: dict,
+    bucket_by_length: bool,
+    autotune: bool = False,
 ) -> tf.data.Dataset:
     """Padded batches of ``samples``; with ``bucket_by_length`` batches of similar input length, each trimmed to
-    its longest input (`trim_batch`): ``input_ids`` (and ``target_ids`` if present) become `(batch, t)`."""
+    its longest input (`trim_batch`): ``input_ids`` (and ``target_ids`` if present) become `(batch, t)`.
+    ``autotune``: tf.data's autotuning (`DataConfig.autotune` says why it is off by default)."""
+    options = tf.data.Options()
+    options.autotune.enabled = autotune
     if not bucket_by_length:
-        return samples.padded_batch(batch_size, padded_shapes=padded_shapes).prefetch(tf.data.AUTOTUNE)
+        batches = samples.padded_batch(batch_size, padded_shapes=padded_shapes)
+        return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
     boundaries = sorted({b for b in (4, 8, 12, 16, 24, 32, 40) if b < max_len})
     batches = samples.bucket_by_sequence_length(
         element_length_func=lambda sample: tf.math.count_nonzero(sample[INPUT_IDS], dtype=tf.int32),
@@ -174,7 +183,8 @@ def batch_samples(
         bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
         padded_shapes=padded_shapes,
     )
-    return batches.map(trim_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    trimmed = batches.map(trim_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    return trimmed.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
@@ -191,7 +201,13 @@ def trim_batch(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 
 
 def eval_dataset(
-    data_dir: str, split: str, max_len: int, batch_size: int, max_users: int = 0, bucket_by_length: bool = False
+    data_dir: str,
+    split: str,
+    max_len: int,
+    batch_size: int,
+    max_users: int = 0,
+    bucket_by_length: bool = False,
+    autotune: bool = False,
 ) -> tf.data.Dataset:
     """Batched evaluation users of ``split`` (``valid`` or ``test``), in file order.
 
@@ -214,7 +230,7 @@ def eval_dataset(
 
     padded_shapes = {INPUT_IDS: [max_len], HISTORY_IDS: [None], TARGET: [], USER_INDEX: []}
     dataset = records.map(to_eval, num_parallel_calls=tf.data.AUTOTUNE).cache()
-    return batch_samples(dataset, batch_size, max_len, padded_shapes, bucket_by_length)
+    return batch_samples(dataset, batch_size, max_len, padded_shapes, bucket_by_length, autotune)
 
 
 def has_split(data_dir: str, split: str) -> bool:

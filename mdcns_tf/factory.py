@@ -20,7 +20,7 @@ from mdcns_tf.samplers import build_sampler
 def eval_split(config: Config, split: str) -> tf.data.Dataset:
     cfg = config.data
     return data.eval_dataset(
-        cfg.dir, split, cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users, config.eval.bucket_by_length
+        cfg.dir, split, cfg.max_len, cfg.eval_batch_size, cfg.max_eval_users, config.eval.bucket_by_length, cfg.autotune
     )
 
 

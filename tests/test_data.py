@@ -91,3 +91,20 @@ def test_the_epoch_seeded_shuffle_works_for_every_process_seed(tmp_path, seed):
         assert sorted(orders[0]) == sorted(orders[1]) == [3, 6, 8]
     finally:
         tf.random.set_seed(None)
+
+
+@pytest.mark.parametrize("bucket_by_length", [False, True])
+def test_autotune_is_off_unless_asked_and_batches_are_the_same(tmp_path, bucket_by_length):
+    # Off by default: ending a pass over an autotuned pipeline can wait for tf.data's autotune thread (DataConfig).
+    # It only tunes speed: the batches, in order, are the same either way.
+    write_loo_dataset(str(tmp_path), [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11, 12], [1, 3, 5, 7, 9]], n_items=12)
+    config = {"max_len": 6, "batch_size": 2, "bucket_by_length": bucket_by_length}
+    default = data.train_dataset(DataConfig(dir=str(tmp_path), **config), seed=0)
+    tuned = data.train_dataset(DataConfig(dir=str(tmp_path), autotune=True, **config), seed=0)
+    assert default.options().autotune.enabled is False and tuned.options().autotune.enabled is True
+    for a, b in zip(default, tuned, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+    evaluation = data.eval_dataset(str(tmp_path), "test", 6, 8, bucket_by_length=bucket_by_length)
+    assert evaluation.options().autotune.enabled is False
+    assert data.eval_dataset(str(tmp_path), "test", 6, 8, autotune=True).options().autotune.enabled is True
