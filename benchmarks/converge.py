@@ -101,11 +101,12 @@ def first_reaching(points: list[dict[str, float]], threshold: float) -> dict[str
     return next((p for p in points if p["value"] >= threshold), None)
 
 
-def summarize_curve(label: str, points: list[dict[str, float]], source: str) -> dict[str, Any]:
+def summarize_curve(label: str, points: list[dict[str, float]], source: str, machine: str = "–") -> dict[str, Any]:
     best = max(points, key=lambda p: p["value"]) if points else None
     return {
         "label": label,
         "source": source,
+        "machine": machine,
         "epochs": len(points),
         "best": best,
         "reached": {f"{t:.3f}": first_reaching(points, t) for t in THRESHOLDS},
@@ -122,8 +123,20 @@ def load_authors(path: str, patterns: list[str]) -> list[dict[str, Any]]:
         name = os.path.basename(run_path)
         if any(fnmatch.fnmatchcase(name, p if any(c in p for c in "*?[") else f"*{p}*") for p in patterns):
             label = "authors " + name.split("_", 1)[-1].removesuffix(".log")
-            curves.append(summarize_curve(label, authors_curve(parsed), f"{payload['source']['repo']}:{run_path}"))
+            source = f"{payload['source']['repo']}:{run_path}"
+            curves.append(summarize_curve(label, authors_curve(parsed), source, "the authors' (GPU)"))
     return curves
+
+
+def run_machine(run: dict[str, Any]) -> str:
+    """Where a run of ours trained, in a few words: cores, CPU and the load average around it (from its own JSON;
+    the machine that writes the report may be another, or the same one pinned to fewer cores)."""
+    machine, timings = run.get("machine") or {}, run.get("timings") or {}
+    if not machine:
+        return "–"
+    load = [timings.get("load_average_1m_before"), timings.get("load_average_1m_after")]
+    loads = " -> ".join(f"{v:.1f}" for v in load if v is not None)
+    return f"{machine.get('cores', '?')} cores, {machine.get('cpu_model', '?')}" + (f", load {loads}" if loads else "")
 
 
 def _cell(point: dict[str, float] | None, key: str, digits: int = 0) -> str:
@@ -138,23 +151,23 @@ def markdown(curves: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "",
         header.get("description", ""),
         "",
-        f"Command: `{header['command']}`. Machine: {header['machine'].get('cpu_model', '?')}, "
-        f"{header['machine'].get('cores', '?')} cores. Metric version {header['metric_version']}. "
+        f"Command: `{header['command']}`. Metric version {header['metric_version']}. "
         "Seconds count from the process launch (start-up, tracing and validation included). The authors' seconds are "
         "those their logs print (their machine, epochs of ~38 s training + ~11 s evaluation): compare steps and "
         "epochs with them, seconds among our rows.",
         "",
         "| run | epochs | best val NDCG@20 (epoch) | "
         + " | ".join(f"first >= {t:.3f}: epoch / step / s" for t in THRESHOLDS)
-        + " |",
-        "|---|---|---|" + "---|" * len(THRESHOLDS),
+        + " | trained on |",
+        "|---|---|---|" + "---|" * len(THRESHOLDS) + "---|",
     ]
     for curve in curves:
         best = curve["best"]
         best_text = "–" if best is None else f"{best['value']:.4f} ({best['epoch']})"
         reached = [curve["reached"][f"{t:.3f}"] for t in THRESHOLDS]
         cells = [f"{_cell(p, 'epoch')} / {_cell(p, 'steps')} / {_cell(p, 'seconds')}" for p in reached]
-        lines.append(f"| {curve['label']} | {curve['epochs']} | {best_text} | " + " | ".join(cells) + " |")
+        machine = curve.get("machine", "–")
+        lines.append(f"| {curve['label']} | {curve['epochs']} | {best_text} | " + " | ".join(cells) + f" | {machine} |")
     lines += ["", f"Updated {common.measured_at(header)}.", ""]
     return "\n".join(lines)
 
@@ -212,7 +225,8 @@ def build_report(
                 continue
             prefix = "" if run.get("grid") == grid_name else f"{run.get('grid')}: "
             label = f"{prefix}{run['method']} seed{run['seed']}"
-            curves.append(summarize_curve(label, run_curve(run), f"{run.get('grid')}/{run['cell']}"))
+            source = f"{run.get('grid')}/{run['cell']}"
+            curves.append(summarize_curve(label, run_curve(run), source, run_machine(run)))
     for output_dir in unfinished:
         label = f"{os.path.basename(os.path.dirname(os.path.normpath(output_dir)))} (unfinished)"
         curves.append(summarize_curve(label, unfinished_curve(output_dir), common.repo_relative(output_dir)))

@@ -558,12 +558,16 @@ def test_convergence_report_draws_only_the_matching_cells(tmp_path) -> None:
             "method": method,
             "seed": 1,
             "metrics": {"steps_per_epoch": 10, "history": history},
-            "timings": {"launched_unix": 0.0},
+            "timings": {"launched_unix": 0.0, "load_average_1m_before": 0.5, "load_average_1m_after": 1.3},
+            "machine": {"cores": 2, "cpu_model": "Xeon"},
         }
         path.write_text(json.dumps(run))
     payload = converge.build_report("toy", str(tmp_path), "cmd", "", [], only="*/mdcns/*,uniform")
     assert sorted(c["label"] for c in payload["curves"]) == ["mdcns seed1", "uniform seed1"]
     assert len(converge.build_report("toy", str(tmp_path), "cmd", "", [])["curves"]) == 3
+    # Each row says where its run trained (its own JSON), not where the report was written.
+    table = (tmp_path / "convergence.md").read_text()
+    assert "| 2 cores, Xeon, load 0.5 -> 1.3 |" in table and "Machine:" not in table
 
 
 def test_epoch_time_times_real_epochs_of_grid_cells_side_by_side(tmp_path, monkeypatch) -> None:
