@@ -401,12 +401,31 @@ class UserSplits(beam.DoFn):
             yield key, (index, None if assignment is None else assignment[key])
 
 
+def _sequence_length(element: Sequence_) -> tuple[str, int]:
+    user, items = element
+    return user, len(items)
+
+
 def records_of_user(element: tuple[str, dict[str, list[Any]]], protocol: str) -> Iterator[tuple[str, Any]]:
-    """A user's joined ``{"user": [(user_index, split)], "ids": [(position, item id), ...]}`` -> its
-    ``(split, record)`` pairs."""
-    _, joined = element
+    """A user's joined ``{"user": [(user_index, split)], "length": [n], "ids": [(position, item id), ...]}`` -> its
+    ``(split, record)`` pairs; fails loudly unless exactly positions 0..n-1 arrived."""
+    user, joined = element
     ((user_index, split),) = joined["user"]
-    ids = [item_id for _, item_id in sorted(joined["ids"])]
+    (length,) = joined["length"]
+    positions = sorted(joined["ids"])
+    if [position for position, _ in positions] != list(range(length)):
+        # Every position left `sequences` once and went through two shuffles (JoinItemIds, JoinUsers). A mismatch is
+        # not bad input: a runner lost or repeated elements. Seen on Beam's multi-process direct runner at 10M
+        # events (README, "Known bug"); failing here keeps a short sequence from being written as if it were whole.
+        arrived = [position for position, _ in positions]
+        missing = sorted(set(range(length)) - set(arrived))[:5]
+        raise ValueError(
+            f"user {user!r}: {len(arrived)} of its {length} events reached the records step (missing positions "
+            f"{missing}, repeated: {len(arrived) - len(set(arrived))}): the runner lost or repeated elements in a "
+            "shuffle. Seen with --direct_running_mode multi_processing on large logs: rerun with "
+            "--direct_num_workers 1 or on Dataflow, Flink or Spark"
+        )
+    ids = [item_id for _, item_id in positions]
     records = splits.loo_records(user_index, ids) if protocol == "loo" else splits.user_records(user_index, ids, split)
     Metrics.counter("pipeline", "users_written").inc()
     yield from records.items()
@@ -418,7 +437,8 @@ class MakeRecords(beam.PTransform):
     Item ids (position in ``item_vocab`` + 1) reach the events by a join on the item key, user indices and splits
     (`UserSplits`) by a join on the user key: two shuffles of the events instead of broadcasting the vocabularies
     as side inputs, which the Dask runner recomputes per task (module docstring). A user with no vocabulary entry
-    cannot occur: both vocabularies are built from these sequences.
+    cannot occur: both vocabularies are built from these sequences. Each sequence's length joins too, so a record is
+    written only when every one of its positions arrived (`records_of_user`).
     """
 
     def __init__(
@@ -442,8 +462,9 @@ class MakeRecords(beam.PTransform):
             | "IdsByUser" >> beam.FlatMap(_ids_by_user)
         )
         users = inputs["user_vocab"] | "UserSplits" >> beam.ParDo(self.user_splits)
+        lengths = inputs["sequences"] | "SequenceLengths" >> beam.Map(_sequence_length)
         return (
-            {"user": users, "ids": ids}
+            {"user": users, "length": lengths, "ids": ids}
             | "JoinUsers" >> beam.CoGroupByKey()
             | "Records" >> beam.FlatMap(records_of_user, protocol=self.protocol)
         )

@@ -172,3 +172,20 @@ def test_user_split_records() -> None:
     assert [len(expected[s]) for s in ("train", "valid", "test")] == [14, 4, 2]
     assert all(target == 0 for _, _, target in expected["train"])
     assert all(target != 0 for s in ("valid", "test") for _, _, target in expected[s])
+
+
+def test_records_are_written_only_when_every_position_of_the_sequence_arrived() -> None:
+    # User "u" has 4 events; the joins deliver (position, item id) pairs in any order.
+    joined = {"user": [(7, None)], "length": [4], "ids": [(2, 12), (0, 10), (3, 13), (1, 11)]}
+    assert dict(transforms.records_of_user(("u", joined), "loo")) == {
+        "train": (7, [10, 11], 0),
+        "valid": (7, [10, 11], 12),
+        "test": (7, [10, 11, 12], 13),
+    }
+    # A runner that loses or repeats a shuffled element must not yield a shorter (or longer) sequence as if whole.
+    lost = {**joined, "ids": [(0, 10), (1, 11), (3, 13)]}
+    with pytest.raises(ValueError, match=r"'u': 3 of its 4 events .*missing positions \[2\].*lost or repeated"):
+        list(transforms.records_of_user(("u", lost), "loo"))
+    repeated = {**joined, "ids": [*joined["ids"], (3, 13)]}
+    with pytest.raises(ValueError, match=r"repeated: 1"):
+        list(transforms.records_of_user(("u", repeated), "loo"))
