@@ -42,8 +42,8 @@ class DataConfig:
     bucket_by_length: bool = False
     # tf.data's autotuning of parallelism and buffers. Off: ending a pass over an autotuned pipeline can block until
     # its autotune thread next wakes (its period doubles from 10 ms: at 10.2, 20.5, 41 s), which padded Beauty epochs
-    # of 6 s to 10.3 s and of 17 s to 20.6 s (TF 2.21, `benchmarks.epoch_time`); without it the input maps run at
-    # the machine's core count, enough for these light per-element maps. On for heavy input functions.
+    # of 6 s to 10.3 s and of 17 s to 20.6 s (TF 2.21, `benchmarks.epoch_time`); without it an AUTOTUNE map runs at
+    # tf.data's initial parallelism, min(16, cores), enough for these light per-element maps. On for heavy inputs.
     autotune: bool = False
     # Limits for quick runs and tests: 0 means everything.
     max_train_sequences: int = 0
