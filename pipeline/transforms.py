@@ -413,11 +413,11 @@ def records_of_user(element: tuple[str, dict[str, list[Any]]], protocol: str) ->
     ((user_index, split),) = joined["user"]
     (length,) = joined["length"]
     positions = sorted(joined["ids"])
-    if [position for position, _ in positions] != list(range(length)):
+    arrived = [position for position, _ in positions]
+    if arrived != list(range(length)):
         # Every position left `sequences` once and went through two shuffles (JoinItemIds, JoinUsers). A mismatch is
         # not bad input: a runner lost or repeated elements. Seen on Beam's multi-process direct runner at 10M
         # events (README, "Known bug"); failing here keeps a short sequence from being written as if it were whole.
-        arrived = [position for position, _ in positions]
         missing = sorted(set(range(length)) - set(arrived))[:5]
         raise ValueError(
             f"user {user!r}: {len(arrived)} of its {length} events reached the records step (missing positions "
