@@ -134,7 +134,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Command: `{result['command']}`",
         f"- Split: {result['split']}; runs: " + ", ".join(f"{n} `{p}`" for n, p in result["runs"].items()),
         f"- Machine: {result['machine']['cores']} cores, {result['machine']['cpu_model']}; "
-        f"{common.measured_at(result)}",
+        f"{common.measured_at(result)}; metric version {result.get('metric_version', 1)}",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -169,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         ranked = {label: user_ranks(path, args.split) for label, path in runs.items()}
     except FileNotFoundError as e:
         raise SystemExit(f"breakdown: {e}") from None
+    from mdcns_tf.metrics import METRIC_VERSION
+
     result = common.envelope(common.command_line("benchmarks.breakdown", argv))
-    result |= {"split": args.split, "runs": runs, "rows": compare(ranked)}
+    result |= {"metric_version": METRIC_VERSION, "split": args.split, "runs": runs, "rows": compare(ranked)}
     common.write_result(args.out + ".json", result)
     text = markdown(result)
     with open(args.out + ".md", "w", encoding="utf-8") as f:

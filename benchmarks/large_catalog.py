@@ -184,6 +184,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     from mdcns_tf import data, factory
     from mdcns_tf.config import load_config
     from mdcns_tf.features import Metadata
+    from mdcns_tf.metrics import METRIC_VERSION
 
     name, batch = parse_config(args.child)
     batch = batch or args.batch
@@ -244,6 +245,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         "eval_users_per_second": round(args.eval_users / eval_seconds, 1),
         "eval_item_chunk_size": args.chunk,
         "valid_ndcg@10": round(float(results["ndcg_10"]), 4),
+        "metric_version": METRIC_VERSION,
     }
     if name == "uniform":
         out["lone_table_update_ms"] = optimizer_update_ms(metadata.n_items, args.dim, batch * args.max_len)

@@ -503,6 +503,9 @@ def test_large_catalog_runs_a_configuration_at_its_own_batch(tmp_path) -> None:
     assert (softmax["batch"], softmax["steps_per_epoch"], softmax["timed_steps"]) == (4, 10, 4)
     assert "loss.name=softmax" in softmax["config_overrides"] and "data.batch_size=4" in softmax["config_overrides"]
     assert softmax["epoch_seconds_at_median_step"] == pytest.approx(10 * softmax["step_ms_median"] / 1000, abs=0.1)
+    from mdcns_tf.metrics import METRIC_VERSION
+
+    assert {row["metric_version"] for row in results.values()} == {METRIC_VERSION}  # its NDCG says how it was ranked
 
 
 def test_breakdown_groups_users_by_target_popularity_and_history_with_paired_gaps() -> None:
@@ -526,6 +529,15 @@ def test_breakdown_groups_users_by_target_popularity_and_history_with_paired_gap
     assert rows["history 4-6"]["users"] == 3 and rows["history 13+"]["users"] == 2
     assert "history 1-3" not in rows  # an empty group has no row
     assert rows["middle third"]["recall@10:a"] == 0.5
+
+
+def test_breakdown_table_states_its_metric_version() -> None:
+    from benchmarks.breakdown import markdown
+
+    result = {"command": "c", "split": "test", "runs": {"a": "ra", "b": "rb"}, "rows": []}
+    result |= {"machine": {"cores": 2, "cpu_model": "x"}, "measured_at": "t"}
+    assert "metric version 1" in markdown(result)  # written before the version was recorded: pre-fix
+    assert "metric version 2" in markdown(result | {"metric_version": 2})
 
 
 def test_pipeline_scaling_append_keeps_rows_and_says_whose_skips_are_whose() -> None:
