@@ -16,7 +16,10 @@ Recall: ``recall@10`` (and ``@K``) of each non-exact index = the share of the ex
 returns, averaged over ``--recall-queries`` histories of two kinds: ``untrained_random`` (random histories through
 the untrained model, as timed) and ``trained_like`` (the item table replaced by a clustered one whose row norms
 follow popularity, as trained tables have, and histories drawn from one cluster each; the queries come from the
-same untrained encoder over those histories; exported again for this, not timed).
+same untrained encoder over those histories; exported again for this, not timed); and, for each
+``--trained-run LABEL=RUN_DIR``, ``trained_run``: that finished training run's selected weights (its own catalogue and
+max_len), queried with the histories of its own test users, as TF Serving would receive them (``--catalogs ''``
+measures only these).
 
 ``--also-without-onednn`` repeats the timings in a child process with ``TF_ENABLE_ONEDNN_OPTS=0``: TensorFlow's
 Eigen kernels only, as a TF Serving binary built without oneDNN runs them (bfloat16 matmul is slow there).
@@ -40,7 +43,7 @@ import tf_keras as keras
 
 import mdcns_tf  # noqa: F401
 from benchmarks import common
-from mdcns_tf import servable
+from mdcns_tf import data, finished_run, servable
 from mdcns_tf.backbones import build_backbone
 from mdcns_tf.config import ModelConfig
 
@@ -203,6 +206,39 @@ def measure(name: str, n_items: int, args: argparse.Namespace, workdir: str) -> 
     return result
 
 
+def measure_trained_run(run_dir: str, args: argparse.Namespace, workdir: str) -> dict[str, Any]:
+    """Recall of every index against the exact one for a finished training run's selected weights, on the left-padded
+    histories `(test users, max_len)` of its own test split."""
+    config = finished_run.load_run_config(run_dir)
+    model, metadata = finished_run.load_model(run_dir, config)
+    users = data.eval_dataset(config.data.dir, "test", config.data.max_len, batch_size=256)
+    queries = np.concatenate([batch[data.INPUT_IDS].numpy() for batch in users])
+    run_args = argparse.Namespace(**{**vars(args), "max_len": config.data.max_len})
+    paths = export_all(model.encoder, "run", run_args, workdir, "trained_run")
+    serve = {index: tf.saved_model.load(path).signatures["serving_default"] for index, path in paths.items()}
+    result = {
+        "run": run_dir,
+        "backbone": config.model.backbone,
+        "n_items": metadata.n_items,
+        "max_len": config.data.max_len,
+        "test_users": len(queries),
+        "run_test_metrics": (finished_run.read_metrics(run_dir) or {}).get("test"),
+        "recall": measure_recall(serve, queries, args),
+    }
+    serve.clear()
+    for path in paths.values():
+        shutil.rmtree(path, ignore_errors=True)
+    print(f"trained run {run_dir}: {json.dumps(result['recall'])}", flush=True)
+    return result
+
+
+def labelled_run(text: str) -> tuple[str, str]:
+    label, sep, path = text.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"--trained-run takes LABEL=RUN_DIR, got {text!r}")
+    return label, path
+
+
 def without_onednn(argv: list[str], calls: int) -> dict[str, Any]:
     """The same timings (``calls`` a batch size) in a child process with TensorFlow's oneDNN kernels off (read when
     TensorFlow is imported, hence the process); no recall (the kernels do not change which items are returned)."""
@@ -237,11 +273,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--indexes", default="exact,bfloat16", help="export.index values, exact first")
     parser.add_argument("--recall-queries", type=int, default=512, help="histories per query kind (0: no recall)")
     parser.add_argument("--also-without-onednn", action="store_true", help="time again with TF_ENABLE_ONEDNN_OPTS=0")
+    parser.add_argument(
+        "--trained-run",
+        type=labelled_run,
+        action="append",
+        default=[],
+        metavar="LABEL=RUN_DIR",
+        help="also the recall of each index for this finished run, on its own test users' histories (repeatable)",
+    )
     parser.add_argument("--out", default=os.path.join("benchmarks", "results", "serving_latency.json"))
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.indexes = args.indexes.split(",")
+    catalogs = [name for name in args.catalogs.split(",") if name]
+    for name in catalogs:
+        if name not in CATALOGS:
+            parser.error(f"unknown catalog {name!r}; expected names from {sorted(CATALOGS)}")
+    for _, run_dir in args.trained_run:
+        if not os.path.exists(finished_run.config_path(run_dir)):
+            parser.error(f"--trained-run {run_dir!r}: not the output_dir of a training run (no config.yaml)")
     if args.indexes[0] != "exact":
         parser.error("--indexes must start with exact (recall is measured against it)")
 
@@ -250,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     workdir = tempfile.mkdtemp(prefix="serving_latency_")
     try:
-        results = {name: measure(name, CATALOGS[name], args, workdir) for name in args.catalogs.split(",")}
+        results = {name: measure(name, CATALOGS[name], args, workdir) for name in catalogs}
+        trained = {label: measure_trained_run(run_dir, args, workdir) for label, run_dir in args.trained_run}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report |= {
@@ -265,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.recall_queries} histories of items from one cluster each, over a clustered item table with "
                 "popularity-dependent norms (benchmarks.serving_latency.trained_like); untrained encoder"
             ),
+            "recall.trained_run": "a finished run's selected weights, each of its test users' history",
             "recall": "share of the exact export's top-k ids that the index returns; min over queries; same_list: "
             "share of queries with the identical ranked top-k",
         },
@@ -280,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "calls": args.calls,
         "warmup_calls": args.warmup,
         "results": results,
+        **({"trained_runs": trained} if trained else {}),
     }
     if args.also_without_onednn:
         # Eigen's bfloat16 matmul is slow: at most 20 calls, so that the run stays short.

@@ -148,6 +148,25 @@ def test_reexport_serves_the_selected_weights_with_a_new_k(trained_run, tiny_dat
     check_record(card["provenance"], config_dict, tiny_dataset, None)
 
 
+def test_index_recall_of_a_trained_run_is_measured_on_its_own_test_users(trained_run, tmp_path, capsys):
+    from benchmarks import serving_latency
+
+    output_dir, _ = trained_run
+    out = str(tmp_path / "recall.json")
+    argv = ["--catalogs", "", "--trained-run", f"tiny={output_dir}", "--top-k", "5", "--out", out]
+    assert serving_latency.main(argv) == 0
+    with open(out) as f:
+        report = json.load(f)
+    assert report["results"] == {}  # --catalogs '': no latency, only the trained run
+    tiny = report["trained_runs"]["tiny"]
+    assert (tiny["test_users"], tiny["max_len"], tiny["n_items"]) == (300, 12, 60)  # the run's own split and shapes
+    assert set(tiny["recall"]) == {"bfloat16"} and set(tiny["recall"]["bfloat16"]) == {"recall@10", "recall@5"}
+    assert 0.0 <= tiny["recall"]["bfloat16"]["recall@5"]["min"] <= tiny["recall"]["bfloat16"]["recall@5"]["mean"] <= 1
+    with pytest.raises(SystemExit):
+        serving_latency.main(["--catalogs", "", "--trained-run", f"nothing={tmp_path}"])
+    assert "not the output_dir of a training run" in capsys.readouterr().err
+
+
 def test_reexport_errors_are_one_line(trained_run, tmp_path, capsys):
     output_dir, _ = trained_run
     assert export.main(["--run", str(tmp_path)]) == 2
