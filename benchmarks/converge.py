@@ -38,10 +38,12 @@ MONITOR = "val_ndcg_20"
 
 
 def run_curve(run: dict[str, Any]) -> list[dict[str, float]]:
-    """Per-epoch points ``{epoch, steps, seconds, value}`` of one grid run (seconds since the process launched)."""
+    """Per-epoch points ``{epoch, steps, seconds, value}`` of one grid run (seconds since the process launched; None
+    for a run resumed from its backup, see `report.resumed`)."""
     metrics = run["metrics"]
     steps_per_epoch = metrics.get("steps_per_epoch") or 0
-    launched = run.get("timings", {}).get("launched_unix")
+    # A resumed run's earlier epochs were trained by another process: no seconds axis.
+    launched = None if report.resumed(run) else run.get("timings", {}).get("launched_unix")
     points = []
     for entry in metrics.get("history", []):
         if MONITOR not in entry:

@@ -30,6 +30,15 @@ def metric_version(run: dict[str, Any]) -> int:
     return int(run.get("metrics", {}).get("metric_version", 1))
 
 
+def resumed(run: dict[str, Any]) -> bool:
+    """True when an earlier process trained some of the run's epochs (a cell resumed from its backup): an epoch
+    ended before this process launched. Its timings (``train_seconds``, ``wall_seconds``, seconds since launch)
+    cover only the last process."""
+    launched = run.get("timings", {}).get("launched_unix")
+    history = run.get("metrics", {}).get("history", [])
+    return launched is not None and any(entry.get("wall_time", launched) < launched for entry in history)
+
+
 def metric_versions_label(runs: list[dict[str, Any]]) -> str:
     """``metric v2``, or ``metric v1 (pre-fix)`` / a mix, for a table row or a plot title."""
     versions = sorted({metric_version(r) for r in runs})
@@ -105,7 +114,7 @@ def results_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = TABLE_M
             "best epoch",
             "epochs run",
             "s/epoch",
-            "train min/run",
+            "train min/run (whole runs)",
             "metric",
         ]
         lines.append("| " + " | ".join(header) + " |")
@@ -122,7 +131,7 @@ def results_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = TABLE_M
             row.append(fmt_mean_std([float(r["metrics"]["best_epoch"]) for r in group], 1))
             row.append(fmt_mean_std([float(r["metrics"]["epochs_run"]) for r in group], 1))
             row.append(fmt_mean_std([r["timings"]["seconds_per_epoch_median"] for r in group], 1))
-            row.append(fmt_mean_std([r["timings"]["train_seconds"] / 60 for r in group], 1))
+            row.append(fmt_mean_std([r["timings"]["train_seconds"] / 60 for r in group if not resumed(r)], 1))
             row.append(metric_versions_label(group).removeprefix("metric "))
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
@@ -163,7 +172,7 @@ def write_markdown(
         f"`{header.get('git', {}).get('commit', '?')}`"
         + (" (uncommitted changes)" if header.get("git", {}).get("dirty") else ""),
         f"- Updated: {common.measured_at(header)}; runs: {len(runs)} finished, wall time of the finished runs "
-        f"{sum(r['timings']['wall_seconds'] for r in runs) / 60:.1f} min",
+        f"{sum(r['timings']['wall_seconds'] for r in runs) / 60:.1f} min (a resumed run: its last process only)",
         "",
         "Test metrics at the best validation epoch (model selection on validation NDCG@20), full ranking, mean ± "
         "sample std over seeds. Published numbers (DESIGN.md section 7) are the papers' own runs, mostly "

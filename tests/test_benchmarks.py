@@ -458,6 +458,25 @@ def test_convergence_curves_count_seconds_from_the_launch_and_steps_per_epoch() 
     assert converge.first_reaching(points, 0.07) is None
 
 
+def test_a_resumed_run_has_no_seconds_axis_and_no_train_time() -> None:
+    from benchmarks import converge, report
+
+    history = [{"epoch": e, "wall_time": 1000.0 + 10 * e, "val_ndcg_20": 0.01 * e} for e in (1, 2, 3)]
+    run = {"metrics": {"steps_per_epoch": 5, "history": history}, "timings": {"launched_unix": 1015.0}}
+    # Epoch 1 ended (1010) before this process launched (1015): an earlier process trained it.
+    assert report.resumed(run) and not report.resumed(run | {"timings": {"launched_unix": 1005.0}})
+    assert [p["seconds"] for p in converge.run_curve(run)] == [None, None, None]
+    assert [p["steps"] for p in converge.run_curve(run)] == [5, 10, 15]  # steps and epochs still count
+
+    def cell(seed: int, launched: float, train_seconds: float) -> dict:
+        metrics = {"history": history, "test": {"ndcg@10": 0.05}, "best_epoch": 3, "epochs_run": 3}
+        timings = {"launched_unix": launched, "seconds_per_epoch_median": 10.0, "train_seconds": train_seconds}
+        return {"dataset": "d", "backbone": "b", "method": "m", "seed": seed, "metrics": metrics, "timings": timings}
+
+    row = report.results_table([cell(1, 1005.0, 600.0), cell(2, 1015.0, 60.0)], ("ndcg@10",)).splitlines()[-1]
+    assert row.split(" | ")[-2] == "10.0"  # train min: the whole run only, not the resumed run's last 60 s
+
+
 def test_authors_curves_count_epochs_from_one_at_121_steps() -> None:
     parsed = {
         "epochs": [
