@@ -17,6 +17,7 @@ which each threshold is reached), ``convergence.md`` (the table) and ``converge_
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import json
 import logging
@@ -83,19 +84,33 @@ def authors_curve(parsed: dict[str, Any]) -> list[dict[str, float]]:
     """The same points for one parsed authors' log (`benchmarks.authors_logs.parse_log`); epochs count from 1 as
     ours do, and their seconds are the log's own (their GPU), not this machine's."""
     points = []
-    elapsed = 0.0
+    elapsed: float | None = None  # some logs (their baselines') print no timings: no seconds, not zero
     for entry in parsed["epochs"]:
         epoch = entry["epoch"] + 1  # their logs count epochs from 0
-        elapsed += (entry.get("train_seconds") or 0.0) + (entry.get("eval_seconds") or 0.0)
+        spent = [entry.get(key) for key in ("train_seconds", "eval_seconds") if entry.get(key) is not None]
+        if spent:
+            elapsed = (elapsed or 0.0) + sum(spent)
         points.append(
             {
                 "epoch": epoch,
                 "steps": epoch * AUTHORS_STEPS_PER_EPOCH,
-                "seconds": round(elapsed, 1),
+                "seconds": None if elapsed is None else round(elapsed, 1),
                 "value": entry["valid"]["ndcg@20"],
             }
         )
     return points
+
+
+def parse_thresholds(text: str) -> tuple[float, ...]:
+    """Comma-separated levels, e.g. "0.04,0.045", as a tuple; an argparse type, so that a bad list is a usage
+    error, not a stack trace."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if not values or list(values) != sorted(values) or not all(0.0 < v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"need ascending NDCG levels in (0, 1), got {text!r}")
+    return values
 
 
 def first_reaching(points: list[dict[str, float]], threshold: float) -> dict[str, float] | None:
@@ -103,7 +118,13 @@ def first_reaching(points: list[dict[str, float]], threshold: float) -> dict[str
     return next((p for p in points if p["value"] >= threshold), None)
 
 
-def summarize_curve(label: str, points: list[dict[str, float]], source: str, machine: str = "–") -> dict[str, Any]:
+def summarize_curve(
+    label: str,
+    points: list[dict[str, float]],
+    source: str,
+    machine: str = "–",
+    thresholds: tuple[float, ...] = THRESHOLDS,
+) -> dict[str, Any]:
     best = max(points, key=lambda p: p["value"]) if points else None
     return {
         "label": label,
@@ -111,12 +132,12 @@ def summarize_curve(label: str, points: list[dict[str, float]], source: str, mac
         "machine": machine,
         "epochs": len(points),
         "best": best,
-        "reached": {f"{t:.3f}": first_reaching(points, t) for t in THRESHOLDS},
+        "reached": {f"{t:.3f}": first_reaching(points, t) for t in thresholds},
         "points": points,
     }
 
 
-def load_authors(path: str, patterns: list[str]) -> list[dict[str, Any]]:
+def load_authors(path: str, patterns: list[str], thresholds: tuple[float, ...] = THRESHOLDS) -> list[dict[str, Any]]:
     """Curves of the authors' runs in an `benchmarks.authors_logs` result file whose path matches a pattern."""
     with open(path) as f:
         payload = json.load(f)
@@ -126,7 +147,7 @@ def load_authors(path: str, patterns: list[str]) -> list[dict[str, Any]]:
         if any(fnmatch.fnmatchcase(name, p if any(c in p for c in "*?[") else f"*{p}*") for p in patterns):
             label = "authors " + name.split("_", 1)[-1].removesuffix(".log")
             source = f"{payload['source']['repo']}:{run_path}"
-            curves.append(summarize_curve(label, authors_curve(parsed), source, "the authors' (GPU)"))
+            curves.append(summarize_curve(label, authors_curve(parsed), source, "the authors' (GPU)", thresholds))
     return curves
 
 
@@ -148,6 +169,7 @@ def _cell(point: dict[str, float] | None, key: str, digits: int = 0) -> str:
 
 
 def markdown(curves: list[dict[str, Any]], header: dict[str, Any]) -> str:
+    thresholds = header.get("thresholds", THRESHOLDS)
     lines = [
         f"# {header['grid']}: time to quality",
         "",
@@ -159,14 +181,14 @@ def markdown(curves: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "epochs with them, seconds among our rows.",
         "",
         "| run | epochs | best val NDCG@20 (epoch) | "
-        + " | ".join(f"first >= {t:.3f}: epoch / step / s" for t in THRESHOLDS)
+        + " | ".join(f"first >= {t:.3f}: epoch / step / s" for t in thresholds)
         + " | trained on |",
-        "|---|---|---|" + "---|" * len(THRESHOLDS) + "---|",
+        "|---|---|---|" + "---|" * len(thresholds) + "---|",
     ]
     for curve in curves:
         best = curve["best"]
         best_text = "–" if best is None else f"{best['value']:.4f} ({best['epoch']})"
-        reached = [curve["reached"][f"{t:.3f}"] for t in THRESHOLDS]
+        reached = [curve["reached"][f"{t:.3f}"] for t in thresholds]
         cells = [f"{_cell(p, 'epoch')} / {_cell(p, 'steps')} / {_cell(p, 'seconds')}" for p in reached]
         machine = curve.get("machine", "–")
         lines.append(f"| {curve['label']} | {curve['epochs']} | {best_text} | " + " | ".join(cells) + f" | {machine} |")
@@ -174,7 +196,9 @@ def markdown(curves: list[dict[str, Any]], header: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: list[dict[str, Any]], out_dir: str, title: str) -> list[str]:
+def plot(
+    curves: list[dict[str, Any]], out_dir: str, title: str, thresholds: tuple[float, ...] = THRESHOLDS
+) -> list[str]:
     try:
         import matplotlib
 
@@ -193,7 +217,7 @@ def plot(curves: list[dict[str, Any]], out_dir: str, title: str) -> list[str]:
             ys = [p["value"] for p in curve["points"] if p.get(axis) is not None]
             style = "--" if curve["label"].startswith("authors") else "-"
             ax.plot(xs, ys, style, lw=1.4, label=curve["label"])
-        for t in THRESHOLDS:
+        for t in thresholds:
             ax.axhline(t, color="grey", lw=0.6, ls=":")
         ax.set_xlabel(label)
         ax.set_ylabel("validation NDCG@20")
@@ -214,6 +238,7 @@ def build_report(
     extra_runs: list[str] = (),
     unfinished: list[str] = (),
     only: str | None = None,
+    thresholds: tuple[float, ...] = THRESHOLDS,
 ) -> dict[str, Any]:
     """Writes convergence.json / .md / plots for the grid's runs, the runs of ``extra_runs`` (``runs/`` folders of
     other grids, e.g. the paper grid, whose first epochs are the same trajectory when the config differs only in
@@ -228,23 +253,26 @@ def build_report(
             prefix = "" if run.get("grid") == grid_name else f"{run.get('grid')}: "
             label = f"{prefix}{run['method']} seed{run['seed']}"
             source = f"{run.get('grid')}/{run['cell']}"
-            curves.append(summarize_curve(label, run_curve(run), source, run_machine(run)))
+            curves.append(summarize_curve(label, run_curve(run), source, run_machine(run), thresholds))
     for output_dir in unfinished:
         label = f"{os.path.basename(os.path.dirname(os.path.normpath(output_dir)))} (unfinished)"
-        curves.append(summarize_curve(label, unfinished_curve(output_dir), common.repo_relative(output_dir)))
-    curves.sort(key=lambda c: (c["reached"][f"{THRESHOLDS[-1]:.3f}"] or {}).get("seconds") or float("inf"))
+        curves.append(
+            summarize_curve(label, unfinished_curve(output_dir), common.repo_relative(output_dir), "–", thresholds)
+        )
+    curves.sort(key=lambda c: (c["reached"][f"{thresholds[-1]:.3f}"] or {}).get("seconds") or float("inf"))
     curves += authors
     header = {
         **common.envelope(command),
         "grid": grid_name,
         "description": description,
         "metric_version": METRIC_VERSION,
+        "thresholds": list(thresholds),
     }
-    payload = {**header, "thresholds": list(THRESHOLDS), "curves": curves}
+    payload = {**header, "curves": curves}
     common.write_result(os.path.join(results_dir, "convergence.json"), payload)
     with open(os.path.join(results_dir, "convergence.md"), "w") as f:
         f.write(markdown(curves, header))
-    plot(curves, results_dir, f"{grid_name}: validation NDCG@20")
+    plot(curves, results_dir, f"{grid_name}: validation NDCG@20", thresholds)
     return payload
 
 
@@ -272,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="a grid cell's scratch folder whose run has not finished: drawn from its best/state.json history",
     )
+    parser.add_argument(
+        "--thresholds",
+        type=parse_thresholds,
+        default=THRESHOLDS,
+        help="validation NDCG@20 levels whose first epoch / step / second are tabled, comma-separated, ascending "
+        f"(default {','.join(map(str, THRESHOLDS))}: the MDCNS curves; the baselines peak at .04-.06)",
+    )
     args = parser.parse_args(argv)
     cli.setup_logging()
     grid = load_grid_or_report(args.grid)
@@ -285,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         data_root = common.data_root()
         command = common.command_line("benchmarks.quality", grid_args)
         rc = run_grid(grid, data_root, results_dir, command, args.only)
-    authors = load_authors(args.authors, args.authors_run or ["*"]) if args.authors else []
+    authors = load_authors(args.authors, args.authors_run or ["*"], args.thresholds) if args.authors else []
     payload = build_report(
         grid.name,
         results_dir,
@@ -295,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         args.extra_runs,
         args.unfinished,
         args.only,
+        args.thresholds,
     )
     print(open(os.path.join(results_dir, "convergence.md")).read())
     log.info("%d curves in %s", len(payload["curves"]), results_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import os
@@ -489,6 +490,9 @@ def test_authors_curves_count_epochs_from_one_at_121_steps() -> None:
         (1, 121, 65.0, 0.006),
         (2, 242, 115.0, 0.004),
     ]
+    # A log that prints no timings (their baselines') has no seconds axis, not one stuck at zero.
+    untimed = {"epochs": [{"epoch": 0, "valid": {"ndcg@20": 0.01}, "train_seconds": None, "eval_seconds": None}]}
+    assert converge.authors_curve(untimed)[0]["seconds"] is None
 
 
 def test_unfinished_runs_are_drawn_from_their_selection_state(tmp_path) -> None:
@@ -572,6 +576,22 @@ def test_pipeline_scaling_append_keeps_rows_and_says_whose_skips_are_whose() -> 
     assert merged["earlier_runs"][0]["command"] == "scaling --sizes 1000000"
     # Merged again, an earlier skip is not prefixed twice.
     assert merge(merged, later)["skipped"] == merged["skipped"]
+
+
+def test_convergence_thresholds_are_a_flag_the_table_and_json_follow(tmp_path) -> None:
+    from benchmarks import converge
+
+    assert converge.parse_thresholds("0.04,0.045") == (0.04, 0.045)
+    for bad in ("0.05,0.04", "x", "", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            converge.parse_thresholds(bad)
+    points = [{"epoch": e, "steps": 10 * e, "seconds": None, "value": v} for e, v in ((1, 0.039), (2, 0.041))]
+    summary = converge.summarize_curve("rns", points, "cell", thresholds=(0.04, 0.045))
+    assert summary["reached"] == {"0.040": points[1], "0.045": None}
+    header = {"grid": "toy", "command": "cmd", "metric_version": 2, "thresholds": [0.04, 0.045]}
+    table = converge.markdown([summary], header)
+    assert "first >= 0.040" in table and "first >= 0.045" in table and "0.053" not in table
+    assert "| rns | 2 | 0.0410 (2) | 2 / 20 / – | – / – / – |" in table
 
 
 def test_convergence_report_draws_only_the_matching_cells(tmp_path) -> None:
