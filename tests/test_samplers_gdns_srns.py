@@ -216,6 +216,18 @@ def test_gdns_draws_are_proportional_to_the_gain(power):
     assert chi_square(counts, probabilities) < CHI2_CRITICAL_001_DF3
 
 
+def test_gdns_logs_how_far_its_draw_is_from_uniform():
+    sampler = make_sampler("gdns", n_items=8, power=2.0)
+    assert sampler.metrics()["gdns_top_share"].numpy() == 1.0  # nothing drawn yet
+    gains = np.array([[0.5, 0.5, 0.5, 0.5], [0.2, 0.4, 0.4, 0.8]], np.float32)
+    sampler.record_draw_shape(tf.constant(gains))
+    logged = {name: value.numpy() for name, value in sampler.metrics().items()}
+    # Pool 1 is flat: its likeliest candidate has uniform's 1/4. Pool 2 draws .8^2 / (.04 + .16 + .16 + .64) = .64,
+    # 2.56 times 1/4.
+    np.testing.assert_allclose(logged["gdns_top_share"], (1.0 + 2.56) / 2, rtol=1e-5)
+    np.testing.assert_allclose(logged["gdns_gain_spread"], (0.0 + np.std([0.2, 0.4, 0.4, 0.8])) / 2, rtol=1e-5)
+
+
 def test_gdns_cannot_feed_on_itself():
     """Simulated training: each epoch pushes every drawn negative's score down (as the loss does) and the
     positives' scores up. The old sticky-pool argmax re-picked the pushed items (2 distinct negatives a user, 96%

@@ -153,6 +153,10 @@ class GDNSSampler(NegativeSampler):
             raise ValueError("gdns: need 0 < initial_gain < 1 and power >= 0")
         self.snapshots = ModelSnapshots(n_users, n_items, self.embedding_dim, params.history_epochs, name="snapshots")
         self.epoch = tf.Variable(0, trainable=False, name="epoch")
+        # How far the draw is from uniform, for the log: whether the gain steers anything is an empirical question
+        # (a sigmoid of small relative changes sits near 0.5 for most candidates).
+        self.last_gain_spread = tf.Variable(0.0, trainable=False, name="last_gain_spread")
+        self.last_top_share = tf.Variable(1.0, trainable=False, name="last_top_share")
 
     @staticmethod
     def bytes_per_user(params: GDNSParams, dim: int = 64) -> int:
@@ -181,13 +185,27 @@ class GDNSSampler(NegativeSampler):
         reference = at_position(context.reference_states(), last_trained_position(context.target_ids))  # (B, d)
         pool = sample_excluding(self.generator, context.exclusion_ids, self.n_items, p.pool_size)  # (B, n)
         gains = self.pool_gains(users, reference, context.target_ids, table, pool)
+        self.record_draw_shape(gains)
         picks = proportional_picks(self.generator, gains, tf.shape(context.target_ids)[1], self.num_negatives, p.power)
         ids = tf.gather(pool, tf.reshape(picks, [tf.shape(pool)[0], -1]), batch_dims=1)
         self.snapshots.record(users, reference, table, self.epoch)
         return Negatives(ids=tf.reshape(ids, tf.shape(picks)))
 
+    def record_draw_shape(self, gains: tf.Tensor) -> None:
+        """For the last batch: the standard deviation of the gain within a pool, and the probability of a pool's
+        likeliest candidate as a multiple of uniform's 1/n (1 = a uniform draw), both averaged over the pools.
+
+        gains `(batch, n)`."""
+        logits = self.params.power * tf.math.log(gains)
+        top_share = tf.reduce_max(tf.nn.softmax(logits, axis=-1), axis=-1) * tf.cast(tf.shape(gains)[-1], gains.dtype)
+        self.last_gain_spread.assign(tf.reduce_mean(tf.math.reduce_std(gains, axis=-1)))
+        self.last_top_share.assign(tf.reduce_mean(top_share))
+
     def on_epoch_end(self, epoch: int) -> None:
         self.epoch.assign(epoch + 1)
+
+    def metrics(self) -> dict[str, tf.Tensor]:
+        return {"gdns_gain_spread": self.last_gain_spread.value(), "gdns_top_share": self.last_top_share.value()}
 
     def loss(
         self, context: SamplingContext, negatives: Negatives, positive_scores: tf.Tensor, negative_scores: tf.Tensor
