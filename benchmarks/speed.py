@@ -478,7 +478,8 @@ def write_markdown(path: str, result: dict[str, Any]) -> str:
         "on the last n positions, traced with an unknown length (as under `data.bucket_by_length`), and are compared "
         "with `sasrec/uniform@len<n>`. Step peak = the most memory TensorFlow's CPU allocator held during one step "
         "beyond what it held before it (activations, gradients, temporaries; not the variables), "
-        "`tf.config.experimental.get_memory_info`.",
+        "`tf.config.experimental.get_memory_info` (None where that allocator keeps no statistics: TF keeps them "
+        "with its oneDNN kernels on, the default only on CPUs with AVX-512; `TF_ENABLE_ONEDNN_OPTS=1` turns them on).",
         "",
         "| variant | group | step ms (median) | x uniform SASRec | step CPU ms (median) | x uniform SASRec (CPU) "
         "| sequences/s | tokens/s | trainable params | step peak MiB |",
