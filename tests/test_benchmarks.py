@@ -274,24 +274,19 @@ def test_speed_reports_step_memory_and_the_fused_scan_holds_less_than_the_previo
         "mamba4rec/uniform/previous-scan",
         "mamba4rec/uniform@len12",
     ]
-    if speed.step_peak_mib(lambda: None) is None:
-        # TF's CPU allocator keeps statistics only with its oneDNN kernels on (the default on CPUs with AVX-512, not
-        # on e.g. AMD EPYC): measure in a process that has them, as the speed benchmark's note says to.
-        code = (
-            "import json; from benchmarks import speed; "
-            "variants = speed.select_variants(speed.default_variants(), only='mamba4rec/uniform*'); "
-            "rows, _, notes = speed.measure_models(speed.TINY, variants[:1] + variants[2:4], rounds=1, steps=1); "
-            "print(json.dumps([rows, notes]))"
-        )
-        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        done = subprocess.run(
-            [sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=600
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        rows, notes = json.loads(done.stdout.strip().splitlines()[-1])
-    else:
-        rows, _, notes = speed.measure_models(speed.TINY, variants[:1] + variants[2:4], rounds=1, steps=1)
+    # TF's CPU allocator keeps statistics only with its oneDNN kernels on (the default on CPUs with AVX-512, not on
+    # e.g. AMD EPYC), and they are chosen at import: measure in a process that has them, as the speed table says to.
+    code = (
+        "import json; from benchmarks import speed; "
+        "variants = speed.select_variants(speed.default_variants(), only='mamba4rec/uniform*'); "
+        "rows, _, notes = speed.measure_models(speed.TINY, variants[:1] + variants[2:4], rounds=1, steps=1); "
+        "print(json.dumps([rows, notes]))"
+    )
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows, notes = json.loads(done.stdout.strip().splitlines()[-1])
     assert not notes
     memory = {row["variant"]: row["step_peak_mib"] for row in rows}
     # The previous scan materialises (batch, L, d_inner, d_state) decays, drives and states; the fused one none.

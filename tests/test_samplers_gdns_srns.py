@@ -15,7 +15,7 @@ import mdcns_tf  # noqa: F401
 from mdcns_tf.samplers import SAMPLERS, sampler_params
 from mdcns_tf.samplers.base import Negatives
 from mdcns_tf.samplers.candidates import sample_excluding, sample_position_pools
-from mdcns_tf.samplers.gdns import chained_gain, expected_gap, proportional_picks
+from mdcns_tf.samplers.gdns import chained_gain, draw_logits, expected_gap, proportional_picks
 from mdcns_tf.samplers.snapshots import ModelSnapshots
 from mdcns_tf.samplers.srns import history_std
 
@@ -209,7 +209,8 @@ def test_gdns_pool_gains_use_the_previous_epochs_scores_of_fresh_candidates():
 @pytest.mark.parametrize("power", [1.0, 2.0])
 def test_gdns_draws_are_proportional_to_the_gain(power):
     weights = np.array([0.2, 0.5, 0.8, 0.5])
-    picks = proportional_picks(tf.random.Generator.from_seed(3), tf.constant([weights]), 4000, 2, power).numpy()
+    logits = draw_logits(tf.constant([weights]), power)
+    picks = proportional_picks(tf.random.Generator.from_seed(3), logits, 4000, 2).numpy()
     assert picks.shape == (1, 4000, 2)
     counts = np.bincount(picks.ravel(), minlength=4)
     probabilities = weights**power / (weights**power).sum()  # power 1: .1, .25, .4, .25
@@ -220,7 +221,7 @@ def test_gdns_logs_how_far_its_draw_is_from_uniform():
     sampler = make_sampler("gdns", n_items=8, power=2.0)
     assert sampler.metrics()["gdns_top_share"].numpy() == 1.0  # nothing drawn yet
     gains = np.array([[0.5, 0.5, 0.5, 0.5], [0.2, 0.4, 0.4, 0.8]], np.float32)
-    sampler.record_draw_shape(tf.constant(gains))
+    sampler.record_draw_shape(tf.constant(gains), draw_logits(tf.constant(gains), 2.0))
     logged = {name: value.numpy() for name, value in sampler.metrics().items()}
     # Pool 1 is flat: its likeliest candidate has uniform's 1/4. Pool 2 draws .8^2 / (.04 + .16 + .16 + .64) = .64,
     # 2.56 times 1/4.

@@ -129,16 +129,18 @@ def chained_gain(
     return gain
 
 
-def proportional_picks(
-    generator: tf.random.Generator, weights: tf.Tensor, seq_len: tf.Tensor, k: int, power: float = 1.0
-) -> tf.Tensor:
-    """Indices into the pool drawn with probability weights ** power / sum, independently for every position and
-    negative (with replacement, Gumbel-max: one argmax, no loop).
+def draw_logits(weights: tf.Tensor, power: float) -> tf.Tensor:
+    """log(weights ** power): a draw with probability softmax of these is one in proportion to weights ** power."""
+    return power * tf.math.log(weights)
 
-    weights `(batch, n)` > 0 -> `(batch, seq_len, k)`.
+
+def proportional_picks(generator: tf.random.Generator, logits: tf.Tensor, seq_len: tf.Tensor, k: int) -> tf.Tensor:
+    """Indices into the pool drawn with probability softmax(logits) (`draw_logits`: weights ** power / sum),
+    independently for every position and negative (with replacement, Gumbel-max: one argmax, no loop).
+
+    logits `(batch, n)` -> `(batch, seq_len, k)`.
     """
-    logits = power * tf.math.log(weights)
-    shape = tf.concat([tf.shape(weights)[:1], [seq_len, k], tf.shape(weights)[1:]], axis=0)
+    shape = tf.concat([tf.shape(logits)[:1], [seq_len, k], tf.shape(logits)[1:]], axis=0)
     uniform = generator.uniform(shape, minval=1e-20, maxval=1.0, dtype=logits.dtype)
     gumbel = -tf.math.log(-tf.math.log(uniform))
     return tf.argmax(logits[:, tf.newaxis, tf.newaxis, :] + gumbel, axis=-1, output_type=tf.int32)
@@ -191,18 +193,18 @@ class GDNSSampler(NegativeSampler):
         reference = at_position(context.reference_states(), last_trained_position(context.target_ids))  # (B, d)
         pool = sample_excluding(self.generator, context.exclusion_ids, self.n_items, p.pool_size)  # (B, n)
         gains = self.pool_gains(users, reference, context.target_ids, table, pool)
-        self.record_draw_shape(gains)
-        picks = proportional_picks(self.generator, gains, tf.shape(context.target_ids)[1], self.num_negatives, p.power)
+        logits = draw_logits(gains, p.power)
+        self.record_draw_shape(gains, logits)
+        picks = proportional_picks(self.generator, logits, tf.shape(context.target_ids)[1], self.num_negatives)
         ids = tf.gather(pool, tf.reshape(picks, [tf.shape(pool)[0], -1]), batch_dims=1)
         self.snapshots.record(users, reference, table, self.epoch)
         return Negatives(ids=tf.reshape(ids, tf.shape(picks)))
 
-    def record_draw_shape(self, gains: tf.Tensor) -> None:
+    def record_draw_shape(self, gains: tf.Tensor, logits: tf.Tensor) -> None:
         """For the last batch: the standard deviation of the gain within a pool, and the probability of a pool's
         likeliest candidate as a multiple of uniform's 1/n (1 = a uniform draw), both averaged over the pools.
 
-        gains `(batch, n)`."""
-        logits = self.params.power * tf.math.log(gains)
+        gains and their `draw_logits` `(batch, n)`."""
         top_share = tf.reduce_max(tf.nn.softmax(logits, axis=-1), axis=-1) * tf.cast(tf.shape(gains)[-1], gains.dtype)
         self.last_gain_spread.assign(tf.reduce_mean(tf.math.reduce_std(gains, axis=-1)))
         self.last_top_share.assign(tf.reduce_mean(top_share))
