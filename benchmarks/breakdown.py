@@ -43,11 +43,12 @@ class UserRanks:
 
 
 def user_ranks(run_dir: str, split: str) -> UserRanks:
-    """Ranks every ``split`` user of a finished run with its selected weights (`mdcns_tf.finished_run`)."""
+    """Ranks every ``split`` user of a finished run with its selected weights (`mdcns_tf.training.finished_run`)."""
     import tensorflow as tf
 
-    from mdcns_tf import data, finished_run, metrics
+    from mdcns_tf import data, metrics
     from mdcns_tf.batch import HISTORY_IDS, INPUT_IDS, TARGET
+    from mdcns_tf.training import finished_run
 
     config = finished_run.load_run_config(run_dir)
     model, metadata = finished_run.load_model(run_dir, config)

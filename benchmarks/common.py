@@ -1,5 +1,5 @@
 """What every benchmark result carries: the command, when it was measured, the machine and its load, the library
-versions and the repo state (all from `mdcns_tf.provenance`, shared with every training run).
+versions and the repo state (all from `mdcns_tf.runs.provenance`, shared with every training run).
 
 `envelope` starts a result with them and `write_result` adds the load at the end and writes it: every results JSON
 has the same keys, so one reader serves them all. Files written before the envelope named the timestamp ``when``,
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from mdcns_tf import provenance
+from mdcns_tf.runs import provenance
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
@@ -43,7 +43,7 @@ PACKAGES = (*provenance.PACKAGES, "matplotlib")
 
 
 def machine_info() -> dict[str, Any]:
-    """Cores, CPU model, platform, memory and the load at the time of the measurement (`mdcns_tf.provenance`)."""
+    """Cores, CPU model, platform, memory and the load at the time of the measurement (`mdcns_tf.runs.provenance`)."""
     return provenance.machine()
 
 

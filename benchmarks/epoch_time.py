@@ -32,9 +32,9 @@ def build_cell(grid: GridSpec, cell: Cell, data_dir: str) -> tuple[Any, Any, int
     """(compiled model, its training batches for one epoch, steps an epoch), as `mdcns_tf.train.run` makes them."""
     import tf_keras as keras
 
-    from mdcns_tf.factory import build_model, prepare_for_training
     from mdcns_tf.features import Metadata
-    from mdcns_tf.train_input import seed_process, train_input
+    from mdcns_tf.training.batches import seed_process, train_input
+    from mdcns_tf.training.factory import build_model, prepare_for_training
 
     config = grid.resolve(cell, data_dir, os.devnull)
     seed_process(config.seed)

@@ -17,8 +17,8 @@ import mdcns_tf  # noqa: F401
 from benchmarks import common, timing
 from mdcns_tf import cli, data
 from mdcns_tf.config import load_config
-from mdcns_tf.factory import build_model
 from mdcns_tf.features import Metadata
+from mdcns_tf.training.factory import build_model
 
 
 def measure(data_dir: str, split: str, backbone: str, rounds: int, batch_size: int) -> dict[str, Any]:

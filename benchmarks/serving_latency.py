@@ -4,8 +4,8 @@
         [--also-without-onednn] [--out benchmarks/results/...]
 
 For each catalog an untrained SASRec (2 layers, d 64, max_len 50; weights do not change the cost) is exported once
-per ``export.index`` (`mdcns_tf.servable.export_saved_model`), loaded back with `tf.saved_model.load` and warmed up;
-then, per batch size, the indexes are called in turn (their order alternating every round, so that the load of
+per ``export.index`` (`mdcns_tf.savedmodel.servable.export_saved_model`), loaded back with
+`tf.saved_model.load` and warmed up; then, per batch size, the indexes are called in turn (their order alternating every round, so that the load of
 the machine falls on both alike) ``--calls`` times each with the same random left-padded histories; p50/p99/mean
 are in milliseconds per call (one call = one batch). Also written: each export's size on disk, split into
 variables and graph, and the size a copying index (stock TFRS ``BruteForce``: candidates `(n, d)` float32 +
@@ -43,9 +43,11 @@ import tf_keras as keras
 
 import mdcns_tf  # noqa: F401
 from benchmarks import common
-from mdcns_tf import data, finished_run, servable
+from mdcns_tf import data
 from mdcns_tf.backbones import build_backbone
 from mdcns_tf.config import ModelConfig
+from mdcns_tf.savedmodel import servable
+from mdcns_tf.training import finished_run
 
 CATALOGS = {"beauty": 12_101, "1m": 1_000_000}
 

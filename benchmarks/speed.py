@@ -7,7 +7,7 @@
 
 Shapes are Beauty's (batch 256, max length 50, d 64, 12,101 items + padding, 22,363 users) on synthetic random
 batches: the step's cost depends on the shapes, not on the ids. Every variant is built with
-`mdcns_tf.factory.build_model` from ``configs/base.yaml`` plus overrides and a `Metadata` stub, and its
+`mdcns_tf.training.factory.build_model` from ``configs/base.yaml`` plus overrides and a `Metadata` stub, and its
 ``model.train_step`` runs inside a `tf.function`; a sampler that builds a statistic of the training data first
 (GNNO's item graph) gets Beauty-like synthetic training sequences. The machine is shared and noisy, so absolute
 times are only indicative: variants are interleaved in rounds (`benchmarks.timing`: the order rotates every round so
@@ -254,7 +254,7 @@ def build(variant: Variant, shape: Shape, metadata: Any, overrides: Sequence[str
     import tf_keras as keras
 
     from mdcns_tf.config import load_config
-    from mdcns_tf.factory import build_model
+    from mdcns_tf.training.factory import build_model
 
     config = load_config(
         BASE_CONFIG,

@@ -121,7 +121,7 @@ def train_dataset(
     ``cfg.bucket_by_length`` say; one pass over the data per iteration (Keras epochs).
 
     ``shuffle_buffer`` (default ``cfg.shuffle_buffer``) overrides the buffer only: 1 gives the records' order,
-    which counts the batches of an epoch without paying for a shuffle (`mdcns_tf.train_input`).
+    which counts the batches of an epoch without paying for a shuffle (`mdcns_tf.training.batches`).
 
     With ``epoch`` (an int64 variable the trainer sets before each epoch's iterator is created) the shuffle order of
     an iteration is a function of ``(seed, epoch)`` only, so a run resumed at epoch k sees the same order as an

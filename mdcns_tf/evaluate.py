@@ -15,8 +15,9 @@ import sys
 from typing import Any
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import cli, finished_run
+from mdcns_tf import cli
 from mdcns_tf.config import ConfigError
+from mdcns_tf.training import finished_run
 
 log = logging.getLogger("mdcns_tf.evaluate")
 
@@ -25,7 +26,7 @@ def evaluate_run(run_dir: str, splits: list[str], overrides: list[str] | None = 
     """``{"metric_version": n, split: {metric: value}}`` for the best weights of ``run_dir``."""
     # Imported here, after the arguments are parsed: they import TensorFlow.
     from mdcns_tf import metrics
-    from mdcns_tf.factory import eval_split, evaluate
+    from mdcns_tf.training.factory import eval_split, evaluate
 
     config = finished_run.load_run_config(run_dir, overrides)
     model, _ = finished_run.load_model(run_dir, config)

@@ -10,7 +10,7 @@ export that failed or was turned off
 (``export.enabled: false``). Versions are immutable; ``--version 0`` (the default) takes the next free number. The
 version's ``assets.extra/model_card.json`` holds the run's metrics, its training provenance and this command's.
 
-The SavedModel code lives in `mdcns_tf.servable`, which imports TensorFlow. Its functions and constants are also
+The SavedModel code lives in `mdcns_tf.savedmodel.servable`, which imports TensorFlow. Its functions and constants are also
 reachable here (``mdcns_tf.export.export_saved_model``, ``export.read_item_table``, ...), imported on first use, so
 that importing this module, and this command's ``--help``, does not wait for TensorFlow.
 """
@@ -25,8 +25,10 @@ import sys
 from typing import Any
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import cli, finished_run, provenance
+from mdcns_tf import cli
 from mdcns_tf.config import ConfigError
+from mdcns_tf.runs import provenance
+from mdcns_tf.training import finished_run
 
 log = logging.getLogger("mdcns_tf.export")
 
@@ -35,10 +37,10 @@ CARD_METRICS = ("valid", "test", "best_epoch", "weights")
 
 
 def __getattr__(name: str) -> Any:
-    """PEP 562: `mdcns_tf.servable`'s names under this module's, the SavedModel API's historical home."""
+    """PEP 562: `mdcns_tf.savedmodel.servable`'s names under this module's, the SavedModel API's historical home."""
     if name.startswith("__"):  # introspection (copy, pickle, inspect) must not import TensorFlow
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from mdcns_tf import servable
+    from mdcns_tf.savedmodel import servable
 
     try:
         return getattr(servable, name)
@@ -72,7 +74,7 @@ def reexport(
     if rescore is not None:
         overrides.append(f"export.rescore={rescore}")
     config = finished_run.load_run_config(run_dir, overrides)
-    from mdcns_tf import servable  # TensorFlow: imported once the arguments are known
+    from mdcns_tf.savedmodel import servable  # TensorFlow: imported once the arguments are known
 
     model, metadata = finished_run.load_model(run_dir, config)
     if config.export.top_k > metadata.n_items:

@@ -46,7 +46,7 @@ def item_keys(version_dir: str, data_dir: str | None) -> list[str] | None:
     """``["", k_1, ..., k_n]`` (index = item id, 0 = the "no item" marker) from the export's own vocabulary, or None
     for an export without one. A ``data_dir`` whose ``items.txt`` differs only earns a warning: its ids may have
     been renumbered since the model was trained, so its keys could name other items."""
-    from mdcns_tf import servable
+    from mdcns_tf.savedmodel import servable
 
     try:
         keys = servable.read_vocabulary(version_dir)

@@ -7,9 +7,9 @@ Writes ``<output_dir>/metrics.json``, ``<output_dir>/config.yaml`` (the resolved
 ``<output_dir>/tensorboard``, a resumable backup in ``<output_dir>/backup``, the best weights in
 ``<output_dir>/best`` and the SavedModel in ``<output_dir>/export/<model_name>/<version>``. A config that sets no
 ``output_dir`` writes to ``runs/<config file name>``. ``metrics.json`` and the export's
-``assets.extra/model_card.json`` record what the run was made from (`mdcns_tf.provenance`).
+``assets.extra/model_card.json`` record what the run was made from (`mdcns_tf.runs.provenance`).
 
-An interrupted run is resumed from its backup by the same config only (`mdcns_tf.run_state`); ``--restart``
+An interrupted run is resumed from its backup by the same config only (`mdcns_tf.runs.state`); ``--restart``
 deletes the backup and the best weights and trains from scratch.
 """
 
@@ -27,21 +27,22 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 import mdcns_tf  # noqa: F401  (sets the TensorFlow environment before anything imports it)
-from mdcns_tf import cli, provenance, shipped_configs
+from mdcns_tf import cli, shipped_configs
 from mdcns_tf.config import Config, ConfigError, load_config, merged_yaml
+from mdcns_tf.runs import provenance
 
 # TensorFlow is imported by the functions that train, not here: `--help` and usage errors answer at once.
 if TYPE_CHECKING:
     from mdcns_tf.features import Metadata
-    from mdcns_tf.models import RetrievalModel
+    from mdcns_tf.training.retrieval_model import RetrievalModel
 
 log = logging.getLogger("mdcns_tf.train")
 
 
 def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
-    """`mdcns_tf.factory.build_model`, called through this module's name so that a test can wrap it and see the
+    """`mdcns_tf.training.factory.build_model`, called through this module's name so that a test can wrap it and see the
     model `run` trains."""
-    from mdcns_tf import factory
+    from mdcns_tf.training import factory
 
     return factory.build_model(config, metadata)
 
@@ -53,15 +54,16 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
     """
     import tf_keras as keras
 
-    from mdcns_tf import data, metrics, run_state, servable
-    from mdcns_tf.callbacks import ModelSelection, ProgressLog
-    from mdcns_tf.distribution import make_strategy, shard_by_data, worker_dir
-    from mdcns_tf.factory import eval_split, evaluate, prepare_for_training, resolved_reduction
+    from mdcns_tf import data, metrics
     from mdcns_tf.features import Metadata, check_record_ids, verify_records
-    from mdcns_tf.fit_callbacks import make_callbacks
-    from mdcns_tf.metrics_file import write_metrics
-    from mdcns_tf.preflight import check_data, check_export
-    from mdcns_tf.train_input import seed_process, train_input
+    from mdcns_tf.runs import state as run_state
+    from mdcns_tf.runs.metrics_file import write_metrics
+    from mdcns_tf.savedmodel import servable
+    from mdcns_tf.training.batches import seed_process, train_input
+    from mdcns_tf.training.callbacks import ModelSelection, ProgressLog, make_callbacks
+    from mdcns_tf.training.distribution import make_strategy, shard_by_data, worker_dir
+    from mdcns_tf.training.factory import eval_split, evaluate, prepare_for_training, resolved_reduction
+    from mdcns_tf.training.preflight import check_data, check_export
 
     metadata = Metadata.load(config.data.dir, verify=False)
     verify_records(config.data.dir, metadata, scan_ids=False)  # the fingerprint: no TensorFlow op

@@ -12,8 +12,9 @@ import tensorflow as tf
 from test_export import MAX_LEN, N_ITEMS, histories, make_encoder, reference_top_k
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import compact_index, export, servable
+from mdcns_tf import export
 from mdcns_tf.config import ConfigError, load_config
+from mdcns_tf.savedmodel import compact_index, servable
 
 TOP_K = 5
 

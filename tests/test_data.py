@@ -77,7 +77,7 @@ def test_trained_positions_are_counted_per_protocol(tmp_path):
 
 @pytest.mark.parametrize("seed", [0, 1, 2**31 - 1])
 def test_the_epoch_seeded_shuffle_works_for_every_process_seed(tmp_path, seed):
-    from mdcns_tf.train_input import seed_process
+    from mdcns_tf.training.batches import seed_process
 
     write_loo_dataset(str(tmp_path), [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [2, 4, 6, 8, 10]], n_items=10)
     epoch = tf.Variable(0, dtype=tf.int64)

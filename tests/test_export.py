@@ -14,9 +14,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import export, features, servable
+from mdcns_tf import export, features
 from mdcns_tf.backbones import build_backbone
 from mdcns_tf.config import ModelConfig
+from mdcns_tf.savedmodel import servable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -341,7 +342,7 @@ def test_an_error_mid_export_leaves_nothing(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(servable, "write_warmup", fail)  # export's names forward to mdcns_tf.servable
+    monkeypatch.setattr(servable, "write_warmup", fail)  # export's names forward to mdcns_tf.savedmodel.servable
     with pytest.raises(OSError, match="disk full"):
         export.export_saved_model(make_encoder(), str(tmp_path), "m", MAX_LEN, TOP_K, verify=False)
     assert os.listdir(tmp_path / "m") == []
@@ -354,7 +355,8 @@ def test_a_hard_crash_mid_export_leaves_no_loadable_version(tmp_path):
         import os, sys
         sys.path.insert(0, {REPO!r})
         sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
-        from mdcns_tf import export, servable
+        from mdcns_tf import export
+        from mdcns_tf.savedmodel import servable
         from test_export import make_encoder
 
         def crash(*args, **kwargs):

@@ -20,8 +20,10 @@ from conftest import REPO
 from test_export import KEYS, MAX_LEN, TOP_K, make_encoder, write_vocabulary
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import callbacks, export, recommend, run_state, train
+from mdcns_tf import export, recommend, train
 from mdcns_tf.config import Config, ConfigError, load_config
+from mdcns_tf.runs import state as run_state
+from mdcns_tf.training import callbacks
 
 BASE = [
     "data.max_len=12",

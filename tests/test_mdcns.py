@@ -18,8 +18,8 @@ from mdcns_tf.batch import EXCLUSION_IDS, INPUT_IDS, TARGET_IDS, USER_INDEX
 from mdcns_tf.config import load_config
 from mdcns_tf.export import export_saved_model
 from mdcns_tf.features import Metadata
-from mdcns_tf.mdcns import ConsensusTeacher, build_mdcns_model, positive_and_pool_scores
 from mdcns_tf.samplers.candidates import sample_excluding, sample_position_pools, top_m_uniform_pick
+from mdcns_tf.training.mdcns_model import ConsensusTeacher, build_mdcns_model, positive_and_pool_scores
 
 N_ITEMS, MAX_LEN = 40, 8
 PEER = "gru4rec" if "gru4rec" in BACKBONES else "sasrec"
@@ -164,7 +164,7 @@ def test_a_step_with_a_pool_per_position_trains_both_students():
 def test_pools_per_position_are_drawn_for_trained_positions_only(monkeypatch):
     # Left padding: rows with 0, 2, 5 and 7 padded items (8, 7, 4 and 2 trained targets at MAX_LEN 8). Only the
     # P trained positions get a pool, each outside its own sequence.
-    from mdcns_tf import mdcns as mdcns_module
+    from mdcns_tf.training import mdcns_model as mdcns_module
 
     model, _ = tiny_model("mdcns.pool_scope=position")
     batch = tiny_batch()

@@ -11,9 +11,9 @@ import mdcns_tf  # noqa: F401
 from mdcns_tf import data
 from mdcns_tf.batch import INPUT_IDS
 from mdcns_tf.config import load_config
-from mdcns_tf.factory import build_model, resolved_reduction
 from mdcns_tf.features import Metadata
-from mdcns_tf.models import position_loss
+from mdcns_tf.training.factory import build_model, resolved_reduction
+from mdcns_tf.training.retrieval_model import position_loss
 
 VALUES = tf.constant([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 TRAINED = tf.constant([[False, True, True], [False, False, True]])

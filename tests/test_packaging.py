@@ -17,7 +17,8 @@ from conftest import REPO
 from test_export import MAX_LEN, TOP_K, make_encoder
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import prediction_log, servable, shipped_configs
+from mdcns_tf import shipped_configs
+from mdcns_tf.savedmodel import prediction_log, servable
 
 # What the wheel is built from: the package folders and the files pyproject.toml names.
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "mdcns_tf", "pipeline", "serving", "benchmarks")

@@ -15,9 +15,12 @@ import tensorflow as tf
 from conftest import REPO
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import export, metrics, provenance, run_state, servable, train
+from mdcns_tf import export, metrics, train
 from mdcns_tf.config import Config, load_config
 from mdcns_tf.features import Metadata
+from mdcns_tf.runs import provenance
+from mdcns_tf.runs import state as run_state
+from mdcns_tf.savedmodel import servable
 
 FINGERPRINT = {"algorithm": "sha256", "splits": {"train": {"records": 3, "files": {"part-0": "ab" * 32}}}}
 RUN = [

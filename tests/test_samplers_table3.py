@@ -18,12 +18,12 @@ from conftest import scored_context
 
 import mdcns_tf  # noqa: F401
 from mdcns_tf.backbones.sasrec import SASRec
-from mdcns_tf.models import SequentialRecommender
 from mdcns_tf.samplers import SAMPLERS, sampler_params
 from mdcns_tf.samplers.adasir import draws_with_replacement, merge_pools
 from mdcns_tf.samplers.candidates import sample_excluding
 from mdcns_tf.samplers.gnno import SimilarityTable, graph_negatives, item_jaccard
 from mdcns_tf.samplers.mixgcf import mix_with_positive
+from mdcns_tf.training.single_model import SequentialRecommender
 
 CHI2_CRITICAL_001 = {1: 10.828, 2: 13.816, 3: 16.266}
 TABLE3 = ["mixgcf", "mixgcf_plus", "adasir", "gnno"]

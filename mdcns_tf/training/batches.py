@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from mdcns_tf import data
 from mdcns_tf.config import Config
-from mdcns_tf.distribution import shard_by_data
+from mdcns_tf.training.distribution import shard_by_data
 
 # TensorFlow reduces seeds modulo 2^31 - 1.
 _TF_SEED_MODULUS = 2**31 - 1

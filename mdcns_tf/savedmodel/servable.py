@@ -35,15 +35,15 @@ its row returns item id 0 / key ``""`` with score `NO_ITEM_SCORE` (0 is never a 
 run, which needs every input to be a batchable tensor; a per-request K would be a second input and a dynamic
 output shape. The index (``export.index``) is brute force: ``exact`` scores every item in float32 (a matmul and a
 top-k); ``bfloat16`` scans a bfloat16 copy of the table saved with the version (half the bytes a query reads) and
-re-scores its best candidates exactly (`mdcns_tf.compact_index`): the same ids as ``exact`` unless an item of the
+re-scores its best candidates exactly (`mdcns_tf.savedmodel.compact_index`): the same ids as ``exact`` unless an item of the
 true top-K falls outside the re-scored window (recall in ``benchmarks/serving_latency.py``). Both are plain TF ops.
 Far beyond a million items, use ``query_embedding`` with an ANN.
 
 ``assets.extra/tf_serving_warmup_requests`` holds a few `PredictionLog` requests per signature and batch size;
 TF Serving replays them when it loads the version, so the first real request does not pay for lazy
-initialisation. They are written without ``tensorflow-serving-api`` (`mdcns_tf.prediction_log`), so a plain
+initialisation. They are written without ``tensorflow-serving-api`` (`mdcns_tf.savedmodel.prediction_log`), so a plain
 ``pip install`` exports them too. ``assets.extra/model_card.json`` says what the version is: its signatures and
-K, and (from `mdcns_tf.train` and the re-export command) the run's metrics and `mdcns_tf.provenance` record.
+K, and (from `mdcns_tf.train` and the re-export command) the run's metrics and `mdcns_tf.runs.provenance` record.
 """
 
 from __future__ import annotations
@@ -63,9 +63,10 @@ import tensorflow_recommenders as tfrs
 from tensorflow.core.framework import tensor_pb2
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import compact_index, features, prediction_log
+from mdcns_tf import features
 from mdcns_tf.backbones import Backbone
 from mdcns_tf.config import is_safe_model_name
+from mdcns_tf.savedmodel import compact_index, prediction_log
 
 log = logging.getLogger("mdcns_tf.export")
 

@@ -36,7 +36,6 @@ from mdcns_tf.backbones import Backbone, build_backbone
 from mdcns_tf.batch import EXCLUSION_IDS, INPUT_IDS, TARGET_IDS
 from mdcns_tf.config import Config, MDCNSConfig
 from mdcns_tf.features import Metadata
-from mdcns_tf.models import RetrievalModel, masked_mean, replica_scale
 from mdcns_tf.samplers.candidates import (
     sample_excluding,
     score_candidates,
@@ -44,6 +43,7 @@ from mdcns_tf.samplers.candidates import (
     top_m_uniform_pick,
 )
 from mdcns_tf.samplers.popularity import popularity_log_weights
+from mdcns_tf.training.retrieval_model import RetrievalModel, masked_mean, replica_scale
 
 log = logging.getLogger(__name__)
 

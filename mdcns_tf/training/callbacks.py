@@ -1,4 +1,5 @@
-"""Keras callbacks of the training loop: worker-mean logs, the shuffle epoch, model selection, progress lines."""
+"""Keras callbacks of the training loop (worker-mean logs, the shuffle epoch, model selection, progress lines) and
+`make_callbacks`, which chooses a run's callbacks from its config and puts them in the order they must run."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import time
 import tensorflow as tf
 import tf_keras as keras
 
-from mdcns_tf import metrics, run_state
+from mdcns_tf import metrics
+from mdcns_tf.config import Config
+from mdcns_tf.runs import state as run_state
+from mdcns_tf.training.distribution import num_workers
 
 log = logging.getLogger("mdcns_tf.train")
 
@@ -61,7 +65,7 @@ class ModelSelection(keras.callbacks.Callback):
 
     Unlike `keras.callbacks.EarlyStopping`, its state (best value, best epoch, epochs without improvement) and the
     best weights survive a killed run, so a run resumed by `BackupAndRestore` selects the same model. The state
-    records ``config_hash`` (`mdcns_tf.run_state`), which says which config the best weights were trained with.
+    records ``config_hash`` (`mdcns_tf.runs.state`), which says which config the best weights were trained with.
     """
 
     def __init__(self, monitor: str, patience: int, directory: str, config_hash: str = "") -> None:
@@ -150,3 +154,26 @@ class ProgressLog(keras.callbacks.Callback):
         log.info("epoch %d/%d took %.1fs, ETA %.0fs at most; %s", epoch + 1, self.epochs, seconds, remaining, monitored)
         for hook in getattr(self.model, "epoch_end_hooks", lambda: [])():
             hook(epoch)
+
+
+def make_callbacks(
+    config: Config,
+    strategy: tf.distribute.Strategy,
+    selection: ModelSelection,
+    progress: ProgressLog,
+    shuffle_epoch: tf.Variable | None,
+) -> list[keras.callbacks.Callback]:
+    """The fit callbacks, in the order their ``on_epoch_end`` must run (logs fixed first, backup last)."""
+    callbacks: list[keras.callbacks.Callback] = [progress, selection]
+    if num_workers(strategy) > 1:
+        callbacks.insert(0, WorkerMeanLogs(num_workers(strategy)))
+    if shuffle_epoch is not None:
+        callbacks.append(ShuffleEpoch(shuffle_epoch))
+    if config.train.backup_and_restore:
+        # Epoch-level: a run killed mid-epoch redoes that epoch from its start (Keras handles the chief/worker dirs).
+        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(config.output_dir, "backup")))
+    if config.train.tensorboard:
+        callbacks.append(
+            keras.callbacks.TensorBoard(os.path.join(config.output_dir, "tensorboard"), update_freq="epoch")
+        )
+    return callbacks

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
-from mdcns_tf import data, servable
+from mdcns_tf import data
 from mdcns_tf.config import Config, ConfigError
 from mdcns_tf.features import Metadata
+from mdcns_tf.savedmodel import servable
 
 
 def check_data(config: Config, metadata: Metadata) -> None:

@@ -17,10 +17,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import mdcns_tf
+
 # Distribution names whose versions decide what a run computes.
 PACKAGES = ("tensorflow", "tf-keras", "apache-beam", "tensorflow-recommenders", "numpy")
 # The folder holding the `mdcns_tf` package: the repository root in a checkout, site-packages once installed.
-SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(mdcns_tf.__file__)))
 
 
 def cpu_model() -> str:
@@ -106,7 +108,7 @@ def run_record(config_dict: dict[str, Any], data_dir: str, data_fingerprint: dic
     fingerprints), package versions, git state, machine, ranking-metric version and the command line."""
     # Imported here: both import TensorFlow, which the callers of the functions above must not pay for.
     from mdcns_tf.metrics import METRIC_VERSION
-    from mdcns_tf.run_state import config_hash
+    from mdcns_tf.runs.state import config_hash
 
     return {
         "created_at": now(),

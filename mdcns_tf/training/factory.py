@@ -1,7 +1,7 @@
 """Building what a config describes: the trainer model and the evaluation input, and reading its metrics.
 
 Shared by the entry points (`mdcns_tf.train`; `mdcns_tf.evaluate` and `mdcns_tf.export` through
-`mdcns_tf.finished_run`) and the benchmarks, so none of them imports another entry point.
+`mdcns_tf.training.finished_run`) and the benchmarks, so none of them imports another entry point.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from mdcns_tf import data
 from mdcns_tf.backbones import build_backbone
 from mdcns_tf.config import Config
 from mdcns_tf.features import Metadata
-from mdcns_tf.models import RetrievalModel, SequentialRecommender
 from mdcns_tf.samplers import build_sampler
+from mdcns_tf.training.retrieval_model import RetrievalModel
+from mdcns_tf.training.single_model import SequentialRecommender
 
 
 def eval_split(config: Config, split: str) -> tf.data.Dataset:
@@ -34,7 +35,7 @@ def resolved_reduction(config: Config) -> str:
 def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
     """The trainer named by ``config.trainer``, built for the dataset described by ``metadata``."""
     if config.trainer == "mdcns":
-        from mdcns_tf.mdcns import build_mdcns_model
+        from mdcns_tf.training.mdcns_model import build_mdcns_model
 
         return build_mdcns_model(config, metadata)
     encoder = build_backbone(config.model, metadata.n_items, config.data.max_len)

@@ -11,11 +11,11 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from mdcns_tf.config import Config, load_config
-from mdcns_tf.metrics_file import METRICS_FILE
+from mdcns_tf.runs.metrics_file import METRICS_FILE
 
 if TYPE_CHECKING:  # both import TensorFlow; the commands import this module before parsing their arguments
     from mdcns_tf.features import Metadata
-    from mdcns_tf.models import RetrievalModel
+    from mdcns_tf.training.retrieval_model import RetrievalModel
 
 
 def config_path(run_dir: str) -> str:
@@ -43,8 +43,8 @@ def load_run_config(run_dir: str, overrides: list[str] | None = None) -> Config:
 
 def load_model(run_dir: str, config: Config) -> tuple[RetrievalModel, Metadata]:
     """(trainer model with the run's selected weights, the data's `Metadata`) for ``config`` (`load_run_config`)."""
-    from mdcns_tf.factory import build_model
     from mdcns_tf.features import Metadata
+    from mdcns_tf.training.factory import build_model
 
     metadata = Metadata.load(config.data.dir)
     model = build_model(config, metadata)

@@ -34,7 +34,7 @@ import yaml
 
 from mdcns_tf.config import Config, ConfigError, differences_from_defaults
 
-log = logging.getLogger("mdcns_tf.run_state")
+log = logging.getLogger("mdcns_tf.runs.state")
 
 BACKUP_RECORD = "run.json"
 STATE_FILE = "state.json"

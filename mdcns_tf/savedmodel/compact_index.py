@@ -77,7 +77,7 @@ def top_candidates(scores: tf.Tensor, k: int, block: int = BLOCK) -> tuple[tf.Te
 class RescoredBruteForce(tfrs.layers.factorized_top_k.BruteForce):
     """Brute force on a bfloat16 copy of the item table, then exact float32 re-scoring of the best candidates.
 
-    Like `mdcns_tf.servable.TableBruteForce` the identifier of a row is its index and the float32 table is held
+    Like `mdcns_tf.savedmodel.servable.TableBruteForce` the identifier of a row is its index and the float32 table is held
     by reference (the backbone's own variable). ``k`` (the constructor's) is the export's K; ``rescore`` is how
     many candidates a query of k re-scores exactly; a query for more (``query_with_exclusions`` asks for
     ``K + #exclusions``) re-scores one more candidate per extra item asked, so that excluded history items never
