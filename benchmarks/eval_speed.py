@@ -16,7 +16,7 @@ from typing import Any
 import mdcns_tf  # noqa: F401
 from benchmarks import common, timing
 from mdcns_tf import cli, data
-from mdcns_tf.config import load_config
+from mdcns_tf.config_loader import load_config
 from mdcns_tf.features import Metadata
 from mdcns_tf.training.factory import build_model
 

@@ -140,7 +140,7 @@ class GridSpec:
 
     def resolve(self, cell: Cell, data_dir: str, output_dir: str) -> Any:
         """The cell's validated `mdcns_tf.config.Config`; raises `ConfigError` (e.g. an unregistered sampler)."""
-        from mdcns_tf.config import load_config
+        from mdcns_tf.config_loader import load_config
 
         return load_config(self.config_files(cell), self.overrides_for(cell, data_dir, output_dir))
 

@@ -113,7 +113,7 @@ def config_hash(config_dict: dict[str, Any], cache_key: str) -> str:
     Machine-specific paths (data cache, scratch) are replaced or dropped so that moving the cache does not
     invalidate finished runs.
     """
-    from mdcns_tf.config import differences_from_defaults
+    from mdcns_tf.config_loader import differences_from_defaults
 
     payload = json.loads(json.dumps(config_dict))
     payload.pop("output_dir", None)

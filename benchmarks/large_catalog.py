@@ -182,7 +182,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
 
     import mdcns_tf  # noqa: F401
     from mdcns_tf import data
-    from mdcns_tf.config import load_config
+    from mdcns_tf.config_loader import load_config
     from mdcns_tf.features import Metadata
     from mdcns_tf.metrics import METRIC_VERSION
     from mdcns_tf.training import factory

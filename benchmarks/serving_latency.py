@@ -3,13 +3,13 @@
     python -m benchmarks.serving_latency [--catalogs beauty,1m] [--calls 200] [--indexes exact,bfloat16]
         [--also-without-onednn] [--out benchmarks/results/...]
 
-For each catalog an untrained SASRec (2 layers, d 64, max_len 50; weights do not change the cost) is exported once
-per ``export.index`` (`mdcns_tf.savedmodel.servable.export_saved_model`), loaded back with
-`tf.saved_model.load` and warmed up; then, per batch size, the indexes are called in turn (their order alternating every round, so that the load of
-the machine falls on both alike) ``--calls`` times each with the same random left-padded histories; p50/p99/mean
-are in milliseconds per call (one call = one batch). Also written: each export's size on disk, split into
-variables and graph, and the size a copying index (stock TFRS ``BruteForce``: candidates `(n, d)` float32 +
-identifiers `(n,)` int32) would add. This is the model's own cost, without TF Serving's RPC and batching overhead.
+For each catalog an untrained SASRec (2 layers, d 64, max_len 50; weights do not change the cost) is exported once per
+``export.index`` (`mdcns_tf.savedmodel.servable.export_saved_model`), loaded back with `tf.saved_model.load` and warmed
+up; then, per batch size, the indexes are called in turn (their order alternating every round, so that the load of the
+machine falls on both alike) ``--calls`` times each with the same random left-padded histories; p50/p99/mean are in
+milliseconds per call (one call = one batch). Also written: each export's size on disk, split into variables and graph,
+and the size a copying index (stock TFRS ``BruteForce``: candidates `(n, d)` float32 + identifiers `(n,)` int32) would
+add. This is the model's own cost, without TF Serving's RPC and batching overhead.
 The machine's load average is recorded because other jobs skew timings.
 
 Recall: ``recall@10`` (and ``@K``) of each non-exact index = the share of the exact export's top-10 (top-K) that it

@@ -253,7 +253,7 @@ def build(variant: Variant, shape: Shape, metadata: Any, overrides: Sequence[str
     own. Raises `ConfigError` when its sampler/backbone is not registered."""
     import tf_keras as keras
 
-    from mdcns_tf.config import load_config
+    from mdcns_tf.config_loader import load_config
     from mdcns_tf.training.factory import build_model
 
     config = load_config(

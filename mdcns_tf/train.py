@@ -28,7 +28,8 @@ import yaml
 
 import mdcns_tf  # noqa: F401  (sets the TensorFlow environment before anything imports it)
 from mdcns_tf import cli, shipped_configs
-from mdcns_tf.config import Config, ConfigError, load_config, merged_yaml
+from mdcns_tf.config import Config, ConfigError
+from mdcns_tf.config_loader import load_config, merged_yaml
 from mdcns_tf.runs import provenance
 
 # TensorFlow is imported by the functions that train, not here: `--help` and usage errors answer at once.

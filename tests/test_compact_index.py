@@ -13,7 +13,8 @@ from test_export import MAX_LEN, N_ITEMS, histories, make_encoder, reference_top
 
 import mdcns_tf  # noqa: F401
 from mdcns_tf import export
-from mdcns_tf.config import ConfigError, load_config
+from mdcns_tf.config import ConfigError
+from mdcns_tf.config_loader import load_config
 from mdcns_tf.savedmodel import compact_index, servable
 
 TOP_K = 5

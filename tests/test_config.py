@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from mdcns_tf.config import ConfigError, load_config
+from mdcns_tf.config import ConfigError
+from mdcns_tf.config_loader import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mdcns_tf.backbones import BACKBONES
-from mdcns_tf.config import Config, ConfigError, load_config
+from mdcns_tf.config import Config, ConfigError
+from mdcns_tf.config_loader import load_config
 from mdcns_tf.samplers import SAMPLERS
 
 

@@ -28,7 +28,7 @@ WORKER_SCRIPT = textwrap.dedent(
     import hashlib, json, sys
     import mdcns_tf
     from mdcns_tf import train
-    from mdcns_tf.config import load_config
+    from mdcns_tf.config_loader import load_config
 
     built = []
     build_model = train.build_model
@@ -61,7 +61,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import tf_keras as keras
     from mdcns_tf import data, train
-    from mdcns_tf.config import load_config
+    from mdcns_tf.config_loader import load_config
     from mdcns_tf.features import Metadata
 
     config = load_config(None, sys.argv[2:])
@@ -208,7 +208,8 @@ def test_mirrored_step_equals_the_single_device_step(tmp_path):
 
 def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path, small_dataset, monkeypatch):
     from mdcns_tf import train
-    from mdcns_tf.config import ConfigError, load_config
+    from mdcns_tf.config import ConfigError
+    from mdcns_tf.config_loader import load_config
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     config = load_config(None, [f"data.dir={small_dataset}", f"output_dir={tmp_path}", "train.distribute=multi_worker"])

@@ -10,7 +10,7 @@ import tf_keras as keras
 
 import mdcns_tf  # noqa: F401
 from mdcns_tf import evaluate, metrics, train
-from mdcns_tf.config import load_config
+from mdcns_tf.config_loader import load_config
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ from test_export import KEYS, MAX_LEN, TOP_K, make_encoder, write_vocabulary
 
 import mdcns_tf  # noqa: F401
 from mdcns_tf import export, recommend, train
-from mdcns_tf.config import Config, ConfigError, load_config
+from mdcns_tf.config import Config, ConfigError
+from mdcns_tf.config_loader import load_config
 from mdcns_tf.runs import state as run_state
 from mdcns_tf.training import callbacks
 

@@ -15,7 +15,7 @@ import mdcns_tf  # noqa: F401
 from mdcns_tf import losses
 from mdcns_tf.backbones import BACKBONES
 from mdcns_tf.batch import EXCLUSION_IDS, INPUT_IDS, TARGET_IDS, USER_INDEX
-from mdcns_tf.config import load_config
+from mdcns_tf.config_loader import load_config
 from mdcns_tf.export import export_saved_model
 from mdcns_tf.features import Metadata
 from mdcns_tf.samplers.candidates import sample_excluding, sample_position_pools, top_m_uniform_pick

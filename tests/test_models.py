@@ -10,7 +10,7 @@ from conftest import synthetic_sequences, write_loo_dataset
 import mdcns_tf  # noqa: F401
 from mdcns_tf import data
 from mdcns_tf.batch import INPUT_IDS
-from mdcns_tf.config import load_config
+from mdcns_tf.config_loader import load_config
 from mdcns_tf.features import Metadata
 from mdcns_tf.training.factory import build_model, resolved_reduction
 from mdcns_tf.training.retrieval_model import position_loss

@@ -16,7 +16,8 @@ from conftest import REPO
 
 import mdcns_tf  # noqa: F401
 from mdcns_tf import export, metrics, train
-from mdcns_tf.config import Config, load_config
+from mdcns_tf.config import Config
+from mdcns_tf.config_loader import load_config
 from mdcns_tf.features import Metadata
 from mdcns_tf.runs import provenance
 from mdcns_tf.runs import state as run_state

@@ -355,7 +355,7 @@ def test_no_sampler_returns_a_history_item_or_the_target(name):
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_sampler_trains_end_to_end(name, tiny_dataset, tmp_path):
-    from mdcns_tf.config import load_config
+    from mdcns_tf.config_loader import load_config
     from mdcns_tf.train import run
 
     overrides = [

@@ -339,7 +339,7 @@ def test_a_tiny_model_trains_a_few_steps(name):
 
 
 def test_training_builds_the_gnno_graph_from_the_training_split(tiny_dataset, tmp_path, caplog):
-    from mdcns_tf.config import load_config
+    from mdcns_tf.config_loader import load_config
     from mdcns_tf.train import run
 
     overrides = [

@@ -32,7 +32,8 @@ from typing import Any
 import tensorflow as tf
 import yaml
 
-from mdcns_tf.config import Config, ConfigError, differences_from_defaults
+from mdcns_tf.config import Config, ConfigError
+from mdcns_tf.config_loader import differences_from_defaults
 
 log = logging.getLogger("mdcns_tf.runs.state")
 

@@ -82,7 +82,7 @@ class NegativeSampler(tf.Module):
     uses_tape: ClassVar[bool] = False
     # True for samplers whose state (per-user memories, snapshots, search weights) is written inside `train_step`
     # with scatter/assign in replica context: such updates have no cross-replica meaning, so the config check
-    # (`mdcns_tf.config.validate`) refuses these samplers under ``train.distribute`` mirrored / multi_worker.
+    # (`mdcns_tf.config_loader.validate`) refuses these samplers under ``train.distribute`` mirrored / multi_worker.
     replica_local_state: ClassVar[bool] = False
     # True for samplers whose statistics must not carry dropout noise (SRNS's score variance, GDNS's score change):
     # the trainer then runs the backbone once more with ``training=False`` and passes ``inference_states``.

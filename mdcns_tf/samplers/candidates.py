@@ -18,7 +18,7 @@ from mdcns_tf.samplers.base import NegativeSampler, SamplingContext
 MAX_REDRAWS = 1000
 
 # Where a candidate pool is drawn: once per sequence (shared by its positions) or once per position. The values and
-# meaning of ``mdcns.pool_scope`` (`mdcns_tf.config.CHOICES`) and of the DNS samplers' ``pool_scope``.
+# meaning of ``mdcns.pool_scope`` (`mdcns_tf.config.MDCNSConfig`) and of the DNS samplers' ``pool_scope``.
 POOL_SCOPES = ("sequence", "position")
 
 

@@ -10,7 +10,8 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from mdcns_tf.config import Config, load_config
+from mdcns_tf.config import Config
+from mdcns_tf.config_loader import load_config
 from mdcns_tf.runs.metrics_file import METRICS_FILE
 
 if TYPE_CHECKING:  # both import TensorFlow; the commands import this module before parsing their arguments
