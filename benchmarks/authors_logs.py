@@ -27,7 +27,7 @@ wrote one file, a second run in the same text, a truncated log).
 
 CLI::
 
-    python -m benchmarks.authors_logs --repo /work/.mirror/Lyz103+SIGIR26-MDCNS/repo \\
+    python -m benchmarks.authors_logs --repo "$MDCNS_AUTHORS_REPO" \\
         --pattern 'MDCNS_Code/Exp6_WeaktoStrong/Beauty-SASRec-GRU4Rec_*.log' \\
         --out benchmarks/results/authors_logs/beauty_mdcns_gru4rec_peer.json
 

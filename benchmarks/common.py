@@ -21,7 +21,8 @@ from mdcns_tf.runs import provenance
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 # The real datasets live beside the repo, never inside it (../shared/data/README.md).
-DEFAULT_DATA_ROOT = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
+SHARED = os.path.normpath(os.path.join(REPO, "..", "shared"))
+DEFAULT_DATA_ROOT = os.path.join(SHARED, "data")
 
 
 def data_root() -> str:
@@ -114,12 +115,26 @@ def write_result(path: str, result: dict[str, Any]) -> None:
     write_json(path, close(result))
 
 
+def portable(value: Any) -> Any:
+    """``value`` with this checkout's absolute paths made relative: the repository root becomes the repo-relative
+    path, the ``shared`` folder beside it ``../shared``. A committed result then names no folder of the machine it
+    was measured on; a path from a flag or an environment variable outside both stays as given."""
+    if isinstance(value, str):
+        return value.replace(REPO + os.sep, "").replace(SHARED + os.sep, "../shared" + os.sep)
+    if isinstance(value, dict):
+        return {portable(key): portable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(item) for item in value]
+    return value
+
+
 def write_json(path: str, payload: Any) -> None:
-    """Atomic write: a killed process never leaves a half-written (and so "finished") result behind."""
+    """Atomic write: a killed process never leaves a half-written (and so "finished") result behind. Paths inside
+    the checkout or ``../shared`` are written relative (`portable`)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, sort_keys=False)
+        json.dump(portable(payload), f, indent=1, sort_keys=False)
         f.write("\n")
     os.replace(tmp, path)
 
