@@ -104,11 +104,12 @@ def autosample_retrain_stage(model: Any) -> None:
 def previous_selective_scan(model: Any) -> None:
     """Mamba4Rec with the scan it had before the fused one (materialised states, odd-even parallel scan): the
     reference for the fused scan's time and memory."""
-    from mdcns_tf.backbones.mamba4rec import MambaMixer, _odd_even_selective_scan
+    from mdcns_tf.backbones.mamba4rec import MambaMixer
+    from mdcns_tf.backbones.reference_scans import odd_even_selective_scan
 
     for layer in model.submodules:
         if isinstance(layer, MambaMixer):
-            layer.scan = _odd_even_selective_scan
+            layer.scan = odd_even_selective_scan
 
 
 def default_variants() -> list[Variant]:

@@ -19,7 +19,8 @@ import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS; conftest imports it be
 from mdcns_tf.backbones import BACKBONES, backbone_options, build_backbone, get_backbone_class
 from mdcns_tf.backbones.fmlprec import causal_fft_convolution
 from mdcns_tf.backbones.linrec import causal_linear_attention
-from mdcns_tf.backbones.mamba4rec import linear_recurrence_scan, static_length_ladder
+from mdcns_tf.backbones.reference_scans import linear_recurrence_scan
+from mdcns_tf.backbones.selective_scan import static_length_ladder
 from mdcns_tf.config import ModelConfig
 
 NAMES = sorted(BACKBONES)

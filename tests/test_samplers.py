@@ -17,7 +17,7 @@ import tensorflow as tf
 from conftest import scored_context
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf.samplers import SAMPLERS, SamplingContext, sampler_params
+from mdcns_tf.samplers import SAMPLERS, SamplingContext, get_sampler_class, sampler_params
 from mdcns_tf.samplers.autosample import RETRAIN, SEARCH, architecture_gradient
 from mdcns_tf.samplers.base import Negatives
 from mdcns_tf.samplers.candidates import (
@@ -45,7 +45,10 @@ def sigmoid(x):
 def make_sampler(
     name: str, n_items: int, n_users: int = 4, k: int = 1, counts=None, seed: int = 0, embedding_dim: int = 1, **params
 ):
-    return SAMPLERS[name](
+    cls = SAMPLERS[name]
+    registry = {"sampler_class": get_sampler_class, "sampler_params": sampler_params} if cls.composes_samplers else {}
+    return cls(
+        **registry,
         params=sampler_params(name, params),
         n_items=n_items,
         n_users=n_users,

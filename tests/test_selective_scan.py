@@ -12,8 +12,9 @@ import tf_keras as keras
 
 import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS; conftest imports it before TensorFlow)
 from mdcns_tf.backbones import selective_scan as ss
-from mdcns_tf.backbones.mamba4rec import Mamba4Rec, MambaMixer, _odd_even_selective_scan, linear_recurrence_scan
-from mdcns_tf.backbones.selective_scan import padded_length, selective_scan, selective_scan_reference
+from mdcns_tf.backbones.mamba4rec import Mamba4Rec, MambaMixer
+from mdcns_tf.backbones.reference_scans import linear_recurrence_scan, odd_even_selective_scan, selective_scan_reference
+from mdcns_tf.backbones.selective_scan import padded_length, selective_scan
 
 D_INNER, D_STATE = 6, 4
 NAMES = ("u", "delta", "a", "b", "c", "d", "z")
@@ -136,10 +137,10 @@ def test_padded_length() -> None:
 
 
 def test_old_scan_matches_fused_scan() -> None:
-    """The previous materialised odd-even scan (kept as `_odd_even_selective_scan`) computes the same function."""
+    """The previous materialised odd-even scan (kept as `odd_even_selective_scan`) computes the same function."""
     inputs = scan_inputs(4, 11, tf.float64, seed=4)
     expected = value_and_grads(selective_scan_reference, inputs, True)
-    assert_close(value_and_grads(_odd_even_selective_scan, inputs, True), expected, rtol=1e-12)
+    assert_close(value_and_grads(odd_even_selective_scan, inputs, True), expected, rtol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------- Mamba4Rec

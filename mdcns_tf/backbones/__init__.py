@@ -1,4 +1,8 @@
-"""The one registry of sequence encoders. A new backbone is one file plus one line in `BACKBONES`."""
+"""The one registry of sequence encoders: (B, L) item ids -> (B, L, d) states.
+
+A new backbone is one file in this folder (a `Backbone` with its ``Options``) plus one line in `BACKBONES`.
+May import: the core modules (`mdcns_tf.registry`) only.
+"""
 
 from __future__ import annotations
 

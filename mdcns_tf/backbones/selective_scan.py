@@ -167,30 +167,6 @@ def selective_scan(
     return scan(*inputs)
 
 
-def selective_scan_reference(
-    u: tf.Tensor,
-    delta: tf.Tensor,
-    a: tf.Tensor,
-    b: tf.Tensor,
-    c: tf.Tensor,
-    d: tf.Tensor | None = None,
-    z: tf.Tensor | None = None,
-    delta_softplus: bool = False,
-) -> tf.Tensor:
-    """`selective_scan` as a plain step-by-step loop over a static length, every state materialised (for tests)."""
-    if delta_softplus:
-        delta = tf.nn.softplus(delta)
-    h = tf.zeros(tf.concat([tf.shape(u)[:1], tf.shape(a)], axis=0), u.dtype)  # (batch, d_inner, d_state)
-    ys = []
-    for t in range(u.shape[1]):
-        h = tf.exp(delta[:, t, :, None] * a) * h + (delta[:, t] * u[:, t])[:, :, None] * b[:, t, None, :]
-        ys.append(tf.einsum("bdn,bn->bd", h, c[:, t]))
-    y = tf.stack(ys, axis=1) if ys else tf.zeros_like(u)
-    if d is not None:
-        y += u * d
-    return y * tf.nn.silu(z) if z is not None else y
-
-
 class _ScanOptions(NamedTuple):
     """Static flags of the kernels (Python bools: part of their trace key)."""
 
@@ -381,6 +357,5 @@ __all__ = [
     "TILE",
     "padded_length",
     "selective_scan",
-    "selective_scan_reference",
     "static_length_ladder",
 ]

@@ -1,4 +1,8 @@
-"""The one registry of negative samplers for single-model training, chosen by ``sampler.name``."""
+"""The one registry of negative samplers for single-model training, chosen by ``sampler.name``.
+
+A new sampler is one file in this folder (a `NegativeSampler` with its ``Params``) plus one line in `SAMPLERS`.
+May import: the core modules (`mdcns_tf.registry`, `mdcns_tf.batch`) and `mdcns_tf.losses`.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +60,7 @@ def build_sampler(config: Any, n_items: int, n_users: int, item_counts: list[int
         name=name,
         gbce_t=config.loss.gbce_t,
         embedding_dim=config.model.dim,
+        **({"sampler_class": get_sampler_class, "sampler_params": sampler_params} if cls.composes_samplers else {}),
     )
 
 

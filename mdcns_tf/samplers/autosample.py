@@ -38,6 +38,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import types
+from collections.abc import Callable
+from typing import Any
 
 import tensorflow as tf
 
@@ -106,6 +108,7 @@ class AutoSampleSampler(NegativeSampler):
     Params = AutoSampleParams
     uses_tape = True
     replica_local_state = True
+    composes_samplers = True
 
     def __init__(
         self,
@@ -119,11 +122,17 @@ class AutoSampleSampler(NegativeSampler):
         name: str | None = None,
         gbce_t: float = losses.GBCE_T,
         embedding_dim: int | None = None,
+        sampler_class: Callable[[str], type[NegativeSampler]] | None = None,
+        sampler_params: Callable[[str, dict | None], Any] | None = None,
     ) -> None:
+        """``sampler_class`` and ``sampler_params``: the registry's lookups, handed in by `build_sampler`
+        (``composes_samplers``) because the registry imports this module."""
         super().__init__(
             params, n_items, n_users, num_negatives, item_counts, loss_name, seed, name, gbce_t, embedding_dim
         )
-        from mdcns_tf.samplers import get_sampler_class, sampler_params  # the registry imports this module
+        if sampler_class is None or sampler_params is None:
+            raise ValueError("autosample: build it with mdcns_tf.samplers.build_sampler (it needs the registry)")
+        get_sampler_class = sampler_class
 
         names = list(params.candidates)
         if len(names) < 2 or len(set(names)) != len(names) or "autosample" in names:

@@ -84,6 +84,8 @@ class NegativeSampler(tf.Module):
     # with scatter/assign in replica context: such updates have no cross-replica meaning, so the config check
     # (`mdcns_tf.config_loader.validate`) refuses these samplers under ``train.distribute`` mirrored / multi_worker.
     replica_local_state: ClassVar[bool] = False
+    # Builds other registered samplers (AutoSample): `build_sampler` hands it the registry's lookups.
+    composes_samplers: ClassVar[bool] = False
     # True for samplers whose statistics must not carry dropout noise (SRNS's score variance, GDNS's score change):
     # the trainer then runs the backbone once more with ``training=False`` and passes ``inference_states``.
     needs_inference_states: ClassVar[bool] = False
