@@ -1,4 +1,4 @@
-"""Published reference numbers on the files in ../shared/data (DESIGN.md section 7), matched to grid cells.
+"""Published reference numbers on the files in ../shared/data (each with its paper and table), matched to grid cells.
 
 A cell is matched by what it actually runs (its resolved config), never by the name the grid gives a method, so a
 method called ``hard`` that is DNS(M,N) still gets the DNS+ number and a renamed uniform run cannot pick up the

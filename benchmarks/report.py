@@ -175,7 +175,7 @@ def write_markdown(
         f"{sum(r['timings']['wall_seconds'] for r in runs) / 60:.1f} min (a resumed run: its last process only)",
         "",
         "Test metrics at the best validation epoch (model selection on validation NDCG@20), full ranking, mean ± "
-        "sample std over seeds. Published numbers (DESIGN.md section 7) are the papers' own runs, mostly "
+        "sample std over seeds. Published numbers (benchmarks/published.py) are the papers' own runs, mostly "
         "best-of-grid single seeds with a full budget (up to 300 epochs): compare them with a grid of that budget. "
         "The metric column is the ranking-metric version (`mdcns_tf.metrics.METRIC_VERSION`): v1 runs predate the "
         "rank fix of commit 3f5f247 and understate NDCG@10 by about 10%.",

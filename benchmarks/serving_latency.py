@@ -4,7 +4,7 @@
         [--also-without-onednn] [--out benchmarks/results/...]
 
 For each catalog an untrained SASRec (2 layers, d 64, max_len 50; weights do not change the cost) is exported once per
-``export.index`` (`mdcns_tf.savedmodel.servable.export_saved_model`), loaded back with `tf.saved_model.load` and warmed
+``export.index`` (`mdcns_tf.savedmodel.publish.export_saved_model`), loaded back with `tf.saved_model.load` and warmed
 up; then, per batch size, the indexes are called in turn (their order alternating every round, so that the load of the
 machine falls on both alike) ``--calls`` times each with the same random left-padded histories; p50/p99/mean are in
 milliseconds per call (one call = one batch). Also written: each export's size on disk, split into variables and graph,
@@ -46,7 +46,7 @@ from benchmarks import common
 from mdcns_tf import data
 from mdcns_tf.backbones import build_backbone
 from mdcns_tf.config import ModelConfig
-from mdcns_tf.savedmodel import servable
+from mdcns_tf.savedmodel import publish
 from mdcns_tf.training import finished_run
 
 CATALOGS = {"beauty": 12_101, "1m": 1_000_000}
@@ -112,7 +112,7 @@ def recall(exact: np.ndarray, other: np.ndarray, k: int) -> dict[str, float]:
 
 def export_all(encoder, name: str, args: argparse.Namespace, workdir: str, tag: str) -> dict[str, str]:
     return {
-        index: servable.export_saved_model(
+        index: publish.export_saved_model(
             encoder,
             workdir,
             f"bench_{name}_{tag}_{index}",

@@ -123,7 +123,7 @@ class ExportConfig:
 
 @dataclasses.dataclass
 class MDCNSConfig:
-    """DESIGN section 5. Used when ``trainer: mdcns``."""
+    """docs/design.md, section "MDCNS" (each key with its symbol). Used when ``trainer: mdcns``."""
 
     peer_backbone: str = "gru4rec"
     pool_size: int = 100

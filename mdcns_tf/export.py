@@ -1,4 +1,4 @@
-"""Export a finished training run again, without retraining; and the public name of the SavedModel export API.
+"""Export a finished training run again, without retraining.
 
     python -m mdcns_tf.export --run runs/quickstart [--top_k K] [--model_name NAME] [--version V] [--index I]
     mdcns-export --run runs/quickstart --top_k 50
@@ -10,9 +10,8 @@ export that failed or was turned off
 (``export.enabled: false``). Versions are immutable; ``--version 0`` (the default) takes the next free number. The
 version's ``assets.extra/model_card.json`` holds the run's metrics, its training provenance and this command's.
 
-The SavedModel code lives in `mdcns_tf.savedmodel.servable`, which imports TensorFlow. Its functions and constants are also
-reachable here (``mdcns_tf.export.export_saved_model``, ``export.read_item_table``, ...), imported on first use, so
-that importing this module, and this command's ``--help``, does not wait for TensorFlow.
+The SavedModel code, and its API (`mdcns_tf.savedmodel.publish.export_saved_model`), is in `mdcns_tf.savedmodel`;
+this command imports it once the arguments are parsed, so that its ``--help`` does not wait for TensorFlow.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import json
 import logging
 import os
 import sys
-from typing import Any
 
 import mdcns_tf  # noqa: F401
 from mdcns_tf import cli
@@ -34,18 +32,6 @@ log = logging.getLogger("mdcns_tf.export")
 
 # Run metrics copied into the model card.
 CARD_METRICS = ("valid", "test", "best_epoch", "weights")
-
-
-def __getattr__(name: str) -> Any:
-    """PEP 562: `mdcns_tf.savedmodel.servable`'s names under this module's, the SavedModel API's historical home."""
-    if name.startswith("__"):  # introspection (copy, pickle, inspect) must not import TensorFlow
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from mdcns_tf.savedmodel import servable
-
-    try:
-        return getattr(servable, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
 def reexport(
@@ -74,7 +60,7 @@ def reexport(
     if rescore is not None:
         overrides.append(f"export.rescore={rescore}")
     config = finished_run.load_run_config(run_dir, overrides)
-    from mdcns_tf.savedmodel import servable  # TensorFlow: imported once the arguments are known
+    from mdcns_tf.savedmodel import publish  # TensorFlow: imported once the arguments are known
 
     model, metadata = finished_run.load_model(run_dir, config)
     if config.export.top_k > metadata.n_items:
@@ -86,7 +72,7 @@ def reexport(
         "exported_from": os.path.abspath(run_dir),
         "training_provenance": metrics.get("provenance"),
     }
-    return servable.export_saved_model(
+    return publish.export_saved_model(
         model.encoder,
         os.path.join(run_dir, "export"),
         config.export.model_name,

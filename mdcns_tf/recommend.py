@@ -10,52 +10,44 @@ with, whatever the data folder holds today. ``--data`` is only compared with it 
 from __future__ import annotations
 
 import os
-import re
 import sys
 from typing import TYPE_CHECKING
 
 import mdcns_tf  # noqa: F401
 from mdcns_tf import cli, features
+from mdcns_tf.savedmodel import versions
+from mdcns_tf.savedmodel.signatures import ITEM_IDS, SCORES, SERVING_DEFAULT
 
 # TensorFlow is imported by the functions that load the model, not here: `--help` answers at once.
 if TYPE_CHECKING:
     import numpy as np
 
 
-def newest_version(model_dir: str) -> str:
-    if os.path.exists(os.path.join(model_dir, "saved_model.pb")):
-        return model_dir
-    versions = sorted((int(v) for v in os.listdir(model_dir) if re.fullmatch(r"\d+", v)), reverse=True)
-    if not versions:
-        raise FileNotFoundError(f"no numeric version folder in {model_dir!r}")
-    return os.path.join(model_dir, str(versions[0]))
-
-
 def recommend(version_dir: str, history: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Top-K (ids, scores) for one history (oldest first), through the ``serving_default`` signature."""
     import tensorflow as tf
 
-    serve = tf.saved_model.load(version_dir).signatures["serving_default"]
-    max_len = serve.structured_input_signature[1]["item_ids"].shape[1]
+    serve = tf.saved_model.load(version_dir).signatures[SERVING_DEFAULT]
+    max_len = serve.structured_input_signature[1][ITEM_IDS].shape[1]
     padded = ([0] * max_len + history)[-max_len:]
-    outputs = serve(item_ids=tf.constant([padded], tf.int32))
-    return outputs["item_ids"].numpy()[0], outputs["scores"].numpy()[0]
+    outputs = serve(**{ITEM_IDS: tf.constant([padded], tf.int32)})
+    return outputs[ITEM_IDS].numpy()[0], outputs[SCORES].numpy()[0]
 
 
 def item_keys(version_dir: str, data_dir: str | None) -> list[str] | None:
     """``["", k_1, ..., k_n]`` (index = item id, 0 = the "no item" marker) from the export's own vocabulary, or None
     for an export without one. A ``data_dir`` whose ``items.txt`` differs only earns a warning: its ids may have
     been renumbered since the model was trained, so its keys could name other items."""
-    from mdcns_tf.savedmodel import servable
+    from mdcns_tf.savedmodel import assets
 
     try:
-        keys = servable.read_vocabulary(version_dir)
+        keys = assets.read_vocabulary(version_dir)
     except FileNotFoundError:
         return None
     if data_dir:
         path = os.path.join(data_dir, features.ITEMS_FILE)
         try:
-            differs = servable.read_keys(path) != keys
+            differs = assets.read_keys(path) != keys
         except (OSError, UnicodeDecodeError) as e:
             print(f"warning: cannot read {path} ({e}); showing the export's keys", file=sys.stderr)
         else:
@@ -75,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         history = [int(x) for x in args.history.split(",") if x.strip()]
-        version_dir = newest_version(args.model)
+        version_dir = versions.newest_version(args.model)
         ids, scores = recommend(version_dir, history)
     except (ValueError, FileNotFoundError, tf.errors.InvalidArgumentError) as e:
         message = e.message if isinstance(e, tf.errors.OpError) else str(e)

@@ -59,7 +59,7 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
     from mdcns_tf.features import Metadata, check_record_ids, verify_records
     from mdcns_tf.runs import state as run_state
     from mdcns_tf.runs.metrics_file import write_metrics
-    from mdcns_tf.savedmodel import servable
+    from mdcns_tf.savedmodel import publish
     from mdcns_tf.training.batches import seed_process, train_input
     from mdcns_tf.training.callbacks import ModelSelection, ProgressLog, make_callbacks
     from mdcns_tf.training.distribution import make_strategy, shard_by_data, worker_dir
@@ -158,7 +158,7 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
     if config.export.enabled:
         summary = {k: result[k] for k in ("valid", "test", "best_epoch", "weights") if k in result}
         # data_dir: its items.txt becomes the vocabulary of the serve_keys signature (raw item keys in and out).
-        result["export_path"] = servable.export_saved_model(
+        result["export_path"] = publish.export_saved_model(
             model.encoder,
             os.path.join(out_dir, "export"),
             config.export.model_name,

@@ -40,7 +40,7 @@ def check_accounting(fmt: str, rows: list, rejected: list, counts: dict) -> None
     [
         (b"1\t10\t5\t881250949\n", "\t", ("user", "item", "rating", "timestamp")),  # u.data
         (b"1::10::5::978300760\n", "::", ("user", "item", "rating", "timestamp")),  # ratings.dat
-        (b"1,10,978300760,5\n", ",", ("user", "item", "timestamp", "rating")),  # the DESIGN order
+        (b"1,10,978300760,5\n", ",", ("user", "item", "timestamp", "rating")),  # the documented order
         (b"1 10 978300760\n", None, ("user", "item", "timestamp")),
     ],
 )

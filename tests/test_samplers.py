@@ -1,4 +1,5 @@
-"""Baseline negative samplers: each picks what its definition says on hand-made scores (DESIGN section 6).
+"""Baseline negative samplers: each picks what its definition says on hand-made scores (docs/design.md,
+section "Samplers").
 
 Scores are made by hand with 1-d embeddings: item j's embedding is its score, a position's state is +1 (or -1 to
 reverse the order), so ``score(l, j) = state_l . e_j`` is known exactly. Statistical checks use a chi-square

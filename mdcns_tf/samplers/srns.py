@@ -62,7 +62,7 @@ from mdcns_tf.samplers.snapshots import ModelSnapshots
 @dataclasses.dataclass
 class SRNSParams:
     """Config block ``sampler.srns``. Defaults are the official run script's (dingjingtao/SRNS,
-    ``SRNS_real/run.sh`` and ``SRNS_main.py``), also the values DESIGN section 6 quotes.
+    ``SRNS_real/run.sh`` and ``SRNS_main.py``), also the values docs/design.md, section "Samplers" quotes.
 
     memory_size     S1, candidate negatives remembered per user (``--S1 8``; must be >= num_negatives).
     fresh_size      S2, new candidates drawn at each visit to refresh the memory (``S1 * --S2_div_S1`` = 8 * 8).

@@ -1,4 +1,6 @@
-"""MDCNS: Multi-source Divergence-Consensus Negative Sampling (SIGIR 2026, arXiv 2605.19651), DESIGN section 5.
+"""MDCNS: Multi-source Divergence-Consensus Negative Sampling (SIGIR 2026, arXiv 2605.19651).
+
+The algorithm with its equations: docs/design.md, section "MDCNS".
 
 One Keras model holds three submodels: the **self** backbone (validated, early-stopped on and exported), the
 **peer** backbone (a different architecture trained jointly and symmetrically with its own optimizer) and the

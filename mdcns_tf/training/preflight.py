@@ -7,7 +7,7 @@ import os
 from mdcns_tf import data
 from mdcns_tf.config import Config, ConfigError
 from mdcns_tf.features import Metadata
-from mdcns_tf.savedmodel import servable
+from mdcns_tf.savedmodel import versions
 
 
 def check_data(config: Config, metadata: Metadata) -> None:
@@ -36,6 +36,6 @@ def check_export(config: Config, out_dir: str) -> None:
             f"export.version: {taken} exists and versions are immutable; pick another number, or 0 for the next one"
         )
     try:
-        servable.check_target(base, config.export.model_name)
+        versions.check_target(base, config.export.model_name)
     except (ValueError, OSError) as e:
         raise ConfigError(f"export: cannot write under {base} ({e}); fix it or set export.enabled=false") from None
