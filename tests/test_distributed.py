@@ -223,9 +223,9 @@ def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path, small_dataset
 def test_crash_mid_export_leaves_no_servable_version(tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from mdcns_tf import export
     from mdcns_tf.backbones import build_backbone
     from mdcns_tf.config import ModelConfig
+    from mdcns_tf.savedmodel import publish, versions
 
     encoder = build_backbone(ModelConfig(dim=8, num_layers=1, num_heads=1), n_items=20, max_len=5)
     encoder(tf.zeros([1, 5], tf.int32))
@@ -236,13 +236,13 @@ def test_crash_mid_export_leaves_no_servable_version(tmp_path, monkeypatch):
     monkeypatch.setattr(tf.saved_model, "save", crash)
     base = tmp_path / "export"
     with pytest.raises(OSError, match="simulated"):
-        export.export_saved_model(encoder, str(base), "mdcns", max_len=5, top_k=3, verify=False)
+        publish.export_saved_model(encoder, str(base), "mdcns", max_len=5, top_k=3, verify=False)
     # TF Serving loads the children of the model folder whose names are integers: there must be none, and the
     # staging dot-folder is cleaned up.
-    assert export.serving_versions(str(base / "mdcns")) == []
+    assert versions.serving_versions(str(base / "mdcns")) == []
     assert [name for name in os.listdir(base / "mdcns") if name.isdigit()] == []
     monkeypatch.undo()
-    np.testing.assert_equal(export.next_version(str(base / "mdcns")), 1)
+    np.testing.assert_equal(versions.next_version(str(base / "mdcns")), 1)
 
 
 # Exports with the real `tf.saved_model.save`, then SIGKILLs itself before the version folder is renamed into place:
@@ -252,9 +252,9 @@ KILLED_EXPORT_SCRIPT = textwrap.dedent(
     import os, signal, sys
     import mdcns_tf
     import tensorflow as tf
-    from mdcns_tf import export
     from mdcns_tf.backbones import build_backbone
     from mdcns_tf.config import ModelConfig
+    from mdcns_tf.savedmodel import publish
 
     encoder = build_backbone(ModelConfig(dim=8, num_layers=1, num_heads=1), n_items=20, max_len=5)
     encoder(tf.zeros([1, 5], tf.int32))
@@ -265,7 +265,7 @@ KILLED_EXPORT_SCRIPT = textwrap.dedent(
         os.kill(os.getpid(), signal.SIGKILL)
 
     tf.saved_model.save = save_then_die
-    export.export_saved_model(encoder, sys.argv[1], "mdcns", max_len=5, top_k=3, verify=False)
+    publish.export_saved_model(encoder, sys.argv[1], "mdcns", max_len=5, top_k=3, verify=False)
     """
 )
 
@@ -288,6 +288,6 @@ def test_sigkill_mid_export_leaves_only_a_hidden_staging_folder(tmp_path):
 
 
 def export_versions(model_dir: str) -> list[int]:
-    from mdcns_tf import export
+    from mdcns_tf.savedmodel import versions
 
-    return export.serving_versions(model_dir)
+    return versions.serving_versions(model_dir)

@@ -14,10 +14,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import export, features
+from mdcns_tf import features
 from mdcns_tf.backbones import build_backbone
 from mdcns_tf.config import ModelConfig
-from mdcns_tf.savedmodel import servable
+from mdcns_tf.savedmodel import assets, publish, signatures, versions, warmup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,7 +71,7 @@ def exported(tmp_path_factory):
     data_dir = str(root / "data")
     write_vocabulary(data_dir, KEYS)
     encoder = make_encoder()
-    path = export.export_saved_model(encoder, str(root / "models"), "mdcns", MAX_LEN, TOP_K, data_dir=data_dir)
+    path = publish.export_saved_model(encoder, str(root / "models"), "mdcns", MAX_LEN, TOP_K, data_dir=data_dir)
     return encoder, path
 
 
@@ -84,9 +84,9 @@ def test_layout_and_signatures(exported, loaded):
     _, path = exported
     assert os.path.basename(path) == "1"
     assert sorted(os.listdir(os.path.dirname(path))) == ["1"]  # no staging folder left behind
-    for name in ("saved_model.pb", "variables", export.WARMUP_FILE, os.path.join("assets", features.ITEMS_FILE)):
+    for name in ("saved_model.pb", "variables", signatures.WARMUP_FILE, os.path.join("assets", features.ITEMS_FILE)):
         assert os.path.exists(os.path.join(path, name)), name
-    assert set(loaded.signatures) == set(export.SIGNATURES)
+    assert set(loaded.signatures) == set(signatures.SIGNATURES)
     specs = {name: fn.structured_outputs for name, fn in loaded.signatures.items()}
     assert specs["serving_default"]["item_ids"].shape.as_list() == [None, TOP_K]
     assert specs["serving_default"]["scores"].shape.as_list() == [None, TOP_K]
@@ -118,7 +118,7 @@ def test_embedding_signatures_reproduce_the_scores(exported, loaded):
     for row in range(len(ids)):
         rows = loaded.signatures["item_embeddings"](item_ids=out["item_ids"][row])["embeddings"].numpy()
         np.testing.assert_allclose(rows @ query[row], out["scores"].numpy()[row], rtol=1e-4, atol=1e-4)
-    table = export.read_item_table(path)
+    table = assets.read_item_table(path)
     assert table.shape == (N_ITEMS + 1, 16)
     everything = loaded.signatures["item_embeddings"](item_ids=tf.range(1, N_ITEMS + 1))["embeddings"].numpy()
     np.testing.assert_array_equal(everything, table[1:])
@@ -154,7 +154,8 @@ def test_empty_history_returns_the_no_item_marker(loaded):
     keys[0, -2:] = ["unknown-a", "unknown-b"]
     out = loaded.signatures["serve_keys"](item_keys=tf.constant(keys))
     assert out["item_keys"].numpy().tolist() == [[b""] * TOP_K]
-    assert np.all(out["scores"].numpy() == export.NO_ITEM_SCORE)
+    assert np.all(out["scores"].numpy() == signatures.NO_ITEM_SCORE)
+    assert signatures.NO_ITEM_SCORE == float(np.finfo(np.float32).min)  # the lowest float32, written as a plain float
     assert out["unknown_keys"].numpy().tolist() == [2]
     ids = loaded.signatures["serving_default"](item_ids=tf.zeros([1, MAX_LEN], tf.int32))["item_ids"]
     assert ids.numpy().tolist() == [[0] * TOP_K]
@@ -163,13 +164,13 @@ def test_empty_history_returns_the_no_item_marker(loaded):
 def test_small_catalog_never_returns_seen_items(tmp_path):
     # 8 items, 6 in the history, K = 5: only 2 unseen items exist, the tail is the "no item" marker.
     encoder = make_encoder(n_items=8, max_len=MAX_LEN)
-    path = export.export_saved_model(encoder, str(tmp_path), "small", MAX_LEN, 5, verify=False)
+    path = publish.export_saved_model(encoder, str(tmp_path), "small", MAX_LEN, 5, verify=False)
     ids = np.zeros((1, MAX_LEN), np.int32)
     ids[0, -6:] = [1, 2, 3, 4, 5, 6]
     out = tf.saved_model.load(path).signatures["serving_default"](item_ids=tf.constant(ids))
     assert sorted(out["item_ids"].numpy()[0, :2].tolist()) == [7, 8]
     assert out["item_ids"].numpy()[0, 2:].tolist() == [0, 0, 0]
-    assert np.all(out["scores"].numpy()[0, 2:] == export.NO_ITEM_SCORE)
+    assert np.all(out["scores"].numpy()[0, 2:] == signatures.NO_ITEM_SCORE)
 
 
 def test_bad_ids_fail_with_a_clear_message(loaded):
@@ -257,7 +258,7 @@ def test_saved_model_cli_runs_every_signature(exported, cli_runs):
     encoder, _ = exported
     ids = histories(2)
     expected_ids, expected_scores = reference_top_k(encoder, ids, TOP_K)
-    for signature in export.SIGNATURES:
+    for signature in signatures.SIGNATURES:
         result, outdir = cli_runs[signature]
         assert result.returncode == 0, result.stderr[-2000:]
         outputs = {f[:-4]: np.load(outdir / f, allow_pickle=True) for f in os.listdir(outdir)}
@@ -296,7 +297,7 @@ def test_export_holds_only_the_encoder_variables(tmp_path):
         zip(tape.gradient(loss, encoder.trainable_variables), encoder.trainable_variables, strict=True)
     )
     sampler_state = tf.Variable(tf.zeros([N_ITEMS + 1]), name="sampler_scores")  # noqa: F841 (must not leak)
-    path = export.export_saved_model(encoder, str(tmp_path), "m", MAX_LEN, TOP_K, verify=False)
+    path = publish.export_saved_model(encoder, str(tmp_path), "m", MAX_LEN, TOP_K, verify=False)
 
     saved = {
         name: shape
@@ -311,9 +312,9 @@ def test_export_holds_only_the_encoder_variables(tmp_path):
 
 def test_warmup_file_parses_and_replays(exported):
     _, path = exported
-    requests = export.read_warmup(os.path.join(path, export.WARMUP_FILE))
-    assert 0 < len(requests) <= export.MAX_WARMUP_RECORDS
-    assert {signature for signature, _ in requests} == set(export.SIGNATURES)
+    requests = warmup.read_warmup(os.path.join(path, signatures.WARMUP_FILE))
+    assert 0 < len(requests) <= warmup.MAX_WARMUP_RECORDS
+    assert {signature for signature, _ in requests} == set(signatures.SIGNATURES)
     batch_sizes = {inputs["item_ids"].shape[0] for s, inputs in requests if s == "serving_default"}
     assert batch_sizes == {1, 8, 64}
     for signature, inputs in requests:
@@ -322,19 +323,19 @@ def test_warmup_file_parses_and_replays(exported):
         if signature == "serve_keys":
             assert inputs["item_keys"].shape[1] == MAX_LEN
             assert set(inputs["item_keys"].ravel().tolist()) <= {b""} | {k.encode() for k in KEYS}
-    assert export.replay_warmup(path) == len(requests)
+    assert warmup.replay_warmup(path) == len(requests)
 
 
 def test_versions_are_numeric_side_by_side_and_immutable(tmp_path):
     encoder = make_encoder()
-    first = export.export_saved_model(encoder, str(tmp_path), "m", MAX_LEN, TOP_K, verify=False)
+    first = publish.export_saved_model(encoder, str(tmp_path), "m", MAX_LEN, TOP_K, verify=False)
     mtime = os.path.getmtime(os.path.join(first, "saved_model.pb"))
-    second = export.export_saved_model(encoder, str(tmp_path), "m", MAX_LEN, TOP_K, verify=False)
-    assert export.serving_versions(str(tmp_path / "m")) == [1, 2]
+    second = publish.export_saved_model(encoder, str(tmp_path), "m", MAX_LEN, TOP_K, verify=False)
+    assert versions.serving_versions(str(tmp_path / "m")) == [1, 2]
     assert os.path.getmtime(os.path.join(first, "saved_model.pb")) == mtime
     assert os.path.basename(second) == "2"
     with pytest.raises(FileExistsError, match="immutable"):
-        export.export_saved_model(encoder, str(tmp_path), "m", MAX_LEN, TOP_K, version=2, verify=False)
+        publish.export_saved_model(encoder, str(tmp_path), "m", MAX_LEN, TOP_K, version=2, verify=False)
     assert sorted(os.listdir(tmp_path / "m")) == ["1", "2"]
 
 
@@ -342,9 +343,9 @@ def test_an_error_mid_export_leaves_nothing(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(servable, "write_warmup", fail)  # export's names forward to mdcns_tf.savedmodel.servable
+    monkeypatch.setattr(warmup, "write_warmup", fail)
     with pytest.raises(OSError, match="disk full"):
-        export.export_saved_model(make_encoder(), str(tmp_path), "m", MAX_LEN, TOP_K, verify=False)
+        publish.export_saved_model(make_encoder(), str(tmp_path), "m", MAX_LEN, TOP_K, verify=False)
     assert os.listdir(tmp_path / "m") == []
 
 
@@ -355,15 +356,14 @@ def test_a_hard_crash_mid_export_leaves_no_loadable_version(tmp_path):
         import os, sys
         sys.path.insert(0, {REPO!r})
         sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
-        from mdcns_tf import export
-        from mdcns_tf.savedmodel import servable
+        from mdcns_tf.savedmodel import publish, warmup
         from test_export import make_encoder
 
         def crash(*args, **kwargs):
             os._exit(17)  # no cleanup, no finally blocks: like SIGKILL or a power cut
 
-        servable.write_warmup = crash
-        export.export_saved_model(make_encoder(), {str(tmp_path)!r}, "m", {MAX_LEN}, {TOP_K}, verify=False)
+        warmup.write_warmup = crash
+        publish.export_saved_model(make_encoder(), {str(tmp_path)!r}, "m", {MAX_LEN}, {TOP_K}, verify=False)
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
@@ -371,11 +371,11 @@ def test_a_hard_crash_mid_export_leaves_no_loadable_version(tmp_path):
     leftovers = os.listdir(tmp_path / "m")
     assert leftovers and all(name.startswith(".") for name in leftovers)
     # TF Serving keeps only children whose names parse as integers: nothing to load.
-    assert export.serving_versions(str(tmp_path / "m")) == []
+    assert versions.serving_versions(str(tmp_path / "m")) == []
     staged = os.path.join(tmp_path, "m", leftovers[0], "model", "saved_model.pb")
     assert os.path.exists(staged)  # the crash really happened after the model was written
     # The next export is version 1 and loads.
-    path = export.export_saved_model(make_encoder(), str(tmp_path), "m", MAX_LEN, TOP_K, verify=False)
+    path = publish.export_saved_model(make_encoder(), str(tmp_path), "m", MAX_LEN, TOP_K, verify=False)
     assert os.path.basename(path) == "1"
 
 
@@ -383,16 +383,16 @@ def test_vocabulary_must_match_the_model(tmp_path):
     data_dir = str(tmp_path / "data")
     write_vocabulary(data_dir, KEYS[:-1])
     with pytest.raises(ValueError, match=f"has {N_ITEMS - 1} keys, the model has n_items={N_ITEMS}"):
-        export.export_saved_model(make_encoder(), str(tmp_path), "m", MAX_LEN, TOP_K, data_dir=data_dir)
+        publish.export_saved_model(make_encoder(), str(tmp_path), "m", MAX_LEN, TOP_K, data_dir=data_dir)
     write_vocabulary(data_dir, KEYS[:-1] + [KEYS[0]])
     with pytest.raises(ValueError, match="duplicate item keys"):
-        export.export_saved_model(make_encoder(), str(tmp_path), "m", MAX_LEN, TOP_K, data_dir=data_dir)
-    assert export.serving_versions(str(tmp_path / "m")) == []
+        publish.export_saved_model(make_encoder(), str(tmp_path), "m", MAX_LEN, TOP_K, data_dir=data_dir)
+    assert versions.serving_versions(str(tmp_path / "m")) == []
 
 
 def test_top_k_above_the_catalog_is_refused(tmp_path):
     with pytest.raises(ValueError, match="top_k must be in"):
-        export.export_saved_model(make_encoder(n_items=4), str(tmp_path), "m", MAX_LEN, 5, verify=False)
+        publish.export_saved_model(make_encoder(n_items=4), str(tmp_path), "m", MAX_LEN, 5, verify=False)
 
 
 def test_model_server_config_parses():

@@ -20,10 +20,11 @@ from conftest import REPO
 from test_export import KEYS, MAX_LEN, TOP_K, make_encoder, write_vocabulary
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import export, recommend, train
+from mdcns_tf import recommend, train
 from mdcns_tf.config import Config, ConfigError
 from mdcns_tf.config_loader import load_config
 from mdcns_tf.runs import state as run_state
+from mdcns_tf.savedmodel import assets, publish, versions
 from mdcns_tf.training import callbacks
 
 BASE = [
@@ -201,7 +202,7 @@ def test_model_names_must_be_one_safe_path_component(name, tmp_path):
     with pytest.raises(ConfigError, match="export.model_name"):
         load_config(None, [f"export.model_name={name}"])
     with pytest.raises(ValueError, match="single folder name"):
-        export.check_target(str(tmp_path / "export"), name)
+        versions.check_target(str(tmp_path / "export"), name)
     assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "export")
 
 
@@ -260,7 +261,7 @@ def test_a_base_that_is_not_file_names_is_a_config_error(tmp_path, base):
 
 def test_recommend_prints_the_keys_of_the_exports_vocabulary(tmp_path, capsys):
     write_vocabulary(str(tmp_path / "data"), KEYS)
-    path = export.export_saved_model(
+    path = publish.export_saved_model(
         make_encoder(), str(tmp_path / "models"), "m", MAX_LEN, TOP_K, data_dir=str(tmp_path / "data"), verify=False
     )
     # The data folder was re-run since: same items, renumbered. Its keys would name other items.
@@ -272,4 +273,4 @@ def test_recommend_prints_the_keys_of_the_exports_vocabulary(tmp_path, capsys):
         assert len(rows) == TOP_K
         assert all(key == KEYS[int(item) - 1] for item, key in rows), rows
         assert ("is not the export's vocabulary" in out.err) == bool(extra)
-    assert export.read_vocabulary(path) == KEYS
+    assert assets.read_vocabulary(path) == KEYS

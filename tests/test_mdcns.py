@@ -16,9 +16,9 @@ from mdcns_tf import losses
 from mdcns_tf.backbones import BACKBONES
 from mdcns_tf.batch import EXCLUSION_IDS, INPUT_IDS, TARGET_IDS, USER_INDEX
 from mdcns_tf.config_loader import load_config
-from mdcns_tf.export import export_saved_model
 from mdcns_tf.features import Metadata
 from mdcns_tf.samplers.candidates import sample_excluding, sample_position_pools, top_m_uniform_pick
+from mdcns_tf.savedmodel.publish import export_saved_model
 from mdcns_tf.training.mdcns_model import ConsensusTeacher, build_mdcns_model, positive_and_pool_scores
 
 N_ITEMS, MAX_LEN = 40, 8

@@ -18,7 +18,7 @@ from test_export import MAX_LEN, TOP_K, make_encoder
 
 import mdcns_tf  # noqa: F401
 from mdcns_tf import shipped_configs
-from mdcns_tf.savedmodel import prediction_log, servable
+from mdcns_tf.savedmodel import publish, signatures, warmup
 
 # What the wheel is built from: the package folders and the files pyproject.toml names.
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "mdcns_tf", "pipeline", "serving", "benchmarks")
@@ -124,7 +124,7 @@ def test_warmup_records_match_tensorflow_serving_byte_for_byte():
     request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="mdcns", signature_name="serve_keys"))
     request.inputs["item_ids"].CopyFrom(inputs["item_ids"])
     reference = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-    ours = prediction_log.encode("mdcns", "serve_keys", {k: v.SerializeToString() for k, v in inputs.items()})
+    ours = warmup.encode_prediction_log("mdcns", "serve_keys", {k: v.SerializeToString() for k, v in inputs.items()})
     assert ours == reference.SerializeToString()
     assert prediction_log_pb2.PredictionLog.FromString(ours) == reference
     # Several inputs (map order is not fixed on the wire): the parsed messages agree.
@@ -132,10 +132,10 @@ def test_warmup_records_match_tensorflow_serving_byte_for_byte():
         "a": tf.make_tensor_proto([1.0, 2.0]).SerializeToString(),
         "b": tf.make_tensor_proto([b"x"]).SerializeToString(),
     }
-    parsed = prediction_log_pb2.PredictionLog.FromString(prediction_log.encode("m", "s", two))
+    parsed = prediction_log_pb2.PredictionLog.FromString(warmup.encode_prediction_log("m", "s", two))
     assert {k: v.SerializeToString() for k, v in parsed.predict_log.request.inputs.items()} == two
     # And the reader reads what the reference classes write.
-    assert prediction_log.decode(reference.SerializeToString()) == (
+    assert warmup.decode_prediction_log(reference.SerializeToString()) == (
         "mdcns",
         "serve_keys",
         {"item_ids": inputs["item_ids"].SerializeToString()},
@@ -148,14 +148,14 @@ def test_an_export_without_tensorflow_serving_api_has_its_warmup(tmp_path, monke
     monkeypatch.setitem(sys.modules, "tensorflow_serving", None)  # `import tensorflow_serving` now fails
     with pytest.raises(ImportError):
         import tensorflow_serving  # noqa: F401
-    path = servable.export_saved_model(make_encoder(), str(tmp_path), "m", MAX_LEN, TOP_K, verify=False)
-    requests = servable.read_warmup(os.path.join(path, servable.WARMUP_FILE))
-    assert {signature for signature, _ in requests} == set(servable.SIGNATURES)
-    assert servable.replay_warmup(path) == len(requests)
+    path = publish.export_saved_model(make_encoder(), str(tmp_path), "m", MAX_LEN, TOP_K, verify=False)
+    requests = warmup.read_warmup(os.path.join(path, signatures.WARMUP_FILE))
+    assert {signature for signature, _ in requests} == set(signatures.SIGNATURES)
+    assert warmup.replay_warmup(path) == len(requests)
 
 
 def test_decode_refuses_other_records():
     with pytest.raises(ValueError):
-        prediction_log.decode(b"\x0a\x00")  # a PredictionLog with log_metadata only
+        warmup.decode_prediction_log(b"\x0a\x00")  # a PredictionLog with log_metadata only
     with pytest.raises(ValueError):
-        prediction_log.decode(b"\x32\x05\x0a")  # truncated
+        warmup.decode_prediction_log(b"\x32\x05\x0a")  # truncated

@@ -21,7 +21,7 @@ from mdcns_tf.config_loader import load_config
 from mdcns_tf.features import Metadata
 from mdcns_tf.runs import provenance
 from mdcns_tf.runs import state as run_state
-from mdcns_tf.savedmodel import servable
+from mdcns_tf.savedmodel import assets, signatures, versions
 
 FINGERPRINT = {"algorithm": "sha256", "splits": {"train": {"records": 3, "files": {"part-0": "ab" * 32}}}}
 RUN = [
@@ -104,7 +104,7 @@ def trained_run(tiny_dataset: str, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def read_card(version_dir: str) -> dict:
-    with open(os.path.join(version_dir, servable.MODEL_CARD_FILE)) as f:
+    with open(os.path.join(version_dir, signatures.MODEL_CARD_FILE)) as f:
         return json.load(f)
 
 
@@ -122,7 +122,7 @@ def test_metrics_json_and_the_model_card_say_what_the_run_is(trained_run, tiny_d
     assert card["provenance"] == written["provenance"]
     assert card["metrics"] == {k: written[k] for k in ("valid", "test", "best_epoch", "weights")}
     assert (card["model_name"], card["version"], card["top_k"], card["max_len"]) == ("mdcns", 1, 5, 12)
-    assert card["signatures"] == list(export.SIGNATURES)
+    assert card["signatures"] == list(signatures.SIGNATURES)
 
 
 def test_reexport_serves_the_selected_weights_with_a_new_k(trained_run, tiny_dataset, capsys):
@@ -131,7 +131,7 @@ def test_reexport_serves_the_selected_weights_with_a_new_k(trained_run, tiny_dat
     assert export.main(["--run", output_dir, "--top_k", "8"]) == 0
     path = capsys.readouterr().out.strip().splitlines()[-1]
     assert path == os.path.join(output_dir, "export", "mdcns", "2")
-    assert export.serving_versions(os.path.join(output_dir, "export", "mdcns")) == [1, 2]
+    assert versions.serving_versions(os.path.join(output_dir, "export", "mdcns")) == [1, 2]
 
     # Same weights as the training run's export: the first 5 of its top 8 are the original top 5.
     history = np.zeros((3, 12), np.int32)
@@ -141,7 +141,7 @@ def test_reexport_serves_the_selected_weights_with_a_new_k(trained_run, tiny_dat
     assert again["item_ids"].shape == (3, 8)
     np.testing.assert_array_equal(again["item_ids"].numpy()[:, :5], first["item_ids"].numpy())
     np.testing.assert_allclose(again["scores"].numpy()[:, :5], first["scores"].numpy(), rtol=1e-5)
-    assert servable.read_vocabulary(path) == servable.read_vocabulary(result["export_path"])
+    assert assets.read_vocabulary(path) == assets.read_vocabulary(result["export_path"])
 
     card = read_card(path)
     assert card["top_k"] == 8 and card["version"] == 2

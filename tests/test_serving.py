@@ -1,4 +1,5 @@
-"""serving.client against local fakes of TF Serving's REST and gRPC APIs that evaluate the exported SavedModel.
+"""The serving clients (`serving.rest_client`, `serving.grpc_client`, the `serving.client` command) against local
+fakes of TF Serving's REST and gRPC APIs that evaluate the exported SavedModel.
 
 The fakes listen on 127.0.0.1 with OS-assigned ports, answer like TF Serving (URL scheme, row/columnar JSON,
 error bodies, PredictionService/GetModelMetadata), and can be told to fail or stall the next requests.
@@ -6,9 +7,12 @@ error bodies, PredictionService/GetModelMetadata), and can be told to fail or st
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import glob
 import http.server
 import json
+import os
 import re
 import threading
 import time
@@ -20,14 +24,19 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 from test_export import KEYS, MAX_LEN, N_ITEMS, TOP_K, histories, make_encoder, reference_top_k, write_vocabulary
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import export
+from mdcns_tf.savedmodel import publish, signatures
 from serving import client
+from serving.grpc_client import GrpcClient
+from serving.recommendations import Recommendations, left_pad
+from serving.rest_client import RestClient
+from serving.retry import RetryPolicy, ServingError, ServingTimeout, call_with_retries
 
 MODEL = "mdcns"
 
@@ -48,6 +57,7 @@ class FakeModel:
         self.stall_next = 0  # make this many requests wait `stall_seconds`
         self.stall_seconds = 0.0
         self.requests = 0
+        self.signatures_run: set[str] = set()  # every signature a request asked for
 
     def injected_fault(self) -> str | None:
         """Consumes one injected fault: "fail", "stall" or None."""
@@ -63,6 +73,8 @@ class FakeModel:
 
     def run(self, signature: str, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         """Raises KeyError (unknown signature) or ValueError / InvalidArgumentError (bad input), like the server."""
+        with self.lock:
+            self.signatures_run.add(signature)
         function = self.loaded.signatures[signature]
         specs = function.structured_input_signature[1]
         if set(inputs) != set(specs):
@@ -194,7 +206,7 @@ def exported(tmp_path_factory) -> tuple[Any, str]:
     root = tmp_path_factory.mktemp("serving")
     write_vocabulary(str(root / "data"), KEYS)
     encoder = make_encoder()
-    path = export.export_saved_model(
+    path = publish.export_saved_model(
         encoder, str(root / "models"), MODEL, MAX_LEN, TOP_K, data_dir=str(root / "data"), verify=False
     )
     return encoder, path
@@ -237,22 +249,22 @@ def grpc_port(model: FakeModel) -> Iterator[int]:
         server.stop(grace=None).wait(timeout=10)
 
 
-FAST_RETRY = client.RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05)
+FAST_RETRY = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05)
 
 
 @pytest.fixture
-def grpc_client(grpc_port: int) -> Iterator[client.GrpcClient]:
-    with client.GrpcClient("127.0.0.1", grpc_port, MODEL, timeout=10.0, retry=FAST_RETRY) as c:
+def grpc_client(grpc_port: int) -> Iterator[GrpcClient]:
+    with GrpcClient("127.0.0.1", grpc_port, MODEL, timeout=10.0, retry=FAST_RETRY) as c:
         yield c
 
 
 def expected(encoder: Any, rows: list[list[int]]) -> list[list[tuple[int, float]]]:
-    ids = np.array([client.left_pad(r, MAX_LEN, 0) for r in rows], np.int32)
+    ids = np.array([left_pad(r, MAX_LEN, 0) for r in rows], np.int32)
     top, scores = reference_top_k(encoder, ids, TOP_K)
     return [list(zip(t.tolist(), s.tolist(), strict=True)) for t, s in zip(top, scores, strict=True)]
 
 
-def assert_same(got: client.Recommendations, want: client.Recommendations) -> None:
+def assert_same(got: Recommendations, want: Recommendations) -> None:
     assert [[item for item, _ in row] for row in got] == [[item for item, _ in row] for row in want]
     np.testing.assert_allclose([[s for _, s in row] for row in got], [[s for _, s in row] for row in want], rtol=1e-4)
 
@@ -261,54 +273,54 @@ def assert_same(got: client.Recommendations, want: client.Recommendations) -> No
 def test_rest_recommend_matches_the_model(exported, rest_port, columnar):
     encoder, _ = exported
     rows = [[3, 17, 42], histories(1)[0][histories(1)[0] > 0].tolist(), list(range(1, 30))]  # the last is truncated
-    rest = client.RestClient("127.0.0.1", rest_port, MODEL, timeout=10.0, retry=FAST_RETRY)
+    rest = RestClient("127.0.0.1", rest_port, MODEL, timeout=10.0, retry=FAST_RETRY)
     assert rest.max_len() == MAX_LEN  # read from GET .../metadata
     assert_same(rest.recommend(rows, columnar=columnar), expected(encoder, rows))
 
 
 def test_rest_keys_and_version(exported, rest_port):
     encoder, _ = exported
-    rest = client.RestClient("127.0.0.1", rest_port, MODEL, version=1, timeout=10.0, retry=FAST_RETRY)
+    rest = RestClient("127.0.0.1", rest_port, MODEL, version=1, timeout=10.0, retry=FAST_RETRY)
     assert rest.base.endswith(f"/v1/models/{MODEL}/versions/1")
     got = rest.recommend([[KEYS[2], "not-a-key", KEYS[16], KEYS[41]]], keys=True)
     want = expected(encoder, [[3, 17, 42]])
     assert [k for k, _ in got[0]] == [KEYS[i - 1] for i, _ in want[0]]
-    missing = client.RestClient("127.0.0.1", rest_port, MODEL, version=7, timeout=10.0, retry=FAST_RETRY)
-    with pytest.raises(client.ServingError, match="HTTP 404") as error:
+    missing = RestClient("127.0.0.1", rest_port, MODEL, version=7, timeout=10.0, retry=FAST_RETRY)
+    with pytest.raises(ServingError, match="HTTP 404") as error:
         missing.recommend([[1, 2]], max_len=MAX_LEN)
     assert not error.value.retryable
 
 
 def test_rest_bad_input_is_not_retried(model, rest_port):
-    rest = client.RestClient("127.0.0.1", rest_port, MODEL, timeout=10.0, retry=FAST_RETRY)
+    rest = RestClient("127.0.0.1", rest_port, MODEL, timeout=10.0, retry=FAST_RETRY)
     before = model.requests
-    with pytest.raises(client.ServingError, match=re.escape(f"item_ids must be <= n_items ({N_ITEMS})")) as error:
+    with pytest.raises(ServingError, match=re.escape(f"item_ids must be <= n_items ({N_ITEMS})")) as error:
         rest.recommend([[1, N_ITEMS + 3]], max_len=MAX_LEN)
     assert error.value.status == 400
     assert model.requests - before == 1
 
 
 def test_rest_retries_a_transient_failure(exported, model, rest_port):
-    rest = client.RestClient("127.0.0.1", rest_port, MODEL, timeout=10.0, retry=FAST_RETRY)
+    rest = RestClient("127.0.0.1", rest_port, MODEL, timeout=10.0, retry=FAST_RETRY)
     model.fail_next = 2
     before = model.requests
     assert_same(rest.recommend([[3, 17, 42]], max_len=MAX_LEN), expected(exported[0], [[3, 17, 42]]))
     assert model.requests - before == 3
     model.fail_next = 5  # more failures than attempts: the 503 surfaces
-    with pytest.raises(client.ServingError, match="HTTP 503") as error:
+    with pytest.raises(ServingError, match="HTTP 503") as error:
         rest.recommend([[3]], max_len=MAX_LEN)
     assert error.value.retryable
 
 
 def test_rest_timeout_is_bounded(model, rest_port):
-    rest = client.RestClient("127.0.0.1", rest_port, MODEL, timeout=0.3, retry=client.RetryPolicy(2, 0.01, 0.01))
+    rest = RestClient("127.0.0.1", rest_port, MODEL, timeout=0.3, retry=RetryPolicy(2, 0.01, 0.01))
     model.stall_next, model.stall_seconds = 2, 5.0
     started = time.monotonic()
-    with pytest.raises(client.ServingTimeout, match="within 0.3s"):
+    with pytest.raises(ServingTimeout, match="within 0.3s"):
         rest.recommend([[3]], max_len=MAX_LEN)
     assert time.monotonic() - started < 4.5  # 2 attempts x 0.3 s + backoff, not 2 x 5 s (loose: loaded CI)
     # A stall on the first attempt only: the retry answers (a timeout with room for a slow, loaded machine).
-    patient = client.RestClient("127.0.0.1", rest_port, MODEL, timeout=2.0, retry=client.RetryPolicy(2, 0.01, 0.01))
+    patient = RestClient("127.0.0.1", rest_port, MODEL, timeout=2.0, retry=RetryPolicy(2, 0.01, 0.01))
     model.stall_next = 1
     before = model.requests
     assert len(patient.recommend([[3]], max_len=MAX_LEN)[0]) == TOP_K
@@ -319,8 +331,8 @@ def test_rest_unreachable_server_fails_after_bounded_retries():
     with contextlib.closing(__import__("socket").socket()) as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: connections are refused
-        rest = client.RestClient("127.0.0.1", port, MODEL, timeout=1.0, retry=FAST_RETRY)
-        with pytest.raises(client.ServingError, match="cannot reach") as error:
+        rest = RestClient("127.0.0.1", port, MODEL, timeout=1.0, retry=FAST_RETRY)
+        with pytest.raises(ServingError, match="cannot reach") as error:
             rest.recommend([[3]], max_len=MAX_LEN)
     assert error.value.retryable
 
@@ -344,17 +356,38 @@ def test_grpc_retries_a_transient_failure(exported, model, grpc_client):
 
 
 def test_grpc_bad_input_and_timeout(model, grpc_port):
-    quick = client.GrpcClient("127.0.0.1", grpc_port, MODEL, timeout=0.3, retry=client.RetryPolicy(2, 0.01, 0.01))
+    quick = GrpcClient("127.0.0.1", grpc_port, MODEL, timeout=0.3, retry=RetryPolicy(2, 0.01, 0.01))
     with quick:
         before = model.requests
-        with pytest.raises(client.ServingError, match="(?s)INVALID_ARGUMENT.*item_ids must be >= 0") as error:
+        with pytest.raises(ServingError, match="(?s)INVALID_ARGUMENT.*item_ids must be >= 0") as error:
             quick.recommend([[3, -2]], max_len=MAX_LEN)
         assert error.value.status == "INVALID_ARGUMENT" and model.requests - before == 1
         model.stall_next, model.stall_seconds = 2, 5.0
         started = time.monotonic()
-        with pytest.raises(client.ServingTimeout, match="DEADLINE_EXCEEDED"):
+        with pytest.raises(ServingTimeout, match="DEADLINE_EXCEEDED"):
             quick.recommend([[3]], max_len=MAX_LEN)
         assert time.monotonic() - started < 4.5
+
+
+def test_the_clients_and_the_export_share_one_set_of_signature_names(model, rest_port, grpc_client):
+    """`mdcns_tf.savedmodel.signatures` is the contract: the SavedModel has exactly its signatures, inputs and
+    outputs, and the clients ask for them by those names, written nowhere else in `serving`."""
+    assert set(model.loaded.signatures) == set(signatures.SIGNATURES)
+    for name, function in model.loaded.signatures.items():
+        assert list(function.structured_input_signature[1]) == [signatures.INPUTS[name]], name
+        assert set(function.structured_outputs) == set(signatures.OUTPUTS[name]), name
+    rest = RestClient("127.0.0.1", rest_port, MODEL, timeout=10.0, retry=FAST_RETRY)
+    model.signatures_run.clear()
+    for keys in (False, True):
+        history = [KEYS[2]] if keys else [3]
+        assert rest.recommend([history], keys=keys) and grpc_client.recommend([history], keys=keys)
+    assert model.signatures_run == {signatures.SERVING_DEFAULT, signatures.SERVE_KEYS}
+    contract_names = set(signatures.SIGNATURES) | {signatures.ITEM_IDS, signatures.ITEM_KEYS, signatures.SCORES}
+    for path in glob.glob(os.path.join(REPO, "serving", "*.py")):
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        literals = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
+        assert not literals & contract_names, f"{path} writes {sorted(literals & contract_names)} again"
 
 
 def test_cli_prints_recommendations(exported, rest_port, grpc_port, capsys):
@@ -373,16 +406,16 @@ def test_cli_prints_recommendations(exported, rest_port, grpc_port, capsys):
 
 
 def test_retry_policy_is_bounded():
-    policy = client.RetryPolicy(attempts=5, initial_backoff=0.1, max_backoff=0.3, multiplier=2.0, jitter=0.0)
+    policy = RetryPolicy(attempts=5, initial_backoff=0.1, max_backoff=0.3, multiplier=2.0, jitter=0.0)
     assert list(policy.delays()) == pytest.approx([0.1, 0.2, 0.3, 0.3])
     calls, sleeps = [], []
 
     def flaky() -> str:
         calls.append(1)
-        raise client.ServingError("busy", 503, retryable=True)
+        raise ServingError("busy", 503, retryable=True)
 
-    with pytest.raises(client.ServingError):
-        client.call_with_retries(flaky, policy, sleep=sleeps.append)
+    with pytest.raises(ServingError):
+        call_with_retries(flaky, policy, sleep=sleeps.append)
     assert len(calls) == 5 and len(sleeps) == 4
-    assert client.left_pad([1, 2, 3], 5, 0) == [0, 0, 1, 2, 3]
-    assert client.left_pad(list(range(10)), 3, 0) == [7, 8, 9]
+    assert left_pad([1, 2, 3], 5, 0) == [0, 0, 1, 2, 3]
+    assert left_pad(list(range(10)), 3, 0) == [7, 8, 9]

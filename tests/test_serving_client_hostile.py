@@ -1,5 +1,5 @@
-"""serving.client's REST client against a hostile server: replies that are not predictions, answers that are not
-HTTP, a server that drips its answer, and command-line values that make no sense.
+"""The REST client (`serving.rest_client`) against a hostile server: replies that are not predictions, answers that
+are not HTTP, a server that drips its answer, and command-line values that make no sense.
 
 The server is a scripted TCP server on 127.0.0.1 (OS-assigned port): each test sets the raw bytes it answers with,
 optionally sent a few bytes at a time with a pause. Every answer ends by itself within `MAX_DRIP_SECONDS`.
@@ -18,10 +18,12 @@ from collections.abc import Iterator
 import pytest
 
 from serving import client
+from serving.rest_client import RestClient
+from serving.retry import RetryPolicy, ServingError, ServingTimeout
 
 MAX_DRIP_SECONDS = 8.0  # a dripping answer stops here, whatever the client does: no test can hang
-ONE_TRY = client.RetryPolicy(attempts=1)
-TWO_TRIES = client.RetryPolicy(attempts=2, initial_backoff=0.01, max_backoff=0.01)
+ONE_TRY = RetryPolicy(attempts=1)
+TWO_TRIES = RetryPolicy(attempts=2, initial_backoff=0.01, max_backoff=0.01)
 NO_ITEM = -3.4028234663852886e38
 
 
@@ -85,9 +87,9 @@ def server() -> Iterator[ScriptedServer]:
             thread.join(timeout=10)
 
 
-def answering(server: ScriptedServer, head: bytes, drip: bytes = b"", pause: float = 0.0) -> client.RestClient:
+def answering(server: ScriptedServer, head: bytes, drip: bytes = b"", pause: float = 0.0) -> RestClient:
     server.script = Script(head, drip, pause)
-    return client.RestClient("127.0.0.1", server.server_address[1], "m", timeout=2.0, retry=TWO_TRIES)
+    return RestClient("127.0.0.1", server.server_address[1], "m", timeout=2.0, retry=TWO_TRIES)
 
 
 # -- replies that are not predictions ----------------------------------------------------------------------------------
@@ -114,7 +116,7 @@ def answering(server: ScriptedServer, head: bytes, drip: bytes = b"", pause: flo
 )
 def test_a_200_reply_that_is_not_a_prediction_is_a_serving_error(server, body, columnar):
     rest = answering(server, http_reply(body))
-    with pytest.raises(client.ServingError, match="unexpected reply from") as error:
+    with pytest.raises(ServingError, match="unexpected reply from") as error:
         rest.recommend([[3, 4]], max_len=4, columnar=columnar)
     assert (error.value.status, error.value.retryable) == ("bad_reply", False)
     assert server.script.requests == 1  # a wrong answer is not transient: no retry
@@ -135,7 +137,7 @@ def test_a_200_reply_that_is_not_a_prediction_is_a_serving_error(server, body, c
     ],
 )
 def test_metadata_without_a_usable_signature_is_a_serving_error(server, body):
-    with pytest.raises(client.ServingError):
+    with pytest.raises(ServingError):
         answering(server, http_reply(body)).max_len()
 
 
@@ -154,17 +156,17 @@ def test_well_formed_replies_still_parse(server):
 
 def test_an_answer_that_is_not_http_is_a_serving_error(server):
     rest = answering(server, b"SSH-2.0-OpenSSH_9.6\r\n")
-    with pytest.raises(client.ServingError, match="did not answer in HTTP") as error:
+    with pytest.raises(ServingError, match="did not answer in HTTP") as error:
         rest.recommend([[3]], max_len=4)
     assert not error.value.retryable and server.script.requests == 1
 
 
 def test_a_cut_answer_is_a_serving_error(server):
     cut = http_reply(b'{"predictions": [{"item_ids": [1], "scores": [0.5]}]}')[:-20]  # Content-Length not reached
-    with pytest.raises(client.ServingError):
+    with pytest.raises(ServingError):
         answering(server, cut).recommend([[3]], max_len=4)
     # Closed before any answer: a transient failure, retried.
-    with pytest.raises(client.ServingError, match="cannot reach") as error:
+    with pytest.raises(ServingError, match="cannot reach") as error:
         answering(server, b"").recommend([[3]], max_len=4)
     assert error.value.retryable and server.script.requests == 2
 
@@ -180,7 +182,7 @@ def test_a_dripping_server_cannot_hold_the_client_past_its_timeout(server, where
     rest = answering(server, reply[:split], drip=reply[split:], pause=0.1)
     rest.timeout = 1.0
     started = time.monotonic()
-    with pytest.raises(client.ServingTimeout, match="within 1.0s") as error:
+    with pytest.raises(ServingTimeout, match="within 1.0s") as error:
         rest.recommend([[3]], max_len=4)
     elapsed = time.monotonic() - started
     assert error.value.retryable and server.script.requests == 2
@@ -192,9 +194,9 @@ def test_a_server_that_never_answers_times_out(server):
     silent.bind(("127.0.0.1", 0))
     silent.listen(1)  # accepts connections (the kernel does), never reads nor answers
     try:
-        rest = client.RestClient("127.0.0.1", silent.getsockname()[1], "m", timeout=0.5, retry=ONE_TRY)
+        rest = RestClient("127.0.0.1", silent.getsockname()[1], "m", timeout=0.5, retry=ONE_TRY)
         started = time.monotonic()
-        with pytest.raises(client.ServingTimeout):
+        with pytest.raises(ServingTimeout):
             rest.recommend([[3]], max_len=4)
         assert time.monotonic() - started < 3.0
     finally:
@@ -228,4 +230,4 @@ def test_nonsense_command_line_values_are_usage_errors(args, option, capsys):
 @pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf")])
 def test_clients_refuse_a_timeout_that_is_not_a_duration(timeout):
     with pytest.raises(ValueError, match="timeout must be a finite number of seconds"):
-        client.RestClient("127.0.0.1", 1, timeout=timeout)
+        RestClient("127.0.0.1", 1, timeout=timeout)

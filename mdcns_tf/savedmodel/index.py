@@ -1,13 +1,21 @@
-"""A compact item index for the export: a bfloat16 copy of the item table scanned first, its best candidates
-re-scored exactly in float32 against the real table.
+"""The top-K indexes of the export, one family like TFRS's ``layers/factorized_top_k.py``.
 
-Why: brute force is bound by memory bandwidth, not arithmetic. At a million items of d 64 the float32 table is
-256 MB and every query reads all of it (``benchmarks/serving_latency.py``). A bfloat16 copy is half the bytes;
-scoring it costs rounding (bfloat16 keeps 8 significant bits; with query, rows and score rounded, a score is off
-by at most ~1% of ``|q| |x|``), which only reorders items whose scores are that close. Re-scoring the best few
+Both are TFRS ``BruteForce`` layers that hold the backbone's item table `(n_items + 1, d)` by reference (the stock
+``BruteForce.index`` copies it) and take a row's index as its identifier; ``query_with_exclusions`` is TFRS's
+(fetch ``k + #exclusions``, demote the excluded), so both treat the history alike. Plain TF ops only (MatMul,
+TopKV2, GatherV2): stock TF Serving runs either. ``export.index`` picks one:
+
+- ``exact`` (`TableBruteForce`): every item scored in float32, a matmul and a top-k.
+- ``bfloat16`` (`RescoredBruteForce`): a bfloat16 copy of the item table scanned first, its best candidates
+  re-scored exactly in float32 against the real table.
+
+Why bfloat16: brute force is bound by memory bandwidth, not arithmetic. At a million items of d 64 the float32
+table is 256 MB and every query reads all of it (``benchmarks/serving_latency.py``). A bfloat16 copy is half the
+bytes; scoring it costs rounding (bfloat16 keeps 8 significant bits; with query, rows and score rounded, a score is
+off by at most ~1% of ``|q| |x|``), which only reorders items whose scores are that close. Re-scoring the best few
 hundred candidates of the bfloat16 scan with the float32 rows (a gather of ``window x d`` floats) gives back exact
 scores, so the answer equals brute force whenever the true top-k lies within the window of the bfloat16 ranking
-(the recall the benchmark measures). Plain TF ops only (MatMul, TopKV2, GatherV2): stock TF Serving runs it.
+(the recall the benchmark measures). Far beyond a million items, use ``query_embedding`` with an ANN.
 
 Alternatives measured (1M x 64, batch 1): int8 rows with per-row scales would read a quarter of the bytes, but
 TensorFlow has no fast CPU kernel for an int8 matrix-vector product (``BatchMatMulV3`` int8 5x and
@@ -17,9 +25,6 @@ of the items found 36% of the top-10 and probing 25% found 87%: its recall depen
 table. bfloat16 MatMul is fast where TensorFlow runs its oneDNN kernels (the pip package's default on x86);
 without them (``TF_ENABLE_ONEDNN_OPTS=0``, or a build without oneDNN) a bare bfloat16 matmul is ~4.7x slower than
 float32 and the export gains little (``without_onednn`` in ``benchmarks/results/serving_latency.json``).
-
-The index is a TFRS ``TopK`` layer, so ``query_with_exclusions`` (TFRS: fetch ``k + #exclusions``, demote the
-excluded) treats the history exactly as the exact index does.
 """
 
 from __future__ import annotations
@@ -36,6 +41,30 @@ INDEXES = (EXACT, BFLOAT16)
 DEFAULT_RESCORE_PER_K = 4
 # Scores are cut into blocks of this many items for the candidate selection (see `top_candidates`).
 BLOCK = 256
+
+
+class TableBruteForce(tfrs.layers.factorized_top_k.BruteForce):
+    """Exact brute force: every row of the float32 item table scored against the query.
+
+    The stock ``BruteForce.index`` copies the candidates into new variables (``candidates`` `(n, d)` and
+    ``identifiers`` `(n,)`), which doubles the size of the export and of the served model in memory; this index
+    holds the backbone's own table `(n_items + 1, d)`. Row 0 (padding) is kept out of results by adding 0 to every
+    query's exclusions (see `mdcns_tf.savedmodel.module.ServingModule`).
+    """
+
+    def index_table(self, table: tf.Variable) -> TableBruteForce:
+        self._table = table
+        self._candidates = table  # TFRS's "index() first" checks look at this attribute
+        self._reset_tf_function_cache()
+        return self
+
+    def call(self, queries: tf.Tensor, k: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """queries `(batch, d)` -> (scores `(batch, k)`, row ids int32 `(batch, k)`)."""
+        k = self._k if k is None else k
+        scores = tf.matmul(tf.cast(queries, self._table.dtype), self._table, transpose_b=True)
+        # query_with_exclusions asks for k + the number of exclusions; a small catalog may have fewer rows.
+        values, indices = tf.math.top_k(scores, k=min(k, int(self._table.shape[0])))
+        return values, indices
 
 
 def rescore_count(rescore: int, top_k: int) -> int:
@@ -77,11 +106,9 @@ def top_candidates(scores: tf.Tensor, k: int, block: int = BLOCK) -> tuple[tf.Te
 class RescoredBruteForce(tfrs.layers.factorized_top_k.BruteForce):
     """Brute force on a bfloat16 copy of the item table, then exact float32 re-scoring of the best candidates.
 
-    Like `mdcns_tf.savedmodel.servable.TableBruteForce` the identifier of a row is its index and the float32 table is held
-    by reference (the backbone's own variable). ``k`` (the constructor's) is the export's K; ``rescore`` is how
-    many candidates a query of k re-scores exactly; a query for more (``query_with_exclusions`` asks for
-    ``K + #exclusions``) re-scores one more candidate per extra item asked, so that excluded history items never
-    eat into the window.
+    ``k`` (the constructor's) is the export's K; ``rescore`` is how many candidates a query of k re-scores exactly;
+    a query for more (``query_with_exclusions`` asks for ``K + #exclusions``) re-scores one more candidate per
+    extra item asked, so that excluded history items never eat into the window.
     """
 
     def __init__(self, k: int, rescore: int, name: str | None = None) -> None:
