@@ -116,7 +116,7 @@ class ExportConfig:
     version: int = 0  # 0: next free version number
     # The item index of serving_default / serve_keys. "exact": float32 brute force over the whole table.
     # "bfloat16": brute force over a bfloat16 copy of the table (half the bytes a query reads), its best `rescore`
-    # candidates (plus one per history item) re-scored exactly in float32 (mdcns_tf/savedmodel/compact_index.py).
+    # candidates (plus one per history item) re-scored exactly in float32 (mdcns_tf/savedmodel/index.py).
     index: Literal["exact", "bfloat16"] = "exact"
     rescore: int = 0  # bfloat16 index only: candidates re-scored exactly per query; 0 = 4 x top_k
 
