@@ -1,6 +1,6 @@
 """Pure (Beam-free) parsing of the three input formats; every line becomes rows or a rejection.
 
-Formats (DESIGN section 4):
+Formats (docs/design.md, section "Protocols"):
 
 - ``interactions``: ``user, item, timestamp[, rating]`` per line. The delimiter is detected per file from its first
   decodable non-empty line: tab, else ``::``, else comma, else runs of whitespace (``--delimiter`` overrides).
@@ -43,8 +43,7 @@ import dataclasses
 import math
 import re
 import sys
-from collections.abc import Iterator, Sequence
-from typing import Any, BinaryIO
+from collections.abc import Sequence
 
 FORMATS = ("interactions", "sequences", "pairs")
 
@@ -76,9 +75,6 @@ REASONS = (
     BAD_QUOTING,
 )
 
-DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
-_READ_CHUNK = 1 << 20
-
 # ASCII-only numbers: `float()`/`int()` also accept "1_000", " 12 ", "inf" and non-ASCII digits, none of which is a
 # timestamp a user meant.
 # re.ASCII: `\d` would also match other scripts' digits ("\u0663"), which int() and float() accept as well.
@@ -90,8 +86,6 @@ _ZERO_FRACTION = re.compile(r"([+-]?\d+)\.0*", re.ASCII)
 _MAX_FINITE_DIGITS = len(str(int(sys.float_info.max)))
 # Keys are vocabulary lines (items.txt, the serving lookup table): an id, not a document.
 MAX_KEY_CHARS = 1024
-
-DELIMITERS = {"tab": "\t", "::": "::", "comma": ",", "whitespace": None}
 
 USER, ITEM, TIMESTAMP, RATING, IGNORE = "user", "item", "timestamp", "rating", "_"
 _HEADER_NAMES = {
@@ -287,7 +281,8 @@ class LineParser:
         return Rejection(self.path, line_no, reason, raw)
 
     def parse(self, line_no: int, raw: bytes | None) -> list[Parsed] | Rejection:
-        """One physical line (without its newline; None = longer than the reader's limit); ``line_no`` is 1-based."""
+        """One physical line without its newline (None: longer than the limit of `pipeline.reading.iter_lines`);
+        ``line_no`` is 1-based."""
         self._count("lines_read")
         if raw is None:
             return self._reject(line_no, LINE_TOO_LONG, b"")
@@ -392,62 +387,3 @@ def interaction_row(fields: Sequence[str], layout: tuple[str, ...] | None) -> tu
         return reason
     assert timestamp is not None  # every layout has exactly one timestamp column (parse_columns, header_layout)
     return normalize_key(user), normalize_key(item), timestamp
-
-
-def iter_lines(stream: BinaryIO, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[bytes | None, int]]:
-    """Streams ``(line_without_newline, bytes_consumed_so_far)`` from a binary stream in 1 MiB chunks.
-
-    A line longer than ``max_line_bytes`` is yielded as None and never held in memory beyond one chunk past the
-    limit, so a multi-GB file without newlines cannot exhaust a worker.
-    """
-    carry = b""
-    skipping = False
-    consumed = 0
-    while True:
-        chunk = stream.read(_READ_CHUNK)
-        if not chunk:
-            break
-        consumed += len(chunk)
-        lines = (carry + chunk).split(b"\n")
-        carry = lines.pop()
-        for line in lines:
-            if skipping:
-                skipping = False
-                yield None, consumed
-            elif len(line) > max_line_bytes:
-                yield None, consumed
-            else:
-                yield line, consumed
-        if len(carry) > max_line_bytes:
-            skipping, carry = True, b""
-    if skipping:
-        yield None, consumed
-    elif carry:
-        yield carry, consumed
-
-
-def vocabulary_order(keys: Any) -> list[str]:
-    """Distinct keys in vocabulary order: integer keys first, ascending numerically, then the others sorted.
-
-    So the S3-Rec files, whose ids are 1..n, keep their ids, and one non-integer key (a typo, a stray header) takes
-    the last id instead of renumbering every integer key. Ties between spellings of one integer ("7", "07") are
-    broken by the string, so the order is total. Integers are compared as digit strings: no ``int()`` of an
-    arbitrarily long key.
-    """
-    keys = set(keys)
-    integers = sorted((key for key in keys if is_integer_key(key)), key=_integer_order)
-    others = sorted(key for key in keys if not is_integer_key(key))
-    return integers + others
-
-
-def _integer_order(key: str) -> tuple[int, int, str, str]:
-    """A sort key that orders integer strings numerically (ties by the string), without converting them."""
-    digits = key.lstrip("+-").lstrip("0")
-    if not digits:
-        return (1, 0, "", key)
-    if key.startswith("-"):  # larger magnitude first: fewer digits, then the digit-wise complement ascending
-        return (0, -len(digits), digits.translate(_COMPLEMENT), key)
-    return (2, len(digits), digits, key)
-
-
-_COMPLEMENT = str.maketrans("0123456789", "9876543210")

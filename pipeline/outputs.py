@@ -1,4 +1,5 @@
-"""What the pipeline may write, overwrite and delete in ``--output``, and the fingerprint it leaves there.
+"""``--output``: what the pipeline may write, overwrite and delete there, and what it writes last (the
+vocabularies, ``metadata.json`` with the record fingerprint, the complete manifest: `write_metadata`).
 
 Ownership. ``--output`` is shared with whatever else lives there, so the pipeline only ever deletes files that a
 previous run recorded as its own in ``manifest.json`` (`mdcns_tf.features.MANIFEST_FILE`):
@@ -21,6 +22,7 @@ links and no directories to confuse.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -28,12 +30,17 @@ import logging
 import os
 import posixpath
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from mdcns_tf import features
+from pipeline import accounting
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
+    from pipeline.splits import SplitFile
 
 LOG = logging.getLogger("pipeline")
 
@@ -224,3 +231,113 @@ def record_fingerprint(
 
 def _sha256_text(text: str) -> str:
     return hashlib.new(features.FINGERPRINT_ALGORITHM, text.encode("utf-8")).hexdigest()
+
+
+def write_metadata(
+    *,
+    config: PipelineConfig,
+    files: list[str],
+    stats: dict[str, int],
+    item_vocab: list[str],
+    user_vocab: list[str],
+    item_counts: dict[int, int],
+    written: list[str],
+    split_file: SplitFile | None = None,
+) -> dict[str, Any]:
+    """The pipeline's last writes: ``items.txt``, ``users.txt``, ``metadata.json``, then the complete
+    ``manifest.json``; returns the metadata dict.
+
+    ``files``: the input paths; ``stats``: the summed stats (`pipeline.accounting`); ``item_vocab`` /
+    ``user_vocab``: the keys of ids 1..n; ``item_counts``: ``{item id: occurrences in the train records}``;
+    ``written``: the final paths of every sink's files, which the fingerprint hashes. Called once by the graph's
+    last step (`pipeline.preprocess.Finish`), after every sink's files are in place.
+    """
+    n_items, n_users = len(item_vocab), len(user_vocab)
+    dense_counts = [0] * (n_items + 1)
+    for item_id, count in item_counts.items():
+        dense_counts[item_id] = count
+    counts = accounting.row_counts(stats, n_users, config.kcore)
+    records = {split: int(stats.get(f"records_{split}", 0)) for split in features.SPLITS}
+    vocabularies = {
+        features.ITEMS_FILE: "".join(k + "\n" for k in item_vocab),
+        features.USERS_FILE: "".join(k + "\n" for k in user_vocab),
+    }
+    fingerprint, written_files = record_fingerprint(config.output, written, records, vocabularies)
+    meta = features.Metadata(
+        schema_version=features.SCHEMA_VERSION,
+        n_users=n_users,
+        n_items=n_items,
+        item_counts=dense_counts,
+        split={
+            "protocol": config.split,
+            "seed": config.seed if split_file is None else None,
+            "fractions": (
+                {
+                    "train": round(1.0 - config.valid_fraction - config.test_fraction, 10),
+                    "valid": config.valid_fraction,
+                    "test": config.test_fraction,
+                }
+                if config.split == "user" and split_file is None
+                else None
+            ),
+            "min_seq_len": config.effective_min_seq_len,
+            **(
+                {
+                    "split_file": split_file.path,
+                    "split_file_sha256": split_file.sha256,
+                    "split_file_users": split_file.sizes,
+                }
+                if split_file is not None
+                else {}
+            ),
+        },
+        counts=counts,
+        records=records,
+        source={
+            "input": config.input,
+            "files": files,
+            "format": config.input_format,
+            "options": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("input", "output")},
+        },
+        fingerprint=fingerprint,
+    )
+    for name, text in vocabularies.items():
+        write_text(FileSystems.join(config.output, name), text)
+    if "://" in config.output:  # Metadata.save writes local files only
+        write_text(
+            FileSystems.join(config.output, features.METADATA_FILE), json.dumps(dataclasses.asdict(meta), indent=1)
+        )
+    else:
+        meta.save(config.output)
+    write_manifest(config.output, COMPLETE, [*written_files, *vocabularies, features.METADATA_FILE])
+    empty = empty_output_message(config.output, counts)
+    if empty is not None:  # `main` exits 1 on it; `run` callers get this warning
+        LOG.warning("%s", empty)
+    if counts.get("kcore_items_below_k") or counts.get("kcore_users_below_k"):
+        LOG.warning(
+            "k-core did not reach its fixed point in %d rounds (%d items, %d users still below k=%d): "
+            "raise --kcore_rounds",
+            config.kcore_rounds,
+            counts["kcore_items_below_k"],
+            counts["kcore_users_below_k"],
+            config.kcore,
+        )
+    LOG.info(
+        "wrote %s: %d users, %d items, records %s, counts %s", config.output, n_users, n_items, meta.records, counts
+    )
+    return dataclasses.asdict(meta)
+
+
+def empty_output_message(output: str, counts: dict[str, int]) -> str | None:
+    """The error for a run that wrote no user (every row rejected or filtered), naming the counts; else None."""
+    if counts.get("users_written", 0) > 0:
+        return None
+    reasons = ", ".join(f"{k[len('rejected_') :]} {v}" for k, v in sorted(counts.items()) if k.startswith("rejected_"))
+    return (
+        f"no user left in {output}: {counts.get('lines_read', 0)} lines read ({counts.get('empty_lines', 0)} empty, "
+        f"{counts.get('header_lines', 0)} header), rows read {counts.get('rows_read', 0)} = written 0 + rejected "
+        f"{counts.get('rows_rejected', 0)}{f' ({reasons})' if reasons else ''} + filtered "
+        f"{counts.get('rows_filtered', 0)} (dedupe {counts.get('rows_filtered_dedupe', 0)}, kcore "
+        f"{counts.get('rows_filtered_kcore', 0)}, min_seq_len {counts.get('rows_filtered_min_seq_len', 0)}); "
+        f"the rejected rows are in {FileSystems.join(output, REJECTED_DIR)}/"
+    )

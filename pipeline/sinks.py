@@ -3,7 +3,7 @@
 Beam's ``WriteToTFRecord`` / ``WriteToText`` (``iobase.WriteImpl``) pass the temporary directory and the written
 files to their finalize step as side inputs, and with ``num_shards=0`` emit each bundle's file from
 ``finish_bundle``. Beam 2.77's Dask runner recomputes side inputs inside each consuming task (see
-`pipeline.transforms`) and drops whatever ``finish_bundle`` emits::
+`pipeline.portable`) and drops whatever ``finish_bundle`` emits::
 
     class Late(beam.DoFn):
         def process(self, x):
@@ -21,6 +21,9 @@ every runner: each bundle (or, with ``num_shards``, each shard group) writes one
 ``finish_bundle``; a GroupByKey downstream only sees a bundle's output once the bundle, ``finish_bundle``
 included, has committed); one GroupByKey collects the paths and `finalize` renames them to their final names in
 sorted order and deletes the temporary directory, together with any file a failed and retried bundle left there.
+
+The pipeline's sinks (`SINKS`, one folder of ``--output`` each): the rejected lines, one text file; each split's
+records, gzip TFRecord files. `WriteOutputFiles` writes them, `finalize_sink` names them in the last step.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
+
+from mdcns_tf import features
+from pipeline import outputs, records, splits
 
 TFRECORD, TEXT = "tfrecord", "text"
 
@@ -157,3 +163,76 @@ def finalize(
     if FileSystems.exists(temp_dir):  # a local directory (object stores have none)
         FileSystems.delete([temp_dir])
     return finals
+
+
+# --- The pipeline's sinks ---------------------------------------------------------------------------------------
+
+SINKS = (outputs.REJECTED_DIR, *features.SPLITS)
+
+
+def sink_layout(sink: str, num_shards: int) -> tuple[str, str, str, int]:
+    """``(file name prefix, suffix, kind, shards)`` of one of `SINKS`: the rejected lines in one text file, a
+    split's records in ``num_shards`` gzip TFRecord files (0: one per bundle, the runner decides)."""
+    if sink == outputs.REJECTED_DIR:
+        return "rejected", ".txt", TEXT, 1
+    return "part", features.TFRECORD_SUFFIX, TFRECORD, num_shards
+
+
+def temp_dir(output: str, sink: str, run_id: str) -> str:
+    return FileSystems.join(output, sink, f".temp-{run_id}")
+
+
+def _tagged(value: Any, sink: str) -> tuple[str, Any]:
+    return sink, value
+
+
+def _serialized(element: tuple[str, splits.Record]) -> tuple[str, bytes]:
+    split, record = element
+    return split, records.serialize_record(record)
+
+
+class WriteOutputFiles(beam.PTransform):
+    """``{"rejected": text lines, "records": (split, record)}`` -> ``(sink, temporary path)`` per file written, and
+    one ``(sink, None)`` marker per sink, so that a sink that got no element still gets its (empty) file
+    (`finalize_sink`)."""
+
+    def __init__(self, output: str, run_id: str, num_shards: int) -> None:
+        super().__init__()
+        self.output = output
+        self.run_id = run_id
+        self.num_shards = num_shards
+
+    def _sinks(self, names: Iterable[str]) -> dict[str, tuple[str, str, str, int]]:
+        """`WriteFiles` specs: ``{sink: (temp_dir, suffix, kind, shards)}``."""
+        specs = {}
+        for sink in names:
+            _, suffix, kind, shards = sink_layout(sink, self.num_shards)
+            specs[sink] = (temp_dir(self.output, sink, self.run_id), suffix, kind, shards)
+        return specs
+
+    def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
+        rejected_dir = outputs.REJECTED_DIR
+        # Two writes: `WriteFiles` takes sinks of one mode, and the rejected lines have a fixed shard count.
+        temp_files = [
+            inputs["rejected"]
+            | "RejectedPairs" >> beam.Map(_tagged, rejected_dir)
+            | "WriteRejected" >> WriteFiles(self._sinks([rejected_dir])),
+            inputs["records"]
+            | "Serialize" >> beam.Map(_serialized)
+            | "WriteRecords" >> WriteFiles(self._sinks(features.SPLITS)),
+        ]
+        markers = inputs["records"].pipeline | "SinkMarkers" >> beam.Create([(sink, None) for sink in SINKS])
+        return [*temp_files, markers] | "AllTempFiles" >> beam.Flatten()
+
+
+def finalize_sink(sink: str, temp_paths: list[str | None], output: str, run_id: str, num_shards: int) -> list[str]:
+    """The final paths of one sink's files (`finalize`); an empty split still gets one (empty) file."""
+    prefix, suffix, _, shards = sink_layout(sink, num_shards)
+    return finalize(
+        temp_paths,
+        directory=FileSystems.join(output, sink),
+        prefix=prefix,
+        suffix=suffix,
+        temp_dir=temp_dir(output, sink, run_id),
+        min_shards=max(1, shards),
+    )

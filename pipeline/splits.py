@@ -1,13 +1,19 @@
-"""Pure split logic: which records a user's id sequence becomes under each protocol (DESIGN section 4).
+"""Splits (docs/design.md, section "Protocols"): which records a user's id sequence becomes under each protocol,
+and a given user split, the ``--split_file``.
 
 Records are ``(user_index, item_ids, target)`` tuples in `mdcns_tf.features` terms (target 0 = training record).
+Everything here is pure but `load_split_file`, which reads the file through Beam's `FileSystems`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Sequence
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from mdcns_tf.features import PADDING_ID
 from pipeline import formats
@@ -139,3 +145,42 @@ def file_split_assignment(
             "(absent from the input, rejected, or removed by --kcore/--min_seq_len)"
         )
     return {key: given.get(key, "train") for key in user_keys}
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitFile:
+    """A parsed ``--split_file``: ``{user key: split}`` and the sha256 of the file's bytes (for metadata.json)."""
+
+    path: str
+    assignment: dict[str, str]
+    sha256: str
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {split: sum(s == split for s in self.assignment.values()) for split in SPLIT_FILE_SPLITS}
+
+
+def load_split_file(path: str) -> SplitFile:
+    """Reads and checks ``--split_file`` (local or ``gs://``-style); `SplitFileError` on a bad file."""
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(f"--split_file {path!r} does not exist")
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SplitFileError(f"--split_file {path!r} is not UTF-8 text ({e})") from None
+    assignment = parse_split_file(text, source=f"--split_file {path}")
+    return SplitFile(path, assignment, hashlib.sha256(raw).hexdigest())
+
+
+def split_file_error(error: BaseException | None) -> SplitFileError | None:
+    """The `SplitFileError` behind a pipeline failure, if any: runners re-raise a DoFn's error augmented with the
+    step name, as the same type or chained (``__cause__`` / ``__context__``), depending on the runner."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, SplitFileError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

@@ -8,13 +8,13 @@ import random
 import pytest
 
 import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from pipeline import formats, splits
+from pipeline import formats, reading, splits, vocabulary
 
 
 def parse_all(fmt: str, data: bytes, max_line_bytes: int = 1 << 20, **kwargs) -> tuple[list, list, dict]:
     parser = formats.LineParser(fmt, path="f", **kwargs)
     rows, rejected = [], []
-    for line_no, (raw, _) in enumerate(formats.iter_lines(io.BytesIO(data), max_line_bytes), 1):
+    for line_no, (raw, _) in enumerate(reading.iter_lines(io.BytesIO(data), max_line_bytes), 1):
         out = parser.parse(line_no, raw)
         if isinstance(out, formats.Rejection):
             rejected.append((out.line_no, out.reason))
@@ -119,11 +119,11 @@ def test_long_lines_are_rejected_without_reading_them_whole() -> None:
 
 
 def test_vocabulary_order() -> None:
-    assert formats.vocabulary_order(["10", "9", "2", "10"]) == ["2", "9", "10"]
-    assert formats.vocabulary_order(["b10", "b9", "a"]) == ["a", "b10", "b9"]
+    assert vocabulary.vocabulary_order(["10", "9", "2", "10"]) == ["2", "9", "10"]
+    assert vocabulary.vocabulary_order(["b10", "b9", "a"]) == ["a", "b10", "b9"]
     # one non-integer key goes last instead of renumbering the integer keys lexicographically
-    assert formats.vocabulary_order(["10", "x", "9"]) == ["9", "10", "x"]
-    assert formats.vocabulary_order(["07", "7", "-1"]) == ["-1", "07", "7"]
+    assert vocabulary.vocabulary_order(["10", "x", "9"]) == ["9", "10", "x"]
+    assert vocabulary.vocabulary_order(["07", "7", "-1"]) == ["-1", "07", "7"]
 
 
 def test_split_sizes_and_assignment_are_exact_and_seeded() -> None:

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mdcns_tf import features
-from pipeline import formats, readback, run, transforms
+from pipeline import formats, readback, reading, records, run, sequences, vocabulary
 
 # --- generated files ------------------------------------------------------------------------------------------
 
@@ -83,10 +83,10 @@ def files(draw: st.DrawFn) -> bytes:
 
 
 def parse(fmt: str, data: bytes, path: str = "f", ordinal: int = 0) -> tuple[list, list, dict]:
-    """``(parsed values, rejections, counts)`` of one file, as `transforms.ReadAndParse` parses it."""
+    """``(parsed values, rejections, counts)`` of one file, as `reading.ReadAndParse` parses it."""
     parser = formats.LineParser(fmt, path=path, file_ordinal=ordinal)
     rows, rejected = [], []
-    for line_no, (raw, _) in enumerate(formats.iter_lines(io.BytesIO(data)), 1):
+    for line_no, (raw, _) in enumerate(reading.iter_lines(io.BytesIO(data)), 1):
         out = parser.parse(line_no, raw)
         if isinstance(out, formats.Rejection):
             rejected.append(out)
@@ -129,7 +129,7 @@ def test_parser_accounts_for_every_line(fmt: str, data: bytes) -> None:
             if fmt != "interactions":
                 assert not any(c.isspace() for c in key)  # whitespace always separates tokens
             keys.add(key)
-    order = formats.vocabulary_order(keys)
+    order = vocabulary.vocabulary_order(keys)
     assert sorted(order) == sorted(keys)
     integers = [key for key in order if formats.is_integer_key(key)]
     assert order[: len(integers)] == integers  # integer keys first, so one odd key cannot renumber them
@@ -165,7 +165,7 @@ def expected_sequences(fmt: str, parsed: list, dedupe: bool, min_len: int) -> di
         by_user[user].append(value)
     out = {}
     for user, values in by_user.items():
-        _, items = transforms.build_sequence((user, values), fmt == "interactions", dedupe)
+        _, items = sequences.build_sequence((user, values), fmt == "interactions", dedupe)
         if len(items) >= min_len:
             out[user] = items
     return out
@@ -272,7 +272,7 @@ def test_hostile_example_parses_as_documented(fmt: str) -> None:
 
 def test_events_of_an_item_without_a_vocabulary_id_fail_loudly_instead_of_vanishing() -> None:
     joined = {"id": [7], "uses": [("u1", 0), ("u2", 3)]}
-    assert list(transforms._ids_by_user(("item", joined))) == [("u1", (0, 7)), ("u2", (3, 7))]
-    assert list(transforms._ids_by_user(("unused", {"id": [8], "uses": []}))) == []
+    assert list(records._ids_by_user(("item", joined))) == [("u1", (0, 7)), ("u2", (3, 7))]
+    assert list(records._ids_by_user(("unused", {"id": [8], "uses": []}))) == []
     with pytest.raises(ValueError, match="item 'lost': 2 events but 0 vocabulary ids"):
-        list(transforms._ids_by_user(("lost", {"id": [], "uses": [("u1", 0), ("u2", 1)]})))
+        list(records._ids_by_user(("lost", {"id": [], "uses": [("u1", 0), ("u2", 1)]})))

@@ -13,7 +13,7 @@ import pytest
 from conftest import write_loo_dataset
 
 from mdcns_tf import features
-from pipeline import formats, outputs, readback, run, splits
+from pipeline import formats, outputs, readback, reading, run, splits, vocabulary
 
 SEQUENCES = "u1 a b c\nu2 b c d\nu3 c d e a\n"
 
@@ -41,7 +41,7 @@ def parse_lines(fmt: str, data: bytes, **kwargs) -> tuple[list, list, dict]:
     """In-process parse of one file: ``(parsed values, [(line_no, reason)], counts)``."""
     parser = formats.LineParser(fmt, path="f", **kwargs)
     rows, rejected = [], []
-    for line_no, (raw, _) in enumerate(formats.iter_lines(io.BytesIO(data)), 1):
+    for line_no, (raw, _) in enumerate(reading.iter_lines(io.BytesIO(data)), 1):
         out = parser.parse(line_no, raw)
         if isinstance(out, formats.Rejection):
             rejected.append((out.line_no, out.reason))
@@ -204,7 +204,7 @@ def test_old_metadata_without_fingerprint_warns_and_its_ids_are_scanned(tmp_path
 
 def test_trainer_refuses_mismatched_data_before_building_anything(two_datasets, tmp_path: Path) -> None:
     from mdcns_tf import train
-    from mdcns_tf.config import load_config
+    from mdcns_tf.config_loader import load_config
 
     a, b = two_datasets
     data = shutil.copytree(a, tmp_path / "mixed")
@@ -233,7 +233,7 @@ def test_oversized_numbers_are_rejected_with_a_reason() -> None:
     assert counts["rows_read"] == counts["rows_parsed"] + counts["rows_rejected"] == 6
     _, rejected, _ = parse_lines("interactions", f"1,10,5,100\n1,11,{HUGE},101\n1,12,1e400,102\n".encode())
     assert rejected == [(2, formats.RATING_OUT_OF_RANGE), (3, formats.RATING_OUT_OF_RANGE)]
-    assert formats.vocabulary_order(["2", "1" + "0" * 5000, "10"]) == ["2", "10", "1" + "0" * 5000]
+    assert vocabulary.vocabulary_order(["2", "1" + "0" * 5000, "10"]) == ["2", "10", "1" + "0" * 5000]
 
 
 def test_oversized_numbers_do_not_kill_the_pipeline(tmp_path: Path, capsys) -> None:
@@ -288,7 +288,7 @@ def test_a_zero_fraction_key_is_the_integer_and_one_odd_key_does_not_renumber() 
     assert [(u, v[3]) for u, v in rows] == [("7", ("49", "49", "50", "49")), ("7", ("1",))]
     rows, _, _ = parse_lines("interactions", b"1,49.0,100\n1,049,101\n1,4.9e1,102\n")
     assert [v[3][0] for _, v in rows] == ["49", "049", "4.9e1"]  # leading zeros and other spellings stay keys
-    assert formats.vocabulary_order(["1", "2", "10", "x"]) == ["1", "2", "10", "x"]
+    assert vocabulary.vocabulary_order(["1", "2", "10", "x"]) == ["1", "2", "10", "x"]
     assert splits.parse_split_file("49.0\ttest\n") == {"49": "test"}  # matched as the input's keys are
 
 

@@ -141,7 +141,7 @@ def test_setup_file_stages_our_packages(tmp_path: Path) -> None:
     assert len(sdists) == 1, (names, list(staging.iterdir()))
     with tarfile.open(sdists[0]) as tar:
         members = {Path(*Path(name).parts[1:]).as_posix() for name in tar.getnames()}
-    for module in ("pipeline/run.py", "pipeline/transforms.py", "pipeline/formats.py", "mdcns_tf/features.py"):
+    for module in ("pipeline/run.py", "pipeline/preprocess.py", "pipeline/formats.py", "mdcns_tf/features.py"):
         assert module in members, sorted(members)
     if importlib.util.find_spec("build") is None:
         # without `build` a pyproject-only project cannot stage: the shim is what makes the fallback work
