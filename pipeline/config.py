@@ -1,0 +1,76 @@
+"""`PipelineConfig`: the pipeline's own flags (not Beam's), validated; the graph is built from it.
+
+The flags themselves (names, defaults, help) are `pipeline.run.build_arg_parser`; this checks what argparse cannot
+(ranges, combinations), so a bad combination is a usage error before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pipeline import formats, reading, splits
+
+_DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "whitespace": None, "space": None}
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Our (non-Beam) flags, validated."""
+
+    input: str
+    input_format: str
+    split: str
+    output: str
+    seed: int = 42
+    kcore: int = 0
+    kcore_rounds: int = 10
+    min_seq_len: int | None = None  # None = the protocol's minimum (3 for loo, 2 for user)
+    delimiter: str = "auto"
+    columns: str | None = None
+    dedupe: bool = False
+    valid_fraction: float = 0.2
+    test_fraction: float = 0.1
+    num_shards: int = 0
+    max_line_bytes: int = reading.DEFAULT_MAX_LINE_BYTES
+    overwrite: bool = False
+    split_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.input.strip():
+            raise ValueError("--input is empty: name a file, a glob or a directory")
+        if not self.output.strip():
+            raise ValueError("--output is empty: name the output directory")
+        if self.input_format not in formats.FORMATS:
+            raise ValueError(f"--input_format must be one of {formats.FORMATS}, got {self.input_format!r}")
+        if self.split not in splits.PROTOCOLS:
+            raise ValueError(f"--split must be one of {splits.PROTOCOLS}, got {self.split!r}")
+        minimum = splits.MIN_SEQ_LEN[self.split]
+        if self.min_seq_len is not None and self.min_seq_len < minimum:
+            raise ValueError(
+                f"--min_seq_len {self.min_seq_len} is below {minimum}, the minimum for --split {self.split}"
+            )
+        if self.kcore < 0 or self.kcore_rounds < 1:
+            raise ValueError("--kcore must be >= 0 and --kcore_rounds >= 1")
+        if not self.delimiter:
+            raise ValueError("--delimiter is empty: use auto, tab, comma, whitespace or a literal")
+        if self.num_shards < 0 or self.max_line_bytes < 1:
+            raise ValueError("--num_shards must be >= 0 and --max_line_bytes >= 1")
+        if self.split == "user":
+            splits.split_sizes(0, self.valid_fraction, self.test_fraction)  # validates the fractions
+        if self.split_file is not None and self.split != "user":
+            raise ValueError("--split_file assigns users to splits: it needs --split user")
+        if self.columns is not None:
+            if self.input_format != "interactions":
+                raise ValueError("--columns only applies to --input_format interactions")
+            formats.parse_columns(self.columns)
+
+    @property
+    def effective_min_seq_len(self) -> int:
+        return self.min_seq_len if self.min_seq_len is not None else splits.MIN_SEQ_LEN[self.split]
+
+    @property
+    def delimiter_value(self) -> tuple[str | None, bool]:
+        """``(delimiter, fixed)``; ``fixed=False`` means detect per file."""
+        if self.delimiter == "auto":
+            return None, False
+        return _DELIMITER_NAMES.get(self.delimiter, self.delimiter), True

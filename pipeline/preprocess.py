@@ -1,0 +1,179 @@
+"""The whole Beam graph as one composite transform, `Preprocess`: input files -> the data folder in ``--output``.
+
+    p | "Preprocess" >> Preprocess(config, inputs, split_file)      # what `pipeline.run` applies
+
+Its stages, in order, and the elements between them (``K`` = a raw key string):
+
+    ReadFiles          (file_ordinal, path, size_bytes)
+                         -> (ROWS, row) | (REJECTED, text line) | (COUNTS, dict)        `pipeline.reading`
+    BuildSequences     rows grouped per user -> (user K, [item K, ...]), chronological   `pipeline.sequences`
+    FilterSequences    -> the same, fewer: k-core, minimum length                        `pipeline.sequences`
+    BuildVocabularies  -> {"item_vocab": [item K, ...], "user_vocab": [user K, ...]}     `pipeline.vocabulary`
+    MakeRecords        sequences + vocabularies -> (split, (user_index, [item id], target))  `pipeline.records`
+    WriteOutputFiles   rejected lines, records -> (sink, temporary path) per file         `pipeline.sinks`
+    Finish             all of the above in one group -> files renamed, vocabularies, metadata.json, manifest
+
+No step holds the dataset in one worker: parsing streams each file, sequences are grouped per user. The item and
+user vocabularies (distinct keys, not interactions) are combined into one sorted list each; that bounds the
+vocabulary (not the data) by one worker's memory. Ids reach the sequences through joins (`MakeRecords`).
+
+Every stage feeds the last one (`Finish`) through its main input: the stats (`pipeline.accounting`), the
+vocabularies and item counts, and the temporary files the sinks wrote, which also orders it after every sink. No
+side input, no tagged output, and no step that leads nowhere: `pipeline.portable` says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import apache_beam as beam
+
+from pipeline import formats, outputs, portable, reading, records, sequences, sinks, vocabulary
+from pipeline.config import PipelineConfig
+from pipeline.splits import SplitFile
+
+
+class Preprocess(beam.PTransform):
+    """The pipeline's root -> the singleton PCollection of the metadata dict (`outputs.write_metadata`).
+
+    ``inputs``: the matched files, ``[(file_ordinal, path, size_bytes)]`` (`reading.match_inputs`); the output
+    directory must have been made ready (`outputs.prepare_output`). ``split_file`` (the loaded ``--split_file``)
+    travels with the `records.UserSplits` DoFn: a paper's split is a few thousand lines; a split of millions of
+    users would rather be joined like the vocabularies.
+    """
+
+    def __init__(
+        self, config: PipelineConfig, inputs: list[tuple[int, str, int]], split_file: SplitFile | None = None
+    ) -> None:
+        super().__init__()
+        # Workers (Dask worker processes, remote machines) write the files: never rely on the launcher's cwd.
+        self.config = dataclasses.replace(config, output=outputs.absolute(config.output))
+        self.inputs = inputs
+        self.split_file = split_file
+        self.run_id = uuid.uuid4().hex[:16]  # names the sinks' temporary folders
+
+    def expand(self, root: beam.pvalue.PBegin) -> beam.PCollection:
+        config = self.config
+        delimiter, fixed = config.delimiter_value
+        columns = formats.parse_columns(config.columns) if config.columns else None
+        parsed = (
+            root
+            | "Files" >> beam.Create(self.inputs)
+            | "ReadFiles" >> reading.ReadFiles(config.input_format, delimiter, fixed, columns, config.max_line_bytes)
+        )
+        built = portable.select(parsed, reading.ROWS, "Rows") | "BuildSequences" >> sequences.BuildSequences(
+            has_timestamps=config.input_format == "interactions", dedupe=config.dedupe
+        )
+        filtered = built | "FilterSequences" >> sequences.FilterSequences(
+            config.kcore, config.kcore_rounds, config.effective_min_seq_len
+        )
+        vocabularies = filtered["sequences"] | "BuildVocabularies" >> vocabulary.BuildVocabularies()
+        split_records = {"sequences": filtered["sequences"], **vocabularies} | "MakeRecords" >> records.MakeRecords(
+            config.split,
+            config.seed,
+            config.valid_fraction,
+            config.test_fraction,
+            self.split_file.assignment if self.split_file is not None else None,
+        )
+        temp_files = {
+            "rejected": portable.select(parsed, reading.REJECTED, "RejectedLines"),
+            "records": split_records,
+        } | "WriteOutputFiles" >> sinks.WriteOutputFiles(config.output, self.run_id, config.num_shards)
+        stats = (
+            portable.select(parsed, reading.COUNTS, "FileCounts") | "ReadStats" >> beam.FlatMap(dict.items),
+            filtered["stats"],
+            split_records | "RecordStats" >> beam.Map(lambda kv: (f"records_{kv[0]}", 1)),
+        ) | "AllStats" >> beam.Flatten()
+        item_counts = (
+            portable.select(split_records, "train", "TrainRecords")
+            | "TrainItemIds" >> beam.FlatMap(lambda record: [(item_id, 1) for item_id in record[1]])
+            | "CountPerItem" >> beam.CombinePerKey(sum)
+        )
+        files = [path for _, path, _ in self.inputs]
+        return {
+            "temp_files": temp_files,
+            "stats": stats,
+            "item_counts": item_counts,
+            **vocabularies,
+        } | "Finish" >> Finish(config, files, self.run_id, self.split_file)
+
+
+def _tagged(value: Any, kind: str) -> tuple[str, Any]:
+    return kind, value
+
+
+class Finish(beam.PTransform):
+    """The last step: ``{"temp_files": (sink, path | None), "stats": (name, n), "item_counts": (item id, n),
+    "item_vocab": [key], "user_vocab": [key]}`` -> the singleton metadata dict.
+
+    Everything meets in one group, sent to `finish` as ``(kind, value)`` parts: that one step depends on every
+    other, which is what the Dask runner computes (`pipeline.portable`), and runs after every sink has written.
+    """
+
+    def __init__(self, config: PipelineConfig, files: list[str], run_id: str, split_file: SplitFile | None) -> None:
+        super().__init__()
+        self.config = config
+        self.files = files
+        self.run_id = run_id
+        self.split_file = split_file
+
+    def expand(self, results: dict[str, beam.PCollection]) -> beam.PCollection:
+        parts = (
+            results["temp_files"] | "TempParts" >> beam.Map(_tagged, "temp"),
+            results["stats"] | "SumStats" >> beam.CombinePerKey(sum) | "StatParts" >> beam.Map(_tagged, "stat"),
+            results["item_counts"] | "ItemCountParts" >> beam.Map(_tagged, "item_count"),
+            results["item_vocab"] | "ItemVocabPart" >> beam.Map(_tagged, "item_vocab"),
+            results["user_vocab"] | "UserVocabPart" >> beam.Map(_tagged, "user_vocab"),
+        )
+        return (
+            parts
+            | "AllParts" >> beam.Flatten()
+            | "OneKey" >> beam.Map(lambda part: (None, part))
+            | "Gather" >> beam.GroupByKey()
+            | "WriteMetadata"
+            >> beam.Map(finish, config=self.config, files=self.files, run_id=self.run_id, split_file=self.split_file)
+        )
+
+
+def finish(
+    element: tuple[None, Iterable[tuple[str, Any]]],
+    *,
+    config: PipelineConfig,
+    files: list[str],
+    run_id: str,
+    split_file: SplitFile | None = None,
+) -> dict[str, Any]:
+    """The gathered ``(kind, value)`` parts: ``("temp", (sink, temporary path or None))`` per file written (and
+    per sink marker), ``("stat", (name, total))``, ``("item_count", (item id, n))``, ``("item_vocab", list)`` and
+    ``("user_vocab", list)`` -> the sinks' files renamed (`sinks.finalize_sink`), then `outputs.write_metadata`.
+    A vocabulary that is absent (no user left) is empty."""
+    temp_paths: dict[str, list[str | None]] = {sink: [] for sink in sinks.SINKS}
+    stats: dict[str, int] = {}
+    item_counts: dict[int, int] = {}
+    vocabularies: dict[str, list[str]] = {"item_vocab": [], "user_vocab": []}
+    for kind, value in element[1]:
+        if kind == "temp":
+            temp_paths[value[0]].append(value[1])
+        elif kind == "stat":
+            stats[value[0]] = value[1]
+        elif kind == "item_count":
+            item_counts[value[0]] = value[1]
+        else:
+            vocabularies[kind] = value
+    written = [
+        path
+        for sink in sinks.SINKS
+        for path in sinks.finalize_sink(sink, temp_paths[sink], config.output, run_id, config.num_shards)
+    ]
+    return outputs.write_metadata(
+        config=config,
+        files=files,
+        stats=stats,
+        item_counts=item_counts,
+        written=written,
+        split_file=split_file,
+        **vocabularies,
+    )

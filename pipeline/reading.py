@@ -1,0 +1,204 @@
+"""Reading the input: the files ``--input`` names, each streamed line by line and parsed in one worker.
+
+    match_inputs   --input -> [(file_ordinal, path, size_bytes)], at launch
+    ReadFiles      (file_ordinal, path, size_bytes)
+                     -> (ROWS, (user K, (timestamp, file_ordinal, line_no, (item K, ...))))    `formats.Parsed`
+                        (REJECTED, "path\\tline\\treason\\traw")                                 `formats.Rejection`
+                        (COUNTS, dict[str, int]) once per file                                  `pipeline.accounting`
+
+A file is read by one worker, streaming (`iter_lines`), so line order (ties between events) is known and no file
+is held in memory; files are spread over workers. The three kinds of output are ``(tag, value)`` pairs of one
+output, not tagged outputs (`pipeline.portable`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from pipeline import formats, outputs
+
+LOG = logging.getLogger("pipeline")
+
+ROWS = "rows"
+REJECTED = "rejected"
+COUNTS = "counts"
+
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+_READ_CHUNK = 1 << 20
+
+
+def match_inputs(pattern: str) -> list[tuple[int, str, int]]:
+    """``(file_ordinal, path, size)`` of the matched files in path order (the ordinal orders ties across files);
+    local paths are absolute, because workers read them (a Dask worker's cwd is not the launcher's).
+
+    A local directory stands for its non-hidden files (not its subdirectories); directories a glob matches are
+    skipped: a directory is not a file of rows.
+    """
+    directory_input = outputs.is_local(pattern) and os.path.isdir(pattern)
+    if directory_input:
+        pattern = os.path.join(pattern, "*")
+    try:
+        metadata = FileSystems.match([pattern])[0].metadata_list
+    except Exception as e:  # noqa: BLE001  (Beam raises BeamIOError, or ValueError for an unknown scheme)
+        raise FileNotFoundError(f"--input {pattern!r}: {e}") from None
+    paths = sorted(
+        (outputs.absolute(m.path), m.size_in_bytes)
+        for m in metadata
+        if not (outputs.is_local(m.path) and os.path.isdir(m.path))
+        and not (directory_input and os.path.basename(m.path).startswith("."))
+    )
+    if not paths:
+        raise FileNotFoundError(f"--input {pattern!r} matches no file")
+    return [(i, path, size) for i, (path, size) in enumerate(paths)]
+
+
+def iter_lines(stream: BinaryIO, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[bytes | None, int]]:
+    """Streams ``(line_without_newline, bytes_consumed_so_far)`` from a binary stream in 1 MiB chunks.
+
+    A line longer than ``max_line_bytes`` is yielded as None and never held in memory beyond one chunk past the
+    limit, so a multi-GB file without newlines cannot exhaust a worker.
+    """
+    carry = b""
+    skipping = False
+    consumed = 0
+    while True:
+        chunk = stream.read(_READ_CHUNK)
+        if not chunk:
+            break
+        consumed += len(chunk)
+        lines = (carry + chunk).split(b"\n")
+        carry = lines.pop()
+        for line in lines:
+            if skipping:
+                skipping = False
+                yield None, consumed
+            elif len(line) > max_line_bytes:
+                yield None, consumed
+            else:
+                yield line, consumed
+        if len(carry) > max_line_bytes:
+            skipping, carry = True, b""
+    if skipping:
+        yield None, consumed
+    elif carry:
+        yield carry, consumed
+
+
+class ReadAndParse(beam.DoFn):
+    """Streams one file line by line (order kept via line numbers) through a `formats.LineParser`.
+
+    Input: ``(file_ordinal, path, size_bytes)``. Outputs ``(tag, value)`` pairs (one output: `pipeline.portable`;
+    `portable.select` splits them): ``ROWS`` `formats.Parsed` values, ``REJECTED`` text lines and, once per file, a
+    ``COUNTS`` dict. Logs progress with an ETA every ``log_every_s`` seconds.
+    """
+
+    def __init__(
+        self,
+        input_format: str,
+        delimiter: str | None,
+        delimiter_fixed: bool,
+        columns: tuple[str, ...] | None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        log_every_s: float = 30.0,
+    ) -> None:
+        self.input_format = input_format
+        self.delimiter = delimiter
+        self.delimiter_fixed = delimiter_fixed
+        self.columns = columns
+        self.max_line_bytes = max_line_bytes
+        self.log_every_s = log_every_s
+        self.lines_counter = Metrics.counter("pipeline", "lines_read")
+        self.rows_counter = Metrics.counter("pipeline", "rows_read")
+        self.rejected_counter = Metrics.counter("pipeline", "rows_rejected")
+
+    def process(self, element: tuple[int, str, int]) -> Iterator[Any]:
+        file_ordinal, path, size = element
+        parser = formats.LineParser(
+            self.input_format,
+            path=path,
+            file_ordinal=file_ordinal,
+            delimiter=self.delimiter,
+            delimiter_fixed=self.delimiter_fixed,
+            columns=self.columns,
+        )
+        start = last_log = time.monotonic()
+        reported = {"lines_read": 0, "rows_read": 0, "rows_rejected": 0}
+        with FileSystems.open(path) as stream:
+            for line_no, (raw, consumed) in enumerate(iter_lines(stream, self.max_line_bytes), start=1):
+                out = parser.parse(line_no, raw)
+                if isinstance(out, formats.Rejection):
+                    yield REJECTED, out.to_line()
+                else:
+                    for parsed in out:
+                        yield ROWS, parsed
+                if line_no % 65536 == 0:
+                    self._report(parser.counts, reported)
+                    now = time.monotonic()
+                    if now - last_log >= self.log_every_s:
+                        last_log = now
+                        rate = consumed / max(now - start, 1e-9)
+                        eta = (size - consumed) / rate if size and consumed < size else 0.0
+                        LOG.info(
+                            "%s: %d lines, %.1f%% of %d bytes, %.1f MB/s, ETA %.0fs",
+                            path,
+                            line_no,
+                            100.0 * consumed / max(size, 1),
+                            size,
+                            rate / 1e6,
+                            eta,
+                        )
+        self._report(parser.counts, reported)
+        LOG.info(
+            "%s: done in %.1fs: %s (delimiter %r, columns %s, header %s)",
+            path,
+            time.monotonic() - start,
+            {k: v for k, v in sorted(parser.counts.items()) if v},
+            parser.delimiter,
+            parser.layout,
+            "none" if parser.header is None else repr(parser.header[:200]),
+        )
+        yield COUNTS, dict(parser.counts)
+
+    def _report(self, counts: dict[str, int], reported: dict[str, int]) -> None:
+        # Counters are bumped in batches: a metric update per line would dominate the parse cost.
+        for key, counter in (
+            ("lines_read", self.lines_counter),
+            ("rows_read", self.rows_counter),
+            ("rows_rejected", self.rejected_counter),
+        ):
+            delta = counts.get(key, 0) - reported[key]
+            if delta:
+                counter.inc(delta)
+                reported[key] += delta
+
+
+class ReadFiles(beam.PTransform):
+    """``(file_ordinal, path, size_bytes)`` -> the ``(tag, value)`` pairs of `ReadAndParse`, files spread over
+    workers. Arguments as `ReadAndParse`'s."""
+
+    def __init__(
+        self,
+        input_format: str,
+        delimiter: str | None,
+        delimiter_fixed: bool,
+        columns: tuple[str, ...] | None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    ) -> None:
+        super().__init__()
+        self.read_and_parse = ReadAndParse(input_format, delimiter, delimiter_fixed, columns, max_line_bytes)
+
+    def expand(self, files: beam.PCollection) -> beam.PCollection:
+        return (
+            files
+            # Spread files over workers; a file itself is read by one worker, streaming, to keep line order.
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadAndParse" >> beam.ParDo(self.read_and_parse)
+        )

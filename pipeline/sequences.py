@@ -1,0 +1,156 @@
+"""Per-user sequences: parsed rows -> ``(user K, [item K, ...])`` in chronological order, then filtered.
+
+    BuildSequences    `formats.Parsed` rows grouped per user -> (user K, [item K, ...]) sorted by
+                      (timestamp, file, line), optionally deduplicated
+    FilterSequences   (user K, [item K, ...]) -> the same, fewer: k-core (`KCore`), then the minimum length
+
+A sequence is grouped per user, so no step holds more than one user's events (a k-core round: one item's).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+
+from pipeline import accounting
+
+UserSequence = tuple[str, list[str]]
+
+
+def build_sequence(element: tuple[str, Iterable[Any]], has_timestamps: bool, dedupe: bool) -> UserSequence:
+    """One user's values -> ``(user, [item, ...])`` in chronological order, ties in input order (stable sort).
+
+    With ``dedupe``, an event repeating an earlier event of the user is dropped: same item and same timestamp when
+    the format has timestamps, else the same item as the immediately preceding event.
+    """
+    user, values = element
+    ordered = sorted(values, key=lambda value: (value[0], value[1], value[2]))
+    items: list[str] = []
+    if not dedupe:
+        for value in ordered:
+            items.extend(value[3])
+        return user, items
+    seen: set[tuple[Any, str]] = set()
+    for timestamp, _, _, keys in ordered:
+        for item in keys:
+            if has_timestamps:
+                if (timestamp, item) in seen:
+                    continue
+                seen.add((timestamp, item))
+            elif items and items[-1] == item:
+                continue
+            items.append(item)
+    return user, items
+
+
+class BuildSequences(beam.PTransform):
+    """`formats.Parsed` values -> ``(user, [item, ...])`` chronological per user (grouped by user)."""
+
+    def __init__(self, has_timestamps: bool, dedupe: bool) -> None:
+        super().__init__()
+        self.has_timestamps = has_timestamps
+        self.dedupe = dedupe
+
+    def expand(self, parsed: beam.PCollection) -> beam.PCollection:
+        return (
+            parsed
+            | "GroupByUser" >> beam.GroupByKey()
+            | "SortPerUser" >> beam.Map(build_sequence, has_timestamps=self.has_timestamps, dedupe=self.dedupe)
+        )
+
+
+def events_by_item(element: UserSequence) -> Iterator[tuple[str, tuple[str, int]]]:
+    """``(user, [item, ...])`` -> ``(item, (user, position))`` per event."""
+    user, items = element
+    for position, item in enumerate(items):
+        yield item, (user, position)
+
+
+def _keep_frequent_item(element: tuple[str, Iterable[tuple[str, int]]], k: int) -> Iterator[Any]:
+    item, uses = element
+    uses = list(uses)
+    if len(uses) >= k:
+        for user, position in uses:
+            yield user, (position, item)
+
+
+def _rebuild_if_long(element: tuple[str, Iterable[tuple[int, str]]], k: int) -> Iterator[UserSequence]:
+    user, positioned = element
+    items = [item for _, item in sorted(positioned)]
+    if len(items) >= k:
+        yield user, items
+
+
+class KCore(beam.PTransform):
+    """Iterative k-core: per round, drop items with < k interactions, then users with < k left.
+
+    Beam graphs are static, so the loop is unrolled ``rounds`` times (default 10); a round after the fixed point
+    removes nothing. `kcore_violations` counts the items and users still below k afterwards, which is 0 when the
+    fixed point was reached; the pipeline logs a warning and records it in metadata otherwise.
+
+    A round groups the events by item (an item's group is its count: kept or dropped whole), then by user (the
+    kept events back in sequence order). No side input (`pipeline.portable`); memory per group is bounded by
+    the most popular item's interactions.
+    """
+
+    def __init__(self, k: int, rounds: int) -> None:
+        super().__init__()
+        self.k = k
+        self.rounds = rounds
+
+    def expand(self, sequences: beam.PCollection) -> beam.PCollection:
+        for r in range(self.rounds):
+            sequences = (
+                sequences
+                | f"EventsByItem{r}" >> beam.FlatMap(events_by_item)
+                | f"GroupByItem{r}" >> beam.GroupByKey()
+                | f"DropRareItems{r}" >> beam.FlatMap(_keep_frequent_item, k=self.k)
+                | f"GroupByUser{r}" >> beam.GroupByKey()
+                | f"DropShortUsers{r}" >> beam.FlatMap(_rebuild_if_long, k=self.k)
+            )
+        return sequences
+
+
+def _item_counts(element: UserSequence) -> Iterable[tuple[str, int]]:
+    return Counter(element[1]).items()
+
+
+def kcore_violations(sequences: beam.PCollection, k: int, label: str = "KCoreCheck") -> beam.PCollection:
+    """Stats ``("kcore_items_below_k", 1)`` per item and ``("kcore_users_below_k", 1)`` per user still below k."""
+    items_low = (
+        sequences
+        | f"{label}ItemCounts" >> beam.FlatMap(_item_counts)
+        | f"{label}SumItems" >> beam.CombinePerKey(sum)
+        | f"{label}LowItems" >> beam.FlatMap(lambda kv: [("kcore_items_below_k", 1)] if kv[1] < k else [])
+    )
+    users_low = sequences | f"{label}LowUsers" >> beam.FlatMap(
+        lambda kv: [("kcore_users_below_k", 1)] if len(kv[1]) < k else []
+    )
+    return (items_low, users_low) | f"{label}Flatten" >> beam.Flatten()
+
+
+class FilterSequences(beam.PTransform):
+    """``(user K, [item K, ...])`` -> ``{"sequences": the same, fewer; "stats": (name, n) pairs}``.
+
+    The k-core when ``kcore > 1`` (`KCore`), then users shorter than ``min_seq_len`` dropped. The stats
+    (`pipeline.accounting`) count the users and rows that come in and the rows left after each filter.
+    """
+
+    def __init__(self, kcore: int, kcore_rounds: int, min_seq_len: int) -> None:
+        super().__init__()
+        self.kcore = kcore
+        self.kcore_rounds = kcore_rounds
+        self.min_seq_len = min_seq_len
+
+    def expand(self, sequences: beam.PCollection) -> dict[str, beam.PCollection]:
+        stats = [accounting.sequence_stats(sequences, "rows_after_dedupe", users_key="users_read")]
+        if self.kcore > 1:
+            sequences = sequences | "KCore" >> KCore(self.kcore, self.kcore_rounds)
+            stats.append(kcore_violations(sequences, self.kcore))
+        stats.append(accounting.sequence_stats(sequences, "rows_after_kcore"))
+        sequences = sequences | "MinSeqLen" >> beam.Filter(lambda kv, n=self.min_seq_len: len(kv[1]) >= n)
+        stats.append(accounting.sequence_stats(sequences, "rows_written"))
+        return {"sequences": sequences, "stats": stats | "AllStats" >> beam.Flatten()}

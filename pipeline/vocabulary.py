@@ -1,0 +1,84 @@
+"""The vocabularies: the order of the keys in ``items.txt`` / ``users.txt``, and the stage that builds them.
+
+An item's id is its line in ``items.txt`` (1-based; 0 is padding), a user's index its line in ``users.txt``. Each
+vocabulary is combined into one sorted list: the vocabulary (distinct keys), not the data, must fit in one worker's
+memory. Ids reach the events by joins, not broadcasts (`pipeline.records.MakeRecords`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import apache_beam as beam
+
+from pipeline import formats
+
+
+def vocabulary_order(keys: Any) -> list[str]:
+    """Distinct keys in vocabulary order: integer keys first, ascending numerically, then the others sorted.
+
+    So the S3-Rec files, whose ids are 1..n, keep their ids, and one non-integer key (a typo, a stray header) takes
+    the last id instead of renumbering every integer key. Ties between spellings of one integer ("7", "07") are
+    broken by the string, so the order is total. Integers are compared as digit strings: no ``int()`` of an
+    arbitrarily long key.
+    """
+    keys = set(keys)
+    integers = sorted((key for key in keys if formats.is_integer_key(key)), key=_integer_order)
+    others = sorted(key for key in keys if not formats.is_integer_key(key))
+    return integers + others
+
+
+def _integer_order(key: str) -> tuple[int, int, str, str]:
+    """A sort key that orders integer strings numerically (ties by the string), without converting them."""
+    digits = key.lstrip("+-").lstrip("0")
+    if not digits:
+        return (1, 0, "", key)
+    if key.startswith("-"):  # larger magnitude first: fewer digits, then the digit-wise complement ascending
+        return (0, -len(digits), digits.translate(_COMPLEMENT), key)
+    return (2, len(digits), digits, key)
+
+
+_COMPLEMENT = str.maketrans("0123456789", "9876543210")
+
+
+class Vocabulary(beam.CombineFn):
+    """Combines collections of keys into the sorted distinct list (`vocabulary_order`)."""
+
+    def create_accumulator(self) -> set[str]:
+        return set()
+
+    def add_input(self, acc: set[str], keys: Iterable[str]) -> set[str]:
+        acc.update(keys)
+        return acc
+
+    def merge_accumulators(self, accumulators: Iterable[set[str]]) -> set[str]:
+        merged: set[str] = set()
+        for acc in accumulators:
+            merged |= acc
+        return merged
+
+    def extract_output(self, acc: set[str]) -> list[str]:
+        return vocabulary_order(acc)
+
+
+class BuildVocabularies(beam.PTransform):
+    """``(user K, [item K, ...])`` -> ``{"item_vocab": [item K, ...], "user_vocab": [user K, ...]}``, one list each
+    in `vocabulary_order`; without defaults: with no user left neither has an element (read as empty by
+    `pipeline.preprocess.Finish`)."""
+
+    def expand(self, sequences: beam.PCollection) -> dict[str, beam.PCollection]:
+        item_vocab = (
+            sequences
+            | "Items" >> beam.FlatMap(lambda kv: kv[1])
+            # distinct first: a global combine is one group, which the Dask runner materialises whole in one worker
+            | "DistinctItems" >> beam.Distinct()
+            | "ItemKeys" >> beam.Map(lambda key: (key,))
+            | "ItemVocab" >> beam.CombineGlobally(Vocabulary()).without_defaults()
+        )
+        user_vocab = (
+            sequences
+            | "UserKeys" >> beam.Map(lambda kv: (kv[0],))
+            | "UserVocab" >> beam.CombineGlobally(Vocabulary()).without_defaults()
+        )
+        return {"item_vocab": item_vocab, "user_vocab": user_vocab}
