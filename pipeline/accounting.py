@@ -21,6 +21,7 @@ from collections.abc import Iterable
 
 import apache_beam as beam
 
+from mdcns_tf import features
 from pipeline import portable
 
 
@@ -93,3 +94,8 @@ def row_counts(stats: dict[str, int], users_written: int, kcore: int) -> dict[st
     if counts["rows_read"] != counts["rows_written"] + counts["rows_rejected"] + counts["rows_filtered"]:
         raise AssertionError(f"row accounting is broken (a bug): {counts}")
     return counts
+
+
+def record_counts(stats: dict[str, int]) -> dict[str, int]:
+    """``metadata.records``: ``{split: records written}`` from the summed ``records_<split>`` stats."""
+    return {split: int(stats.get(f"records_{split}", 0)) for split in features.SPLITS}

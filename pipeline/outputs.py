@@ -257,7 +257,7 @@ def write_metadata(
     for item_id, count in item_counts.items():
         dense_counts[item_id] = count
     counts = accounting.row_counts(stats, n_users, config.kcore)
-    records = {split: int(stats.get(f"records_{split}", 0)) for split in features.SPLITS}
+    records = accounting.record_counts(stats)
     vocabularies = {
         features.ITEMS_FILE: "".join(k + "\n" for k in item_vocab),
         features.USERS_FILE: "".join(k + "\n" for k in user_vocab),

@@ -182,7 +182,7 @@ def temp_dir(output: str, sink: str, run_id: str) -> str:
     return FileSystems.join(output, sink, f".temp-{run_id}")
 
 
-def _tagged(value: Any, sink: str) -> tuple[str, Any]:
+def _in_sink(value: Any, sink: str) -> tuple[str, Any]:
     return sink, value
 
 
@@ -215,7 +215,7 @@ class WriteOutputFiles(beam.PTransform):
         # Two writes: `WriteFiles` takes sinks of one mode, and the rejected lines have a fixed shard count.
         temp_files = [
             inputs["rejected"]
-            | "RejectedPairs" >> beam.Map(_tagged, rejected_dir)
+            | "RejectedPairs" >> beam.Map(_in_sink, rejected_dir)
             | "WriteRejected" >> WriteFiles(self._sinks([rejected_dir])),
             inputs["records"]
             | "Serialize" >> beam.Map(_serialized)
