@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipeline import formats, reading, splits
+from pipeline import formats, splits
 
 _DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "whitespace": None, "space": None}
 
@@ -31,7 +31,7 @@ class PipelineConfig:
     valid_fraction: float = 0.2
     test_fraction: float = 0.1
     num_shards: int = 0
-    max_line_bytes: int = reading.DEFAULT_MAX_LINE_BYTES
+    max_line_bytes: int = formats.DEFAULT_MAX_LINE_BYTES
     overwrite: bool = False
     split_file: str | None = None
 

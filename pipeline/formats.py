@@ -74,6 +74,8 @@ REASONS = (
     NO_ITEMS,
     BAD_QUOTING,
 )
+# Longer lines are rejected as LINE_TOO_LONG without being read into memory (`pipeline.reading.iter_lines`).
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 
 # ASCII-only numbers: `float()`/`int()` also accept "1_000", " 12 ", "inf" and non-ASCII digits, none of which is a
 # timestamp a user meant.

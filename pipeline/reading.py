@@ -31,7 +31,6 @@ ROWS = "rows"
 REJECTED = "rejected"
 COUNTS = "counts"
 
-DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 _READ_CHUNK = 1 << 20
 
 
@@ -60,7 +59,9 @@ def match_inputs(pattern: str) -> list[tuple[int, str, int]]:
     return [(i, path, size) for i, (path, size) in enumerate(paths)]
 
 
-def iter_lines(stream: BinaryIO, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[bytes | None, int]]:
+def iter_lines(
+    stream: BinaryIO, max_line_bytes: int = formats.DEFAULT_MAX_LINE_BYTES
+) -> Iterator[tuple[bytes | None, int]]:
     """Streams ``(line_without_newline, bytes_consumed_so_far)`` from a binary stream in 1 MiB chunks.
 
     A line longer than ``max_line_bytes`` is yielded as None and never held in memory beyond one chunk past the
@@ -106,7 +107,7 @@ class ReadAndParse(beam.DoFn):
         delimiter: str | None,
         delimiter_fixed: bool,
         columns: tuple[str, ...] | None,
-        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_line_bytes: int = formats.DEFAULT_MAX_LINE_BYTES,
         log_every_s: float = 30.0,
     ) -> None:
         self.input_format = input_format
@@ -190,7 +191,7 @@ class ReadFiles(beam.PTransform):
         delimiter: str | None,
         delimiter_fixed: bool,
         columns: tuple[str, ...] | None,
-        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_line_bytes: int = formats.DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         super().__init__()
         self.read_and_parse = ReadAndParse(input_format, delimiter, delimiter_fixed, columns, max_line_bytes)

@@ -75,7 +75,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "(unlisted users train; # comments allowed), e.g. a paper's exact split",
     )
     parser.add_argument("--num_shards", type=int, default=0, help="TFRecord shards per split (0 = runner decides)")
-    parser.add_argument("--max_line_bytes", type=int, default=reading.DEFAULT_MAX_LINE_BYTES)
+    parser.add_argument("--max_line_bytes", type=int, default=formats.DEFAULT_MAX_LINE_BYTES)
     parser.add_argument("--overwrite", action="store_true", help="replace a previous pipeline output in --output")
     return parser
 
