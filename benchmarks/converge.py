@@ -277,7 +277,7 @@ def build_report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.parser("benchmarks.converge", "mdcns-bench-converge", __doc__)
+    parser = cli.parser("benchmarks.converge", None, __doc__)
     parser.add_argument("--grid", required=True, help="a quality-grid file whose methods are the settings compared")
     parser.add_argument(
         "--only", help="train and draw only the matching cells, of the grid and of --extra-runs (as benchmarks.quality)"

@@ -29,7 +29,7 @@ from mdcns_tf import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.parser("benchmarks.quality", "mdcns-bench-quality", __doc__)
+    parser = cli.parser("benchmarks.quality", None, __doc__)
     parser.add_argument("--grid", required=True, help="grid spec, e.g. configs/benchmarks/quick.yaml")
     parser.add_argument(
         "--only", help="fnmatch patterns (or substrings), comma-separated, on dataset/backbone/method/seed<k>"

@@ -566,7 +566,7 @@ def run_speed(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.parser("benchmarks.speed", "mdcns-bench-speed", __doc__)
+    parser = cli.parser("benchmarks.speed", None, __doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and a smaller pipeline log (~5 min)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (tests, smoke checks): seconds, not minutes")
     parser.add_argument(

@@ -26,9 +26,6 @@ ENTRY_POINTS = [
     ("mdcns_tf.recommend", "mdcns-recommend"),
     ("mdcns_tf.export", "mdcns-export"),
     ("serving.client", "mdcns-serving-client"),
-    ("benchmarks.quality", "mdcns-bench-quality"),
-    ("benchmarks.speed", "mdcns-bench-speed"),
-    ("benchmarks.converge", "mdcns-bench-converge"),
 ]
 # --help must answer "well under 2 s"; the machine running the tests may be loaded, hence the slack.
 HELP_SECONDS = 4.0
