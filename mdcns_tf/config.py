@@ -89,6 +89,11 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0: one pass over the training data
     validation_freq: int = 1
     jit_compile: bool = False
+    # How item tables are updated (mdcns_tf/training/optimizers.py). "dense": Keras's Adam, which moves every row of
+    # a table every step, and a dense table gradient from MDCNS's fused pool scoring (the code before this key).
+    # "lazy": table gradients kept sparse and a lazy Adam that updates only the rows a step touched (untouched rows'
+    # moments are not decayed: TF1's LazyAdamOptimizer). "auto": lazy from optimizers.LAZY_MIN_ROWS table rows on.
+    sparse_updates: Literal["auto", "dense", "lazy"] = "auto"
     distribute: Literal["default", "mirrored", "multi_worker"] = "default"
     verbose: Literal[0, 1, 2] = 2  # Keras fit verbosity: 1 progress bar, 2 one line per epoch
     tensorboard: bool = True

@@ -2,8 +2,9 @@
 
 Owns the trainers (`retrieval_model` the shared base and its full-ranking evaluation, `single_model` one backbone x
 any sampler, `mdcns_model` the Teacher-Peer-Self model), their callbacks, the order of training batches
-(`batches`), `tf.distribute` (`distribution`), building a model from a config (`factory`), the checks before a
-run builds anything (`preflight`) and a finished run's model (`finished_run`).
+(`batches`), their Adam and lazy Adam (`optimizers`), `tf.distribute` (`distribution`), building a model from a
+config (`factory`), the checks before a run builds anything (`preflight`) and a finished run's model
+(`finished_run`).
 
 May import: the core modules, the components (`losses`, `metrics`, `data`, `backbones`, `samplers`,
 `config_loader`), `mdcns_tf.runs` and `mdcns_tf.savedmodel`. Imported by the entry points and benchmarks only.

@@ -14,6 +14,7 @@ from mdcns_tf.backbones import build_backbone
 from mdcns_tf.config import Config
 from mdcns_tf.features import Metadata
 from mdcns_tf.samplers import build_sampler
+from mdcns_tf.training import optimizers
 from mdcns_tf.training.retrieval_model import RetrievalModel
 from mdcns_tf.training.single_model import SequentialRecommender
 
@@ -46,6 +47,7 @@ def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
         encoder,
         sampler,
         config.loss.name,
+        lazy_updates=optimizers.lazy_updates(config.train.sparse_updates, metadata.n_items),
         ks=config.eval.ks,
         eval_chunk_size=config.eval.item_chunk_size,
         name="single",
@@ -54,16 +56,18 @@ def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
 
 def prepare_for_training(model: RetrievalModel, config: Config) -> None:
     """What a built model needs before `fit`: its sampler's view of the training sequences (e.g. GNNO's item
-    graph), its variables, and the config's Adam (and ``train.jit_compile``). Under a strategy, call it in the scope."""
-    import tf_keras as keras
-
+    graph), its variables, and the config's Adam (and ``train.jit_compile``): Keras's, or with lazy updates
+    (``train.sparse_updates``, resolved in `build_model`) a `optimizers.LazyAdam`. Under a strategy, call it in the
+    scope."""
     cfg = config.data
     sampler = getattr(model, "sampler", None)
     if sampler is not None and sampler.needs_train_sequences:
         sampler.prepare(data.train_sequences(cfg.dir, cfg.max_train_sequences))
     model.build_for_input(cfg.max_len)
     model.compile(
-        optimizer=keras.optimizers.Adam(config.train.learning_rate, weight_decay=config.train.weight_decay or None),
+        optimizer=optimizers.adam(
+            config.train.learning_rate, config.train.weight_decay, lazy=getattr(model, "lazy_updates", False)
+        ),
         jit_compile=config.train.jit_compile,
     )
 

@@ -39,12 +39,15 @@ from mdcns_tf.batch import EXCLUSION_IDS, INPUT_IDS, TARGET_IDS
 from mdcns_tf.config import Config, MDCNSConfig
 from mdcns_tf.features import Metadata
 from mdcns_tf.samplers.candidates import (
+    PoolRows,
+    pool_rows,
     sample_excluding,
     score_candidates,
     score_position_pools,
     top_m_uniform_pick,
 )
 from mdcns_tf.samplers.popularity import popularity_log_weights
+from mdcns_tf.training import optimizers
 from mdcns_tf.training.retrieval_model import RetrievalModel, masked_mean, replica_scale
 
 log = logging.getLogger(__name__)
@@ -54,16 +57,25 @@ MDCNS_LOSSES = ("bce", "bpr", "sampled_softmax", "gbce")
 
 
 def positive_and_pool_scores(
-    states: tf.Tensor, item_embeddings: tf.Tensor, target_ids: tf.Tensor, pool_ids: tf.Tensor
+    states: tf.Tensor,
+    item_embeddings: tf.Tensor,
+    target_ids: tf.Tensor,
+    pool_ids: tf.Tensor,
+    rows: PoolRows | None = None,
 ) -> tf.Tensor:
     """Scores of [positive, pool...] at every position.
 
     states `(batch, len, dim)`, target_ids `(batch, len)`, pool_ids `(batch, N)` (one pool a sequence) or
-    `(batch, len, N)` (one a position) -> `(batch, len, 1 + N)`; column 0 is the positive.
+    `(batch, len, N)` (one a position) -> `(batch, len, 1 + N)`; column 0 is the positive. ``rows``: a pool per
+    position's distinct rows (`pool_rows`), for a sparse table gradient; None: dense (see `score_position_pools`).
+    A pool per sequence is a gather of the table variable, whose gradient is sparse anyway.
     """
     positive = tf.reduce_sum(states * tf.gather(item_embeddings, target_ids), axis=-1, keepdims=True)
-    score = score_position_pools if pool_ids.shape.rank == 3 else score_candidates
-    return tf.concat([positive, score(states, item_embeddings, pool_ids)], axis=-1)
+    if pool_ids.shape.rank == 3:
+        pool = score_position_pools(states, item_embeddings, pool_ids, rows)
+    else:
+        pool = score_candidates(states, item_embeddings, pool_ids)
+    return tf.concat([positive, pool], axis=-1)
 
 
 class ConsensusTeacher(keras.layers.Layer):
@@ -123,6 +135,7 @@ class MDCNSModel(RetrievalModel):
         teacher_backbone: Backbone | None = None,
         gbce_t: float = losses.GBCE_T,
         item_counts: list[int] | None = None,
+        lazy_updates: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(self_backbone, **kwargs)
@@ -146,7 +159,10 @@ class MDCNSModel(RetrievalModel):
         # Created under the strategy scope (train.run builds the model there): each replica then draws its own
         # stream (seed hashed with the global replica id), and the state is a checkpointed variable.
         self.generator = tf.random.Generator.from_seed(seed)
-        self.peer_optimizer = keras.optimizers.Adam(peer_learning_rate)
+        # ``train.sparse_updates`` resolved: lazy, both item tables get sparse gradients (a pool per position's
+        # distinct rows, `pool_rows`) and both students a `LazyAdam` (the self one from `prepare_for_training`).
+        self.lazy_updates = lazy_updates
+        self.peer_optimizer = optimizers.adam(peer_learning_rate, lazy=lazy_updates)
         if params.teacher in ("mean", "sum"):
             self.teacher = ConsensusTeacher(params.teacher, name="teacher")
         else:
@@ -268,9 +284,12 @@ class MDCNSModel(RetrievalModel):
             pool_logq = tf.gather(self.pool_log_probs, pool_ids)  # (batch, N) or (1, P, N)
             pool_logq = pool_logq if pool_ids.shape.rank == 3 else pool_logq[:, tf.newaxis, :]
 
+        # Lazy updates: the pool's distinct rows, once for every table scored on it.
+        rows = pool_rows(pool_ids, self.n_items + 1) if per_position and self.lazy_updates else None
+
         def scores_of(backbone: Backbone, training: bool) -> tf.Tensor:
             states = positions(backbone(input_ids, training=training))
-            return positive_and_pool_scores(states, backbone.item_embeddings, target_ids, pool_ids)
+            return positive_and_pool_scores(states, backbone.item_embeddings, target_ids, pool_ids, rows)
 
         self_scores = scores_of(self.encoder, training)
         peer_scores = scores_of(self.peer, training)
@@ -357,6 +376,7 @@ def build_mdcns_model(config: Config, metadata: Metadata) -> MDCNSModel:
         teacher_backbone=teacher_backbone,
         gbce_t=config.loss.gbce_t,
         item_counts=metadata.item_counts,
+        lazy_updates=optimizers.lazy_updates(config.train.sparse_updates, metadata.n_items),
         ks=config.eval.ks,
         eval_chunk_size=config.eval.item_chunk_size,
         name="mdcns",

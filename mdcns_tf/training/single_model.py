@@ -16,10 +16,16 @@ from mdcns_tf.training.retrieval_model import RetrievalModel, replica_scale
 class SequentialRecommender(RetrievalModel):
     """One backbone trained with one negative sampler and a pairwise loss, or with full softmax (no sampler)."""
 
-    def __init__(self, encoder: Backbone, sampler: NegativeSampler | None, loss_name: str, **kwargs):
+    def __init__(
+        self, encoder: Backbone, sampler: NegativeSampler | None, loss_name: str, lazy_updates: bool = False, **kwargs
+    ):
         super().__init__(encoder, **kwargs)
         self.sampler = sampler
         self.loss_name = loss_name
+        # ``train.sparse_updates`` resolved (`optimizers.lazy_updates`): the item table's gradient is the rows the step
+        # gathered (`IndexedSlices`) either way; lazy, `factory.prepare_for_training` gives it a `LazyAdam`, which
+        # updates only those rows.
+        self.lazy_updates = lazy_updates
 
     def compute_training_loss(self, data: dict[str, tf.Tensor], training: bool = True) -> tf.Tensor:
         """The scalar loss of a training element (keys and shapes: `mdcns_tf.batch`)."""
