@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 def prog(module: str, script: str) -> str:
@@ -83,3 +83,20 @@ def start_tensorflow() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # the device search is what calls cuInit
+
+
+TRACEBACK_ENV = "MDCNS_TF_TRACEBACK"
+
+
+def exit_status(work: Callable[[], object], errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> int:
+    """Runs an entry point's ``work``: 0 when it returns, 2 with one ``error:`` line on stderr for an expected
+    failure (a bad config, a missing file: ``errors``; `ConfigError` is a ValueError), so that a user reads what to
+    do instead of a traceback. ``MDCNS_TF_TRACEBACK=1`` lets the traceback through."""
+    try:
+        work()
+    except errors as e:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"error: {getattr(e, 'message', None) or e}", file=sys.stderr)
+        return 2
+    return 0

@@ -45,17 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cli.setup_logging()
     cli.start_tensorflow()
-    try:
-        result = evaluate_run(args.run, args.splits, args.set)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
-    return 0
+
+    def evaluate_and_report() -> None:
+        text = json.dumps(evaluate_run(args.run, args.splits, args.set), indent=1)
+        print(text)
+        if args.output:
+            with open(args.output, "w") as f:
+                f.write(text + "\n")
+
+    return cli.exit_status(evaluate_and_report, (ConfigError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -105,13 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli.setup_logging()
     cli.start_tensorflow()
-    try:
-        path = reexport(args.run, args.top_k, args.model_name, args.version, args.index, args.rescore)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # ConfigError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return cli.exit_status(
+        lambda: print(reexport(args.run, args.top_k, args.model_name, args.version, args.index, args.rescore)),
+        (ValueError, FileNotFoundError, FileExistsError),  # ConfigError is a ValueError
+    )
 
 
 if __name__ == "__main__":

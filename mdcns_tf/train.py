@@ -217,13 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli.setup_logging()
     cli.start_tensorflow()
-    try:
-        config = resolve_config(args.config, args.set)
-        run(config, restart=args.restart)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.exit_status(
+        lambda: run(resolve_config(args.config, args.set), restart=args.restart), (ConfigError, FileNotFoundError)
+    )
 
 
 if __name__ == "__main__":

@@ -62,7 +62,10 @@ class Preprocess(beam.PTransform):
         parsed = (
             root
             | "Files" >> beam.Create(self.inputs)
-            | "ReadFiles" >> reading.ReadFiles(config.input_format, delimiter, fixed, columns, config.max_line_bytes)
+            | "ReadFiles"
+            >> reading.ReadFiles(
+                reading.ReadAndParse(config.input_format, delimiter, fixed, columns, config.max_line_bytes)
+            )
         )
         built = portable.select(parsed, reading.ROWS, "Rows") | "BuildSequences" >> sequences.BuildSequences(
             has_timestamps=config.input_format == "interactions", dedupe=config.dedupe
@@ -72,11 +75,13 @@ class Preprocess(beam.PTransform):
         )
         vocabularies = filtered["sequences"] | "BuildVocabularies" >> vocabulary.BuildVocabularies()
         split_records = {"sequences": filtered["sequences"], **vocabularies} | "MakeRecords" >> records.MakeRecords(
-            config.split,
-            config.seed,
-            config.valid_fraction,
-            config.test_fraction,
-            self.split_file.assignment if self.split_file is not None else None,
+            records.UserSplits(
+                config.split,
+                config.seed,
+                config.valid_fraction,
+                config.test_fraction,
+                self.split_file.assignment if self.split_file is not None else None,
+            )
         )
         temp_files = {
             "rejected": portable.select(parsed, reading.REJECTED, "RejectedLines"),

@@ -182,19 +182,12 @@ class ReadAndParse(beam.DoFn):
 
 
 class ReadFiles(beam.PTransform):
-    """``(file_ordinal, path, size_bytes)`` -> the ``(tag, value)`` pairs of `ReadAndParse`, files spread over
-    workers. Arguments as `ReadAndParse`'s."""
+    """``(file_ordinal, path, size_bytes)`` -> the ``(tag, value)`` pairs of ``read_and_parse``, files spread over
+    workers."""
 
-    def __init__(
-        self,
-        input_format: str,
-        delimiter: str | None,
-        delimiter_fixed: bool,
-        columns: tuple[str, ...] | None,
-        max_line_bytes: int = formats.DEFAULT_MAX_LINE_BYTES,
-    ) -> None:
+    def __init__(self, read_and_parse: ReadAndParse) -> None:
         super().__init__()
-        self.read_and_parse = ReadAndParse(input_format, delimiter, delimiter_fixed, columns, max_line_bytes)
+        self.read_and_parse = read_and_parse
 
     def expand(self, files: beam.PCollection) -> beam.PCollection:
         return (

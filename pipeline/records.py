@@ -110,20 +110,13 @@ class MakeRecords(beam.PTransform):
     (`UserSplits`) by a join on the user key: two shuffles of the events instead of broadcasting the vocabularies
     as side inputs, which the Dask runner recomputes per task (`pipeline.portable`). A user with no vocabulary entry
     cannot occur: both vocabularies are built from these sequences. Each sequence's length joins too, so a record is
-    written only when every one of its positions arrived (`records_of_user`).
+    written only when every one of its positions arrived (`records_of_user`). ``user_splits`` assigns each user
+    its split (and with it the protocol).
     """
 
-    def __init__(
-        self,
-        protocol: str,
-        seed: int,
-        valid_fraction: float,
-        test_fraction: float,
-        split_file: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, user_splits: UserSplits) -> None:
         super().__init__()
-        self.protocol = protocol
-        self.user_splits = UserSplits(protocol, seed, valid_fraction, test_fraction, split_file)
+        self.user_splits = user_splits
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
         item_ids = inputs["item_vocab"] | "ItemIds" >> beam.FlatMap(_item_ids)
@@ -138,7 +131,7 @@ class MakeRecords(beam.PTransform):
         return (
             {"user": users, "length": lengths, "ids": ids}
             | "JoinUsers" >> beam.CoGroupByKey()
-            | "Records" >> beam.FlatMap(records_of_user, protocol=self.protocol)
+            | "Records" >> beam.FlatMap(records_of_user, protocol=self.user_splits.protocol)
         )
 
 

@@ -144,7 +144,7 @@ def make_records(protocol: str, user_sequences: list, seed: int = 42) -> dict[st
             "sequences": created,
             "item_vocab": p | "iv" >> beam.Create([items]),
             "user_vocab": p | "uv" >> beam.Create([users]),
-        } | records.MakeRecords(protocol, seed, 0.2, 0.1)
+        } | records.MakeRecords(records.UserSplits(protocol, seed, 0.2, 0.1))
         for split in ("train", "valid", "test"):
             collected[split] = portable.select(out, split, f"select_{split}")
         expected = {split: [] for split in ("train", "valid", "test")}

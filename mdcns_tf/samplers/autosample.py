@@ -113,26 +113,16 @@ class AutoSampleSampler(NegativeSampler):
     def __init__(
         self,
         params: AutoSampleParams,
-        n_items: int,
-        n_users: int,
-        num_negatives: int,
-        item_counts: list[int],
-        loss_name: str,
-        seed: int,
-        name: str | None = None,
-        gbce_t: float = losses.GBCE_T,
-        embedding_dim: int | None = None,
+        *args: Any,
         sampler_class: Callable[[str], type[NegativeSampler]] | None = None,
         sampler_params: Callable[[str, dict | None], Any] | None = None,
+        **kwargs: Any,
     ) -> None:
-        """``sampler_class`` and ``sampler_params``: the registry's lookups, handed in by `build_sampler`
-        (``composes_samplers``) because the registry imports this module."""
-        super().__init__(
-            params, n_items, n_users, num_negatives, item_counts, loss_name, seed, name, gbce_t, embedding_dim
-        )
+        """The arguments of `NegativeSampler`, and the registry's lookups ``sampler_class`` and ``sampler_params``,
+        handed in by `build_sampler` (``composes_samplers``) because the registry imports this module."""
+        super().__init__(params, *args, **kwargs)
         if sampler_class is None or sampler_params is None:
             raise ValueError("autosample: build it with mdcns_tf.samplers.build_sampler (it needs the registry)")
-        get_sampler_class = sampler_class
 
         names = list(params.candidates)
         if len(names) < 2 or len(set(names)) != len(names) or "autosample" in names:
@@ -143,19 +133,18 @@ class AutoSampleSampler(NegativeSampler):
         if params.search_epochs < 1 or params.arch_every < 1 or not 0.0 < params.val_fraction < 1.0:
             raise ValueError("autosample: need search_epochs >= 1, arch_every >= 1 and 0 < val_fraction < 1")
         self.names = names
-        self.seed = seed
         self.candidates = [
-            get_sampler_class(candidate)(
+            sampler_class(candidate)(
                 params=sampler_params(candidate, params.candidate_params.get(candidate)),
-                n_items=n_items,
-                n_users=n_users,
-                num_negatives=num_negatives,
-                item_counts=item_counts,
-                loss_name=loss_name,
-                seed=seed + 7919 * (i + 1),
+                n_items=self.n_items,
+                n_users=self.n_users,
+                num_negatives=self.num_negatives,
+                item_counts=self.item_counts,
+                loss_name=self.loss_name,
+                seed=self.seed + 7919 * (i + 1),
                 name=candidate,
-                gbce_t=gbce_t,
-                embedding_dim=embedding_dim,
+                gbce_t=self.gbce_t,
+                embedding_dim=self.embedding_dim,
             )
             for i, candidate in enumerate(names)
         ]

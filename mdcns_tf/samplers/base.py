@@ -121,6 +121,7 @@ class NegativeSampler(tf.Module):
         # Build samplers under the trainer's strategy scope: a generator created there gives each replica its own
         # stream (seed hashed with the global replica id) and its state is a variable saved by BackupAndRestore.
         self.generator = tf.random.Generator.from_seed(seed)
+        self.seed = seed  # composite samplers (AutoSample) derive their parts' seeds from it
 
     def sample(self, context: SamplingContext) -> Negatives:  # pragma: no cover
         raise NotImplementedError
