@@ -88,10 +88,13 @@ def start_tensorflow() -> None:
 TRACEBACK_ENV = "MDCNS_TF_TRACEBACK"
 
 
-def exit_status(work: Callable[[], object], errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> int:
-    """Runs an entry point's ``work``: 0 when it returns, 2 with one ``error:`` line on stderr for an expected
+def run_command(work: Callable[[], object], errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> int:
+    """Runs a TensorFlow entry point's ``work`` once its arguments are parsed: logging set up, TensorFlow started
+    (`start_tensorflow`), then 0 when ``work`` returns, or 2 with one ``error:`` line on stderr for an expected
     failure (a bad config, a missing file: ``errors``; `ConfigError` is a ValueError), so that a user reads what to
     do instead of a traceback. ``MDCNS_TF_TRACEBACK=1`` lets the traceback through."""
+    setup_logging()
+    start_tensorflow()
     try:
         work()
     except errors as e:

@@ -43,8 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args(argv)
-    cli.setup_logging()
-    cli.start_tensorflow()
 
     def evaluate_and_report() -> None:
         text = json.dumps(evaluate_run(args.run, args.splits, args.set), indent=1)
@@ -53,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.output, "w") as f:
                 f.write(text + "\n")
 
-    return cli.exit_status(evaluate_and_report, (ConfigError, FileNotFoundError))
+    return cli.run_command(evaluate_and_report, (ConfigError, FileNotFoundError))
 
 
 if __name__ == "__main__":

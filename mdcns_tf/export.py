@@ -103,9 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cli.setup_logging()
-    cli.start_tensorflow()
-    return cli.exit_status(
+    return cli.run_command(
         lambda: print(reexport(args.run, args.top_k, args.model_name, args.version, args.index, args.rescore)),
         (ValueError, FileNotFoundError, FileExistsError),  # ConfigError is a ValueError
     )

@@ -215,9 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cli.setup_logging()
-    cli.start_tensorflow()
-    return cli.exit_status(
+    return cli.run_command(
         lambda: run(resolve_config(args.config, args.set), restart=args.restart), (ConfigError, FileNotFoundError)
     )
 
