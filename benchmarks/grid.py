@@ -42,6 +42,8 @@ from typing import Any
 
 import yaml
 
+from mdcns_tf.config import is_safe_model_name
+
 BUDGET_KEYS = ("train.epochs", "train.patience", "train.monitor", "train.steps_per_epoch", "train.validation_freq")
 
 
@@ -56,6 +58,18 @@ def cell_matches(cell_id: str, only: str | None) -> bool:
 
 class GridError(ValueError):
     """A grid spec problem, reported with the offending key."""
+
+
+def _path_component(value: object, where: str) -> str:
+    """A grid, dataset, backbone or method name becomes a folder under benchmarks/results: one safe path component
+    (letters, digits, '.', '_', '-'; not '.' or '..', not starting with '.' or '-'), so that no name can write
+    outside the results folder."""
+    if not is_safe_model_name(value) or value in (".", ".."):
+        raise GridError(
+            f"{where}: {value!r} is not a single folder name of letters, digits, '.', '_' or '-' (not starting "
+            "with '.' or '-'): it becomes a folder under benchmarks/results"
+        )
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +202,7 @@ def load_grid(path: str) -> GridSpec:
     if unknown:
         raise GridError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
     folder = os.path.dirname(path)
-    name = raw.get("name") or os.path.splitext(os.path.basename(path))[0]
+    name = _path_component(raw.get("name") or os.path.splitext(os.path.basename(path))[0], "name")
     budget = _mapping(raw.get("budget"), "budget")
     if "train.epochs" not in budget:
         raise GridError(f"{path}: budget must set train.epochs (one budget for every cell of the grid)")
@@ -196,6 +210,7 @@ def load_grid(path: str) -> GridSpec:
     datasets = {}
     for ds_name, ds in _mapping(raw.get("datasets"), "datasets").items():
         where = f"datasets.{ds_name}"
+        _path_component(ds_name, where)
         if not isinstance(ds, dict):
             raise GridError(f"{where}: expected a mapping")
         missing = [k for k in ("input", "input_format", "split", "config") if k not in ds]
@@ -225,20 +240,20 @@ def load_grid(path: str) -> GridSpec:
         clash = sorted(set(overrides) & set(BUDGET_KEYS))
         if clash:
             raise GridError(f"methods.{method} sets budget key(s) {clash}: the budget is shared by the whole grid")
-        if "/" in method:
-            raise GridError(f"methods.{method}: '/' is not allowed in a method name (it is a path component)")
-        methods[method] = overrides
+        methods[_path_component(method, f"methods.{method}")] = overrides
     if not methods:
         raise GridError(f"{path}: no methods")
 
-    backbones = raw.get("backbones") or ["sasrec"]
+    backbones = [_path_component(b, "backbones") for b in raw.get("backbones") or ["sasrec"]]
     seeds = raw.get("seeds") or [42]
     if not all(isinstance(s, int) for s in seeds):
         raise GridError(f"seeds: integers expected, got {seeds!r}")
     expected = raw.get("expected_minutes")
     reuse = raw.get("reuse_runs_from") or []
-    if not isinstance(reuse, list) or not all(isinstance(r, str) and r and "/" not in r for r in reuse):
+    if not isinstance(reuse, list):
         raise GridError(f"reuse_runs_from: a list of grid names expected, got {reuse!r}")
+    for other in reuse:
+        _path_component(other, "reuse_runs_from")
     if name in reuse:
         raise GridError(f"reuse_runs_from: a grid cannot reuse its own runs ({name!r})")
     return GridSpec(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import mdcns_tf  # noqa: F401
 from mdcns_tf import cli, features
 from mdcns_tf.savedmodel import versions
-from mdcns_tf.savedmodel.signatures import ITEM_IDS, SCORES, SERVING_DEFAULT
+from mdcns_tf.savedmodel.signatures import ITEM_IDS, SCORES, SERVING_DEFAULT, checked_item_id
 
 # TensorFlow is imported by the functions that load the model, not here: `--help` answers at once.
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     try:
-        history = [int(x) for x in args.history.split(",") if x.strip()]
+        history = [checked_item_id(x) for x in args.history.split(",") if x.strip()]
         version_dir = versions.newest_version(args.model)
         ids, scores = recommend(version_dir, history)
     except (ValueError, FileNotFoundError, tf.errors.InvalidArgumentError) as e:

@@ -31,6 +31,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from mdcns_tf.savedmodel.signatures import checked_item_id
 from serving.grpc_client import GrpcClient
 from serving.rest_client import RestClient
 from serving.retry import RetryPolicy, ServingError, check_timeout
@@ -96,9 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     history: list[int | str] = [h.strip() for h in args.history.split(",") if h.strip()]
     if not args.keys:
         try:
-            history = [int(h) for h in history]
-        except ValueError:
-            parser.error(f"--history must be integer ids (or pass --keys for raw item keys): {args.history!r}")
+            history = [checked_item_id(h) for h in history]
+        except ValueError as e:
+            parser.error(f"--history must be item ids (or pass --keys for raw item keys): {args.history!r}: {e}")
     retry = RetryPolicy(attempts=args.attempts)
     try:
         if args.grpc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from mdcns_tf.savedmodel.signatures import ITEM_IDS, ITEM_KEYS, SCORES, SERVING_DEFAULT
+from mdcns_tf.savedmodel.signatures import ITEM_IDS, ITEM_KEYS, SCORES, SERVING_DEFAULT, checked_max_len
 from serving.recommendations import Recommendations, request_rows, signature_for, without_marker
 from serving.retry import DEFAULT_RETRY, RetryPolicy, ServingError, ServingTimeout, call_with_retries, check_timeout
 
@@ -112,7 +112,10 @@ class GrpcClient:
             dims = next(iter(signatures.signature_def[signature].inputs.values())).tensor_shape.dim
             if len(dims) != 2:
                 raise ServingError(f"signature {signature!r} has no (batch, max_len) input")
-            self._max_len[signature] = int(dims[1].size)
+            try:
+                self._max_len[signature] = checked_max_len(dims[1].size, signature)
+            except ValueError as e:
+                raise ServingError(str(e)) from None
         return self._max_len[signature]
 
     def recommend(

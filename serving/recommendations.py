@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from mdcns_tf.savedmodel.signatures import ITEM_IDS, ITEM_KEYS, SERVE_KEYS, SERVING_DEFAULT
+from mdcns_tf.savedmodel.signatures import ITEM_IDS, ITEM_KEYS, SERVE_KEYS, SERVING_DEFAULT, checked_item_id
 
 T = TypeVar("T")
 
@@ -30,9 +30,10 @@ def left_pad(history: Sequence[T], max_len: int, padding: T) -> list[T]:
 
 
 def request_rows(histories: Sequence[Sequence[int | str]], keys: bool, max_len: int) -> list[list[int | str]]:
-    """`(batch, max_len)` rows of a request: keys as strings or ids as ints, left-padded."""
+    """`(batch, max_len)` rows of a request: keys as strings or ids as ints, left-padded. An id outside int32's
+    range is a ValueError (`checked_item_id`), never sent to wrap around to another item."""
     padding = signature_for(keys)[2]
-    return [left_pad([str(i) if keys else int(i) for i in h], max_len, padding) for h in histories]
+    return [left_pad([str(i) if keys else checked_item_id(i) for i in h], max_len, padding) for h in histories]
 
 
 def without_marker(items: Sequence[Any], scores: Sequence[float], no_item: Any) -> list[tuple[Any, float]]:

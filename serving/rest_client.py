@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from mdcns_tf.savedmodel.signatures import SCORES, SERVING_DEFAULT
+from mdcns_tf.savedmodel.signatures import SCORES, SERVING_DEFAULT, checked_max_len
 from serving.recommendations import Recommendations, request_rows, signature_for, without_marker
 from serving.retry import DEFAULT_RETRY, RetryPolicy, ServingError, ServingTimeout, call_with_retries, check_timeout
 
@@ -36,7 +36,10 @@ def _max_len_from_signature(signature: Any, name: str) -> int:
         raise ServingError(f"signature {name!r} has no (batch, max_len) input in the model metadata") from e
     if max_len <= 0:
         raise ServingError(f"signature {name!r} has no fixed max_len in the model metadata (size {max_len})")
-    return max_len
+    try:
+        return checked_max_len(max_len, name)
+    except ValueError as e:
+        raise ServingError(str(e)) from None
 
 
 def _named_outputs(answer: Any, columnar: bool, batch: int, source: str) -> dict[str, list[Any]]:

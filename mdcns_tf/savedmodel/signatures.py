@@ -59,3 +59,31 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MODEL_CARD_FILE = os.path.join("assets.extra", "model_card.json")
 # The vocabulary an export ships (line i = key of id i + 1): the asset the serve_keys lookup tables read.
 VOCABULARY_FILE = os.path.join("assets", ITEMS_FILE)
+
+# Item ids travel as int32 (the signatures' dtype): a number beyond it would wrap around to another item's id, so
+# clients check that it fits before they send (`checked_item_id`); the signatures themselves refuse ids outside
+# [0, n_items] with INVALID_ARGUMENT.
+MAX_ITEM_ID = 2**31 - 1
+MIN_INT32 = -(2**31)
+# A client reads max_len from the server's metadata to pad a request: a claim beyond this is refused instead of
+# allocated (the models here use tens to hundreds).
+MAX_HISTORY_LENGTH = 100_000
+
+
+def checked_item_id(value: object) -> int:
+    """``value`` as an int32 item id for a request, else ValueError: a larger number is never sent to wrap around.
+    Whether the id names an item (``[0, n_items]``, 0 = padding) is the model's check."""
+    item = int(value)  # ValueError for a non-number, as int() gives it
+    if not MIN_INT32 <= item <= MAX_ITEM_ID:
+        raise ValueError(f"item id {item} is outside int32 [{MIN_INT32}, {MAX_ITEM_ID}]: it would wrap to another id")
+    return item
+
+
+def checked_max_len(value: object, signature: str) -> int:
+    """A signature's history length as a server's metadata states it: an int in ``[1, MAX_HISTORY_LENGTH]``."""
+    max_len = int(value)
+    if not 1 <= max_len <= MAX_HISTORY_LENGTH:
+        raise ValueError(
+            f"signature {signature!r}: max_len {max_len} from the model metadata is outside [1, {MAX_HISTORY_LENGTH}]"
+        )
+    return max_len
