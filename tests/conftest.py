@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -105,3 +108,44 @@ def scored_context(item_scores, states, target_ids, exclusion_ids, user_index=No
         states=tf.constant(np.asarray(states, np.float32)[..., None]),
         item_embeddings=tf.constant(np.asarray(item_scores, np.float32)[:, None]),
     )
+
+
+# A child process counts as working while its CPU time or its log grows: on a loaded machine (load 5-7 on 2 cores) a
+# worker may take many times its usual wall time, but a hung one (a collective that never completes) stops both.
+STALL_SECONDS = 180.0
+# The bound for CI even when a process keeps spinning.
+PROCESS_LIMIT_SECONDS = 1800.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (Linux ``/proc``); 0.0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_while_progressing(
+    processes: Sequence[subprocess.Popen],
+    logs: Sequence[str] = (),
+    stall_seconds: float = STALL_SECONDS,
+    limit_seconds: float = PROCESS_LIMIT_SECONDS,
+) -> list[int]:
+    """Waits until every process has exited and returns their exit codes. Raises `TimeoutError` when none of them
+    used CPU time and no log grew for ``stall_seconds`` (hung, not slow), or after ``limit_seconds`` in all."""
+    started = last_progress = time.monotonic()
+    seen: tuple = ()
+    while any(p.poll() is None for p in processes):
+        now = time.monotonic()
+        sizes = tuple(os.path.getsize(log) if os.path.exists(log) else 0 for log in logs)
+        state = (round(sum(cpu_seconds(p.pid) for p in processes if p.poll() is None), 1), sizes)
+        if state != seen:
+            seen, last_progress = state, now
+        if now - last_progress > stall_seconds:
+            raise TimeoutError(f"no progress (CPU time or log output) for {stall_seconds:.0f}s")
+        if now - started > limit_seconds:
+            raise TimeoutError(f"still running after {limit_seconds:.0f}s")
+        time.sleep(1.0)
+    return [p.returncode for p in processes]
