@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import mdcns_tf  # noqa: F401
@@ -75,3 +76,87 @@ def test_ranks_equal_brute_force_on_real_valued_embeddings():
             tf.constant(queries), tf.constant(item_embeddings), tf.constant(targets), tf.constant(histories), chunk_size
         )
         np.testing.assert_array_equal(ranks.numpy(), expected)
+
+
+def brute_force_ranks(queries: np.ndarray, table: np.ndarray, targets: np.ndarray, histories: np.ndarray) -> list:
+    """The definition, user by user, in exact arithmetic (int64 or float64 scores)."""
+    wide = np.int64 if np.issubdtype(table.dtype, np.integer) else np.float64
+    scores = queries.astype(wide) @ table.astype(wide).T
+    ranks = []
+    for u, target in enumerate(targets):
+        excluded = {0, int(target), *histories[u].tolist()}
+        ranks.append(sum(1 for j in range(len(table)) if j not in excluded and scores[u, j] > scores[u, target]))
+    return ranks
+
+
+def integer_users(seed: int, n_items: int, batch: int, history: int, dim: int = 6):
+    """Small-integer embeddings: every score is an exact integer in float32 whatever the summation order, so the
+    catalogue is full of exact ties with the target (which never count) and any kernel must match the brute force.
+    Histories: 0-padded, some holding the target (repeat consumption), some an item twice, one empty row."""
+    rng = np.random.default_rng(seed)
+    table = rng.integers(-2, 3, size=(n_items + 1, dim))
+    queries = rng.integers(-2, 3, size=(batch, dim))
+    targets = rng.integers(1, n_items + 1, size=batch)
+    histories = rng.integers(1, n_items + 1, size=(batch, history))
+    lengths = rng.integers(0, history + 1, size=batch)
+    histories[np.arange(history)[np.newaxis, :] >= lengths[:, np.newaxis]] = 0
+    if history:
+        histories[: batch // 3, 0] = targets[: batch // 3]
+        histories[-1] = 0
+    if history > 2:
+        histories[::4, 2] = histories[::4, 1]
+    return queries, table, targets, histories
+
+
+@pytest.mark.parametrize("n_items, batch, history", [(1, 3, 2), (50, 9, 7), (1_000, 33, 12), (4_099, 17, 0)])
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1_000, 65_536])
+def test_ranks_equal_brute_force_with_ties_history_and_padding(n_items, batch, history, chunk_size):
+    queries, table, targets, histories = integer_users(n_items + chunk_size, n_items, batch, history)
+    expected = brute_force_ranks(queries, table, targets, histories)
+    ranks = metrics.target_ranks(
+        tf.constant(queries, tf.float32),
+        tf.Variable(table.astype(np.float32)),  # a model's table is a resource variable
+        tf.constant(targets),
+        tf.constant(histories),
+        chunk_size=chunk_size,
+    )
+    np.testing.assert_array_equal(ranks.numpy(), expected)
+
+
+def test_ties_with_the_target_never_count():
+    # Items 1, 2 and 4 score exactly what target 3 scores; item 5 more. Rank 1 whatever the history holds.
+    scores = [[7.0, 0.5, 0.5, 0.5, 0.5, 0.6]]
+    assert ranks_for(scores, [3], [[0]]).tolist() == [1]
+    assert ranks_for(scores, [3], [[3, 3, 1, 0]], chunk_size=2).tolist() == [1]
+    assert ranks_for(scores, [3], [[5]]).tolist() == [0]
+
+
+def test_ranks_equal_the_previous_kernel_bit_for_bit_on_dense_embeddings():
+    # Real-valued scores: the block scan compares the very float32 scores the previous kernel compared (the same
+    # MatMul, the same dot product for the target), so even near-ties in the last bits come out the same.
+    from benchmarks.eval_speed import legacy_target_ranks, synthetic_users
+
+    queries, table, targets, histories = synthetic_users(20_011, 32, 256, 40, seed=3)
+    args = (tf.constant(queries), tf.Variable(table), tf.constant(targets), tf.constant(histories))
+    legacy = legacy_target_ranks(*args).numpy()
+    for chunk_size in (65_536, 1_000, 333):
+        np.testing.assert_array_equal(metrics.target_ranks(*args, chunk_size=chunk_size).numpy(), legacy)
+
+
+def test_ranks_compile_whole_under_xla():
+    # `train.jit_compile` compiles the whole test step: the block loop must keep every slice inside the table there.
+    queries, table, targets, histories = integer_users(5, 1_003, 21, 9)
+    expected = brute_force_ranks(queries, table, targets, histories)
+    args = (tf.constant(queries, tf.float32), tf.constant(table, tf.float32), tf.constant(targets))
+
+    for chunk_size in (100, 65_536):
+        compiled = tf.function(lambda h, c=chunk_size: metrics.target_ranks(*args, h, chunk_size=c), jit_compile=True)
+        np.testing.assert_array_equal(compiled(tf.constant(histories)).numpy(), expected)
+
+
+def test_excluded_ids_once_each_in_a_power_of_two_width():
+    ids = metrics.excluded_ids(tf.constant([3, 5]), tf.constant([[3, 2, 2, 0], [1, 0, 0, 0]])).numpy()
+    assert ids.shape == (2, 8)
+    assert sorted(i for i in ids[0] if i >= 0) == [0, 2, 3]
+    assert sorted(i for i in ids[1] if i >= 0) == [0, 1, 5]
+    assert metrics.excluded_ids(tf.constant([1]), tf.zeros([1, 15], tf.int32)).shape == (1, 32)
