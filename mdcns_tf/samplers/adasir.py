@@ -105,7 +105,8 @@ class AdaSIRSampler(NegativeSampler):
         first = sample_excluding(self.generator, context.exclusion_ids, self.n_items, p.sample_size)  # (B, S)
         last = last_trained_position(context.target_ids)
         states = tf.stop_gradient(at_position(context.states, last))[:, tf.newaxis, :]  # (B, 1, d)
-        scores = score_candidates(states, tf.stop_gradient(context.item_embeddings), first)[:, 0, :]  # (B, S)
+        # The scores are cut from the tape, not the table (a stop_gradient on it would read it whole every step).
+        scores = tf.stop_gradient(score_candidates(states, context.item_embeddings, first))[:, 0, :]  # (B, S)
         resampled = draws_with_replacement(self.generator, scores / p.temperature, p.pool_size)
         fresh = tf.gather(first, resampled, batch_dims=1)  # (B, P)
 

@@ -234,11 +234,14 @@ class GNNOSampler(NegativeSampler):
         p, k = self.params, self.num_negatives
         uniform, graph = p.pool_size - p.graph_negatives, p.graph_negatives
         batch, seq_len = tf.shape(context.target_ids)[0], tf.shape(context.target_ids)[1]
-        states = tf.stop_gradient(context.states)  # selection only
-        embeddings = tf.stop_gradient(context.item_embeddings)
+        # Selection only. The scores, not the table, are cut from the tape: a stop_gradient on the table variable reads
+        # it whole every step (a 256 MB copy at 1M items), the gathers only the candidates' rows.
+        states = tf.stop_gradient(context.states)
+        embeddings = context.item_embeddings
 
         pool_ids = sample_excluding(self.generator, context.exclusion_ids, self.n_items, k * uniform)  # (B, k*U)
-        pool_scores = tf.reshape(score_candidates(states, embeddings, pool_ids), [batch, seq_len, k, uniform])
+        pool_scores = tf.stop_gradient(score_candidates(states, embeddings, pool_ids))
+        pool_scores = tf.reshape(pool_scores, [batch, seq_len, k, uniform])
         graph_ids = graph_negatives(
             self.generator,
             self.similarity,
@@ -248,7 +251,8 @@ class GNNOSampler(NegativeSampler):
             k * graph,
             self.hardness(),
         )  # (B, L, k*G)
-        graph_scores = tf.reshape(score_items(states, embeddings, graph_ids), [batch, seq_len, k, graph])
+        graph_scores = tf.stop_gradient(score_items(states, embeddings, graph_ids))
+        graph_scores = tf.reshape(graph_scores, [batch, seq_len, k, graph])
 
         scores = tf.concat([pool_scores, graph_scores], axis=-1)  # (B, L, k, N)
         ids = tf.concat(

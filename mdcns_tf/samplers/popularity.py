@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from mdcns_tf.samplers.base import Negatives, NegativeSampler, SamplingContext
-from mdcns_tf.samplers.candidates import sample_excluding
+from mdcns_tf.samplers.candidates import draw_cdf, sample_excluding
 
 
 @dataclasses.dataclass
@@ -59,11 +59,12 @@ class PopularitySampler(NegativeSampler):
         self.log_weights, self.log_probs = popularity_log_weights(
             self.item_counts, n_items, params.alpha, params.count_offset
         )
+        self.cdf = draw_cdf(self.log_weights)  # once: O(n_items)
 
     def sample(self, context: SamplingContext) -> Negatives:
         batch, seq_len = tf.shape(context.target_ids)[0], tf.shape(context.target_ids)[1]
         k = self.num_negatives
-        ids = sample_excluding(self.generator, context.exclusion_ids, self.n_items, seq_len * k, self.log_weights)
+        ids = sample_excluding(self.generator, context.exclusion_ids, self.n_items, seq_len * k, probs_cdf=self.cdf)
         ids = tf.reshape(ids, [batch, seq_len, k])
         logq = None
         if self.params.logq_correction:

@@ -40,6 +40,7 @@ from mdcns_tf.config import Config, MDCNSConfig
 from mdcns_tf.features import Metadata
 from mdcns_tf.samplers.candidates import (
     PoolRows,
+    draw_cdf,
     pool_rows,
     sample_excluding,
     score_candidates,
@@ -150,12 +151,14 @@ class MDCNSModel(RetrievalModel):
         # correction. The +1 gives items without training interactions (user split) a chance too.
         self.pool_log_weights: tf.Tensor | None = None
         self.pool_log_probs: tf.Tensor | None = None
+        self.pool_cdf: tf.Tensor | None = None
         if params.pool_alpha > 0:
             if item_counts is None:
                 raise ValueError("mdcns.pool_alpha > 0 needs the training item counts")
             self.pool_log_weights, self.pool_log_probs = popularity_log_weights(
                 item_counts, n_items, params.pool_alpha, count_offset=1.0, owner="mdcns.pool_alpha"
             )
+            self.pool_cdf = draw_cdf(self.pool_log_weights)  # once, not a pass over the catalogue every step
         # Created under the strategy scope (train.run builds the model there): each replica then draws its own
         # stream (seed hashed with the global replica id), and the state is a checkpointed variable.
         self.generator = tf.random.Generator.from_seed(seed)
@@ -276,7 +279,7 @@ class MDCNSModel(RetrievalModel):
 
         # (batch, N): one pool a sequence; or (1, P, N): one a trained position
         pool_ids = sample_excluding(
-            self.generator, exclusion_ids, self.n_items, self.params.pool_size, self.pool_log_weights
+            self.generator, exclusion_ids, self.n_items, self.params.pool_size, probs_cdf=self.pool_cdf
         )
         pool_ids = pool_ids[tf.newaxis] if per_position else pool_ids
         pool_logq = None
