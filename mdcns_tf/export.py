@@ -8,7 +8,12 @@ with the run's ``config.yaml``, its data folder (whose ``items.txt`` is the ``se
 that exports at the end of training: for another K, another model name, another index (``--index bfloat16``), or an
 export that failed or was turned off
 (``export.enabled: false``). Versions are immutable; ``--version 0`` (the default) takes the next free number. The
-version's ``assets.extra/model_card.json`` holds the run's metrics, its training provenance and this command's.
+version's ``assets.extra/model_card.json`` holds the run's identity (``run``: run id, config hash, data
+fingerprint), its metrics, its training provenance and this command's.
+
+The weights, ``config.yaml``, ``metrics.json`` and the data folder must belong to one run (`mdcns_tf.runs.lineage`):
+the data folder's fingerprint must be the run's, or the vocabulary served would be another one;
+``--allow-data-mismatch`` exports with the data folder as it is and records that in the model card.
 
 The SavedModel code, and its API (`mdcns_tf.savedmodel.publish.export_saved_model`), is in `mdcns_tf.savedmodel`;
 this command imports it once the arguments are parsed, so that its ``--help`` does not wait for TensorFlow.
@@ -26,7 +31,8 @@ import mdcns_tf  # noqa: F401
 from mdcns_tf import cli
 from mdcns_tf.config import ConfigError
 from mdcns_tf.runs import provenance
-from mdcns_tf.training import finished_run
+from mdcns_tf.runs.lineage import ALLOW_FLAG
+from mdcns_tf.training import finished_run, preflight
 
 log = logging.getLogger("mdcns_tf.export")
 
@@ -41,14 +47,16 @@ def reexport(
     version: int = 0,
     index: str | None = None,
     rescore: int | None = None,
+    allow_data_mismatch: bool = False,
 ) -> str:
     """Exports the selected weights of the training run in ``run_dir``; returns the new version's path.
 
     ``top_k`` / ``model_name`` / ``index`` / ``rescore``: default to the run's ``export.*`` keys; ``version`` 0 takes
-    the next free number. Raises `ConfigError`, `FileNotFoundError` (not a run, no selected weights),
+    the next free number. Raises `ConfigError` (`mdcns_tf.runs.lineage.LineageError`: records or data of another
+    run, unless ``allow_data_mismatch`` for the data), `FileNotFoundError` (not a run, no selected weights),
     `FileExistsError` (the version exists) or `ValueError` (the vocabulary does not fit the model).
     """
-    overrides = [f"export.version={version}"]
+    overrides = [f"export.version={version}", "export.enabled=true"]
     if top_k is not None:
         overrides.append(f"export.top_k={top_k}")
     if model_name is not None:
@@ -62,12 +70,15 @@ def reexport(
     config = finished_run.load_run_config(run_dir, overrides)
     from mdcns_tf.savedmodel import publish  # TensorFlow: imported once the arguments are known
 
-    model, metadata = finished_run.load_model(run_dir, config)
+    preflight.check_export(config, run_dir)
+    model, metadata, lineage = finished_run.load_checked(run_dir, config, allow_data_mismatch)
     if config.export.top_k > metadata.n_items:
         raise ConfigError(f"top_k ({config.export.top_k}) exceeds the number of items ({metadata.n_items})")
-    metrics = finished_run.read_metrics(run_dir) or {}
+    metrics = finished_run.read_metrics(run_dir) or {}  # checked to be the weights' run by load_checked
     card = {
         "metrics": {key: metrics[key] for key in CARD_METRICS if key in metrics},
+        "run": lineage["run"],
+        "data_check": lineage["data"],
         "provenance": provenance.run_record(config.to_dict(), config.data.dir, metadata.fingerprint),
         "exported_from": os.path.abspath(run_dir),
         "training_provenance": metrics.get("provenance"),
@@ -98,13 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rescore", type=int, default=None, help="bfloat16 index: candidates re-scored per query (0: 4 x top_k)"
     )
+    parser.add_argument(
+        ALLOW_FLAG,
+        action="store_true",
+        help="export with a data folder whose fingerprint differs from the run's (recorded in the model card)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return cli.run_command(
-        lambda: print(reexport(args.run, args.top_k, args.model_name, args.version, args.index, args.rescore)),
+        lambda: print(
+            reexport(
+                args.run, args.top_k, args.model_name, args.version, args.index, args.rescore, args.allow_data_mismatch
+            )
+        ),
         (ValueError, FileNotFoundError, FileExistsError),  # ConfigError is a ValueError
     )
 

@@ -8,32 +8,34 @@ A record is one user's sequence in one split, as a gzip `tf.train.Example`:
 - ``target``      int64 scalar: the held-out next item for evaluation records; 0 for training
   records, whose targets are the sequence's own next items.
 
-Directory layout written by the pipeline::
-
-    <dir>/metadata.json
-    <dir>/items.txt             raw item key of id i on line i (line 1 = id 1)
-    <dir>/users.txt             raw user key of index u on line u
-    <dir>/train/*.tfrecord.gz
-    <dir>/valid/*.tfrecord.gz
-    <dir>/test/*.tfrecord.gz
-    <dir>/rejected/*.txt        malformed input rows with the reason (tab separated)
-    <dir>/manifest.json         the files the pipeline wrote (what a later ``--overwrite`` may delete)
+The folder the pipeline writes (``metadata.json``, ``items.txt``, ``users.txt``, ``{train,valid,test}/*.tfrecord.gz``,
+``rejected/*.txt``, ``manifest.json``) is described in docs/design.md, section "The data folder".
 
 ``metadata.json``'s ``fingerprint`` ties the records to the metadata (`verify_records`)::
 
     {"algorithm": "sha256",
      "splits": {"train": {"records": 660, "files": {"part-00000-of-00001.tfrecord.gz": "<sha256 hex>"}}, ...},
      "vocabularies": {"items.txt": "<sha256 hex>", "users.txt": "<sha256 hex>"}}
+
+and the records tie the rest of ``metadata.json`` down: ``n_items`` / ``n_users`` are the line counts of the
+fingerprinted vocabularies, ``item_counts`` the item occurrences of the train records (`check_record_ids`), so a
+``metadata.json`` edited by hand, however self-consistent, is refused.
+
+``<dir>/.mdcns.lock`` (`LOCK_FILE`): a `fcntl.flock` lock; the pipeline holds it exclusively while it writes a
+folder, a training run shared while it reads one (`pipeline.outputs`, `mdcns_tf.runs.ownership`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
+import gzip
 import hashlib
 import json
 import os
+import struct
 import warnings
+import zlib
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
@@ -50,6 +52,7 @@ ITEMS_FILE = "items.txt"
 USERS_FILE = "users.txt"
 TFRECORD_SUFFIX = ".tfrecord.gz"
 MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".mdcns.lock"
 FINGERPRINT_ALGORITHM = "sha256"
 
 
@@ -107,21 +110,30 @@ class Metadata:
         """Reads ``<data_dir>/metadata.json``; with ``verify``, also checks the records against it
         (`verify_records`: `RecordsMismatchError` when they belong to another dataset)."""
         path = os.path.join(data_dir, METADATA_FILE)
-        if not os.path.exists(path):
+        if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"no {METADATA_FILE} in {data_dir!r}: run `python -m pipeline.run --output {data_dir} ...` first"
             )
-        with open(path) as f:
-            raw = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+            if not isinstance(raw, dict):
+                raise ValueError(f"a JSON {type(raw).__name__}, not an object")
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise DataFolderError(f"{path} cannot be read as metadata ({e}); re-run the pipeline") from None
         if raw.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(
+            raise DataFolderError(
                 f"{path}: schema_version {raw.get('schema_version')!r}, this code reads {SCHEMA_VERSION}; "
                 "re-run the pipeline"
             )
         known = {f.name for f in dataclasses.fields(cls)}
-        meta = cls(**{k: v for k, v in raw.items() if k in known})
-        if len(meta.item_counts) != meta.n_items + 1:
-            raise ValueError(f"{path}: item_counts has {len(meta.item_counts)} entries, expected n_items + 1")
+        try:
+            meta = cls(**{k: v for k, v in raw.items() if k in known})
+        except TypeError as e:  # a required key missing
+            raise DataFolderError(f"{path} is not pipeline metadata ({e}); re-run the pipeline") from None
+        problem = _shape_problem(meta)
+        if problem:
+            raise DataFolderError(f"{path}: {problem}; re-run the pipeline")
         if verify:
             verify_records(data_dir, meta)
         return meta
@@ -135,8 +147,28 @@ class Metadata:
 # --- Records vs metadata ---------------------------------------------------------------------------------------
 
 
-class RecordsMismatchError(ValueError):
+class DataFolderError(ValueError):
+    """A data folder that cannot be used as it is; the message names the file and what to do."""
+
+
+class RecordsMismatchError(DataFolderError):
     """The records (or vocabularies) in a data directory are not the ones its ``metadata.json`` describes."""
+
+
+class DamagedRecordsError(RecordsMismatchError):
+    """A record file that is not a readable gzip TFRecord any more (cut short, corrupted on disk or in a copy)."""
+
+
+def _shape_problem(meta: Metadata) -> str | None:
+    """What is wrong with the types and sizes of ``meta``'s fields, or None."""
+    sizes = (meta.n_users, meta.n_items)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes):
+        return f"n_users and n_items must be integers >= 0, got {sizes}"
+    if not isinstance(meta.item_counts, list) or not all(isinstance(c, int) and c >= 0 for c in meta.item_counts):
+        return "item_counts must be a list of integers >= 0"
+    if len(meta.item_counts) != meta.n_items + 1:
+        return f"item_counts has {len(meta.item_counts)} entries, expected n_items + 1"
+    return None if isinstance(meta.records, dict) else "records must be an object of record counts per split"
 
 
 class MissingFingerprintWarning(UserWarning):
@@ -156,16 +188,23 @@ def file_sha256(path: str) -> str:
         return sha256_stream(f)
 
 
+def _line_count(path: str) -> int:
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
 def verify_records(data_dir: str, metadata: Metadata, scan_ids: bool | None = None) -> None:
     """Checks that ``data_dir``'s records and vocabularies are the ones ``metadata`` was written with.
 
     First the fingerprint (cheap: a sha256 per file, no TensorFlow): the same record files with the same bytes,
-    record counts and ``items.txt``/``users.txt``. Then, with ``scan_ids`` (default: only when ``metadata`` has no
-    fingerprint, i.e. was written before it existed, which only warns), a pass over the records checking item ids
-    and targets in ``[0, n_items]`` (item ids >= 1), user indices in ``[1, n_users]`` and the record counts. A
-    matching fingerprint makes the scan redundant: the pipeline wrote those bytes with those ids.
+    record counts and ``items.txt``/``users.txt``, whose line counts are ``n_items`` / ``n_users``. Then, unless
+    ``scan_ids`` is False, a pass over the records (`check_record_ids`): ids in range, record counts and the train
+    records' item occurrences equal to ``item_counts``; over the train split only when the fingerprint matched
+    (the pipeline wrote those bytes with those ids), over every split without one (metadata written before it
+    existed, which only warns) or with ``scan_ids`` True.
 
-    Raises `RecordsMismatchError` naming the first offending file and what differs.
+    Raises `RecordsMismatchError` naming the first offending file and what differs (`DamagedRecordsError` for a
+    record file that is no longer a readable gzip TFRecord).
     """
     fingerprint = metadata.fingerprint
     if fingerprint is None:
@@ -178,8 +217,26 @@ def verify_records(data_dir: str, metadata: Metadata, scan_ids: bool | None = No
         )
     else:
         _check_fingerprint(data_dir, metadata, fingerprint)
-    if scan_ids or (scan_ids is None and fingerprint is None):
-        check_record_ids(data_dir, metadata)
+    _check_vocabulary_sizes(data_dir, metadata)
+    if scan_ids or scan_ids is None:
+        check_record_ids(data_dir, metadata, SPLITS if scan_ids or fingerprint is None else ("train",))
+
+
+def _edited(path: str, what: str) -> RecordsMismatchError:
+    return RecordsMismatchError(
+        f"{path}: {what}; {METADATA_FILE} was edited after the pipeline wrote it, or describes other records: re-run "
+        "the pipeline (--overwrite) to rewrite it, or point data.dir at the folder it came from"
+    )
+
+
+def _check_vocabulary_sizes(data_dir: str, metadata: Metadata) -> None:
+    """``n_items`` / ``n_users`` are the line counts of ``items.txt`` / ``users.txt`` (when present)."""
+    for name, key in ((ITEMS_FILE, "n_items"), (USERS_FILE, "n_users")):
+        path = os.path.join(data_dir, name)
+        if os.path.isfile(path) and (lines := _line_count(path)) != getattr(metadata, key):
+            raise _edited(
+                os.path.join(data_dir, METADATA_FILE), f"{key} is {getattr(metadata, key)} but {name} has {lines} lines"
+            )
 
 
 def _mismatch(path: str, what: str) -> RecordsMismatchError:
@@ -226,17 +283,43 @@ def _check_files(directory: str, expected: dict[str, str], pattern: str) -> None
     for name in sorted(actual):
         digest = file_sha256(actual[name])
         if digest != expected[name]:
+            damage = record_file_damage(actual[name])
+            if damage:
+                raise DamagedRecordsError(
+                    f"{actual[name]} is damaged ({damage}; its sha256 no longer matches the one the pipeline "
+                    f"recorded): re-run the pipeline (--overwrite) to write the folder again, or restore the file"
+                )
             raise _mismatch(
                 actual[name], f"sha256 {digest[:12]}... differs from the fingerprint's {expected[name][:12]}..."
             )
 
 
-def check_record_ids(data_dir: str, metadata: Metadata) -> None:
-    """Scans every record file: ids within the vocabularies, record counts as in ``metadata.records``."""
-    for split in SPLITS:
+def record_file_damage(path: str) -> str | None:
+    """Why ``path`` is not a whole gzip TFRecord file (gzip stream, then record framing), or None. No TensorFlow:
+    the gzip CRC catches changed bytes, the framing a file cut at a gzip member boundary."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while header := f.read(12):  # uint64 length, uint32 CRC of the length, data, uint32 CRC of the data
+                (length,) = struct.unpack("<Q", header[:8]) if len(header) == 12 else (-1,)
+                if not 0 <= length < 1 << 31:
+                    return "a record header is cut short or garbled"
+                if len(f.read(length + 4)) != length + 4:
+                    return "its last record is cut short"
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        return f"not a readable gzip file: {e}"
+    return None
+
+
+def check_record_ids(data_dir: str, metadata: Metadata, splits: Sequence[str] = SPLITS) -> None:
+    """Scans the record files of ``splits``: ids within the vocabularies, record counts as in
+    ``metadata.records``, and the train records' item occurrences equal to ``metadata.item_counts``."""
+    import numpy as np
+
+    for split in splits:
         total = 0
+        occurrences = np.zeros(metadata.n_items + 1, np.int64)
         for path in sorted(glob.glob(split_pattern(data_dir, split))):
-            count, ranges = _record_ranges(path)
+            count, ranges, counted = _record_ranges(path, metadata.n_items if split == "train" else 0)
             total += count
             if not count:
                 continue
@@ -252,40 +335,61 @@ def check_record_ids(data_dir: str, metadata: Metadata) -> None:
                     path,
                     f"user indices span [{ranges['user_min']}, {ranges['user_max']}] but n_users is {metadata.n_users}",
                 )
+            if split == "train":
+                occurrences += counted
         if split in metadata.records and total != metadata.records[split]:
             raise _mismatch(
                 os.path.join(data_dir, split), f"{total} records, {METADATA_FILE} says {metadata.records[split]}"
             )
+        differ = np.flatnonzero(occurrences != np.asarray(metadata.item_counts))
+        if split == "train" and differ.size:
+            i = int(differ[0])
+            raise _edited(
+                os.path.join(data_dir, METADATA_FILE),
+                f"item_counts differ from the train records for {len(differ)} item(s) (item {i}: "
+                f"{metadata.item_counts[i]}, the records hold {occurrences[i]})",
+            )
 
 
-def _record_ranges(path: str) -> tuple[int, dict[str, int | None]]:
-    """``(record count, {item_min, item_max, target_min, target_max, user_min, user_max})`` of one record file
-    (``item_min``/``item_max`` None when no record has an item)."""
+def _record_ranges(path: str, n_items: int | None = None) -> tuple[int, dict[str, int | None], Any]:
+    """``(record count, {item_min, item_max, target_min, target_max, user_min, user_max}, occurrences)`` of one
+    record file (``item_min``/``item_max`` None when no record has an item); ``occurrences``: the count of each item
+    id in ``[0, n_items]`` (ids outside are left out; only id 0 without ``n_items``), a numpy vector."""
     import tensorflow as tf
 
     spec = feature_spec()
     big = tf.constant(2**62, tf.int64)
+    size = (n_items or 0) + 1
 
-    def lows(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        # (records, minima of (item, -item, target, -target, user, -user)) of a batch: one min reduces them all
+    def lows(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        # (records, minima of (item, -item, target, -target, user, -user), item occurrences) of a batch: one min
+        # reduces them all
         example = tf.io.parse_example(serialized, spec)
         columns = [example[ITEM_IDS].values, example[TARGET], example[USER_INDEX]]
         signed = [part for column in columns for part in (column, -column)]
         minima = tf.stack([tf.reduce_min(tf.concat([values, [big]], 0)) for values in signed])
-        return tf.size(serialized, out_type=tf.int64), minima
+        items = example[ITEM_IDS].values
+        inside = tf.boolean_mask(items, (items >= 0) & (items < size))
+        counted = tf.math.bincount(inside, minlength=size, maxlength=size, dtype=tf.int64)
+        return tf.size(serialized, out_type=tf.int64), minima, counted
 
-    def fold(acc: tuple[tf.Tensor, tf.Tensor], batch: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-        return acc[0] + batch[0], tf.minimum(acc[1], batch[1])
+    def fold(acc: tuple, batch: tuple) -> tuple:
+        return acc[0] + batch[0], tf.minimum(acc[1], batch[1]), acc[2] + batch[2]
 
     # batch before parsing: parse_example on 4096 records is ~10x faster than parse_single_example per record
     dataset = tf.data.TFRecordDataset([path], compression_type="GZIP").batch(4096).map(lows)
     try:
-        count, low = dataset.reduce((tf.constant(0, tf.int64), tf.fill([6], big)), fold)
+        start = (tf.constant(0, tf.int64), tf.fill([6], big), tf.zeros([size], tf.int64))
+        count, low, counted = dataset.reduce(start, fold)
     except tf.errors.OpError as e:
-        raise RecordsMismatchError(f"{path}: not a readable gzip TFRecord of this feature spec ({e.message})") from None
+        reason = record_file_damage(path) or f"not records of this feature spec: {e.message.split('}} ')[-1]}"
+        raise DamagedRecordsError(
+            f"{path} is damaged ({reason}): re-run the pipeline (--overwrite) to write the folder again, or restore "
+            "the file"
+        ) from None
     low = [int(v) for v in low.numpy()]
     has_items = low[0] != 2**62
-    return int(count), {
+    ranges = {
         "item_min": low[0] if has_items else None,
         "item_max": -low[1] if has_items else None,
         "target_min": low[2],
@@ -293,3 +397,4 @@ def _record_ranges(path: str) -> tuple[int, dict[str, int | None]]:
         "user_min": low[4],
         "user_max": -low[5],
     }
+    return int(count), ranges, counted.numpy()

@@ -13,6 +13,11 @@ version, anything copied in) is *foreign*: the run stops with an error instead o
 or without ``--overwrite``. Symbolic links are never followed: a link at an output path (``train/`` linked to
 another dataset) is an error. An input file inside ``--output`` is an error too: the pipeline may overwrite it.
 
+Lock. A run holds ``<output>/.mdcns.lock`` with an exclusive `fcntl.flock` from before it claims the folder until it
+ends (`lock_output`), so a second pipeline, or one on the data of a live training run (which holds it shared), is
+refused naming the folder; the kernel drops it when the process dies. Object stores have no locks; NFS and
+lock-less mounts: `mdcns_tf.runs.ownership`.
+
 Fingerprint. ``metadata.json`` records the sha256 of every record and vocabulary file it describes (format in
 `mdcns_tf.features`), so the trainer can tell its records from another run's (`mdcns_tf.features.verify_records`).
 
@@ -23,12 +28,16 @@ links and no directories to confuse.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import fnmatch
 import hashlib
 import json
 import logging
 import os
 import posixpath
+import socket
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -168,14 +177,67 @@ def write_text(path: str, text: str) -> None:
         f.write(text.encode("utf-8"))
 
 
-def prepare_output(output: str, overwrite: bool, input_paths: Sequence[str]) -> None:
-    """Makes ``output`` ready for a run and claims it (a ``running`` manifest).
+_LOCKS: dict[str, tuple[int, str]] = {}  # real path of an output this process holds -> (fd, lock file)
 
-    Refuses (`OutputError`) foreign files at output paths, links and inputs inside ``output``; refuses
-    (`FileExistsError`) a previous run's output unless ``overwrite``, which then deletes exactly that run's files.
-    A stale shard left in place would be read as part of the new run, hence no mixing at all.
+
+def lock_output(output: str, create: bool = True) -> None:
+    """Holds ``<output>/.mdcns.lock`` exclusively until `release_output` (which deletes it) or the end of the process
+    (nothing for object stores; without ``create``, nothing when there is no lock file). `OutputError` naming the
+    folder when another live process holds it."""
+    key, path = os.path.realpath(output), os.path.join(output, features.LOCK_FILE)
+    while is_local(output) and key not in _LOCKS and (create or os.path.exists(path)):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno != errno.EWOULDBLOCK:  # ENOLCK, EOPNOTSUPP: a filesystem without locks
+                return LOG.warning("%s: cannot lock (%s): runs on this folder are not kept apart", path, e.strerror)
+            with open(path, errors="replace") as f:
+                holder = f.read().strip() or "a training run reading it"
+            raise OutputError(
+                f"--output {output!r} is in use by another live process ({holder}): {path} is locked; wait for it "
+                "to end, or choose another --output"
+            ) from None
+        if os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path)):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pipeline pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}".encode(), 0)
+            _LOCKS[key] = (fd, path)
+        else:  # its last holder deleted it between our open and our lock: lock the file that is there now
+            os.close(fd)
+
+
+def release_output(output: str) -> None:
+    """Releases (and deletes) the lock file `lock_output` holds on ``output``, if this process holds it."""
+    fd, path = _LOCKS.pop(os.path.realpath(output), (None, ""))
+    if fd is not None:
+        os.unlink(path)  # while held: a process that opened it meanwhile sees another file and tries again
+        os.close(fd)
+
+
+def prepare_output(output: str, overwrite: bool, input_paths: Sequence[str]) -> None:
+    """Makes ``output`` ready for a run and claims it (a ``running`` manifest), holding its lock (`lock_output`).
+
+    Refuses (`OutputError`) a folder another live run holds, foreign files at output paths, links and inputs inside
+    ``output``; refuses (`FileExistsError`) a previous run's output unless ``overwrite``, which then deletes exactly
+    that run's files. A stale shard left in place would be read as part of the new run, hence no mixing at all.
+    The checks run before the lock file is created (a refused folder is left as it was) and again under the lock.
     """
     check_output_location(output, input_paths)
+    lock_output(output, create=False)
+    owned = _owned_by_a_previous_run(output, overwrite)
+    if is_local(output):
+        os.makedirs(output, exist_ok=True)
+        lock_output(output)
+        owned = _owned_by_a_previous_run(output, overwrite)  # another run may have claimed it in between
+    if owned:
+        LOG.info("--overwrite: deleting the %d files of the previous run in %s", len(owned), output)
+        _delete(output, sorted(owned))
+    write_manifest(output, RUNNING)
+
+
+def _owned_by_a_previous_run(output: str, overwrite: bool) -> set[str]:
+    """The files of ``output`` a previous run owns, which this one deletes; raises when it may not."""
     existing = existing_outputs(output)
     # The pipeline never writes a link: one at an output path is foreign even where a manifest lists the path.
     links = {path for path in existing if is_local(output) and os.path.islink(os.path.join(output, *path.split("/")))}
@@ -189,12 +251,7 @@ def prepare_output(output: str, overwrite: bool, input_paths: Sequence[str]) -> 
         )
     if owned and not overwrite:
         raise FileExistsError(f"{output!r} already holds pipeline output ({len(owned)} files); pass --overwrite")
-    if owned:
-        LOG.info("--overwrite: deleting the %d files of the previous run in %s", len(owned), output)
-        _delete(output, sorted(owned))
-    if is_local(output):
-        os.makedirs(output, exist_ok=True)
-    write_manifest(output, RUNNING)
+    return owned
 
 
 def _delete(output: str, relative_paths: Sequence[str]) -> None:

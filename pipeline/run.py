@@ -135,10 +135,12 @@ def execute(
     start = time.monotonic()
     p = beam.Pipeline(options=options)
     _ = p | "Preprocess" >> preprocess.Preprocess(config, inputs, split_file)
-    result = p.run()
+    result = None
     try:
+        result = p.run()
         result.wait_until_finish()
     finally:
+        outputs.release_output(config.output)  # taken by `prepare`
         # Beam's Dask runner opens a `distributed.Client` per run and never closes it: closed here, else it keeps
         # reconnecting (and logging tracebacks) once the cluster is gone.
         client = getattr(result, "client", None)

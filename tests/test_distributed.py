@@ -181,7 +181,9 @@ def test_two_workers_end_with_identical_weights_and_only_the_chief_writes(tmp_pa
     assert 0.0 < chief["valid"]["recall@20"] <= 1.0  # a mean over users, not a sum over workers
     # Only the chief's files remain: one metrics.json, one best/ selection, one export version, no worker temp dirs
     # (BackupAndRestore removes its checkpoints when training ends and may leave the empty backup/ folder).
-    assert sorted(set(os.listdir(output_dir)) - {"backup"}) == ["best", "config.yaml", "export", "metrics.json"]
+    # run_manifest.json: what the chief's run owns there (mdcns_tf.runs.ownership); no worker's lock file is left
+    expected = ["best", "config.yaml", "export", "metrics.json", "run_manifest.json"]
+    assert sorted(set(os.listdir(output_dir)) - {"backup"}) == expected
     assert not any(files for _, _, files in os.walk(output_dir / "backup"))
     assert not [p for p in output_dir.rglob("workertemp*")]
     assert os.listdir(output_dir / "export" / "mdcns") == ["1"]

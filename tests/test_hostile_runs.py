@@ -23,6 +23,7 @@ import mdcns_tf  # noqa: F401
 from mdcns_tf import recommend, train
 from mdcns_tf.config import Config, ConfigError
 from mdcns_tf.config_loader import load_config
+from mdcns_tf.runs import ownership
 from mdcns_tf.runs import state as run_state
 from mdcns_tf.savedmodel import assets, publish, versions
 from mdcns_tf.training import callbacks
@@ -128,18 +129,30 @@ def test_a_killed_run_is_not_resumed_by_another_config(killed_run, tiny_dataset,
 
 
 @pytest.mark.parametrize("recorded", [True, False], ids=["hash_recorded", "older_backup_without_hash"])
-def test_a_killed_run_resumes_with_its_own_config_wherever_it_was_moved(killed_run, tiny_dataset, tmp_path, recorded):
+def test_a_killed_run_resumes_with_its_own_config_wherever_it_was_moved(
+    killed_run, tiny_dataset, tmp_path, recorded, caplog
+):
     # Another output_dir (the hash ignores it): a run folder may be copied or moved, as the benchmark scratch is.
     output_dir = copy_of(killed_run, tmp_path / "moved")
     record = os.path.join(output_dir, "backup", run_state.BACKUP_RECORD)
     expected = run_state.config_hash(config_for(tiny_dataset, "elsewhere", *KILLED).to_dict())
-    assert read_json(record)[run_state.HASH_KEY] == expected
-    if not recorded:  # a backup written before the hash was recorded: its run's config.yaml vouches for it
+    killed = read_json(record)
+    assert killed[run_state.HASH_KEY] == expected and killed == read_json(output_dir, ownership.MANIFEST)["run"]
+    if not recorded:
+        # A folder of an older version: no run manifest, no backup record (its run's config.yaml vouches for the
+        # backup), the best state with the config hash only: resumed, with a warning that the data is unchecked.
         os.remove(record)
+        os.remove(os.path.join(output_dir, ownership.MANIFEST))
+        state = read_json(output_dir, "best", "state.json")
+        with open(os.path.join(output_dir, "best", "state.json"), "w") as f:
+            json.dump({k: v for k, v in state.items() if k not in (run_state.RUN_KEY, run_state.DATA_KEY)}, f)
     result = train.run(config_for(tiny_dataset, output_dir, *KILLED))
     assert len(result["seconds_per_epoch"]) == 1, "epoch 1 must come from the backup, not be trained again"
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     assert sorted(os.listdir(os.path.join(output_dir, "backup"))) == [], "backup and its record are gone at the end"
+    assert (result["run"][run_state.RUN_KEY] == killed[run_state.RUN_KEY]) == recorded  # the same run, resumed
+    assert ("records no data fingerprint" in caplog.text) == (not recorded)
+    assert not os.path.exists(os.path.join(output_dir, "previous_runs")), "a resumed run moves nothing aside"
 
 
 @pytest.mark.parametrize(
@@ -214,7 +227,7 @@ def test_export_problems_fail_before_the_first_step(tiny_dataset, tmp_path):
     blocked = tmp_path / "blocked"
     blocked.mkdir()
     (blocked / "export").write_text("a file where the export folder should be")
-    with pytest.raises(ConfigError, match="export: cannot write under"):
+    with pytest.raises(ConfigError, match=r"export: .*/blocked/export is a file, where the export's model folder goes"):
         train.run(config_for(tiny_dataset, blocked, "export.enabled=true"))
     for output_dir in (taken, blocked):
         assert not os.path.exists(output_dir / "best") and not os.path.exists(output_dir / "metrics.json")

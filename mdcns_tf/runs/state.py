@@ -1,17 +1,21 @@
-"""Which run an ``output_dir`` holds: the config hash recorded with the backup and with the best weights.
+"""Which run an ``output_dir`` holds: its identity (run id, config hash, data fingerprint), recorded with the backup,
+the best weights, ``metrics.json`` and ``run_manifest.json``.
 
 What a training run keeps in ``<output_dir>`` between processes:
 
 - ``backup/chief/``: Keras `BackupAndRestore` checkpoints (deleted by Keras when training ends), and
-  ``backup/run.json`` = ``{"config_hash": h}``, written before the first step and deleted with the backup;
-- ``best/state.json``: the model-selection state (``best``, ``best_epoch``, ``wait``, ``history``, ``config_hash``)
-  and ``best/weights*``, the weights of the best validated epoch.
+  ``backup/run.json`` = the run's `identity`, written before the first step and deleted with the backup;
+- ``best/state.json``: the model-selection state (``best``, ``best_epoch``, ``wait``, ``history``) with the run's
+  identity, and ``best/weights*``, the weights of the best validated epoch;
+- ``run_manifest.json``: what the run owns in the folder (`mdcns_tf.runs.ownership`).
 
-`prepare` runs before any graph is built. A completed backup is resumed only by the config that wrote it (same
-hash); any other config stops with a `RunStateError` that says how to start over (``--restart``, which deletes
-``backup/`` and ``best/``). Without a backup the run starts fresh and removes a previous run's ``best/``, whose
-weights must never be restored into this run. Backups written before the hash was recorded are matched against the
-``config.yaml`` of the run that wrote them (it is rewritten only once the checks pass).
+`prepare` runs before any graph is built, with the folder locked. A completed backup is resumed only by the config
+that wrote it (same hash) on the data it was trained on (same data fingerprint); anything else stops with a
+`RunStateError` that says how to start over (``--restart``, which deletes ``backup/`` and ``best/``). Without a
+backup the run starts fresh under a new run id: it deletes a previous run's ``best/``, whose weights must never be
+restored into this run, and moves its records aside, but only what a record proves the trainer's. Backups written
+before the hash was recorded are matched against the ``config.yaml`` of the run that wrote them (it is rewritten
+only once the checks pass); backups written before the data fingerprint was recorded resume with a warning.
 
 The hash covers the resolved config except ``output_dir`` (a run folder may be moved or copied) and the keys that
 cannot change the trained weights (`IGNORED`). Like the benchmark grid's cell hash it is taken over the keys whose
@@ -26,7 +30,8 @@ import json
 import logging
 import math
 import os
-import shutil
+import secrets
+import time
 from typing import Any
 
 import tensorflow as tf
@@ -34,12 +39,15 @@ import yaml
 
 from mdcns_tf.config import Config, ConfigError
 from mdcns_tf.config_loader import differences_from_defaults
+from mdcns_tf.runs import ownership
 
 log = logging.getLogger("mdcns_tf.runs.state")
 
 BACKUP_RECORD = "run.json"
 STATE_FILE = "state.json"
 HASH_KEY = "config_hash"
+DATA_KEY = "data_fingerprint"
+RUN_KEY = "run_id"
 # Keys (or key prefixes ending in ".") left out of the hash: progress output, logs, the final test pass, the export.
 IGNORED = ("output_dir", "train.verbose", "train.tensorboard", "eval.test", "export.")
 _EPOCH_VARIABLE = "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"
@@ -55,6 +63,16 @@ def config_hash(config_dict: dict[str, Any]) -> str:
         key: value for key, value in differences_from_defaults(config_dict).items() if not key.startswith(IGNORED)
     }
     return hashlib.sha256(json.dumps(differences, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
+def new_run_id() -> str:
+    """A run id: UTC start time and 6 random hex digits (``20260101T120000Z-3fa2c1``)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def identity(run_id: str, digest: str, data_fingerprint: str) -> dict[str, str]:
+    """What every record of a run carries: ``{run_id, config_hash, data_fingerprint}``."""
+    return {RUN_KEY: run_id, HASH_KEY: digest, DATA_KEY: data_fingerprint}
 
 
 def restart_hint(output_dir: str) -> str:
@@ -148,35 +166,28 @@ def read_best_state(best_dir: str, output_dir: str) -> dict[str, Any] | None:
     return state
 
 
-def _backup_owner(backup_dir: str, output_dir: str) -> str | None:
-    """The config hash of the run that wrote the backup: its ``run.json``, else the ``config.yaml`` that run wrote
-    (backups of older versions); None when neither says."""
+def _backup_record(backup_dir: str, output_dir: str) -> dict[str, Any]:
+    """The identity the run that wrote the backup recorded in ``run.json``; for backups of older versions only
+    ``{config_hash}`` from the ``config.yaml`` that run wrote; ``{}`` when neither says."""
     record = os.path.join(backup_dir, BACKUP_RECORD)
     if os.path.exists(record):
         try:
             with open(record, encoding="utf-8") as f:
-                owner = json.load(f)[HASH_KEY]
-            if not isinstance(owner, str):
-                raise TypeError(f"{HASH_KEY} is {owner!r}")
+                owner = json.load(f)
+            if not isinstance(owner[HASH_KEY], str):
+                raise TypeError(f"{HASH_KEY} is {owner[HASH_KEY]!r}")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise RunStateError(f"{record} is not a run record ({e!r}); {restart_hint(output_dir)}") from None
         return owner
     try:
         with open(os.path.join(output_dir, "config.yaml"), encoding="utf-8") as f:
             previous = yaml.safe_load(f)
-        return config_hash(previous) if isinstance(previous, dict) else None
+        return {HASH_KEY: config_hash(previous)} if isinstance(previous, dict) else {}
     except (OSError, ValueError, yaml.YAMLError):
-        return None
+        return {}
 
 
 # -- deciding ------------------------------------------------------------------------------------------------------
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.remove(path)
 
 
 def _write_json(path: str, value: dict[str, Any]) -> None:
@@ -186,15 +197,20 @@ def _write_json(path: str, value: dict[str, Any]) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _check_resumable(config: Config, backup_dir: str, best_dir: str, digest: str) -> None:
-    """Raises `RunStateError` unless this config (hash ``digest``) may resume the backup and the best weights."""
+def _check_resumable(
+    config: Config, backup_dir: str, best_dir: str, run: dict[str, str], manifest: dict[str, Any] | None
+) -> str:
+    """Raises `RunStateError` unless this config and data (``run``: config hash and data fingerprint) may resume the
+    backup and the best weights; returns the interrupted run's id."""
     hint = restart_hint(config.output_dir)
+    digest, data = run[HASH_KEY], run[DATA_KEY]
     if not config.train.backup_and_restore:
         raise RunStateError(
             f"{backup_dir} holds the backup of an interrupted run, but train.backup_and_restore is false: set it to "
             f"true to resume that run; {hint}"
         )
-    owner = _backup_owner(backup_dir, config.output_dir)
+    record = _backup_record(backup_dir, config.output_dir)
+    owner = record.get(HASH_KEY)
     if owner != digest:
         raise RunStateError(
             f"{backup_dir} holds the backup of an interrupted run with another config (config hash {owner or 'unknown'}"
@@ -202,14 +218,28 @@ def _check_resumable(config: Config, backup_dir: str, best_dir: str, digest: str
             f"({os.path.join(config.output_dir, 'config.yaml')}), or {hint}"
         )
     state = read_best_state(best_dir, config.output_dir)
-    if state is None:
-        return
-    if state.get(HASH_KEY, digest) != digest:
+    if state is not None and state.get(HASH_KEY, digest) != digest:
         raise RunStateError(
             f"{best_dir} was written by another config (config hash {state[HASH_KEY]}) than the backup it goes "
             f"with ({digest}); {hint}"
         )
-    if state["best_epoch"]:
+    recorded = record.get(DATA_KEY) or (state or {}).get(DATA_KEY)
+    if recorded is None:
+        log.warning(
+            "the backup in %s records no data fingerprint (an older version wrote it): resuming without "
+            "checking that %s holds the data it was trained on",
+            backup_dir,
+            config.data.dir,
+        )
+    elif recorded != data:
+        raise RunStateError(
+            f"{backup_dir} holds a run trained on data with fingerprint {recorded}, but data.dir {config.data.dir!r} "
+            f"now holds data with fingerprint {data} (preprocessed again since?): resuming would continue on other "
+            f"data; point data.dir at the data the run started on, or {hint}"
+        )
+    if state is not None and state.get(RUN_KEY) and record.get(RUN_KEY) and state[RUN_KEY] != record[RUN_KEY]:
+        raise RunStateError(f"{best_dir} belongs to run {state[RUN_KEY]}, the backup to run {record[RUN_KEY]}; {hint}")
+    if state is not None and state["best_epoch"]:
         try:
             _read_through(os.path.join(best_dir, "weights"))
         except _CHECKPOINT_ERRORS as e:
@@ -217,40 +247,57 @@ def _check_resumable(config: Config, backup_dir: str, best_dir: str, digest: str
                 f"the best weights in {best_dir} (epoch {state['best_epoch']}) cannot be read ({_unreadable(e)}); "
                 + hint
             ) from None
+    previous = (manifest or {}).get("run", {})
+    same = previous.get(HASH_KEY) == digest and previous.get(DATA_KEY) in (data, None)
+    return (
+        record.get(RUN_KEY) or (state or {}).get(RUN_KEY) or (previous.get(RUN_KEY) if same else None) or new_run_id()
+    )
 
 
-def prepare(config: Config, best_dir: str, restart: bool = False, chief: bool = True) -> tuple[int, str]:
-    """Makes ``output_dir`` safe for this run before anything is built; returns (first epoch, config hash).
+def prepare(
+    config: Config, out_dir: str, data_fingerprint: str, restart: bool = False, chief: bool = True
+) -> tuple[int, dict[str, str]]:
+    """Makes ``out_dir`` (this worker's output folder, locked by the caller: `ownership.claim`) safe for this run
+    before anything is built; returns (first epoch, the run's `identity`).
 
-    ``best_dir``: this worker's model-selection folder. ``restart``: delete ``backup/`` and ``best/`` first.
-    ``chief``: only the chief deletes or writes the shared ``backup/``; the other workers of a multi-worker run
-    check the same files and so reach the same decision.
+    ``data_fingerprint``: of ``data.dir`` (`mdcns_tf.runs.lineage.data_fingerprint`). ``restart``: delete
+    ``backup/`` and ``best/`` first. ``chief``: only the chief deletes or writes the shared ``backup/``; the other
+    workers of a multi-worker run check the same files and so reach the same decision. Deletes and moves only what
+    the folder's records prove the trainer's (`ownership.check_owned`), else stops with a `RunStateError`.
     """
     backup_dir = os.path.join(config.output_dir, "backup")
+    best_dir = os.path.join(out_dir, "best")
     digest = config_hash(config.to_dict())
+    manifest = ownership.read_manifest(out_dir)
+    legacy = None if manifest else ownership.legacy_owner(out_dir, config_hash)
+    ownership.check_owned(out_dir, (*ownership.ENTRIES, ownership.PREVIOUS), manifest, legacy)
     if restart:
         log.info("--restart: deleting %s and %s", backup_dir if chief else "(chief only)", best_dir)
-        if chief:
-            _remove(backup_dir)
-        _remove(best_dir)
+        for name in ("backup", "best") if chief else ("best",):
+            ownership.remove(out_dir, name)
     latest = None if restart and not chief else latest_backup(backup_dir, config.output_dir)
+    run = identity("", digest, data_fingerprint)
     if latest is not None:
-        _check_resumable(config, backup_dir, best_dir, digest)
-        log.info("resuming the interrupted run backed up in %s (config hash %s)", backup_dir, digest)
+        run[RUN_KEY] = _check_resumable(config, backup_dir, best_dir, run, manifest)
+        log.info("resuming the interrupted run %s backed up in %s (config hash %s)", run[RUN_KEY], backup_dir, digest)
     else:
+        run[RUN_KEY] = new_run_id()
+        previous = (manifest or {}).get("run", {}).get(RUN_KEY) or f"legacy-{legacy}"
+        ownership.move_aside(out_dir, previous)
         if os.path.lexists(best_dir):
             log.info("starting fresh: removing %s, left by an earlier run in this output_dir", best_dir)
-            _remove(best_dir)
+            ownership.remove(out_dir, "best")
         if chief:  # a first backup cut short, or the record of a run killed before its first backup
-            _remove(os.path.join(backup_dir, "chief"))
-            _remove(os.path.join(backup_dir, BACKUP_RECORD))
+            ownership.remove(backup_dir, "chief")
+            ownership.remove(backup_dir, BACKUP_RECORD)
+    ownership.write_manifest(out_dir, run)
     if chief and config.train.backup_and_restore:
-        _write_json(os.path.join(backup_dir, BACKUP_RECORD), {HASH_KEY: digest})
-    return resumed_epoch(latest), digest
+        _write_json(os.path.join(backup_dir, BACKUP_RECORD), run)
+    return resumed_epoch(latest), run
 
 
 def finish(config: Config, chief: bool = True) -> None:
     """After a completed `fit`: Keras has deleted the backup; delete its record too."""
     backup_dir = os.path.join(config.output_dir, "backup")
     if chief and not os.path.exists(os.path.join(backup_dir, "chief")):
-        _remove(os.path.join(backup_dir, BACKUP_RECORD))
+        ownership.remove(backup_dir, BACKUP_RECORD)

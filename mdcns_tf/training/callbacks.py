@@ -65,15 +65,16 @@ class ModelSelection(keras.callbacks.Callback):
 
     Unlike `keras.callbacks.EarlyStopping`, its state (best value, best epoch, epochs without improvement) and the
     best weights survive a killed run, so a run resumed by `BackupAndRestore` selects the same model. The state
-    records ``config_hash`` (`mdcns_tf.runs.state`), which says which config the best weights were trained with.
+    records the run's identity ``run`` (`mdcns_tf.runs.state.identity`: run id, config hash, data fingerprint),
+    which says which run, config and data the best weights come from.
     """
 
-    def __init__(self, monitor: str, patience: int, directory: str, config_hash: str = "") -> None:
+    def __init__(self, monitor: str, patience: int, directory: str, run: dict[str, str] | None = None) -> None:
         super().__init__()
         self.monitor = "val_" + metrics.keras_name(monitor)
         self.patience = patience
         self.directory = directory
-        self.config_hash = config_hash
+        self.run = dict(run or {})
         self.state_path = os.path.join(directory, run_state.STATE_FILE)
         self.weights_path = os.path.join(directory, "weights")
         self.best = -math.inf
@@ -123,7 +124,7 @@ class ModelSelection(keras.callbacks.Callback):
         state = {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "history": self.history}
         tmp = self.state_path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({**state, run_state.HASH_KEY: self.config_hash}, f)
+            json.dump({**state, **self.run}, f)
         os.replace(tmp, self.state_path)
 
     def restore_best(self) -> bool:

@@ -1,4 +1,5 @@
-"""A training run's folder after the fact: its resolved config and the model with the weights selection kept.
+"""A training run's folder after the fact: its resolved config and the model with the weights selection kept, checked
+to belong together with the run's ``metrics.json`` and the data it is read with (`mdcns_tf.runs.lineage`).
 
 Shared by the commands that work on a finished (or still running) run without training it: `mdcns_tf.evaluate`
 re-measures it, `mdcns_tf.export --run` exports it again.
@@ -12,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from mdcns_tf.config import Config
 from mdcns_tf.config_loader import load_config
+from mdcns_tf.runs import lineage
 from mdcns_tf.runs.metrics_file import METRICS_FILE
+from mdcns_tf.runs.state import RunStateError, config_hash
 
 if TYPE_CHECKING:  # both import TensorFlow; the commands import this module before parsing their arguments
     from mdcns_tf.features import Metadata
@@ -31,7 +34,9 @@ def load_run_config(run_dir: str, overrides: list[str] | None = None) -> Config:
     """``<run_dir>/config.yaml`` (written by `mdcns_tf.train`) with ``overrides``; raises `FileNotFoundError`
     naming what is missing when ``run_dir`` is not a run, or has no selected weights yet."""
     path = config_path(run_dir)
-    if not os.path.exists(path):
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"{run_dir!r} is not a folder: --run takes the output_dir of a training run")
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: is {run_dir!r} the output_dir of a training run?")
     weights = weights_prefix(run_dir)
     if not os.path.exists(weights + ".index"):
@@ -42,16 +47,40 @@ def load_run_config(run_dir: str, overrides: list[str] | None = None) -> Config:
     return load_config(path, overrides or [])
 
 
-def load_model(run_dir: str, config: Config) -> tuple[RetrievalModel, Metadata]:
-    """(trainer model with the run's selected weights, the data's `Metadata`) for ``config`` (`load_run_config`)."""
+def load_checked(
+    run_dir: str, config: Config, allow_data_mismatch: bool = False
+) -> tuple[RetrievalModel, Metadata, dict[str, Any]]:
+    """(trainer model with the run's selected weights, the data's `Metadata`, the lineage record of
+    `lineage.check_finished_run`) for ``config`` (`load_run_config`). Raises `lineage.LineageError` when the weights,
+    ``config.yaml``, ``metrics.json`` and ``data.dir`` do not belong together, `RunStateError` when the weights do
+    not fit the model the config and data describe."""
     from mdcns_tf.features import Metadata
     from mdcns_tf.training.factory import build_model
 
     metadata = Metadata.load(config.data.dir)
+    own_hash = config_hash(load_config(config_path(run_dir)).to_dict())
+    data_print = lineage.data_fingerprint(config.data.dir, metadata)
+    record = lineage.check_finished_run(
+        run_dir, own_hash, read_metrics(run_dir), config.data.dir, data_print, allow_data_mismatch
+    )
     model = build_model(config, metadata)
     model.build_for_input(config.data.max_len)
     model.compile()
-    model.load_weights(weights_prefix(run_dir)).expect_partial()
+    try:
+        model.load_weights(weights_prefix(run_dir)).expect_partial()
+    except (ValueError, OSError) as e:  # tf.errors.OpError is neither: a damaged file is caught by the caller
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunStateError(
+            f"the best weights in {weights_prefix(run_dir)} do not fit the model that config.yaml and data.dir "
+            f"{config.data.dir!r} ({metadata.n_items} items) describe ({first}); evaluate or export with the run's "
+            "own data and config"
+        ) from None
+    return model, metadata, record
+
+
+def load_model(run_dir: str, config: Config, allow_data_mismatch: bool = False) -> tuple[RetrievalModel, Metadata]:
+    """`load_checked` without the lineage record (the benchmarks' entry)."""
+    model, metadata, _ = load_checked(run_dir, config, allow_data_mismatch)
     return model, metadata
 
 
