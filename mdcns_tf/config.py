@@ -108,9 +108,14 @@ class EvalConfig:
     bucket_by_length: bool = True
     # Evaluate the test split at the end (best weights restored).
     test: bool = True
-    # Full ranking scores this many items at a time (metrics.target_ranks): memory is eval_batch_size x chunk floats,
-    # so a 1M-item catalogue never needs a (batch, n_items) score matrix.
+    # Full ranking scores at most this many items at a time (metrics.target_ranks): memory is eval_batch_size x chunk
+    # floats, so a 1M-item catalogue never needs a (batch, n_items) score matrix. Below this cap the scan takes
+    # cache-sized blocks of about 1M scores (2,048 items for 512 users); the ranks do not depend on either.
     item_chunk_size: int = 65_536
+    # Model selection (early stopping, best epoch) on a fixed sample of this many validation users, drawn from the
+    # run's seed (data.sample_users: the same users every epoch and after a resume); 0 = every validation user. The
+    # final validation metrics in metrics.json are on every user either way, the test split is always evaluated whole.
+    valid_users: int = 0
 
 
 @dataclasses.dataclass

@@ -147,6 +147,7 @@ def _check_ranges(config: Config) -> None:
         "seed": config.seed,
         "data.max_train_sequences": config.data.max_train_sequences,
         "data.max_eval_users": config.data.max_eval_users,
+        "eval.valid_users": config.eval.valid_users,
         "train.steps_per_epoch": config.train.steps_per_epoch,
         "train.patience": config.train.patience,
         "train.weight_decay": config.train.weight_decay,

@@ -6,15 +6,20 @@ Training and evaluation elements are dicts of int32 tensors, no labels (the trai
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import hashlib
+import heapq
 import os
+from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from mdcns_tf import features
 from mdcns_tf.batch import EXCLUSION_IDS, HISTORY_IDS, INPUT_IDS, POSITION_KEYS, TARGET, TARGET_IDS, USER_INDEX
-from mdcns_tf.config import DataConfig
+from mdcns_tf.config import Config, DataConfig
 
 
 def split_files(data_dir: str, split: str) -> list[str]:
@@ -208,16 +213,21 @@ def eval_dataset(
     max_users: int = 0,
     bucket_by_length: bool = False,
     autotune: bool = False,
+    users: Sequence[int] | None = None,
 ) -> tf.data.Dataset:
     """Batched evaluation users of ``split`` (``valid`` or ``test``), in file order.
 
     With ``bucket_by_length`` users of similar history length are batched together (no longer in file order) and
     each batch is trimmed to its longest input: the per-user metrics are the same (backbones give a left-padded
     history the same states at any window length), at a fraction of the encoder cost on short-history data.
+
+    ``users``: only the records of these user indices (e.g. `sample_users`), after ``max_users``; None: all.
     """
     records = read_records(data_dir, split)
     if max_users:
         records = records.take(max_users)
+    if users is not None:
+        records = records.filter(_user_filter(users))
 
     def to_eval(record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         history = record[features.ITEM_IDS]
@@ -235,3 +245,88 @@ def eval_dataset(
 
 def has_split(data_dir: str, split: str) -> bool:
     return bool(glob.glob(os.path.join(data_dir, split, "*" + features.TFRECORD_SUFFIX)))
+
+
+@dataclasses.dataclass(frozen=True)
+class UserSample:
+    """A fixed, seeded sample of a split's users (`sample_users`)."""
+
+    split: str
+    seed: int
+    users: tuple[int, ...]  # the sampled user indices, ascending
+    population: int  # the split's users it was drawn from (its first ``max_users`` records when that is set)
+
+    @property
+    def whole(self) -> bool:
+        return len(self.users) == self.population
+
+    def record(self) -> dict:
+        """What ``metrics.json`` keeps of it: sizes, seed and a digest of the user indices."""
+        digest = hashlib.sha256(",".join(map(str, self.users)).encode()).hexdigest()
+        return {"users": len(self.users), "of": self.population, "seed": self.seed, "users_sha256": digest}
+
+
+def sample_order_key(seed: int, split: str, user_index: int) -> bytes:
+    """The draw order of a user: sha256 of (seed, split, user index), as the pipeline's user split orders users
+    (docs/design.md, section 3.2), so the sample depends on nothing else (not file order, sharding, or a library's
+    random stream)."""
+    return hashlib.sha256(f"{seed}\0{split}\0{user_index}".encode()).digest()
+
+
+def split_users(data_dir: str, split: str, max_users: int = 0) -> np.ndarray:
+    """The user indices of ``split``'s records in file order (the first ``max_users`` records when set)."""
+    spec = {features.USER_INDEX: features.feature_spec()[features.USER_INDEX]}
+    records = tf.data.TFRecordDataset(split_files(data_dir, split), compression_type="GZIP")
+    if max_users:
+        records = records.take(max_users)
+    batches = records.batch(4096).map(lambda serialized: tf.io.parse_example(serialized, spec)[features.USER_INDEX])
+    parts = [batch for batch in batches.as_numpy_iterator()]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros([0], np.int64)
+
+
+def sample_users(data_dir: str, split: str, size: int, seed: int, max_users: int = 0) -> UserSample:
+    """``size`` users of ``split`` (all of them when it has no more), the same for the same seed and records: the
+    first ``size`` in the order of `sample_order_key`. A sample grows by adding users: the sample of ``size`` holds
+    the one of any smaller size."""
+    users = np.unique(split_users(data_dir, split, max_users)).tolist()
+    first = heapq.nsmallest(size, users, key=lambda user: sample_order_key(seed, split, user))
+    return UserSample(split, seed, tuple(sorted(first)), len(users))
+
+
+def selection_sample(config: Config) -> UserSample | None:
+    """The validation users model selection runs on: ``eval.valid_users`` of them drawn with the run's ``seed``
+    (`sample_users`), None for every user (0, the default)."""
+    if not config.eval.valid_users:
+        return None
+    cfg = config.data
+    return sample_users(cfg.dir, "valid", config.eval.valid_users, config.seed, cfg.max_eval_users)
+
+
+def sample_dataset(config: Config, sample: UserSample) -> tf.data.Dataset:
+    """`eval_dataset` of ``sample``'s split as ``config`` evaluates it, reading only the sampled users."""
+    cfg = config.data
+    return eval_dataset(
+        cfg.dir,
+        sample.split,
+        cfg.max_len,
+        cfg.eval_batch_size,
+        cfg.max_eval_users,
+        config.eval.bucket_by_length,
+        cfg.autotune,
+        users=sample.users,
+    )
+
+
+def _user_filter(users: Sequence[int]):
+    """A `Dataset.filter` predicate keeping the records whose user index is in ``users`` (a dense lookup table)."""
+    users = np.asarray(users, np.int64)
+    member = np.zeros(int(users.max()) + 1 if users.size else 1, bool)
+    member[users] = True
+    table = tf.constant(member)
+
+    def keep(record: dict[str, tf.Tensor]) -> tf.Tensor:
+        user = tf.cast(record[features.USER_INDEX], tf.int64)
+        inside = (user >= 0) & (user < table.shape[0])
+        return inside & tf.gather(table, tf.clip_by_value(user, 0, table.shape[0] - 1))
+
+    return keep

@@ -9,11 +9,8 @@ Writes ``<output_dir>/metrics.json``, ``<output_dir>/config.yaml`` (the resolved
 ``output_dir`` writes to ``runs/<config file name>``. ``metrics.json`` and the export's
 ``assets.extra/model_card.json`` record what the run was made from (`mdcns_tf.runs.provenance`).
 
-An interrupted run is resumed from its backup by the same config on the same data only (`mdcns_tf.runs.state`);
-``--restart`` deletes the backup and the best weights and trains from scratch. A run holds ``output_dir`` locked
-while it runs (a second run there is refused) and deletes or replaces only what a record of a run proves the
-trainer wrote (`mdcns_tf.runs.ownership`): a fresh run moves the previous run's ``metrics.json``, ``config.yaml``
-and TensorBoard events to ``previous_runs/<run id>/``.
+An interrupted run is resumed from its backup by the same config only (`mdcns_tf.runs.state`); ``--restart``
+deletes the backup and the best weights and trains from scratch.
 """
 
 from __future__ import annotations
@@ -22,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -32,14 +30,11 @@ import mdcns_tf  # noqa: F401  (sets the TensorFlow environment before anything 
 from mdcns_tf import cli, shipped_configs
 from mdcns_tf.config import Config, ConfigError
 from mdcns_tf.config_loader import load_config, merged_yaml
-from mdcns_tf.features import DataFolderError
 from mdcns_tf.runs import provenance
-from mdcns_tf.runs.ownership import FolderInUseError
 
 # TensorFlow is imported by the functions that train, not here: `--help` and usage errors answer at once.
 if TYPE_CHECKING:
     from mdcns_tf.features import Metadata
-    from mdcns_tf.training.preflight import Start
     from mdcns_tf.training.retrieval_model import RetrievalModel
 
 log = logging.getLogger("mdcns_tf.train")
@@ -56,29 +51,35 @@ def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
 def run(config: Config, restart: bool = False) -> dict[str, Any]:
     """Trains, evaluates and exports as ``config`` says; returns what ``metrics.json`` holds.
 
-    ``restart``: delete the backup and best weights ``output_dir`` holds and train from scratch (`run_state`). The
-    checks before anything is built, and the output folder's lock held until the run ends: `preflight.started_run`.
+    ``restart``: delete the backup and best weights ``output_dir`` holds and train from scratch (`run_state`).
     """
-    from mdcns_tf.training.preflight import started_run
-
-    with started_run(config, restart) as start:
-        return _train(config, start)
-
-
-def _train(config: Config, start: Start) -> dict[str, Any]:
     import tf_keras as keras
 
     from mdcns_tf import data, metrics
-    from mdcns_tf.runs import ownership
+    from mdcns_tf.features import Metadata, check_record_ids, verify_records
     from mdcns_tf.runs import state as run_state
     from mdcns_tf.runs.metrics_file import write_metrics
     from mdcns_tf.savedmodel import publish
     from mdcns_tf.training.batches import seed_process, train_input
     from mdcns_tf.training.callbacks import ModelSelection, ProgressLog, make_callbacks
-    from mdcns_tf.training.distribution import shard_by_data
+    from mdcns_tf.training.distribution import make_strategy, shard_by_data, worker_dir
     from mdcns_tf.training.factory import eval_split, evaluate, prepare_for_training, resolved_reduction
+    from mdcns_tf.training.preflight import check_data, check_export
 
-    metadata, strategy, out_dir, chief = start.metadata, start.strategy, start.out_dir, start.chief
+    metadata = Metadata.load(config.data.dir, verify=False)
+    verify_records(config.data.dir, metadata, scan_ids=False)  # the fingerprint: no TensorFlow op
+    check_data(config, metadata)
+    strategy = make_strategy(config.train.distribute)
+    if metadata.fingerprint is None:
+        # Older metadata: its records' ids are scanned with TF ops, which must come after the strategy (a
+        # multi-worker strategy configures the collective ops before the process's first op).
+        check_record_ids(config.data.dir, metadata)
+    out_dir = worker_dir(config.output_dir, strategy)
+    check_export(config, out_dir)
+    # Before config.yaml is rewritten: it tells which config an interrupted run's backup belongs to.
+    chief = out_dir == config.output_dir
+    first_epoch, digest = run_state.prepare(config, os.path.join(out_dir, "best"), restart, chief)
+    os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.yaml"), "w") as f:
         yaml.safe_dump(config.to_dict(), f, sort_keys=False)
     # Taken before training: the code, libraries and command that the run starts with.
@@ -90,8 +91,13 @@ def _train(config: Config, start: Start) -> dict[str, Any]:
 
     cfg = config.data
     steps = data.count_train_examples(cfg.dir, cfg.train_positions, cfg.max_train_sequences)
-    train_ds, steps_per_epoch, shuffle_epoch = train_input(config, start.first_epoch)
+    train_ds, steps_per_epoch, shuffle_epoch = train_input(config, first_epoch)
     valid_ds = shard_by_data(eval_split(config, "valid"))
+    # eval.valid_users: model selection on a fixed sample of the validation users (the final valid on every one).
+    selection_ds, valid_sample = valid_ds, data.selection_sample(config)
+    if valid_sample is not None:
+        log.info("model selection on %s validation users (eval.valid_users)", valid_sample.record())
+        selection_ds = valid_ds if valid_sample.whole else shard_by_data(data.sample_dataset(config, valid_sample))
 
     with strategy.scope():
         model = build_model(config, metadata)
@@ -103,7 +109,7 @@ def _train(config: Config, start: Start) -> dict[str, Any]:
         model.positions_per_batch = positions / max(steps, 1) * cfg.batch_size
         log.info("loss.reduction epoch: a step's loss is its positions' sum / %.1f", model.positions_per_batch)
 
-    selection = ModelSelection(config.train.monitor, config.train.patience, os.path.join(out_dir, "best"), start.run)
+    selection = ModelSelection(config.train.monitor, config.train.patience, os.path.join(out_dir, "best"), digest)
     progress = ProgressLog(config.train.epochs)
     log.info(
         "training %s (%s, sampler %s, loss %s): %d samples, %d steps/epoch, up to %d epochs",
@@ -118,7 +124,7 @@ def _train(config: Config, start: Start) -> dict[str, Any]:
     started = time.perf_counter()
     history = model.fit(
         train_ds,
-        validation_data=valid_ds,
+        validation_data=selection_ds,
         epochs=config.train.epochs,
         steps_per_epoch=steps_per_epoch if config.train.steps_per_epoch else None,
         validation_freq=config.train.validation_freq,
@@ -138,6 +144,7 @@ def _train(config: Config, start: Start) -> dict[str, Any]:
     result: dict[str, Any] = {
         "metric_version": metrics.METRIC_VERSION,
         "valid": evaluate(model, valid_ds),
+        "valid_users": "all",  # what "valid" is measured on; model selection's users, if a sample: "valid_sample"
         "best_epoch": selection.best_epoch,
         # Which weights the metrics and the export are of: the best validated epoch's, or the last epoch's.
         "weights": "best_epoch" if selection.best_epoch else "last_epoch",
@@ -147,9 +154,11 @@ def _train(config: Config, start: Start) -> dict[str, Any]:
         "steps_per_epoch": steps_per_epoch,
         "history": selection.history or [{"epoch": i + 1} for i in range(len(history.epoch))],
         "dataset": {"dir": cfg.dir, "n_users": metadata.n_users, "n_items": metadata.n_items, "split": metadata.split},
-        "run": start.run,  # the identity best/state.json and the export's model card carry too
         "provenance": record,
     }
+    if valid_sample is not None:
+        # The selected weights on the sample that chose them (history and best_epoch are on it too).
+        result["valid_sample"] = {**valid_sample.record(), "metrics": evaluate(model, selection_ds)}
     if config.eval.test:
         test_ds = shard_by_data(eval_split(config, "test"))
         result["test"] = evaluate(model, test_ds)
@@ -166,13 +175,13 @@ def _train(config: Config, start: Start) -> dict[str, Any]:
             config.export.top_k,
             config.export.version,
             data_dir=cfg.dir,
-            model_card={"metrics": summary, "run": start.run, "provenance": record},
+            model_card={"metrics": summary, "provenance": record},
             index=config.export.index,
             rescore=config.export.rescore,
         )
         write_metrics(out_dir, result)
     if not chief:  # a non-chief worker: its copies were only written to keep in step
-        ownership.discard(out_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)
     log.info("valid %s", json.dumps(result["valid"]))
     if "test" in result:
         log.info("test %s", json.dumps(result["test"]))
@@ -216,8 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return cli.run_command(
-        lambda: run(resolve_config(args.config, args.set), restart=args.restart),
-        (ConfigError, FileNotFoundError, DataFolderError, FolderInUseError),
+        lambda: run(resolve_config(args.config, args.set), restart=args.restart), (ConfigError, FileNotFoundError)
     )
 
 
