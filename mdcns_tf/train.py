@@ -9,8 +9,11 @@ Writes ``<output_dir>/metrics.json``, ``<output_dir>/config.yaml`` (the resolved
 ``output_dir`` writes to ``runs/<config file name>``. ``metrics.json`` and the export's
 ``assets.extra/model_card.json`` record what the run was made from (`mdcns_tf.runs.provenance`).
 
-An interrupted run is resumed from its backup by the same config only (`mdcns_tf.runs.state`); ``--restart``
-deletes the backup and the best weights and trains from scratch.
+An interrupted run is resumed from its backup by the same config on the same data only (`mdcns_tf.runs.state`);
+``--restart`` deletes the backup and the best weights and trains from scratch. A run holds ``output_dir`` locked
+while it runs (a second run there is refused) and deletes or replaces only what a record of a run proves the
+trainer wrote (`mdcns_tf.runs.ownership`): a fresh run moves the previous run's ``metrics.json``, ``config.yaml``
+and TensorBoard events to ``previous_runs/<run id>/``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -30,11 +32,14 @@ import mdcns_tf  # noqa: F401  (sets the TensorFlow environment before anything 
 from mdcns_tf import cli, shipped_configs
 from mdcns_tf.config import Config, ConfigError
 from mdcns_tf.config_loader import load_config, merged_yaml
+from mdcns_tf.features import DataFolderError
 from mdcns_tf.runs import provenance
+from mdcns_tf.runs.ownership import FolderInUseError
 
 # TensorFlow is imported by the functions that train, not here: `--help` and usage errors answer at once.
 if TYPE_CHECKING:
     from mdcns_tf.features import Metadata
+    from mdcns_tf.training.preflight import Start
     from mdcns_tf.training.retrieval_model import RetrievalModel
 
 log = logging.getLogger("mdcns_tf.train")
@@ -51,35 +56,29 @@ def build_model(config: Config, metadata: Metadata) -> RetrievalModel:
 def run(config: Config, restart: bool = False) -> dict[str, Any]:
     """Trains, evaluates and exports as ``config`` says; returns what ``metrics.json`` holds.
 
-    ``restart``: delete the backup and best weights ``output_dir`` holds and train from scratch (`run_state`).
+    ``restart``: delete the backup and best weights ``output_dir`` holds and train from scratch (`run_state`). The
+    checks before anything is built, and the output folder's lock held until the run ends: `preflight.started_run`.
     """
+    from mdcns_tf.training.preflight import started_run
+
+    with started_run(config, restart) as start:
+        return _train(config, start)
+
+
+def _train(config: Config, start: Start) -> dict[str, Any]:
     import tf_keras as keras
 
     from mdcns_tf import data, metrics
-    from mdcns_tf.features import Metadata, check_record_ids, verify_records
+    from mdcns_tf.runs import ownership
     from mdcns_tf.runs import state as run_state
     from mdcns_tf.runs.metrics_file import write_metrics
     from mdcns_tf.savedmodel import publish
     from mdcns_tf.training.batches import seed_process, train_input
     from mdcns_tf.training.callbacks import ModelSelection, ProgressLog, make_callbacks
-    from mdcns_tf.training.distribution import make_strategy, shard_by_data, worker_dir
+    from mdcns_tf.training.distribution import shard_by_data
     from mdcns_tf.training.factory import eval_split, evaluate, prepare_for_training, resolved_reduction
-    from mdcns_tf.training.preflight import check_data, check_export
 
-    metadata = Metadata.load(config.data.dir, verify=False)
-    verify_records(config.data.dir, metadata, scan_ids=False)  # the fingerprint: no TensorFlow op
-    check_data(config, metadata)
-    strategy = make_strategy(config.train.distribute)
-    if metadata.fingerprint is None:
-        # Older metadata: its records' ids are scanned with TF ops, which must come after the strategy (a
-        # multi-worker strategy configures the collective ops before the process's first op).
-        check_record_ids(config.data.dir, metadata)
-    out_dir = worker_dir(config.output_dir, strategy)
-    check_export(config, out_dir)
-    # Before config.yaml is rewritten: it tells which config an interrupted run's backup belongs to.
-    chief = out_dir == config.output_dir
-    first_epoch, digest = run_state.prepare(config, os.path.join(out_dir, "best"), restart, chief)
-    os.makedirs(out_dir, exist_ok=True)
+    metadata, strategy, out_dir, chief = start.metadata, start.strategy, start.out_dir, start.chief
     with open(os.path.join(out_dir, "config.yaml"), "w") as f:
         yaml.safe_dump(config.to_dict(), f, sort_keys=False)
     # Taken before training: the code, libraries and command that the run starts with.
@@ -91,7 +90,7 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
 
     cfg = config.data
     steps = data.count_train_examples(cfg.dir, cfg.train_positions, cfg.max_train_sequences)
-    train_ds, steps_per_epoch, shuffle_epoch = train_input(config, first_epoch)
+    train_ds, steps_per_epoch, shuffle_epoch = train_input(config, start.first_epoch)
     valid_ds = shard_by_data(eval_split(config, "valid"))
     # eval.valid_users: model selection on a fixed sample of the validation users (the final valid on every one).
     selection_ds, valid_sample = valid_ds, data.selection_sample(config)
@@ -109,7 +108,7 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
         model.positions_per_batch = positions / max(steps, 1) * cfg.batch_size
         log.info("loss.reduction epoch: a step's loss is its positions' sum / %.1f", model.positions_per_batch)
 
-    selection = ModelSelection(config.train.monitor, config.train.patience, os.path.join(out_dir, "best"), digest)
+    selection = ModelSelection(config.train.monitor, config.train.patience, os.path.join(out_dir, "best"), start.run)
     progress = ProgressLog(config.train.epochs)
     log.info(
         "training %s (%s, sampler %s, loss %s): %d samples, %d steps/epoch, up to %d epochs",
@@ -154,6 +153,7 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
         "steps_per_epoch": steps_per_epoch,
         "history": selection.history or [{"epoch": i + 1} for i in range(len(history.epoch))],
         "dataset": {"dir": cfg.dir, "n_users": metadata.n_users, "n_items": metadata.n_items, "split": metadata.split},
+        "run": start.run,  # the identity best/state.json and the export's model card carry too
         "provenance": record,
     }
     if valid_sample is not None:
@@ -175,13 +175,13 @@ def run(config: Config, restart: bool = False) -> dict[str, Any]:
             config.export.top_k,
             config.export.version,
             data_dir=cfg.dir,
-            model_card={"metrics": summary, "provenance": record},
+            model_card={"metrics": summary, "run": start.run, "provenance": record},
             index=config.export.index,
             rescore=config.export.rescore,
         )
         write_metrics(out_dir, result)
     if not chief:  # a non-chief worker: its copies were only written to keep in step
-        shutil.rmtree(out_dir, ignore_errors=True)
+        ownership.discard(out_dir)
     log.info("valid %s", json.dumps(result["valid"]))
     if "test" in result:
         log.info("test %s", json.dumps(result["test"]))
@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return cli.run_command(
-        lambda: run(resolve_config(args.config, args.set), restart=args.restart), (ConfigError, FileNotFoundError)
+        lambda: run(resolve_config(args.config, args.set), restart=args.restart),
+        (ConfigError, FileNotFoundError, DataFolderError, FolderInUseError),
     )
 
 
