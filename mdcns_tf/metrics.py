@@ -46,12 +46,12 @@ def target_ranks(
     the target's own score from a matmul and from a dot product differ in the last bits (different summation
     orders), and a comparison would count the target as beating itself for about a third of the users.
 
-    How (docs/design.md, section "Losses and metrics"): every block counts the items whose score beats the target's,
-    then subtracts those of its items that are excluded (padding, target, history, each id once per user) and beat
-    it, read from the same block's scores, so the count is exactly the one a per-block `(batch, block)` exclusion
-    mask would give, without building that mask. The count and the subtraction are one XLA computation per block
-    (`_count_block`); the matmul stays TensorFlow's (oneDNN) float32 MatMul, so every score is the one the previous
-    implementation compared, bit for bit.
+    The rank's definition is docs/design.md, section "Losses and metrics". How: every block counts the items whose
+    score beats the target's, then subtracts those of its items that are excluded (padding, target, history, each id
+    once per user) and beat it, read from the same block's scores, so the count is exactly the one a per-block
+    `(batch, block)` exclusion mask would give, without building that mask. The count and the subtraction are one
+    XLA computation per block (`_count_block`); the matmul stays TensorFlow's (oneDNN) float32 MatMul, so every
+    score is the one the previous kernel compared, bit for bit (`benchmarks.eval_speed --ranking` checks it).
     """
     # One read of the table: slicing a resource variable inside the loop would read it again for every block, and
     # after a gather from it (TensorFlow's copy-on-read mode) every such read copies the whole table.
