@@ -21,11 +21,13 @@ METRIC_VERSION = 2
 
 
 # A scan block holds about this many (user, item) scores: 4 MB of float32, which stays in the CPU's caches between
-# the matmul that writes it and the count that reads it (`target_ranks`). Measured at 1M items, d 64, 2 cores: blocks
-# of 1-4 M scores are within a few % of each other, 64 M-score blocks (512 users x 131,072 items) are 40% slower.
+# the matmul that writes it and the count that reads it (`target_ranks`). Measured at 1M items, d 64, on this 2-core
+# machine: blocks of 0.5-4 M scores are within ~10% of each other (1 M best for 128 and 512 users), the previous
+# kernel's 32 M-score chunks (512 users x 65,536 items) make the bare matmuls alone ~40% slower.
 BLOCK_SCORES = 1 << 20
-# A block never holds fewer items than this (a batch of 4,096 users still scores 256 items per matmul).
-MIN_BLOCK_ITEMS = 256
+# A block never holds fewer items than this: matmuls over fewer items lose more to per-block overheads than the
+# cache gains (2,048 users: blocks of 1,024 items 7-24% faster than of 512, in two interleaved sweeps).
+MIN_BLOCK_ITEMS = 1024
 
 
 def target_ranks(
