@@ -414,6 +414,23 @@ def test_eval_speed_harness_compares_both_orders(tiny_dataset, tmp_path) -> None
     assert result["command"].startswith("python -m benchmarks.eval_speed")
 
 
+def test_eval_speed_ranking_harness_measures_both_kernels_against_the_ceiling(tmp_path) -> None:
+    from benchmarks import eval_speed
+
+    output = str(tmp_path / "eval_ranking.json")
+    argv = ["--ranking", "--items", "3001", "--batch", "40", "--rounds", "1", "--ceiling-size", "300"]
+    assert eval_speed.main([*argv, "--history", "9", "--reference-users", "8", "--output", output]) == 0
+    with open(output) as f:
+        result = json.load(f)
+    (row,) = result["rows"]
+    assert (row["n_items"], row["batch"], row["reference_users"]) == (3001, 40, 8)
+    assert row["old_users_per_s"] > 0 and row["new_users_per_s"] > 0 and row["ceiling_users_per_s"] > 0
+    # users/s ceiling = FLOP/s / (2 n d); shares are per round
+    assert row["ceiling_users_per_s"] == pytest.approx(row["ceiling_gflops"] * 1e9 / (2 * 3001 * 64), rel=0.01)
+    assert row["ranks_differing_old_new"] == 0 and row["ranks_differing_new_float64"] == 0
+    assert result["command"].startswith("python -m benchmarks.eval_speed --ranking")
+
+
 def test_split_file_is_passed_to_the_pipeline_and_keys_the_cache(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MDCNS_DATA_CACHE", str(tmp_path / "cache"))
     extra = "    split_file: splits/toy_split.tsv\n"
