@@ -23,11 +23,34 @@ Each trains ``--steps`` steps (``train.steps_per_epoch``; the first epoch's step
 apart), then evaluates ``--eval-users`` validation users with full ranking in item chunks of
 ``eval.item_chunk_size``. A micro-benchmark times one Adam and one SGD update of a lone 1M x dim table from a
 sparse (IndexedSlices) gradient. Writes ``benchmarks/results/large_catalog.json`` with the command and the machine.
+
+**Catalogue scale, side by side** (``--compare GROUPS``): the same train step at Beauty's 12,101 items and at 1M,
+in one process per group, the variants' steps interleaved in rounds (`benchmarks.timing`: the order rotates every
+round; per-round ratios, medians). ``train.sparse_updates`` is the variable: ``auto`` (dense at 12k, lazy at 1M)
+and, at 1M, ``dense`` (the code before lazy updates). Shapes: batch ``--batch``, full-length sequences of
+``--max-len`` uniform random ids (`benchmarks.speed.synthetic_batches`: no padding, the worst case for the
+catalogue's cache behaviour), d ``--dim``, no length buckets. Groups: ``uniform`` (SASRec + one uniform negative,
+``configs/base.yaml``), ``mdcns_position`` (``configs/beauty_sasrec_mdcns.yaml``: GRU4Rec peer, a pool per
+position), ``mdcns_sequence`` (the same with the paper's pool per sequence), ``threshold_uniform`` /
+``threshold_mdcns_position``: dense against lazy at each of ``--threshold-sizes`` items, which sets
+`mdcns_tf.training.optimizers.LAZY_MIN_ROWS`, and ``pool_gradient_batch{16,32,64,128,256}``: with lazy updates at 1M
+items, a pool per position's sparse table gradient against its dense one, which sets
+`mdcns_tf.training.mdcns_model.SPARSE_POOL_MAX_DRAWS_SHARE`. For every lazy variant the JSON also gives the share of
+the self item table one step moves. The commands behind the README's "Catalogue scale" table:
+
+    python -m benchmarks.large_catalog --compare uniform,mdcns_sequence,mdcns_position --rounds 7 \
+        --output benchmarks/results/large_catalog_scale.json
+    python -m benchmarks.large_catalog --compare threshold_uniform,threshold_mdcns_position --rounds 5 \
+        --output benchmarks/results/large_catalog_threshold.json
+    python -m benchmarks.large_catalog --compare pool_gradient --rounds 5 \
+        --output benchmarks/results/large_catalog_pool_gradient.json
+    python -c "from benchmarks import large_catalog; print(large_catalog.distinct_ids_ms())"   # COUNT_DISTINCT_SHARE
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -254,6 +277,238 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+BEAUTY_ITEMS = 12_101
+MILLION_ITEMS = 1_000_000
+POOL_GRADIENT_BATCHES = (16, 32, 64, 128, 256)
+# name -> (config file under configs/, overrides) of the catalogue-scale groups
+SCALE_CONFIGS: dict[str, tuple[str, list[str]]] = {
+    "uniform": ("base.yaml", ["trainer=single", "sampler.name=uniform"]),
+    "mdcns_position": ("beauty_sasrec_mdcns.yaml", []),
+    "mdcns_sequence": ("beauty_sasrec_mdcns.yaml", ["mdcns.pool_scope=sequence"]),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleVariant:
+    config: str  # a key of SCALE_CONFIGS
+    n_items: int
+    sparse_updates: str  # train.sparse_updates
+    batch: int | None = None  # None: --batch
+    pool_gradient: str | None = None  # MDCNS, a pool per position: force "sparse" or "dense"; None: the model's rule
+
+    @property
+    def label(self) -> str:
+        label = f"{self.n_items}/{self.sparse_updates}"
+        if self.batch:
+            label += f"/batch{self.batch}"
+        return label + (f"/{self.pool_gradient}" if self.pool_gradient else "")
+
+
+def compare_groups(threshold_sizes: list[int]) -> dict[str, list[ScaleVariant]]:
+    """The groups of ``--compare``: each a list of variants timed side by side, the first the reference."""
+    groups = {
+        name: [
+            ScaleVariant(name, BEAUTY_ITEMS, "auto"),
+            ScaleVariant(name, MILLION_ITEMS, "auto"),
+            ScaleVariant(name, MILLION_ITEMS, "dense"),
+        ]
+        for name in SCALE_CONFIGS
+    }
+    for name in ("uniform", "mdcns_position"):
+        groups[f"threshold_{name}"] = [
+            ScaleVariant(name, n, mode) for n in threshold_sizes for mode in ("dense", "lazy")
+        ]
+    for batch in POOL_GRADIENT_BATCHES:  # a pool per position at 1M: 1 - exp(-batch x 50 x 100 / 1M) of the rows
+        groups[f"pool_gradient_batch{batch}"] = [
+            ScaleVariant("mdcns_position", MILLION_ITEMS, "lazy", batch, gradient) for gradient in ("sparse", "dense")
+        ]
+    return groups
+
+
+def build_scale_variant(variant: ScaleVariant, args: argparse.Namespace) -> tuple[Any, list[dict]]:
+    """A variant's model, built and compiled as `mdcns_tf.train` does (`factory.build_model`, `prepare_for_training`:
+    the Adam that ``train.sparse_updates`` picks), and its synthetic batches."""
+    import tf_keras as keras
+
+    from benchmarks import speed
+    from mdcns_tf.config_loader import load_config
+    from mdcns_tf.training import factory
+
+    config_file, overrides = SCALE_CONFIGS[variant.config]
+    config = load_config(
+        os.path.join(common.REPO, "configs", config_file),
+        [
+            *overrides,
+            f"data.batch_size={variant.batch or args.batch}",
+            f"data.max_len={args.max_len}",
+            f"model.dim={args.dim}",
+            "data.bucket_by_length=false",
+            "loss.reduction=batch",
+            "seed=1",
+            f"train.sparse_updates={variant.sparse_updates}",
+        ],
+    )
+    keras.utils.set_random_seed(config.seed)
+    shape = speed.Shape(batch=variant.batch or args.batch, max_len=args.max_len, dim=args.dim, n_items=variant.n_items)
+    model = factory.build_model(config, speed.stub_metadata(shape))
+    if variant.pool_gradient:
+        model.sparse_pool_gradient = variant.pool_gradient == "sparse"
+    factory.prepare_for_training(model, config)
+    batches, _ = speed.synthetic_batches(shape, count=3, seed=0)
+    return model, batches
+
+
+def moved_share(model: Any, step: Any, batch: dict) -> float:
+    """Share of the self item table's rows that one more step moves (the rows a lazy update touches)."""
+    import numpy as np
+
+    table = model.encoder.item_embedding.embeddings
+    before = table.numpy()
+    step(batch)
+    moved = np.count_nonzero((table.numpy() != before).any(axis=1))
+    return round(float(moved) / before.shape[0], 4)
+
+
+def run_compare_child(group: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One ``--compare`` group in this process: build every variant, then interleave their steps."""
+    import tensorflow as tf
+
+    from benchmarks import speed, timing
+
+    variants = compare_groups(args.threshold_sizes)[group]
+    steps: dict[str, Any] = {}
+    batches: dict[str, list[dict]] = {}
+    built: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        started = time.perf_counter()
+        model, variant_batches = build_scale_variant(variant, args)
+        step = tf.function(model.train_step)
+        speed.run_steps(step, variant_batches, 3)  # trace + warm up outside the measurement
+        info: dict[str, Any] = {
+            "n_items": variant.n_items,
+            "sparse_updates": variant.sparse_updates,
+            "lazy_updates": bool(model.lazy_updates),
+            "sparse_pool_gradient": getattr(model, "sparse_pool_gradient", None),
+            "optimizer": type(model.optimizer).__name__,
+            "build_and_warmup_seconds": round(time.perf_counter() - started, 1),
+        }
+        if model.lazy_updates:
+            info["self_table_rows_moved_by_one_step"] = moved_share(model, step, variant_batches[0])
+        built[variant.label], steps[variant.label], batches[variant.label] = info, step, variant_batches
+        print(f"[large_catalog] {group} {variant.label}: {info}", flush=True)
+    for label in steps:  # one untimed round: the first call after the other variants were built ran ~100x slower
+        speed.run_steps(steps[label], batches[label], args.round_steps)
+    times = timing.interleaved(
+        {label: lambda label=label: speed.run_steps(steps[label], batches[label], args.round_steps) for label in steps},
+        args.rounds,
+        args.round_steps,
+    )
+    reference = variants[0].label
+    wall_ratios, cpu_ratios = timing.ratios(times.wall, reference), timing.ratios(times.cpu, reference)
+    rows = {}
+    for label, info in built.items():
+        rows[label] = {
+            **info,
+            "step_ms_median": round(1000 * times.median_wall(label), 1),
+            "step_ms_rounds": [round(1000 * t, 1) for t in times.wall[label]],
+            "step_cpu_ms_median": round(1000 * times.median_cpu(label), 1),
+            f"ratio_to_{reference}": round(wall_ratios[label], 3),
+            f"cpu_ratio_to_{reference}": round(cpu_ratios[label], 3),
+            "others_cpu_s_per_round_median": round(statistics.median(times.others_cpu[label]), 2)
+            if times.others_cpu.get(label)
+            else None,
+        }
+    out: dict[str, Any] = {"reference": reference, "variants": rows}
+    if group.startswith("threshold_"):  # lazy / dense at each size, per round
+        out["lazy_over_dense"] = {
+            str(n): round(
+                statistics.median(
+                    lazy / dense for lazy, dense in zip(times.wall[f"{n}/lazy"], times.wall[f"{n}/dense"], strict=True)
+                ),
+                3,
+            )
+            for n in args.threshold_sizes
+        }
+    return out
+
+
+def distinct_ids_ms(
+    rows: tuple[int, ...] = (12_102, 100_001, 1_000_001),
+    counts: tuple[int, ...] = (10_000, 40_000, 160_000, 640_000, 1_280_000),
+    repeats: int = 9,
+) -> dict[str, dict[str, float]]:
+    """Median ms of distinct ids by hash (`tf.unique`) and by a count over the rows, for random ids: what
+    `mdcns_tf.samplers.candidates.COUNT_DISTINCT_SHARE` is set from. Keys ``"<rows>/<ids>"``."""
+    import tensorflow as tf
+
+    def by_hash(ids: tf.Tensor, n: int) -> tf.Tensor:
+        unique, index = tf.unique(ids)
+        return tf.size(unique) + tf.reduce_sum(index)
+
+    def by_count(ids: tf.Tensor, n: int) -> tf.Tensor:
+        present = tf.math.bincount(ids, minlength=n, maxlength=n) > 0
+        index = tf.gather(tf.cumsum(tf.cast(present, tf.int32)) - 1, ids)
+        return tf.size(tf.where(present), tf.int32) + tf.reduce_sum(index)
+
+    out: dict[str, dict[str, float]] = {}
+    for n in rows:
+        for count in counts:
+            ids = tf.random.uniform([count], 0, n, tf.int32)
+            out[f"{n}/{count}"] = {}
+            for name, fn in (("hash", tf.function(by_hash)), ("count", tf.function(by_count))):
+                fn(ids, n).numpy()
+                times = []
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    fn(ids, n).numpy()
+                    times.append(time.perf_counter() - started)
+                out[f"{n}/{count}"][name] = round(1000 * statistics.median(times), 2)
+    return out
+
+
+def run_compare(args: argparse.Namespace, argv: list[str] | None) -> int:
+    known = compare_groups(args.threshold_sizes)
+    groups = []  # "pool_gradient": every pool_gradient_batch<N> group
+    for group in args.compare.split(","):
+        groups += [name for name in known if name.startswith("pool_gradient_")] if group == "pool_gradient" else [group]
+    for group in groups:
+        if group not in known:
+            raise SystemExit(f"large_catalog: unknown --compare group {group!r}; known: {', '.join(known)}")
+    head = common.envelope(common.command_line("benchmarks.large_catalog", argv))
+    results: dict[str, Any] = {}
+    for group in groups:
+        # One process a group: its own memory, and no group's tables in another's caches.
+        child_output = os.path.join(tempfile.gettempdir(), f"large_catalog.{os.getpid()}.{group}.json")
+        command = commands.module_command(
+            "benchmarks.large_catalog",
+            *("--batch", str(args.batch), "--max-len", str(args.max_len), "--dim", str(args.dim)),
+            *("--rounds", str(args.rounds), "--round-steps", str(args.round_steps)),
+            *("--threshold-sizes", ",".join(map(str, args.threshold_sizes))),
+            *("--compare-child", group, "--child-output", child_output),
+        )
+        print(f"[large_catalog] {group} ...", flush=True)
+        subprocess.run(command, check=True, cwd=common.REPO)
+        with open(child_output) as f:
+            results[group] = json.load(f)
+        os.remove(child_output)
+        print(f"[large_catalog] {group}: {json.dumps(results[group])}", flush=True)
+    payload = {
+        **head,
+        "benchmark": "large_catalog_scale",
+        "shapes": {
+            "batch": args.batch,
+            "max_len": args.max_len,
+            "dim": args.dim,
+            "ids": "uniform random, full length (benchmarks.speed.synthetic_batches)",
+        },
+        "timing": {"rounds": args.rounds, "steps_per_variant_per_round": args.round_steps, "interleaved": True},
+        "groups": results,
+    }
+    common.write_result(args.output, payload)
+    print(f"[large_catalog] wrote {args.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("benchmarks.large_catalog", None, __doc__)
     parser.add_argument("--n-items", type=int, default=1_000_000)
@@ -272,15 +527,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data-dir", default=os.path.join(common.RESULTS, "data", "large_catalog"))
     parser.add_argument("--output", default=os.path.join(common.RESULTS, "large_catalog.json"))
+    parser.add_argument(
+        "--compare",
+        help="comma-separated catalogue-scale groups, timed side by side (uniform, mdcns_sequence, mdcns_position, "
+        "threshold_uniform, threshold_mdcns_position, pool_gradient_batch16/32/64/128/256 or all five: "
+        "pool_gradient); see the module docstring",
+    )
+    parser.add_argument("--rounds", type=int, default=7, help="--compare: interleaved rounds")
+    parser.add_argument("--round-steps", type=int, default=3, help="--compare: steps of each variant a round")
+    parser.add_argument(
+        "--threshold-sizes",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[12_101, 50_000, 100_000, 200_000],
+        help="--compare threshold_*: catalogue sizes (comma-separated)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--compare-child", help=argparse.SUPPRESS)
     parser.add_argument("--child-output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if args.child:
-        result = run_child(args)
+    if args.child or args.compare_child:
+        result = run_child(args) if args.child else run_compare_child(args.compare_child, args)
         with open(args.child_output, "w") as f:
             json.dump(result, f)
         return 0
+    if args.compare:
+        if args.output == os.path.join(common.RESULTS, "large_catalog.json"):
+            args.output = os.path.join(common.RESULTS, "large_catalog_scale.json")
+        return run_compare(args, argv)
 
     tokens = args.configs.split(",")
     for token in tokens:

@@ -16,7 +16,7 @@ from mdcns_tf.features import Metadata
 from mdcns_tf.samplers import candidates
 from mdcns_tf.samplers.candidates import distinct_ids, pool_rows, score_position_pools
 from mdcns_tf.training import factory, mdcns_model
-from mdcns_tf.training.optimizers import LAZY_MIN_ROWS, LazyAdam, lazy_updates
+from mdcns_tf.training.optimizers import LAZY_MIN_ROWS, XLA_DENSE_MIN_ELEMENTS, LazyAdam, lazy_updates
 
 ROWS, DIM = 6, 3
 
@@ -105,6 +105,19 @@ def test_dense_gradients_take_adams_own_path_weight_decay_included():
     np.testing.assert_array_equal(lazy_variable.numpy(), adam_variable.numpy())
 
 
+def test_a_large_dense_gradient_takes_an_xla_compiled_adam_equal_to_keras_within_rounding():
+    rows = XLA_DENSE_MIN_ELEMENTS // 64  # a table at the size from which LazyAdam compiles dense updates
+    start = np.random.default_rng(2).normal(size=(rows, 64)).astype(np.float32)
+    lazy_variable, adam_variable = tf.Variable(start), tf.Variable(start)
+    lazy, adam = LazyAdam(0.01), keras.optimizers.Adam(0.01)
+    for seed in range(2):
+        gradient = tf.random.stateless_normal([rows, 64], seed=[seed, 0])
+        lazy.apply_gradients([(gradient, lazy_variable)])
+        adam.apply_gradients([(gradient, adam_variable)])
+    assert lazy._dense_update_xla.experimental_get_tracing_count() == 1
+    np.testing.assert_allclose(lazy_variable.numpy(), adam_variable.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_checkpoints_are_interchangeable_with_adams(tmp_path):
     variable = table()
     adam = keras.optimizers.Adam(0.1)
@@ -191,8 +204,9 @@ def recording(monkeypatch, module, name: str) -> list:
 
 @pytest.mark.parametrize("scope", ["position", "sequence"])
 def test_an_mdcns_step_with_lazy_updates_moves_only_the_rows_it_touched(monkeypatch, scope):
-    model = built(tiny_config("trainer=mdcns", "mdcns.pool_size=10", f"mdcns.pool_scope={scope}"))
+    model = built(tiny_config("trainer=mdcns", "mdcns.pool_size=10", f"mdcns.pool_scope={scope}", "data.batch_size=4"))
     assert isinstance(model.optimizer, LazyAdam) and isinstance(model.peer_optimizer, LazyAdam)
+    assert model.sparse_pool_gradient  # 4 x 8 x 10 draws of 2,001 rows: the pool's distinct rows
     pools = recording(monkeypatch, mdcns_model, "sample_excluding")
     tables = [model.encoder.item_embedding.embeddings, model.peer.item_embedding.embeddings]
     before = [t.numpy().copy() for t in tables]
@@ -205,6 +219,20 @@ def test_an_mdcns_step_with_lazy_updates_moves_only_the_rows_it_touched(monkeypa
         assert moved and moved <= touched
         m = optimizer._momentums[optimizer._index_dict[optimizer._var_key(variable)]].numpy()
         assert set(np.flatnonzero(m.any(axis=1)).tolist()) <= touched
+
+
+def test_a_pool_per_position_drawing_most_of_the_table_gets_the_dense_gradient_under_lazy_updates(monkeypatch):
+    calls = recording(monkeypatch, candidates, "pool_rows")
+    monkeypatch.setattr(mdcns_model, "pool_rows", candidates.pool_rows)
+    common = ("trainer=mdcns", "mdcns.pool_size=10", "mdcns.pool_scope=position")
+    few = built(tiny_config(*common, "data.batch_size=4"))  # 4 x 8 x 10 draws of 2,001 rows
+    many = built(tiny_config(*common, "data.batch_size=64"))  # 5,120 draws: more than half the rows
+    assert few.sparse_pool_gradient and not many.sparse_pool_gradient
+    table = many.encoder.item_embedding.embeddings
+    before = table.numpy().copy()
+    many.train_step(tiny_batch())
+    assert not calls and isinstance(many.optimizer, LazyAdam)
+    assert moved_rows(before, table)  # a dense gradient, Adam's own update (first step: untouched rows stay)
 
 
 def test_a_single_model_step_with_lazy_updates_moves_only_the_rows_it_touched(monkeypatch):

@@ -56,6 +56,15 @@ log = logging.getLogger(__name__)
 # Pairwise on the three picks (the paper), or over the whole scored pool with the picks weighted up.
 MDCNS_LOSSES = ("bce", "bpr", "sampled_softmax", "gbce")
 
+# With lazy updates, a pool per position gets a sparse table gradient (its distinct rows) while a step draws fewer
+# than this share of the table's rows (batch x max_len x pool_size, an upper bound), else the dense one, which
+# LazyAdam applies with its XLA-compiled dense Adam: a pool that touches much of the table costs less updated
+# densely. Measured at 1M items, max_len 50, pool 100, both ways side by side (dense / sparse step time): batch 16
+# (draws 8% of the rows) 1.60, batch 32 (16%) 1.12, batch 64 (32%) 0.78, 128 (64%) 0.57, 256 (128%) 0.61; the
+# crossover, interpolated, at ~21% (README "Catalogue scale", benchmarks/results/large_catalog_pool_gradient.json,
+# command in benchmarks/large_catalog.py).
+SPARSE_POOL_MAX_DRAWS_SHARE = 0.2
+
 
 def positive_and_pool_scores(
     states: tf.Tensor,
@@ -137,6 +146,7 @@ class MDCNSModel(RetrievalModel):
         gbce_t: float = losses.GBCE_T,
         item_counts: list[int] | None = None,
         lazy_updates: bool = False,
+        pool_draws_per_step: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(self_backbone, **kwargs)
@@ -165,6 +175,10 @@ class MDCNSModel(RetrievalModel):
         # ``train.sparse_updates`` resolved: lazy, both item tables get sparse gradients (a pool per position's
         # distinct rows, `pool_rows`) and both students a `LazyAdam` (the self one from `prepare_for_training`).
         self.lazy_updates = lazy_updates
+        # ``pool_draws_per_step`` (batch x max_len x pool_size) None: sparse whenever lazy.
+        self.sparse_pool_gradient = lazy_updates and (
+            pool_draws_per_step is None or pool_draws_per_step < SPARSE_POOL_MAX_DRAWS_SHARE * (n_items + 1)
+        )
         self.peer_optimizer = optimizers.adam(peer_learning_rate, lazy=lazy_updates)
         if params.teacher in ("mean", "sum"):
             self.teacher = ConsensusTeacher(params.teacher, name="teacher")
@@ -288,7 +302,7 @@ class MDCNSModel(RetrievalModel):
             pool_logq = pool_logq if pool_ids.shape.rank == 3 else pool_logq[:, tf.newaxis, :]
 
         # Lazy updates: the pool's distinct rows, once for every table scored on it.
-        rows = pool_rows(pool_ids, self.n_items + 1) if per_position and self.lazy_updates else None
+        rows = pool_rows(pool_ids, self.n_items + 1) if per_position and self.sparse_pool_gradient else None
 
         def scores_of(backbone: Backbone, training: bool) -> tf.Tensor:
             states = positions(backbone(input_ids, training=training))
@@ -380,6 +394,7 @@ def build_mdcns_model(config: Config, metadata: Metadata) -> MDCNSModel:
         gbce_t=config.loss.gbce_t,
         item_counts=metadata.item_counts,
         lazy_updates=optimizers.lazy_updates(config.train.sparse_updates, metadata.n_items),
+        pool_draws_per_step=config.data.batch_size * max_len * params.pool_size,
         ks=config.eval.ks,
         eval_chunk_size=config.eval.item_chunk_size,
         name="mdcns",
