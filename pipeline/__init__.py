@@ -11,7 +11,9 @@ Modules, in the order a run goes through them:
     config        the validated flags, `PipelineConfig`
     preprocess    the whole graph, one composite `Preprocess`, and its last step
     reading       matching ``--input``, streaming a file's lines, parsing them in a worker
+    inputfiles    an input file's bytes as written: decompressed by name, checked to the end, or an error naming it
     formats       parsing one line of each input format (pure, no Beam)
+    fields        one field's text: numbers (timestamps, ratings) and keys
     sequences     per-user chronological sequences, dedupe, k-core, minimum length
     vocabulary    the order of ``items.txt`` / ``users.txt`` and the stage that builds them
     records       ids joined to the events, records per split

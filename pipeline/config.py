@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipeline import formats, splits
+from pipeline import formats, sequences, splits
 
 _DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "whitespace": None, "space": None}
+
+# Bounds of the flags whose size grows the graph or a worker's memory (a usage error beyond them, before anything runs;
+# --kcore_rounds: `sequences.sequences.MAX_KCORE_ROUNDS`, --split_file: `splits.MAX_SPLIT_FILE_BYTES`):
+# every shard is a file per split, empty ones included (and one fingerprint entry);
+MAX_NUM_SHARDS = 10_000
+# a line up to this size is held in a worker's memory, a few times over while it is split and decoded.
+MAX_LINE_BYTES = 256 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,10 +58,26 @@ class PipelineConfig:
             )
         if self.kcore < 0 or self.kcore_rounds < 1:
             raise ValueError("--kcore must be >= 0 and --kcore_rounds >= 1")
+        if self.kcore_rounds > sequences.MAX_KCORE_ROUNDS:
+            raise ValueError(
+                f"--kcore_rounds {self.kcore_rounds} is above {sequences.MAX_KCORE_ROUNDS}: the rounds are unrolled "
+                "into the Beam graph (5 steps each), and real logs reach the k-core's fixed point in far fewer; "
+                "metadata.json counts.kcore_items_below_k / kcore_users_below_k say whether the rounds reached it"
+            )
         if not self.delimiter:
             raise ValueError("--delimiter is empty: use auto, tab, comma, whitespace or a literal")
         if self.num_shards < 0 or self.max_line_bytes < 1:
             raise ValueError("--num_shards must be >= 0 and --max_line_bytes >= 1")
+        if self.num_shards > MAX_NUM_SHARDS:
+            raise ValueError(
+                f"--num_shards {self.num_shards} is above {MAX_NUM_SHARDS}: every shard is a file in each split, "
+                "empty ones included; use fewer, or 0 (one file per bundle, the runner decides)"
+            )
+        if self.max_line_bytes > MAX_LINE_BYTES:
+            raise ValueError(
+                f"--max_line_bytes {self.max_line_bytes} is above {MAX_LINE_BYTES} (256 MiB): a line up to this size "
+                "is held in a worker's memory, a few times over while it is parsed"
+            )
         if self.split == "user":
             splits.split_sizes(0, self.valid_fraction, self.test_fraction)  # validates the fractions
         if self.split_file is not None and self.split != "user":

@@ -30,10 +30,16 @@ no side input and no tagged output, and every step leads to the last one. Beam 2
 
   so every result (files written, counts, vocabularies) feeds the last step (`pipeline.preprocess.Finish`).
 - ``finish_bundle`` outputs are dropped, so Beam's own file sinks lose or rewrite files: `pipeline.sinks`.
+
+Errors cross runners differently too: the Python direct runner re-raises a DoFn's exception as its own type (the
+step's name appended) or chained to it, its multi-process mode and portable runners as a ``RuntimeError`` holding
+the worker's traceback as text. `worker_error` finds an expected error (a damaged input, a split file that does not
+fit the data) either way, so that the command line prints one sentence instead of a traceback.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import apache_beam as beam
@@ -58,3 +64,22 @@ def combine_globally(pcoll: beam.PCollection, fn: beam.CombineFn, empty: Any, la
     return (
         (pcoll, marker) | f"{label}WithEmpty" >> beam.Flatten() | label >> beam.CombineGlobally(fn).without_defaults()
     )
+
+
+_STEP_SUFFIX = re.compile(r" \[while running '[^']*'\]$")
+
+
+def worker_error(error: BaseException | None, types: tuple[type[BaseException], ...]) -> str | None:
+    """The message of an error of one of ``types`` raised inside the pipeline, whichever way the runner brought it
+    back (the type itself or chained: ``__cause__`` / ``__context__``; else the last ``module.Type: message`` line
+    of a remote traceback), without the step name Beam appends; None when there is none."""
+    seen, text = set(), ""
+    while error is not None and id(error) not in seen:
+        if isinstance(error, types):
+            return _STEP_SUFFIX.sub("", str(error))
+        seen.add(id(error))
+        text += "\n" + str(error)
+        error = error.__cause__ or error.__context__
+    names = "|".join(re.escape(f"{t.__module__}.{t.__qualname__}") for t in types)
+    found = re.findall(rf"(?<![\w.])(?:{names}): ([^\n]*)", text)
+    return _STEP_SUFFIX.sub("", found[-1]) if found else None

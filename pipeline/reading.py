@@ -23,7 +23,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline import formats, outputs
+from pipeline import formats, inputfiles, outputs
 
 LOG = logging.getLogger("pipeline")
 
@@ -32,6 +32,7 @@ REJECTED = "rejected"
 COUNTS = "counts"
 
 _READ_CHUNK = 1 << 20
+MAX_INPUT_FILES = 100_000
 
 
 def match_inputs(pattern: str) -> list[tuple[int, str, int]]:
@@ -39,13 +40,15 @@ def match_inputs(pattern: str) -> list[tuple[int, str, int]]:
     local paths are absolute, because workers read them (a Dask worker's cwd is not the launcher's).
 
     A local directory stands for its non-hidden files (not its subdirectories); directories a glob matches are
-    skipped: a directory is not a file of rows.
+    skipped: a directory is not a file of rows. Local files are checked here, before anything runs
+    (`inputfiles.check_local_file`: readable, regular, first bytes fitting the name); every file is checked again,
+    to its end, where it is read. At most `MAX_INPUT_FILES` files: the list travels inside the Beam graph.
+    Raises FileNotFoundError, `inputfiles.InputFileError` or ValueError, each naming ``pattern`` or the file.
     """
     directory_input = outputs.is_local(pattern) and os.path.isdir(pattern)
-    if directory_input:
-        pattern = os.path.join(pattern, "*")
+    glob = os.path.join(pattern, "*") if directory_input else pattern
     try:
-        metadata = FileSystems.match([pattern])[0].metadata_list
+        metadata = FileSystems.match([glob])[0].metadata_list
     except Exception as e:  # noqa: BLE001  (Beam raises BeamIOError, or ValueError for an unknown scheme)
         raise FileNotFoundError(f"--input {pattern!r}: {e}") from None
     paths = sorted(
@@ -54,27 +57,50 @@ def match_inputs(pattern: str) -> list[tuple[int, str, int]]:
         if not (outputs.is_local(m.path) and os.path.isdir(m.path))
         and not (directory_input and os.path.basename(m.path).startswith("."))
     )
+    if not paths and directory_input:
+        raise FileNotFoundError(
+            f"--input {pattern!r} is a directory without a file to read (hidden files and subdirectories are not "
+            "read): put the log files there, or name them (a file or a glob)"
+        )
     if not paths:
-        raise FileNotFoundError(f"--input {pattern!r} matches no file")
+        raise FileNotFoundError(f"--input {pattern!r} matches no file: check the path (a file, a glob or a directory)")
+    if len(paths) > MAX_INPUT_FILES:
+        raise ValueError(
+            f"--input {pattern!r} matches {len(paths)} files, more than {MAX_INPUT_FILES}: the file list is part of "
+            "the pipeline's graph; merge the files into fewer, larger ones"
+        )
+    for path, _ in paths:
+        if outputs.is_local(path):
+            inputfiles.check_local_file(path)
     return [(i, path, size) for i, (path, size) in enumerate(paths)]
 
 
 def iter_lines(
     stream: BinaryIO, max_line_bytes: int = formats.DEFAULT_MAX_LINE_BYTES
 ) -> Iterator[tuple[bytes | None, int]]:
-    """Streams ``(line_without_newline, bytes_consumed_so_far)`` from a binary stream in 1 MiB chunks.
+    """Streams ``(line_without_its_ending, bytes_consumed_so_far)`` from a binary stream in 1 MiB chunks.
 
-    A line longer than ``max_line_bytes`` is yielded as None and never held in memory beyond one chunk past the
-    limit, so a multi-GB file without newlines cannot exhaust a worker.
+    A line ends at ``\\n``, ``\\r\\n`` or a lone ``\\r`` (old Mac files), in any mixture, as Python's universal
+    newlines read text: a ``\\r``-only file has as many lines as it shows, never one line of every user. A last line
+    without an ending comes as a `formats.UnterminatedLine` (the parser rejects it: a file cut mid-line cannot be
+    told from one whose writer left out the last newline). A line longer than ``max_line_bytes`` is yielded as None
+    and never held in memory beyond one chunk past the limit, so a multi-GB file without newlines cannot exhaust a
+    worker.
     """
     carry = b""
     skipping = False
     consumed = 0
+    after_cr = False  # the previous chunk ended with \r: a \n starting this one completes that \r\n
     while True:
         chunk = stream.read(_READ_CHUNK)
         if not chunk:
             break
         consumed += len(chunk)
+        if after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        after_cr = chunk.endswith(b"\r")
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = (carry + chunk).split(b"\n")
         carry = lines.pop()
         for line in lines:
@@ -90,7 +116,7 @@ def iter_lines(
     if skipping:
         yield None, consumed
     elif carry:
-        yield carry, consumed
+        yield formats.UnterminatedLine(carry), consumed
 
 
 class ReadAndParse(beam.DoFn):
@@ -132,8 +158,10 @@ class ReadAndParse(beam.DoFn):
         )
         start = last_log = time.monotonic()
         reported = {"lines_read": 0, "rows_read": 0, "rows_rejected": 0}
-        with FileSystems.open(path) as stream:
-            for line_no, (raw, consumed) in enumerate(iter_lines(stream, self.max_line_bytes), start=1):
+        # The file's content, decompressed by its name and checked to the end (`pipeline.inputfiles`): a damaged,
+        # truncated, mislabelled or changing file raises `InputFileError` instead of reading short.
+        with inputfiles.open_input(path, size) as stream:
+            for line_no, (raw, _) in enumerate(iter_lines(stream, self.max_line_bytes), start=1):
                 out = parser.parse(line_no, raw)
                 if isinstance(out, formats.Rejection):
                     yield REJECTED, out.to_line()
@@ -145,6 +173,7 @@ class ReadAndParse(beam.DoFn):
                     now = time.monotonic()
                     if now - last_log >= self.log_every_s:
                         last_log = now
+                        consumed = stream.raw_bytes  # of the file, compressed or not: comparable to its size
                         rate = consumed / max(now - start, 1e-9)
                         eta = (size - consumed) / rate if size and consumed < size else 0.0
                         LOG.info(
@@ -157,6 +186,8 @@ class ReadAndParse(beam.DoFn):
                             eta,
                         )
         self._report(parser.counts, reported)
+        if not parser.counts["lines_read"]:
+            LOG.warning("%s: empty (no line, no row)", path)
         LOG.info(
             "%s: done in %.1fs: %s (delimiter %r, columns %s, header %s)",
             path,

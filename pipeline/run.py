@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from mdcns_tf import cli
-from pipeline import formats, outputs, preprocess, reading, splits
+from pipeline import formats, inputfiles, outputs, portable, preprocess, reading, splits
 from pipeline.config import PipelineConfig
 
 LOG = logging.getLogger("pipeline")
@@ -53,7 +54,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=42, help="user-split shuffle seed")
     parser.add_argument("--kcore", type=int, default=0, help="keep users and items with >= K interactions (0 = off)")
-    parser.add_argument("--kcore_rounds", type=int, default=10, help="k-core rounds (unrolled in the graph)")
+    parser.add_argument("--kcore_rounds", type=int, default=10, help="k-core rounds (unrolled in the graph; <= 100)")
     parser.add_argument("--min_seq_len", type=int, default=None, help="default: 3 for loo, 2 for user")
     parser.add_argument(
         "--delimiter",
@@ -105,7 +106,13 @@ def with_dask_defaults(beam_args: Sequence[str]) -> list[str]:
 def parse_args(argv: Sequence[str] | None = None) -> tuple[PipelineConfig, PipelineOptions]:
     known, beam_args = build_arg_parser().parse_known_args(argv)
     config = PipelineConfig(**vars(known))
-    return config, PipelineOptions(with_dask_defaults(with_default_runner(beam_args)))
+    options = PipelineOptions(with_dask_defaults(with_default_runner(beam_args)))
+    # The direct runner starts one Python process (or thread) with Beam loaded per worker, ~200 MB each: more than a
+    # few per core only costs memory.
+    workers, most = options.view_as(DirectOptions).direct_num_workers, 4 * (os.cpu_count() or 1)
+    if not 0 <= workers <= most:
+        raise ValueError(f"--direct_num_workers {workers}: use 0 (one per core) up to {most} (4 per core)")
+    return config, options
 
 
 def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult:
@@ -120,8 +127,23 @@ def prepare(config: PipelineConfig) -> tuple[list[tuple[int, str, int]], splits.
     made ready (`outputs.prepare_output`). Raises ValueError / FileNotFoundError / FileExistsError."""
     inputs = reading.match_inputs(config.input)
     split_file = splits.load_split_file(config.split_file) if config.split_file else None
+    check_output_folder(config.output)
     outputs.prepare_output(config.output, config.overwrite, [path for _, path, _ in inputs])
     return inputs, split_file
+
+
+def check_output_folder(output: str) -> None:
+    """A local ``--output`` is a writable folder or can be created in one, else `outputs.OutputError` naming both
+    (not an OSError from deep inside); what it may hold: `outputs.check_output_location`."""
+    if not outputs.is_local(output) or (os.path.lexists(output) and not os.path.isdir(output)):
+        return  # an existing file: `outputs.check_output_location` says so
+    folder = os.path.abspath(output)
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise outputs.OutputError(f"--output {output!r} cannot be created: {folder} is not a folder; choose another")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise outputs.OutputError(f"--output {output!r}: {folder} is not writable; choose another --output")
 
 
 def execute(
@@ -155,23 +177,44 @@ def execute(
     return result
 
 
+# Raised inside the pipeline for bad input (a damaged or changing input file, a split file that does not fit the
+# data): reported as one ``error:`` line, exit code 2, like a usage error found before the run.
+WORKER_ERRORS = (inputfiles.InputFileError, splits.SplitFileError)
+
+
+class QuietWorkerErrors(logging.Filter):
+    """Drops Beam's logged traceback of a `WORKER_ERRORS` error, which `main` reports as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("apache_beam") or record.levelno < logging.ERROR:
+            return True
+        error = record.exc_info[1] if record.exc_info else RuntimeError(record.getMessage())
+        return portable.worker_error(error, WORKER_ERRORS) is None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The CLI: 0 on success, 2 on a usage error (one ``error:`` line), 1 when no user is left to write."""
+    """The CLI: 0 on success, 2 on a usage or input error (one ``error:`` line; ``MDCNS_TF_TRACEBACK=1`` for the
+    traceback), 1 when no user is left to write. Other failures inside the pipeline keep their traceback."""
     # force: importing Beam already logged through (and so configured) the root logger
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     # Beam logs one INFO line per string type hint (from `from __future__ import annotations`): noise for users.
     logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
-    try:  # usage errors get a one-line message; failures inside the pipeline keep their traceback
+    traceback = bool(os.environ.get(cli.TRACEBACK_ENV))
+    for handler in logging.getLogger().handlers if not traceback else []:
+        handler.addFilter(QuietWorkerErrors())
+    try:
         config, options = parse_args(argv)
         inputs, split_file = prepare(config)
     except (ValueError, OSError) as e:
+        if traceback:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         execute(config, options, inputs, split_file)
-    except Exception as e:  # noqa: BLE001  (a split file that does not fit the data fails inside the pipeline)
-        cause = splits.split_file_error(e)
-        if cause is None:
+    except Exception as e:  # noqa: BLE001
+        cause = portable.worker_error(e, WORKER_ERRORS)
+        if cause is None or traceback:
             raise
         print(f"error: {cause}", file=sys.stderr)
         return 2

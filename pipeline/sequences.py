@@ -18,6 +18,9 @@ import apache_beam as beam
 from pipeline import accounting
 
 UserSequence = tuple[str, list[str]]
+# `KCore` rounds are unrolled into the graph, 5 steps each: beyond ~300 rounds Beam's graph optimiser overflows
+# Python's recursion limit. Real logs reach the fixed point in far fewer rounds (`kcore_violations` says when not).
+MAX_KCORE_ROUNDS = 100
 
 
 def build_sequence(element: tuple[str, Iterable[Any]], has_timestamps: bool, dedupe: bool) -> UserSequence:
@@ -87,9 +90,10 @@ def _rebuild_if_long(element: tuple[str, Iterable[tuple[int, str]]], k: int) -> 
 class KCore(beam.PTransform):
     """Iterative k-core: per round, drop items with < k interactions, then users with < k left.
 
-    Beam graphs are static, so the loop is unrolled ``rounds`` times (default 10); a round after the fixed point
-    removes nothing. `kcore_violations` counts the items and users still below k afterwards, which is 0 when the
-    fixed point was reached; the pipeline logs a warning and records it in metadata otherwise.
+    Beam graphs are static, so the loop is unrolled ``rounds`` times (default 10, at most `MAX_KCORE_ROUNDS`); a
+    round after the fixed point removes nothing. `kcore_violations` counts the items and users still below k
+    afterwards, which is 0 when the fixed point was reached; the pipeline logs a warning and records it in metadata
+    otherwise.
 
     A round groups the events by item (an item's group is its count: kept or dropped whole), then by user (the
     kept events back in sequence order). No side input (`pipeline.portable`); memory per group is bounded by
@@ -98,6 +102,8 @@ class KCore(beam.PTransform):
 
     def __init__(self, k: int, rounds: int) -> None:
         super().__init__()
+        if not 1 <= rounds <= MAX_KCORE_ROUNDS:
+            raise ValueError(f"k-core rounds must be in 1..{MAX_KCORE_ROUNDS} (unrolled into the graph), got {rounds}")
         self.k = k
         self.rounds = rounds
 

@@ -78,6 +78,8 @@ def user_split_assignment(
 
 SPLIT_FILE_SPLITS = ("train", "valid", "test")
 MAX_OFFENDERS = 5  # how many offending lines or users an error lists
+# The assignment travels inside the graph (`records.UserSplits`): a paper's split is KBs (Beauty: 75 KB, 22k users).
+MAX_SPLIT_FILE_BYTES = 64 * 1024 * 1024
 
 
 class SplitFileError(ValueError):
@@ -165,22 +167,15 @@ def load_split_file(path: str) -> SplitFile:
     if not FileSystems.exists(path):
         raise FileNotFoundError(f"--split_file {path!r} does not exist")
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        raw = f.read()
+        raw = f.read(MAX_SPLIT_FILE_BYTES + 1)
+    if len(raw) > MAX_SPLIT_FILE_BYTES:
+        raise SplitFileError(
+            f"--split_file {path!r} is larger than {MAX_SPLIT_FILE_BYTES >> 20} MiB: the split travels inside the "
+            "pipeline's graph, to every worker; split millions of users with --split user and a seed instead"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise SplitFileError(f"--split_file {path!r} is not UTF-8 text ({e})") from None
     assignment = parse_split_file(text, source=f"--split_file {path}")
     return SplitFile(path, assignment, hashlib.sha256(raw).hexdigest())
-
-
-def split_file_error(error: BaseException | None) -> SplitFileError | None:
-    """The `SplitFileError` behind a pipeline failure, if any: runners re-raise a DoFn's error augmented with the
-    step name, as the same type or chained (``__cause__`` / ``__context__``), depending on the runner."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, SplitFileError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None

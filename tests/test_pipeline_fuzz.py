@@ -96,7 +96,9 @@ def parse(fmt: str, data: bytes, path: str = "f", ordinal: int = 0) -> tuple[lis
 
 
 def physical_lines(data: bytes) -> int:
-    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    """Lines as universal newlines count them (``\\n``, ``\\r\\n`` and ``\\r`` each end one; `bytes.splitlines`
+    knows only these three): a ``\\r``-only file has as many lines as it shows."""
+    return len(data.splitlines())
 
 
 # --- in-process: the parser -----------------------------------------------------------------------------------
