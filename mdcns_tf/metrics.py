@@ -6,6 +6,8 @@ Items of H are masked out of the ranking, but the target itself is always ranked
 it before (repeat consumption), otherwise such users could never score a hit.
 Recall@K = HR@K = [rank < K]; NDCG@K = [rank < K] / log2(rank + 2); MRR = 1 / (rank + 1).
 Ties count in the target's favour (strictly greater scores only), as in RecBole's full-sort evaluation.
+Scores that are not numbers never help a target: a NaN item score counts as beating it, and a target whose own
+score is NaN or infinite ranks last, so a diverged model measures 0, never 1.
 """
 
 from __future__ import annotations
@@ -79,7 +81,10 @@ def target_ranks(
     _, above = tf.while_loop(lambda i, _: i < whole, count_block, (tf.constant(0), tf.zeros_like(target)))
     start = whole * block
     scores = tf.matmul(queries, table[start:], transpose_b=True)
-    return above + _count_block(scores, target_scores, excluded - start)
+    ranks = above + _count_block(scores, target_scores, excluded - start)
+    # A target whose own score is not a number, or infinite, is last: nothing finite could beat an infinite score,
+    # and a diverged model would otherwise rank every target first and report 1.0.
+    return tf.where(tf.math.is_finite(target_scores), ranks, n_rows - 1)
 
 
 def excluded_ids(target: tf.Tensor, history_ids: tf.Tensor) -> tf.Tensor:
@@ -108,10 +113,11 @@ def _count_block(scores: tf.Tensor, target_scores: tf.Tensor, local_excluded: tf
     """
     size = tf.shape(scores)[1]
     threshold = target_scores[:, tf.newaxis]
-    beats = tf.cast(tf.reduce_sum(tf.where(scores > threshold, 1.0, 0.0), axis=1), tf.int32)
+    # "not <=" rather than ">": the same for numbers, and a NaN score beats the target instead of never ranking
+    beats = tf.cast(tf.reduce_sum(tf.where(scores <= threshold, 0.0, 1.0), axis=1), tf.int32)
     inside = (local_excluded >= 0) & (local_excluded < size)
     excluded_scores = tf.gather(scores, tf.clip_by_value(local_excluded, 0, size - 1), batch_dims=1)
-    excluded_beats = tf.reduce_sum(tf.cast(inside & (excluded_scores > threshold), tf.int32), axis=1)
+    excluded_beats = tf.reduce_sum(tf.cast(inside & ~(excluded_scores <= threshold), tf.int32), axis=1)
     return beats - excluded_beats
 
 

@@ -160,3 +160,27 @@ def test_excluded_ids_once_each_in_a_power_of_two_width():
     assert sorted(i for i in ids[0] if i >= 0) == [0, 2, 3]
     assert sorted(i for i in ids[1] if i >= 0) == [0, 1, 5]
     assert metrics.excluded_ids(tf.constant([1]), tf.zeros([1, 15], tf.int32)).shape == (1, 32)
+
+
+def test_a_score_that_is_not_a_number_never_helps_the_target():
+    """A diverged model measures 0, never 1: a NaN item score beats the target; a NaN or infinite target is last."""
+    n_rows = 6
+    table = np.eye(n_rows, dtype=np.float32)
+    table[2] = np.nan  # item 2 scores NaN for everyone
+    queries = tf.constant([[0.0, 0.9, 0.0, 0.5, 0.1, 0.2]] * 2, tf.float32)
+    history = tf.constant([[0], [0]])
+    # target 3 (0.5): item 1 (0.9) beats it, and NaN item 2 counts as beating it too -> rank 2 (finite scores: 1)
+    ranks = metrics.target_ranks(queries, tf.constant(table), tf.constant([3, 3]), history).numpy()
+    assert ranks.tolist() == [2, 2]
+    # a NaN target (item 2 itself) or a NaN query is last: rank n_rows - 1, recall@5 0
+    nan_query = tf.constant([[np.nan] * n_rows, [0.0, 0.9, 0.0, 0.5, 0.1, 0.2]], tf.float32)
+    ranks = metrics.target_ranks(nan_query, tf.constant(table), tf.constant([3, 2]), history).numpy()
+    assert ranks.tolist() == [n_rows - 1, n_rows - 1]
+    assert metrics.metrics_from_ranks(tf.constant(ranks), [5])["recall@5"].numpy().tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("target_score", [np.inf, -np.inf])
+def test_an_infinite_target_score_ranks_last(target_score: float):
+    # +inf: nothing finite beats it, but an infinite score is no evidence of a good model; -inf: the same rule
+    scores = [[0.0, 0.9, 0.8, target_score, 0.7, 0.1]]
+    assert ranks_for(scores, [3], [[0]]).tolist() == [5]
