@@ -135,7 +135,10 @@ def test_an_older_run_folder_whose_records_agree_is_taken_as_the_trainers(tiny_d
 # -- output_dir values that are not a folder of the run's own ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["", "  ", ".", "./", "./.", "..", "{cwd}", "{cwd}/", "/", "~/runs/x", "{data}"])
+@pytest.mark.parametrize(
+    "value",
+    ["", "  ", ".", "./", "./.", "..", "{cwd}", "{cwd}/", "/", "~/runs/x", '"~"', "{data}", "{data}/..", "{home}"],
+)
 def test_output_dirs_that_are_not_a_folder_of_the_runs_own_are_refused(
     tiny_dataset, tmp_path, capsys, monkeypatch, value
 ):
@@ -143,7 +146,7 @@ def test_output_dirs_that_are_not_a_folder_of_the_runs_own_are_refused(
     work.mkdir(parents=True)
     (work / "notes.txt").write_text("the user's")
     monkeypatch.chdir(work)
-    value = value.format(cwd=work, data=tiny_dataset)
+    value = value.format(cwd=work, data=tiny_dataset, home=os.path.expanduser("~"))
     before = sorted(os.listdir(tiny_dataset))
     assert train.main(cli_argv(tiny_dataset, value)) == 2
     line = one_error_line(capsys)

@@ -207,3 +207,28 @@ def test_the_traceback_is_there_when_asked_for(tiny_dataset, tmp_path, monkeypat
     (tmp_path / "file").write_text("")
     with pytest.raises(Exception, match="is a file, not a folder"):
         train.main(cli_argv(tiny_dataset, tmp_path / "file"))
+
+
+# -- a model folder for mdcns-recommend that is a file or an empty version ---------------------------------------------
+
+
+def test_recommend_on_a_file_or_an_empty_version_is_one_line(tmp_path, capsys):
+    from test_export import KEYS, MAX_LEN, TOP_K, make_encoder, write_vocabulary
+
+    from mdcns_tf import recommend
+    from mdcns_tf.savedmodel import publish
+
+    write_vocabulary(str(tmp_path / "data"), KEYS)
+    publish.export_saved_model(make_encoder(), str(tmp_path / "models"), "m", MAX_LEN, TOP_K, verify=False)
+    model = tmp_path / "models" / "m"
+    (model / "2").mkdir()  # the newest version is empty: a copy cut short
+    (tmp_path / "a_file").write_text("")
+    cases = {
+        str(tmp_path / "a_file"): "is a file, not a model folder",
+        str(model): "m/2 has no saved_model.pb: an empty or unfinished version",
+        str(model / "2"): "m/2 has no saved_model.pb",
+    }
+    for path, message in cases.items():
+        assert recommend.main(["--model", path, "--history", "3,17"]) == 2
+        assert message in error_line(capsys), path
+    assert recommend.main(["--model", str(model / "1"), "--history", "3,17"]) == 0

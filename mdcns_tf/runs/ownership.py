@@ -69,20 +69,25 @@ class FolderInUseError(OSError):
 def check_output_dir(output_dir: str, data_dir: str) -> None:
     """`RunDirError` unless ``output_dir`` names a folder of its own for the run: not empty, not the working
     directory or one of its parents, not the home folder or ``/``, not ``~...`` (never expanded: it would create a
-    folder called ``~``), not the data folder, not a file."""
+    folder called ``~``), not the data folder or one holding it, not a file."""
     hint = "name a folder of the run's own, e.g. output_dir=runs/<name>"
     if not output_dir.strip():
         raise RunDirError(f"output_dir is empty: {hint}")
     if output_dir.split(os.sep, 1)[0].startswith("~"):
         raise RunDirError(f"output_dir {output_dir!r} starts with '~', which is not expanded: write the path out")
     real, cwd = os.path.realpath(output_dir), os.path.realpath(os.getcwd())
-    if real == cwd or cwd.startswith(real.rstrip(os.sep) + os.sep) or real in ("/", os.path.realpath("~")):
+    if (
+        real == cwd
+        or cwd.startswith(real.rstrip(os.sep) + os.sep)
+        or real in ("/", os.path.realpath(os.path.expanduser("~")))
+    ):
         raise RunDirError(
             f"output_dir {output_dir!r} is {real}, the working directory, one of its parents or the home folder, "
             f"where a run's best/, backup/ and config.yaml would land among other files: {hint}"
         )
-    if data_dir and real == os.path.realpath(data_dir):
-        raise RunDirError(f"output_dir {output_dir!r} is the data folder (data.dir): {hint}")
+    data = os.path.realpath(data_dir) if data_dir else None
+    if data and (data == real or data.startswith(real.rstrip(os.sep) + os.sep)):
+        raise RunDirError(f"output_dir {output_dir!r} is or contains the data folder (data.dir {data_dir!r}): {hint}")
     if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
         raise RunDirError(f"output_dir {output_dir!r} is a file, not a folder: {hint}, or move the file away")
 

@@ -28,16 +28,26 @@ def next_version(model_dir: str) -> int:
 def newest_version(path: str) -> str:
     """``path`` when it is one version folder, else the newest numeric version folder of the model folder ``path``.
 
-    Raises `FileNotFoundError` when ``path`` does not exist or holds no version.
+    Raises `FileNotFoundError` when ``path`` does not exist, is a file, holds no version, or when the version is
+    not a SavedModel (an empty or unfinished version folder, which TF Serving would fail to load as well).
     """
     if os.path.exists(os.path.join(path, SAVED_MODEL_FILE)):
         return path
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path!r} is a file, not a model folder (<model>/<version>/) or a version folder")
     versions = serving_versions(path)
-    if not versions:
+    version = path if re.fullmatch(r"\d+", os.path.basename(os.path.normpath(path))) and not versions else None
+    if not versions and version is None:
         raise FileNotFoundError(f"no numeric version folder in {path!r}")
-    return os.path.join(path, str(versions[-1]))
+    version = version or os.path.join(path, str(versions[-1]))
+    if not os.path.exists(os.path.join(version, SAVED_MODEL_FILE)):
+        raise FileNotFoundError(
+            f"{version} has no {SAVED_MODEL_FILE}: an empty or unfinished version, which TF Serving would fail to "
+            f"load too; remove it, or name the version to use (<model>/<version>)"
+        )
+    return version
 
 
 def check_target(base_dir: str, model_name: str) -> str:
