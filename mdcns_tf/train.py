@@ -74,7 +74,7 @@ def _train(config: Config, start: Start) -> dict[str, Any]:
     from mdcns_tf.runs.metrics_file import write_metrics
     from mdcns_tf.savedmodel import publish
     from mdcns_tf.training.batches import seed_process, train_input
-    from mdcns_tf.training.callbacks import ModelSelection, ProgressLog, make_callbacks
+    from mdcns_tf.training.callbacks import ModelSelection, ProgressLog, StopOnDivergence, make_callbacks
     from mdcns_tf.training.distribution import shard_by_data
     from mdcns_tf.training.factory import eval_split, evaluate, prepare_for_training, resolved_reduction
 
@@ -110,6 +110,7 @@ def _train(config: Config, start: Start) -> dict[str, Any]:
 
     selection = ModelSelection(config.train.monitor, config.train.patience, os.path.join(out_dir, "best"), start.run)
     progress = ProgressLog(config.train.epochs)
+    divergence = StopOnDivergence()
     log.info(
         "training %s (%s, sampler %s, loss %s): %d samples, %d steps/epoch, up to %d epochs",
         config.trainer,
@@ -127,10 +128,11 @@ def _train(config: Config, start: Start) -> dict[str, Any]:
         epochs=config.train.epochs,
         steps_per_epoch=steps_per_epoch if config.train.steps_per_epoch else None,
         validation_freq=config.train.validation_freq,
-        callbacks=make_callbacks(config, strategy, selection, progress, shuffle_epoch),
+        callbacks=make_callbacks(config, strategy, selection, progress, divergence, shuffle_epoch),
         verbose=config.train.verbose,
     )
     train_seconds = time.perf_counter() - started
+    divergence.check(config.train.learning_rate)
     run_state.finish(config, chief)
     if not selection.restore_best():
         log.warning(

@@ -10,8 +10,14 @@ METRICS_FILE = "metrics.json"
 
 
 def write_metrics(out_dir: str, result: dict[str, Any]) -> None:
-    """Writes ``result`` to ``<out_dir>/metrics.json`` atomically (a temporary file renamed into place)."""
+    """Writes ``result`` to ``<out_dir>/metrics.json`` atomically (a temporary file renamed into place). A value
+    that is not a finite number is never written as a result: ValueError (``allow_nan=False``: JSON has no NaN, and
+    a NaN metric or loss is a failed run, not a number)."""
     path = os.path.join(out_dir, METRICS_FILE)
+    try:
+        text = json.dumps(result, indent=1, allow_nan=False)
+    except ValueError:
+        raise ValueError(f"{path}: a metric or loss is NaN or infinite; the run is not reported as a result") from None
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
+        f.write(text)
     os.replace(path + ".tmp", path)

@@ -13,7 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from mdcns_tf import metrics
-from mdcns_tf.config import Config
+from mdcns_tf.config import Config, ConfigError
 from mdcns_tf.runs import state as run_state
 from mdcns_tf.training.distribution import num_workers
 
@@ -157,15 +157,50 @@ class ProgressLog(keras.callbacks.Callback):
             hook(epoch)
 
 
+class TrainingDiverged(ConfigError):
+    """The training loss stopped being a finite number: the run stops, reports no metric and exports nothing. A
+    `ConfigError`: the fix is in the config (the learning rate), and the entry point reports it as one line."""
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stops `fit` at the first batch whose loss is NaN or infinite (Keras's `TerminateOnNaN` does the same, but
+    leaves no record of it): ``diverged`` then holds the epoch and the loss, and the run fails with
+    `TrainingDiverged` instead of evaluating, writing metrics or exporting weights that are not numbers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.diverged: tuple[int, float] | None = None
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and self.diverged is None:
+            self.diverged = (self.epoch, float(loss))
+            self.model.stop_training = True
+
+    def check(self, learning_rate: float) -> None:
+        """Raises `TrainingDiverged` when the loss diverged, with what to change."""
+        if self.diverged is not None:
+            epoch, loss = self.diverged
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch} (loss {loss}): no metric is reported and nothing is exported; "
+                f"lower train.learning_rate (now {learning_rate:g}), and start again with --restart"
+            )
+
+
 def make_callbacks(
     config: Config,
     strategy: tf.distribute.Strategy,
     selection: ModelSelection,
     progress: ProgressLog,
+    divergence: StopOnDivergence,
     shuffle_epoch: tf.Variable | None,
 ) -> list[keras.callbacks.Callback]:
     """The fit callbacks, in the order their ``on_epoch_end`` must run (logs fixed first, backup last)."""
-    callbacks: list[keras.callbacks.Callback] = [progress, selection]
+    callbacks: list[keras.callbacks.Callback] = [divergence, progress, selection]
     if num_workers(strategy) > 1:
         callbacks.insert(0, WorkerMeanLogs(num_workers(strategy)))
     if shuffle_epoch is not None:

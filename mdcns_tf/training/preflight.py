@@ -63,6 +63,14 @@ def check_data(config: Config, metadata: Metadata) -> None:
             raise ConfigError(f"data.dir {config.data.dir!r} has no {split} TFRecords; run the pipeline first")
     if config.eval.test and not data.has_split(config.data.dir, "test"):
         raise ConfigError(f"data.dir {config.data.dir!r} has no test TFRecords; set eval.test=false or re-run")
+    # A split with no user would measure 0.0 as if it had been measured (a user split whose fractions round down).
+    for split in ("train", "valid", *(("test",) if config.eval.test else ())):
+        if not metadata.records.get(split):
+            raise ConfigError(
+                f"data.dir {config.data.dir!r}: the {split} split holds no record, so nothing could be measured on "
+                "it; re-run the pipeline with larger --valid_fraction / --test_fraction (or more users)"
+                + (", or set eval.test=false" if split == "test" else "")
+            )
     if metadata.n_items < 2:
         raise ConfigError(f"the dataset has {metadata.n_items} items; at least 2 are needed")
     if config.export.top_k > metadata.n_items:
