@@ -32,7 +32,7 @@ from mdcns_tf import cli
 from mdcns_tf.config import ConfigError
 from mdcns_tf.runs import provenance
 from mdcns_tf.runs.lineage import ALLOW_FLAG
-from mdcns_tf.training import finished_run, preflight
+from mdcns_tf.training import finished_run
 
 log = logging.getLogger("mdcns_tf.export")
 
@@ -69,6 +69,7 @@ def reexport(
         overrides.append(f"export.rescore={rescore}")
     config = finished_run.load_run_config(run_dir, overrides)
     from mdcns_tf.savedmodel import publish  # TensorFlow: imported once the arguments are known
+    from mdcns_tf.training import preflight
 
     preflight.check_export(config, run_dir)
     model, metadata, lineage = finished_run.load_checked(run_dir, config, allow_data_mismatch)

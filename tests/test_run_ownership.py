@@ -225,6 +225,25 @@ def test_a_process_may_take_its_own_lock_again(tmp_path):
     assert not os.path.exists(tmp_path / features.LOCK_FILE)
 
 
+def test_a_read_only_data_folder_is_read_without_a_lock_or_with_the_one_it_has(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def read_only(path, flags, *args):  # root ignores permission bits: the folder refuses writes as a mount would
+        if str(path).startswith(str(tmp_path)) and flags & (os.O_RDWR | os.O_WRONLY | os.O_CREAT):
+            raise OSError(30, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    assert ownership.lock(str(tmp_path), exclusive=False) is None
+    monkeypatch.setattr(os, "open", real_open)
+    (tmp_path / features.LOCK_FILE).touch()
+    monkeypatch.setattr(os, "open", read_only)
+    key = ownership.lock(str(tmp_path), exclusive=False)
+    assert key is not None
+    ownership.unlock(key)
+    assert os.path.exists(tmp_path / features.LOCK_FILE)  # a shared holder never deletes it
+
+
 def test_a_filesystem_without_locks_is_warned_about_not_a_failure(tmp_path, monkeypatch, caplog):
     import errno
     import fcntl

@@ -113,9 +113,11 @@ def lock(folder: str, exclusive: bool = True, what: str = "folder") -> str | Non
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError:  # not writable: a shared lock may still take an existing file
-            if exclusive or not os.path.exists(path):
+        except OSError:  # a folder this process cannot write: a shared lock takes an existing file, or none
+            if exclusive:
                 raise
+            if not os.path.exists(path):
+                return None
             fd = os.open(path, os.O_RDONLY)
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)

@@ -34,7 +34,6 @@ import secrets
 import time
 from typing import Any
 
-import tensorflow as tf
 import yaml
 
 from mdcns_tf.config import Config, ConfigError
@@ -88,17 +87,22 @@ def restart_hint(output_dir: str) -> str:
 
 def _read_through(prefix: str) -> None:
     """Reads every tensor of the checkpoint ``prefix``: a truncated or overwritten file fails here, not inside fit."""
+    import tensorflow as tf  # here: this module is imported by commands whose --help must not wait for it
+
     reader = tf.train.load_checkpoint(prefix)
     for name in reader.get_variable_to_shape_map():
         reader.get_tensor(name)
 
 
 def _unreadable(error: Exception) -> str:
-    return error.message if isinstance(error, tf.errors.OpError) else str(error) or type(error).__name__
+    return getattr(error, "message", None) or str(error) or type(error).__name__  # OpError: its message
 
 
 # What reading a damaged checkpoint raises: OpError (bad magic number, CRC), IndexError (short data file), ...
-_CHECKPOINT_ERRORS = (tf.errors.OpError, ValueError, IndexError, OSError)
+def _checkpoint_errors() -> tuple[type[Exception], ...]:
+    import tensorflow as tf
+
+    return (tf.errors.OpError, ValueError, IndexError, OSError)
 
 
 def latest_backup(backup_dir: str, output_dir: str) -> str | None:
@@ -111,11 +115,13 @@ def latest_backup(backup_dir: str, output_dir: str) -> str | None:
     if not os.path.exists(os.path.join(chief, "checkpoint")):
         return None
     try:
+        import tensorflow as tf
+
         latest = tf.train.latest_checkpoint(chief)
         if latest is None:
             raise ValueError("its 'checkpoint' index names no checkpoint")
         _read_through(latest)
-    except _CHECKPOINT_ERRORS as e:
+    except _checkpoint_errors() as e:
         raise RunStateError(
             f"the backup in {chief} cannot be read ({_unreadable(e)}); {restart_hint(output_dir)}"
         ) from None
@@ -127,6 +133,8 @@ def resumed_epoch(latest: str | None) -> int:
     backup records the last completed epoch as ``ckpt_saved_epoch``."""
     if latest is None:
         return 0
+    import tensorflow as tf
+
     try:
         saved = int(tf.train.load_variable(latest, _EPOCH_VARIABLE))
     except (tf.errors.NotFoundError, ValueError):
@@ -242,7 +250,7 @@ def _check_resumable(
     if state is not None and state["best_epoch"]:
         try:
             _read_through(os.path.join(best_dir, "weights"))
-        except _CHECKPOINT_ERRORS as e:
+        except _checkpoint_errors() as e:
             raise RunStateError(
                 f"the best weights in {best_dir} (epoch {state['best_epoch']}) cannot be read ({_unreadable(e)}); "
                 + hint
