@@ -20,6 +20,10 @@ last timestamp halved). So the pipeline opens every input ``UNCOMPRESSED`` and d
   stops as soon as it passes that size (a device or pipe that never ends is not read forever).
 - A read failure (permissions, I/O) is an error naming the file.
 
+What no reader can see: a damaged byte in a format without a checksum (the ``.lzma`` "alone" format, zstd frames
+written without one; the zstd tool writes one by default) when the stream still decodes, and a plain file cut at a
+line end. A plain file cut mid-line ends without a newline: `pipeline.formats` rejects that last line.
+
 Decompressed output is produced in bounded pieces (``max_length``; zstd, which has none, is fed 4 KiB at a time), so
 a small compressed file cannot inflate into one huge allocation.
 """
@@ -131,7 +135,6 @@ class _Stream:
     def __init__(self, compression: str) -> None:
         self.compression = compression
         self._tail = b""  # zlib: input held back by max_length
-        self.fed = False
         if compression == CompressionTypes.GZIP:
             self._d: Any = zlib.decompressobj(zlib.MAX_WBITS | 16)
         elif compression == CompressionTypes.DEFLATE:
@@ -162,7 +165,6 @@ class _Stream:
         return self._d.unused_data
 
     def decompress(self, data: bytes, limit: int) -> bytes:
-        self.fed = self.fed or bool(data)
         if self.zlib:
             out = self._d.decompress(self._tail + data, limit)
             self._tail = self._d.unconsumed_tail
@@ -229,6 +231,7 @@ class InputStream:
         )
 
     def read(self, n: int = _RAW_CHUNK) -> bytes:
+        """Up to ``n`` bytes of content (fewer is not the end; ``b""`` is, once every check passed)."""
         n = n if n and n > 0 else _RAW_CHUNK
         if self._stream is None:
             return self._read_raw(n)
@@ -271,21 +274,17 @@ class InputStream:
             rest = self._read_raw(_RAW_CHUNK)
             if not rest:
                 return False
-        if self.compression in _ZERO_PADDING and not rest.strip(b"\x00"):
-            while rest:  # zero padding up to the end of the file, and nothing else
-                if rest.strip(b"\x00"):
-                    break
+        if self.compression in _ZERO_PADDING:
+            while rest and not rest.strip(b"\x00"):  # zero padding, up to the end of the file and nothing after it
                 rest = self._read_raw(_RAW_CHUNK)
-            else:
+            if not rest:
                 return False
-        name = _NAMES[self.compression]
-        if not (self.compression in _MULTI_STREAM and _has_magic(self.path, self.compression)) or not rest.startswith(
-            _MAGIC[self.compression]
-        ):
+        multi = self.compression in _MULTI_STREAM and _has_magic(self.path, self.compression)
+        if not multi or not rest.startswith(_MAGIC[self.compression]):
+            name = _NAMES[self.compression]
             raise self._error(
-                f"{len(rest)}+ bytes after the end of the {name} data are not {name} data (after "
-                f"{self.raw_bytes - len(rest)} bytes): the file is damaged, or something was appended to it; fetch "
-                "or write it again"
+                f"the bytes after the end of the {name} data (from byte {self.raw_bytes - len(rest)}) are not {name} "
+                "data: the file is damaged, or something was appended to it; fetch or write it again"
             )
         self._stream = _Stream(self.compression)
         self._pending = rest
