@@ -48,15 +48,19 @@ def reexport(
     index: str | None = None,
     rescore: int | None = None,
     allow_data_mismatch: bool = False,
+    data_dir: str | None = None,
 ) -> str:
     """Exports the selected weights of the training run in ``run_dir``; returns the new version's path.
 
     ``top_k`` / ``model_name`` / ``index`` / ``rescore``: default to the run's ``export.*`` keys; ``version`` 0 takes
-    the next free number. Raises `ConfigError` (`mdcns_tf.runs.lineage.LineageError`: records or data of another
+    the next free number. ``data_dir``: the run's data folder where it is now, if it moved (its fingerprint is
+    checked all the same). Raises `ConfigError` (`mdcns_tf.runs.lineage.LineageError`: records or data of another
     run, unless ``allow_data_mismatch`` for the data), `FileNotFoundError` (not a run, no selected weights),
     `FileExistsError` (the version exists) or `ValueError` (the vocabulary does not fit the model).
     """
     overrides = [f"export.version={version}", "export.enabled=true"]
+    if data_dir is not None:
+        overrides.append(f"data.dir={json.dumps(data_dir)}")
     if top_k is not None:
         overrides.append(f"export.top_k={top_k}")
     if model_name is not None:
@@ -111,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--rescore", type=int, default=None, help="bfloat16 index: candidates re-scored per query (0: 4 x top_k)"
     )
     parser.add_argument(
+        "--data", default=None, help="the run's data folder, if it moved since (default: the run's data.dir)"
+    )
+    parser.add_argument(
         ALLOW_FLAG,
         action="store_true",
         help="export with a data folder whose fingerprint differs from the run's (recorded in the model card)",
@@ -123,7 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run_command(
         lambda: print(
             reexport(
-                args.run, args.top_k, args.model_name, args.version, args.index, args.rescore, args.allow_data_mismatch
+                args.run,
+                args.top_k,
+                args.model_name,
+                args.version,
+                args.index,
+                args.rescore,
+                args.allow_data_mismatch,
+                args.data,
             )
         ),
         (ValueError, FileNotFoundError, FileExistsError),  # ConfigError is a ValueError

@@ -113,6 +113,13 @@ def test_an_identical_copy_of_the_data_is_the_same_data(finished, pipeline_data,
     measured = read_json(str(tmp_path), "e.json")
     assert measured["run"] == result["run"] and measured["data"]["mismatch_allowed"] is False
     assert measured["valid"] == pytest.approx(result["valid"], abs=1e-6)
+    # mdcns-export --data: the run's data where it is now (moved), checked by its fingerprint all the same
+    run = copy(out, tmp_path / "run")
+    assert export.main(["--run", run, "--data", same]) == 0
+    exported = card(capsys.readouterr().out.strip().splitlines()[-1])
+    assert exported["data_check"]["dir"] == same and exported["run"] == result["run"]
+    assert export.main(["--run", run, "--data", str(tmp_path / "run")]) == 2  # not a data folder
+    assert "no metadata.json" in one_error_line(capsys)
 
 
 # -- a killed run resumes only on its own data ----------------------------------------------------------------------

@@ -202,6 +202,22 @@ def test_weights_that_do_not_fit_the_data_or_the_config(run_dir, tmp_path, capsy
     assert "do not fit" in error_line(capsys)
 
 
+@pytest.mark.parametrize("how", ["cut_short", "overwritten"])
+def test_damaged_best_weights(run_dir, tmp_path, capsys, how):
+    run = str(tmp_path / "run")
+    shutil.copytree(run_dir, run)
+    data_file = next(Path(run, "best").glob("weights.data-*"))
+    if how == "cut_short":
+        with open(data_file, "r+b") as f:
+            f.truncate(10)
+    else:
+        Path(run, "best", "weights.index").write_bytes(b"not an sstable" * 8)
+    for command, argv in ((evaluate.main, ["--splits", "valid"]), (export.main, [])):
+        assert command(["--run", run, *argv]) == 2
+        line = error_line(capsys)
+        assert "best/weights cannot be read" in line and "damaged" in line, line
+
+
 def test_the_traceback_is_there_when_asked_for(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
     (tmp_path / "file").write_text("")

@@ -121,8 +121,8 @@ def check_finished_run(
             raise LineageError(
                 f"the run in {run_dir} records {what}, but data.dir {data_dir!r} holds data with fingerprint "
                 f"{data_print}: its vocabulary and records may not be the ones the weights were trained on; point "
-                f"data.dir at the run's data (--set data.dir=...), or pass {ALLOW_FLAG} to use this data anyway "
-                "(recorded in the output)"
+                "at the run's data (mdcns-evaluate --set data.dir=DIR, mdcns-export --data DIR), or pass "
+                f"{ALLOW_FLAG} to use this data anyway (recorded in the output)"
             )
         data["mismatch_allowed"] = True
     return {"run": run, "data": data}

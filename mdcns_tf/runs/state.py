@@ -85,7 +85,7 @@ def restart_hint(output_dir: str) -> str:
 # -- reading -------------------------------------------------------------------------------------------------------
 
 
-def _read_through(prefix: str) -> None:
+def read_through(prefix: str) -> None:
     """Reads every tensor of the checkpoint ``prefix``: a truncated or overwritten file fails here, not inside fit."""
     import tensorflow as tf  # here: this module is imported by commands whose --help must not wait for it
 
@@ -94,12 +94,12 @@ def _read_through(prefix: str) -> None:
         reader.get_tensor(name)
 
 
-def _unreadable(error: Exception) -> str:
+def unreadable(error: Exception) -> str:
     return getattr(error, "message", None) or str(error) or type(error).__name__  # OpError: its message
 
 
 # What reading a damaged checkpoint raises: OpError (bad magic number, CRC), IndexError (short data file), ...
-def _checkpoint_errors() -> tuple[type[Exception], ...]:
+def checkpoint_errors() -> tuple[type[Exception], ...]:
     import tensorflow as tf
 
     return (tf.errors.OpError, ValueError, IndexError, OSError)
@@ -120,10 +120,10 @@ def latest_backup(backup_dir: str, output_dir: str) -> str | None:
         latest = tf.train.latest_checkpoint(chief)
         if latest is None:
             raise ValueError("its 'checkpoint' index names no checkpoint")
-        _read_through(latest)
-    except _checkpoint_errors() as e:
+        read_through(latest)
+    except checkpoint_errors() as e:
         raise RunStateError(
-            f"the backup in {chief} cannot be read ({_unreadable(e)}); {restart_hint(output_dir)}"
+            f"the backup in {chief} cannot be read ({unreadable(e)}); {restart_hint(output_dir)}"
         ) from None
     return latest
 
@@ -249,10 +249,10 @@ def _check_resumable(
         raise RunStateError(f"{best_dir} belongs to run {state[RUN_KEY]}, the backup to run {record[RUN_KEY]}; {hint}")
     if state is not None and state["best_epoch"]:
         try:
-            _read_through(os.path.join(best_dir, "weights"))
-        except _checkpoint_errors() as e:
+            read_through(os.path.join(best_dir, "weights"))
+        except checkpoint_errors() as e:
             raise RunStateError(
-                f"the best weights in {best_dir} (epoch {state['best_epoch']}) cannot be read ({_unreadable(e)}); "
+                f"the best weights in {best_dir} (epoch {state['best_epoch']}) cannot be read ({unreadable(e)}); "
                 + hint
             ) from None
     previous = (manifest or {}).get("run", {})

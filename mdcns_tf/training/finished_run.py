@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from mdcns_tf.config import Config
 from mdcns_tf.config_loader import load_config
 from mdcns_tf.runs import lineage
+from mdcns_tf.runs import state as run_state
 from mdcns_tf.runs.metrics_file import METRICS_FILE
 from mdcns_tf.runs.state import RunStateError, config_hash
 
@@ -63,17 +64,24 @@ def load_checked(
     record = lineage.check_finished_run(
         run_dir, own_hash, read_metrics(run_dir), config.data.dir, data_print, allow_data_mismatch
     )
+    prefix = weights_prefix(run_dir)
+    try:
+        run_state.read_through(prefix)
+    except run_state.checkpoint_errors() as e:
+        raise RunStateError(
+            f"the best weights in {prefix} cannot be read ({run_state.unreadable(e)}): damaged or cut short; "
+            "restore the run folder, or retrain"
+        ) from None
     model = build_model(config, metadata)
     model.build_for_input(config.data.max_len)
     model.compile()
     try:
-        model.load_weights(weights_prefix(run_dir)).expect_partial()
-    except (ValueError, OSError) as e:  # tf.errors.OpError is neither: a damaged file is caught by the caller
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        model.load_weights(prefix).expect_partial()
+    except run_state.checkpoint_errors() as e:  # shapes of another model
+        first = run_state.unreadable(e).strip().splitlines()[0]
         raise RunStateError(
-            f"the best weights in {weights_prefix(run_dir)} do not fit the model that config.yaml and data.dir "
-            f"{config.data.dir!r} ({metadata.n_items} items) describe ({first}); evaluate or export with the run's "
-            "own data and config"
+            f"the best weights in {prefix} do not fit the model that config.yaml and data.dir {config.data.dir!r} "
+            f"({metadata.n_items} items) describe ({first}); evaluate or export with the run's own data and config"
         ) from None
     return model, metadata, record
 
