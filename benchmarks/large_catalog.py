@@ -44,7 +44,10 @@ the self item table one step moves. The commands behind the README's "Catalogue 
         --output benchmarks/results/large_catalog_threshold.json
     python -m benchmarks.large_catalog --compare pool_gradient --rounds 5 \
         --output benchmarks/results/large_catalog_pool_gradient.json
+    python -m benchmarks.large_catalog --compare mdcns_position --rounds 3 --profile \
+        --output benchmarks/results/large_catalog_profile.json   # where the 1M step's time goes
     python -c "from benchmarks import large_catalog; print(large_catalog.distinct_ids_ms())"   # COUNT_DISTINCT_SHARE
+    python -c "from benchmarks import large_catalog; print(large_catalog.optimizer_update_ms(1_000_000, 64, 12_800))"
 """
 
 from __future__ import annotations
@@ -141,16 +144,30 @@ def write_dataset(data_dir: str, n_users: int, n_items: int, seed: int) -> None:
 
 
 def optimizer_update_ms(n_items: int, dim: int, rows: int, repeats: int = 10) -> dict[str, float]:
-    """Median time (ms) of one update of a lone (n_items + 1, dim) table from a ``rows``-row sparse gradient."""
+    """Median time (ms) of one update of a lone (n_items + 1, dim) table: from a ``rows``-row sparse gradient
+    (IndexedSlices) with Keras's Adam, SGD and `LazyAdam`; from a dense gradient with Keras's Adam (op by op) and
+    `LazyAdam` (XLA-compiled for a table of `XLA_DENSE_MIN_ELEMENTS` or more). The table is gathered from first, as
+    in training (TensorFlow then copies a whole-variable read)."""
     import tensorflow as tf
     import tf_keras as keras
 
+    from mdcns_tf.training.optimizers import LazyAdam
+
+    sparse = tf.IndexedSlices(
+        tf.random.normal([rows, dim]), tf.random.uniform([rows], 1, n_items + 1, tf.int32), [n_items + 1, dim]
+    )
+    dense = tf.random.normal([n_items + 1, dim])
+    cases = {
+        "adam": (keras.optimizers.Adam(1e-3), sparse),
+        "sgd": (keras.optimizers.SGD(1e-3), sparse),
+        "lazy_adam": (LazyAdam(1e-3), sparse),
+        "adam_dense_gradient": (keras.optimizers.Adam(1e-3), dense),
+        "lazy_adam_dense_gradient": (LazyAdam(1e-3), dense),
+    }
     out = {}
-    for name, optimizer in (("adam", keras.optimizers.Adam(1e-3)), ("sgd", keras.optimizers.SGD(1e-3))):
+    for name, (optimizer, gradient) in cases.items():
         table = tf.Variable(tf.random.normal([n_items + 1, dim], stddev=0.01))
-        gradient = tf.IndexedSlices(
-            tf.random.normal([rows, dim]), tf.random.uniform([rows], 1, n_items + 1, tf.int32), tf.shape(table)
-        )
+        tf.gather(table, [1])  # the variable's state in training: gathered from
         step = tf.function(lambda g, o=optimizer, t=table: o.apply_gradients([(g, t)]))
         step(gradient)
         times = []
@@ -394,6 +411,8 @@ def run_compare_child(group: str, args: argparse.Namespace) -> dict[str, Any]:
         }
         if model.lazy_updates:
             info["self_table_rows_moved_by_one_step"] = moved_share(model, step, variant_batches[0])
+        if args.profile:
+            info["profile"] = op_profile(step, variant_batches)
         built[variant.label], steps[variant.label], batches[variant.label] = info, step, variant_batches
         print(f"[large_catalog] {group} {variant.label}: {info}", flush=True)
     for label in steps:  # one untimed round: the first call after the other variants were built ran ~100x slower
@@ -430,6 +449,47 @@ def run_compare_child(group: str, args: argparse.Namespace) -> dict[str, Any]:
             for n in args.threshold_sizes
         }
     return out
+
+
+def op_profile(step: Any, batches: list[dict], steps: int = 3, top: int = 25) -> dict[str, Any]:
+    """TensorFlow's profiler over ``steps`` steps: the ops with the most self time (ms a step, summed over threads;
+    the XLA-compiled parts appear under their launch ops), and the self time by the first component of the ops'
+    names (``Adam``, ``Adam_1``: the two optimizers; ``ReadVariableOp``: whole-variable reads)."""
+    import collections
+    import glob
+    import shutil
+
+    import tensorflow as tf
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+
+    from benchmarks import speed
+
+    logdir = tempfile.mkdtemp(prefix="large_catalog_profile.")
+    try:
+        tf.profiler.experimental.start(logdir)
+        speed.run_steps(step, batches, steps)
+        tf.profiler.experimental.stop()
+        path = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0]
+        data, _ = plugin.xspace_to_tools_data([path], "framework_op_stats", {})
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    table = json.loads(data)[0]
+    columns = [column["id"] for column in table["cols"]]
+    ops = collections.Counter()
+    for row in table["rows"]:
+        cells = dict(zip(columns, [cell.get("v") if cell else None for cell in row["c"]], strict=True))
+        if cells["operation"] != "IDLE":
+            ops[(cells["type"], cells["operation"])] += float(cells["total_self_time"]) / 1000 / steps
+    by_name = collections.Counter()
+    for (op_type, name), ms in ops.items():
+        by_name[name.split("/")[0] if "/" in name else op_type] += ms
+    return {
+        "self_ms_per_step_total": round(sum(ops.values()), 1),
+        "top_ops_ms_per_step": [
+            {"type": op_type, "op": name[:120], "ms": round(ms, 1)} for (op_type, name), ms in ops.most_common(top)
+        ],
+        "by_name_ms_per_step": {name: round(ms, 1) for name, ms in by_name.most_common(top)},
+    }
 
 
 def distinct_ids_ms(
@@ -484,6 +544,7 @@ def run_compare(args: argparse.Namespace, argv: list[str] | None) -> int:
             *("--batch", str(args.batch), "--max-len", str(args.max_len), "--dim", str(args.dim)),
             *("--rounds", str(args.rounds), "--round-steps", str(args.round_steps)),
             *("--threshold-sizes", ",".join(map(str, args.threshold_sizes))),
+            *(("--profile",) if args.profile else ()),
             *("--compare-child", group, "--child-output", child_output),
         )
         print(f"[large_catalog] {group} ...", flush=True)
@@ -540,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda text: [int(n) for n in text.split(",")],
         default=[12_101, 50_000, 100_000, 200_000],
         help="--compare threshold_*: catalogue sizes (comma-separated)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="--compare: also each variant's op profile over 3 steps (before timing)"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--compare-child", help=argparse.SUPPRESS)

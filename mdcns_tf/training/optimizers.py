@@ -16,12 +16,13 @@ from mdcns_tf.samplers.candidates import distinct_ids
 
 SPARSE_UPDATES = ("auto", "dense", "lazy")
 
-# ``auto`` goes lazy from this many item-table rows (n_items + 1) on. Below it the dense path is as fast or faster
-# and, what matters more, leaves every finished run at Beauty's size (12,102 rows) bit-identical. Measured side by
-# side (interleaved rounds, medians) on the 2-core machine at 12k, 50k, 100k, 200k and 1M items, uniform SASRec and
-# MDCNS steps, both paths: README "Catalogue scale", `benchmarks/results/large_catalog_threshold.json`, command in
-# `benchmarks/large_catalog.py`.
-LAZY_MIN_ROWS = 100_001
+# ``auto`` goes lazy from this many item-table rows (n_items + 1) on: 50,000 items. Measured side by side
+# (interleaved rounds, medians; lazy / dense step time) on the 2-core machine: uniform SASRec 0.96 at 12,101 items,
+# 0.89 at 50k, 0.87 at 100k, 0.71 at 200k; MDCNS with a pool per position 1.01, 1.00, 0.94, 0.95 (README "Catalogue
+# scale", `benchmarks/results/large_catalog_threshold.json`, command in `benchmarks/large_catalog.py`). Below 50k
+# lazy gains at most a few percent, and dense keeps every finished run at Beauty's size (12,101 items; Sports and
+# LastFM are smaller than 50k too) bit-identical.
+LAZY_MIN_ROWS = 50_001
 
 
 # A dense gradient of a variable this large (a 1M x 64 table has 64M elements; Beauty's 12k x 64, 0.8M) is applied by
