@@ -77,11 +77,12 @@ def test_rejection_reasons() -> None:
             b"u,i,nan",
             b"u,i,1_000",  # Python-only number syntax is not a timestamp
             b"u\xff,i,1",  # not UTF-8
-            b"u\x01,i,1",  # control character in a key (NUL: nul_byte, tests/test_pipeline_lines.py)
+            b"u\x01,i,1",  # control character in a key (NUL: nul_byte, tests/test_pipeline_inputs.py)
             b"   ",  # empty line: skipped and counted, not a row
             b"u,i,-5.5",
         ]
-    ) + b"\n"  # a last line without its newline is rejected (unterminated_line, tests/test_pipeline_lines.py)
+    )
+    data += b"\n"  # a last line without its newline is rejected (unterminated_line, tests/test_pipeline_inputs.py)
     rows, rejected, counts = parse_all("interactions", data)
     assert [value[0] for _, value in rows] == [1, 1000.0, -5.5]
     assert rejected == [

@@ -67,8 +67,8 @@ SMALL_NUMBERS = st.integers(0, 10**10).map(str)
 @st.composite
 def files(draw: st.DrawFn) -> bytes:
     """One input file: mostly rows of a few keys and numbers with the file's own separator (so that many lines
-    parse, dedupe and k-core have something to do), mixed with hostile lines; ``\n`` or ``\r\n`` endings, with or
-    without a final newline."""
+    parse, dedupe and k-core have something to do), mixed with hostile lines; ``\n``, ``\r\n`` or ``\r``
+    endings, with or without a final one."""
     separator = draw(SEPARATORS)
     shapes = st.one_of(  # a valid row of each format: interactions (3 or 4 columns), pairs, sequences
         st.tuples(SMALL_KEYS, SMALL_KEYS, SMALL_NUMBERS),
@@ -78,7 +78,7 @@ def files(draw: st.DrawFn) -> bytes:
     )
     row = shapes.map(lambda fields: separator.join(fields).encode())
     lines = draw(st.lists(st.one_of(row, row, row, LINES), min_size=0, max_size=30))
-    ending = draw(st.sampled_from([b"\n", b"\r\n"]))
+    ending = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
     return ending.join(lines) + draw(st.sampled_from([b"", ending]))
 
 
