@@ -154,7 +154,9 @@ def optimizer_update_ms(n_items: int, dim: int, rows: int, repeats: int = 10) ->
     from mdcns_tf.training.optimizers import LazyAdam
 
     sparse = tf.IndexedSlices(
-        tf.random.normal([rows, dim]), tf.random.uniform([rows], 1, n_items + 1, tf.int32), [n_items + 1, dim]
+        tf.random.normal([rows, dim]),
+        tf.random.uniform([rows], 1, n_items + 1, tf.int32),
+        tf.constant([n_items + 1, dim]),
     )
     dense = tf.random.normal([n_items + 1, dim])
     cases = {
