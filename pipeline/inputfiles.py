@@ -9,8 +9,9 @@ last timestamp halved). So the pipeline opens every input ``UNCOMPRESSED`` and d
 
 - **Compression comes from the name**, with Beam's rules (`CompressionTypes.detect_compression_type`: ``.gz``,
   ``.bz2``, ``.zst``/``.zstd``, ``.xz``/``.lzma``, ``.deflate``), **checked against the first bytes**: a ``.gz``
-  name on a plain file, a gzip (bzip2, zstd, xz) file without its name, a zip archive and UTF-16/32 text are errors,
-  never lines of garbage.
+  name on a plain file, a gzip (bzip2, zstd, xz) file without its name, archives (zip, tar, 7-Zip, RAR), formats
+  Beam does not read (``.Z``, lz4) and UTF-16/32 text are errors, never lines of garbage; so is a compressed file
+  whose content is one of these, or compressed again.
 - **Every compressed stream must reach its end marker** and pass its checksum: a truncated or damaged file is an
   error. Concatenated streams (gzip members, bzip2/xz streams, zstd frames) are read one after the other; bytes
   after the last stream that start no new one are an error (gzip's and xz's zero padding excepted). An empty (0-byte)
@@ -63,12 +64,19 @@ _MAGIC = {
     CompressionTypes.ZSTD: (b"\x28\xb5\x2f\xfd", *(bytes([0x50 + i]) + b"\x2a\x4d\x18" for i in range(16))),
     CompressionTypes.LZMA: (b"\xfd7zXZ\x00",),
 }
+_EXTRACT = "extract it and pass the extracted file(s)"
 _OTHER_MAGIC = (  # content the pipeline cannot read as lines whatever the name: what it is, what to do
-    ((b"PK\x03\x04", b"PK\x05\x06"), "a zip archive: extract it and pass the extracted file(s)"),
+    ((b"PK\x03\x04", b"PK\x05\x06"), f"a zip archive: {_EXTRACT}"),
+    ((b"7z\xbc\xaf\x27\x1c",), f"a 7-Zip archive: {_EXTRACT}"),
+    ((b"Rar!\x1a\x07",), f"a RAR archive: {_EXTRACT}"),
+    (
+        (b"\x1f\x9d", b"\x04\x22\x4d\x18"),
+        "compressed with compress (.Z) or lz4, which the pipeline cannot read: decompress it, or recompress it as .gz",
+    ),
     ((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE), "UTF-32 text: convert it to UTF-8 (iconv -f UTF-32 -t UTF-8)"),
     ((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE), "UTF-16 text: convert it to UTF-8 (iconv -f UTF-16 -t UTF-8)"),
 )
-_SNIFF_BYTES = 16
+_SNIFF_BYTES = 512  # a tar header's "ustar" is at byte 257
 _RAW_CHUNK = 1 << 20
 _ZSTD_PIECE = 4096  # zstd's decompressobj has no max_length: at most ~32,000x of this comes out of one call
 _MULTI_STREAM = {CompressionTypes.GZIP, CompressionTypes.BZIP2, CompressionTypes.ZSTD, CompressionTypes.LZMA}
@@ -92,10 +100,8 @@ def content_problem(path: str, head: bytes, compression: str) -> str | None:
                 f"{path}: {_NAMES[detected]}-compressed, but its name does not say so (the pipeline decompresses by "
                 f"the name's extension): rename it to end in {ext}"
             )
-        for magics, what in _OTHER_MAGIC:
-            if head.startswith(magics):
-                return f"{path}: {what}"
-        return None
+        what = _not_text(head)
+        return f"{path}: {what}" if what else None
     if not head:
         return (
             f"{path}: empty (0 bytes), but its name says {_NAMES[compression]}, whose files always have a header: "
@@ -107,6 +113,23 @@ def content_problem(path: str, head: bytes, compression: str) -> str | None:
             f"{head[:8]!r}): if it is plain text, rename it without the compression extension"
         )
     return None
+
+
+def _not_text(head: bytes) -> str | None:
+    """What content starting with ``head`` is when it is no text file of lines (an archive, UTF-16/32), and what to
+    do; None for anything else (text, or bytes the parser will reject line by line)."""
+    for magics, what in _OTHER_MAGIC:
+        if head.startswith(magics):
+            return what
+    return f"a tar archive: {_EXTRACT}" if head[257:262] == b"ustar" else None
+
+
+def _inside_problem(content: bytes) -> str | None:
+    """What is wrong with the first decompressed bytes of a compressed file: compressed again, an archive, UTF-16..."""
+    inner = next((kind for kind, magics in _MAGIC.items() if content.startswith(magics)), None)
+    if inner is not None:
+        return f"{_NAMES[inner]}-compressed data (compressed twice?): decompress it once"
+    return _not_text(content[:_SNIFF_BYTES])
 
 
 def _has_magic(path: str, compression: str) -> bool:
@@ -248,6 +271,8 @@ class InputStream:
             except _DECOMPRESS_ERRORS as e:
                 raise self._error(self._damaged(e)) from None
             if out:
+                if not self._output and (problem := _inside_problem(out)):
+                    raise self._error(f"its {_NAMES[self.compression]} data holds {problem}")
                 self._output += len(out)
                 return out
             if not data and stream.needs_input and self._raw_eof and not self._pending:

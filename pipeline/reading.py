@@ -13,6 +13,7 @@ output, not tagged outputs (`pipeline.portable`).
 
 from __future__ import annotations
 
+import glob as globfiles
 import logging
 import os
 import time
@@ -51,6 +52,13 @@ def match_inputs(pattern: str) -> list[tuple[int, str, int]]:
         metadata = FileSystems.match([glob])[0].metadata_list
     except Exception as e:  # noqa: BLE001  (Beam raises BeamIOError, or ValueError for an unknown scheme)
         raise FileNotFoundError(f"--input {pattern!r}: {e}") from None
+    if outputs.is_local(pattern):  # Beam's listing skips what it cannot stat: a link to nothing would vanish
+        broken = sorted(p for p in globfiles.glob(glob) if os.path.islink(p) and not os.path.exists(p))
+        if broken:
+            raise FileNotFoundError(
+                f"--input {pattern!r}: {broken[0]} is a symbolic link to nothing ({os.readlink(broken[0])!r})"
+                f"{f' (and {len(broken) - 1} more)' if len(broken) > 1 else ''}: fix the link or remove it"
+            )
     paths = sorted(
         (outputs.absolute(m.path), m.size_in_bytes)
         for m in metadata

@@ -166,8 +166,11 @@ def load_split_file(path: str) -> SplitFile:
     """Reads and checks ``--split_file`` (local or ``gs://``-style); `SplitFileError` on a bad file."""
     if not FileSystems.exists(path):
         raise FileNotFoundError(f"--split_file {path!r} does not exist")
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        raw = f.read(MAX_SPLIT_FILE_BYTES + 1)
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            raw = f.read(MAX_SPLIT_FILE_BYTES + 1)
+    except OSError as e:
+        raise SplitFileError(f"--split_file {path!r} cannot be read ({e.strerror or e}): name a TSV file") from None
     if len(raw) > MAX_SPLIT_FILE_BYTES:
         raise SplitFileError(
             f"--split_file {path!r} is larger than {MAX_SPLIT_FILE_BYTES >> 20} MiB: the split travels inside the "

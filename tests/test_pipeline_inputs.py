@@ -10,6 +10,7 @@ import gzip
 import io
 import lzma
 import os
+import tarfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -194,6 +195,49 @@ def test_a_zip_archive_is_an_error_saying_to_extract_it(tmp_path: Path) -> None:
         content(path)
 
 
+def tar_of(data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo("log.tsv")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "what"),
+    [
+        ("log.tar", tar_of(ROWS), "a tar archive: extract it"),
+        ("log.7z", b"7z\xbc\xaf\x27\x1c\x00\x04" + ROWS, "a 7-Zip archive: extract it"),
+        ("log.rar", b"Rar!\x1a\x07\x01\x00" + ROWS, "a RAR archive: extract it"),
+        ("log.tsv.Z", b"\x1f\x9d\x90" + ROWS, r"compressed with compress \(.Z\) or lz4"),
+        ("log.tsv.lz4", b"\x04\x22\x4d\x18" + ROWS, r"compressed with compress \(.Z\) or lz4"),
+    ],
+)
+def test_archives_and_unread_compressions_are_errors(tmp_path: Path, name: str, data: bytes, what: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    for check in (lambda: inputfiles.check_local_file(str(path)), lambda: content(path)):
+        with pytest.raises(inputfiles.InputFileError, match=rf"^{path}: {what}"):
+            check()
+
+
+@pytest.mark.parametrize(
+    ("inner", "what"),
+    [
+        (tar_of(ROWS), "a tar archive"),  # .tar.gz
+        (gzip.compress(ROWS), r"gzip-compressed data \(compressed twice\?\)"),
+        (bz2.compress(ROWS), "bzip2-compressed data"),
+        (ROWS.decode().encode("utf-16"), "UTF-16 text"),
+    ],
+)
+def test_a_compressed_file_holding_no_text_is_an_error(tmp_path: Path, inner: bytes, what: str) -> None:
+    path = tmp_path / "log.tsv.gz"
+    path.write_bytes(gzip.compress(inner))
+    with pytest.raises(inputfiles.InputFileError, match=rf"^{path}: its gzip data holds {what}"):
+        content(path)
+
+
 # --- files that change, cannot be read, or are no files ---------------------------------------------------------
 
 
@@ -239,6 +283,16 @@ def test_an_unreadable_file_is_an_error_at_launch(tmp_path: Path) -> None:
     path.chmod(0)
     with pytest.raises(inputfiles.InputFileError, match=rf"^{path}: cannot be read"):
         inputfiles.check_local_file(str(path))
+
+
+def test_a_link_to_nothing_among_the_inputs_is_an_error(tmp_path: Path) -> None:
+    """Beam's listing skips a file it cannot stat: the link's rows would be lost without a word."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.tsv").write_bytes(ROWS)
+    (tmp_path / "in" / "b.tsv").symlink_to(tmp_path / "moved" / "b.tsv")
+    for pattern in (tmp_path / "in", tmp_path / "in" / "*.tsv", tmp_path / "in" / "b.tsv"):
+        with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'in' / 'b.tsv'} is a symbolic link to nothing"):
+            reading.match_inputs(str(pattern))
 
 
 def test_a_pipe_is_not_an_input_file(tmp_path: Path) -> None:

@@ -94,6 +94,14 @@ def test_a_split_file_too_large_for_the_graph_is_an_error(tmp_path: Path, capsys
     one_error(rc, lines, "--split_file", "is larger than 0 MiB", "graph")
 
 
+def test_a_split_file_that_is_a_folder_is_an_error(tmp_path: Path, capsys) -> None:
+    (tmp_path / "seq.txt").write_bytes(SEQUENCES)
+    (tmp_path / "split").mkdir()
+    argv = [a.replace("--split=loo", "--split=user") for a in args(tmp_path / "seq.txt", tmp_path / "out")]
+    rc, lines = main(capsys, *argv, "--split_file", str(tmp_path / "split"))
+    one_error(rc, lines, f"--split_file '{tmp_path / 'split'}' cannot be read")
+
+
 def test_too_many_input_files_is_an_error(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setattr(reading, "MAX_INPUT_FILES", 3)
     for i in range(4):
