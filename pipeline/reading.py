@@ -196,6 +196,13 @@ class ReadAndParse(beam.DoFn):
         self._report(parser.counts, reported)
         if not parser.counts["lines_read"]:
             LOG.warning("%s: empty (no line, no row)", path)
+        if parser.counts.get("rejected_" + formats.UNTERMINATED_LINE):
+            LOG.warning(
+                "%s: the last line has no line ending, so it is rejected (%s): the file may be cut short; if the "
+                "line is whole, end the file with a newline",
+                path,
+                formats.UNTERMINATED_LINE,
+            )
         LOG.info(
             "%s: done in %.1fs: %s (delimiter %r, columns %s, header %s)",
             path,

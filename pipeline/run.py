@@ -47,7 +47,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--input",
         required=True,
-        help="file path, glob or directory (its non-hidden files) (local, gs://, ...); .gz read transparently",
+        help="file path, glob or directory (its non-hidden files) (local, gs://, ...); .gz .bz2 .xz .zst .deflate "
+        "decompressed by name",
     )
     parser.add_argument("--input_format", required=True, choices=formats.FORMATS)
     parser.add_argument("--split", required=True, choices=splits.PROTOCOLS, help="loo = leave-one-out; user = 70/20/10")
