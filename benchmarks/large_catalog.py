@@ -500,7 +500,7 @@ def distinct_ids_ms(
     repeats: int = 9,
 ) -> dict[str, dict[str, float]]:
     """Median ms of distinct ids by hash (`tf.unique`) and by a count over the rows, for random ids: what
-    `mdcns_tf.samplers.candidates.COUNT_DISTINCT_SHARE` is set from. Keys ``"<rows>/<ids>"``."""
+    `mdcns_tf.samplers.pool_scoring.COUNT_DISTINCT_SHARE` is set from. Keys ``"<rows>/<ids>"``."""
     import tensorflow as tf
 
     def by_hash(ids: tf.Tensor, n: int) -> tf.Tensor:

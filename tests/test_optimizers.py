@@ -13,8 +13,8 @@ import mdcns_tf  # noqa: F401
 from mdcns_tf.batch import EXCLUSION_IDS, INPUT_IDS, TARGET_IDS, USER_INDEX
 from mdcns_tf.config_loader import load_config
 from mdcns_tf.features import Metadata
-from mdcns_tf.samplers import candidates
-from mdcns_tf.samplers.candidates import distinct_ids, pool_rows, score_position_pools
+from mdcns_tf.samplers import pool_scoring
+from mdcns_tf.samplers.pool_scoring import distinct_ids, pool_rows, score_position_pools
 from mdcns_tf.training import factory, mdcns_model
 from mdcns_tf.training.optimizers import LAZY_MIN_ROWS, XLA_DENSE_MIN_ELEMENTS, LazyAdam, lazy_updates
 
@@ -222,8 +222,8 @@ def test_an_mdcns_step_with_lazy_updates_moves_only_the_rows_it_touched(monkeypa
 
 
 def test_a_pool_per_position_drawing_most_of_the_table_gets_the_dense_gradient_under_lazy_updates(monkeypatch):
-    calls = recording(monkeypatch, candidates, "pool_rows")
-    monkeypatch.setattr(mdcns_model, "pool_rows", candidates.pool_rows)
+    calls = recording(monkeypatch, pool_scoring, "pool_rows")
+    monkeypatch.setattr(mdcns_model, "pool_rows", pool_scoring.pool_rows)
     common = ("trainer=mdcns", "mdcns.pool_size=10", "mdcns.pool_scope=position")
     few = built(tiny_config(*common, "data.batch_size=4"))  # 4 x 8 x 10 draws of 2,001 rows
     many = built(tiny_config(*common, "data.batch_size=64"))  # 5,120 draws: more than half the rows
@@ -256,8 +256,8 @@ def test_auto_is_dense_keras_adam_below_the_threshold_and_lazy_from_it():
 
 
 def test_dense_updates_keep_the_dense_pool_gradient(monkeypatch):
-    calls = recording(monkeypatch, candidates, "pool_rows")
-    monkeypatch.setattr(mdcns_model, "pool_rows", candidates.pool_rows)
+    calls = recording(monkeypatch, pool_scoring, "pool_rows")
+    monkeypatch.setattr(mdcns_model, "pool_rows", pool_scoring.pool_rows)
     model = built(
         tiny_config("trainer=mdcns", "mdcns.pool_size=10", "mdcns.pool_scope=position", "train.sparse_updates=dense")
     )

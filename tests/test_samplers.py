@@ -21,14 +21,8 @@ import mdcns_tf  # noqa: F401
 from mdcns_tf.samplers import SAMPLERS, SamplingContext, get_sampler_class, sampler_params
 from mdcns_tf.samplers.autosample import RETRAIN, SEARCH, architecture_gradient
 from mdcns_tf.samplers.base import Negatives
-from mdcns_tf.samplers.candidates import (
-    gumbel_top_k,
-    padded_rows,
-    sample_excluding,
-    score_items,
-    score_position_pools,
-    top_m_uniform_pick,
-)
+from mdcns_tf.samplers.candidates import gumbel_top_k, sample_excluding, score_items, top_m_uniform_pick
+from mdcns_tf.samplers.pool_scoring import padded_rows, score_position_pools
 
 # Chi-square critical values at p = 0.001 by degrees of freedom.
 CHI2_CRITICAL_001 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515}

@@ -38,15 +38,8 @@ from mdcns_tf.backbones import Backbone, build_backbone
 from mdcns_tf.batch import EXCLUSION_IDS, INPUT_IDS, TARGET_IDS
 from mdcns_tf.config import Config, MDCNSConfig
 from mdcns_tf.features import Metadata
-from mdcns_tf.samplers.candidates import (
-    PoolRows,
-    draw_cdf,
-    pool_rows,
-    sample_excluding,
-    score_candidates,
-    score_position_pools,
-    top_m_uniform_pick,
-)
+from mdcns_tf.samplers.candidates import draw_cdf, sample_excluding, score_candidates, top_m_uniform_pick
+from mdcns_tf.samplers.pool_scoring import PoolRows, pool_rows, score_position_pools
 from mdcns_tf.samplers.popularity import popularity_log_weights
 from mdcns_tf.training import optimizers
 from mdcns_tf.training.retrieval_model import RetrievalModel, masked_mean, replica_scale

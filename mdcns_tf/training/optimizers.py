@@ -12,7 +12,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf.samplers.candidates import distinct_ids
+from mdcns_tf.samplers.pool_scoring import distinct_ids
 
 SPARSE_UPDATES = ("auto", "dense", "lazy")
 
