@@ -28,7 +28,7 @@ sparse (IndexedSlices) gradient. Writes ``benchmarks/results/large_catalog.json`
 in one process per group, the variants' steps interleaved in rounds (`benchmarks.timing`: the order rotates every
 round; per-round ratios, medians). ``train.sparse_updates`` is the variable: ``auto`` (dense at 12k, lazy at 1M)
 and, at 1M, ``dense`` (the code before lazy updates). Shapes: batch ``--batch``, full-length sequences of
-``--max-len`` uniform random ids (`benchmarks.speed.synthetic_batches`: no padding, the worst case for the
+``--max-len`` uniform random ids (`benchmarks.synthetic_steps.synthetic_batches`: no padding, the worst case for the
 catalogue's cache behaviour), d ``--dim``, no length buckets. Groups: ``uniform`` (SASRec + one uniform negative,
 ``configs/base.yaml``), ``mdcns_position`` (``configs/beauty_sasrec_mdcns.yaml``: GRU4Rec peer, a pool per
 position), ``mdcns_sequence`` (the same with the paper's pool per sequence), ``threshold_uniform`` /
@@ -349,7 +349,7 @@ def build_scale_variant(variant: ScaleVariant, args: argparse.Namespace) -> tupl
     the Adam that ``train.sparse_updates`` picks), and its synthetic batches."""
     import tf_keras as keras
 
-    from benchmarks import speed
+    from benchmarks import synthetic_steps
     from mdcns_tf.config_loader import load_config
     from mdcns_tf.training import factory
 
@@ -368,12 +368,14 @@ def build_scale_variant(variant: ScaleVariant, args: argparse.Namespace) -> tupl
         ],
     )
     keras.utils.set_random_seed(config.seed)
-    shape = speed.Shape(batch=variant.batch or args.batch, max_len=args.max_len, dim=args.dim, n_items=variant.n_items)
-    model = factory.build_model(config, speed.stub_metadata(shape))
+    shape = synthetic_steps.Shape(
+        batch=variant.batch or args.batch, max_len=args.max_len, dim=args.dim, n_items=variant.n_items
+    )
+    model = factory.build_model(config, synthetic_steps.stub_metadata(shape))
     if variant.pool_gradient:
         model.sparse_pool_gradient = variant.pool_gradient == "sparse"
     factory.prepare_for_training(model, config)
-    batches, _ = speed.synthetic_batches(shape, count=3, seed=0)
+    batches, _ = synthetic_steps.synthetic_batches(shape, count=3, seed=0)
     return model, batches
 
 
@@ -392,7 +394,7 @@ def run_compare_child(group: str, args: argparse.Namespace) -> dict[str, Any]:
     """One ``--compare`` group in this process: build every variant, then interleave their steps."""
     import tensorflow as tf
 
-    from benchmarks import speed, timing
+    from benchmarks import synthetic_steps, timing
 
     variants = compare_groups(args.threshold_sizes)[group]
     steps: dict[str, Any] = {}
@@ -402,7 +404,7 @@ def run_compare_child(group: str, args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         model, variant_batches = build_scale_variant(variant, args)
         step = tf.function(model.train_step)
-        speed.run_steps(step, variant_batches, 3)  # trace + warm up outside the measurement
+        synthetic_steps.run_steps(step, variant_batches, 3)  # trace + warm up outside the measurement
         info: dict[str, Any] = {
             "n_items": variant.n_items,
             "sparse_updates": variant.sparse_updates,
@@ -418,9 +420,12 @@ def run_compare_child(group: str, args: argparse.Namespace) -> dict[str, Any]:
         built[variant.label], steps[variant.label], batches[variant.label] = info, step, variant_batches
         print(f"[large_catalog] {group} {variant.label}: {info}", flush=True)
     for label in steps:  # one untimed round: the first call after the other variants were built ran ~100x slower
-        speed.run_steps(steps[label], batches[label], args.round_steps)
+        synthetic_steps.run_steps(steps[label], batches[label], args.round_steps)
     times = timing.interleaved(
-        {label: lambda label=label: speed.run_steps(steps[label], batches[label], args.round_steps) for label in steps},
+        {
+            label: lambda label=label: synthetic_steps.run_steps(steps[label], batches[label], args.round_steps)
+            for label in steps
+        },
         args.rounds,
         args.round_steps,
     )
@@ -464,12 +469,12 @@ def op_profile(step: Any, batches: list[dict], steps: int = 3, top: int = 25) ->
     import tensorflow as tf
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
 
-    from benchmarks import speed
+    from benchmarks import synthetic_steps
 
     logdir = tempfile.mkdtemp(prefix="large_catalog_profile.")
     try:
         tf.profiler.experimental.start(logdir)
-        speed.run_steps(step, batches, steps)
+        synthetic_steps.run_steps(step, batches, steps)
         tf.profiler.experimental.stop()
         path = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0]
         data, _ = plugin.xspace_to_tools_data([path], "framework_op_stats", {})
@@ -562,7 +567,7 @@ def run_compare(args: argparse.Namespace, argv: list[str] | None) -> int:
             "batch": args.batch,
             "max_len": args.max_len,
             "dim": args.dim,
-            "ids": "uniform random, full length (benchmarks.speed.synthetic_batches)",
+            "ids": "uniform random, full length (benchmarks.synthetic_steps.synthetic_batches)",
         },
         "timing": {"rounds": args.rounds, "steps_per_variant_per_round": args.round_steps, "interleaved": True},
         "groups": results,

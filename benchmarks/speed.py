@@ -42,8 +42,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks import commands, common, timing
+from benchmarks.synthetic_steps import Shape, run_steps, stub_metadata, synthetic_batches
 from mdcns_tf import cli
-from mdcns_tf.batch import EXCLUSION_IDS, HISTORY_IDS, INPUT_IDS, POSITION_KEYS, TARGET, TARGET_IDS, USER_INDEX
+from mdcns_tf.batch import POSITION_KEYS
 
 log = logging.getLogger("benchmarks.speed")
 
@@ -52,16 +53,6 @@ REFERENCE = "sasrec/uniform"
 FULL_SOFTMAX = "sasrec/full-softmax"
 # Length of the length-bucket rows (``<variant>@len<n>``): a typical trimmed batch on Amazon data (~9 items a user).
 BUCKET_LEN = 12
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    batch: int = 256
-    max_len: int = 50
-    dim: int = 64
-    n_items: int = 12_101
-    n_users: int = 22_363
-    eval_batch: int = 512
 
 
 BEAUTY = Shape()
@@ -202,53 +193,6 @@ def synthetic_train_sequences(shape: Shape, item_counts: list[int], mean_len: in
     return np.split(items, np.cumsum(lengths)[:-1])
 
 
-def stub_metadata(shape: Shape) -> Any:
-    """A `Metadata` with Zipf-like item counts, so the popularity sampler draws from a realistic distribution."""
-    from mdcns_tf.features import SCHEMA_VERSION, Metadata
-
-    counts = [0] + [max(1, int(1000 / (rank**0.8))) for rank in range(1, shape.n_items + 1)]
-    return Metadata(
-        schema_version=SCHEMA_VERSION,
-        n_users=shape.n_users,
-        n_items=shape.n_items,
-        item_counts=counts,
-        split={"protocol": "user", "seed": 0},
-        counts={},
-        records={},
-    )
-
-
-def synthetic_batches(shape: Shape, count: int, seed: int) -> tuple[list[dict], dict]:
-    """``count`` training batches (full-length sequences: with dense backbones padding costs what a real token
-    costs, so tokens/s = batch x max_len / step time) and one evaluation batch."""
-    import tensorflow as tf
-
-    rng = tf.random.Generator.from_seed(seed)
-
-    def ids(*dims: int) -> tf.Tensor:
-        return rng.uniform(dims, 1, shape.n_items + 1, dtype=tf.int32)
-
-    train = []
-    for _ in range(count):
-        sequence = ids(shape.batch, shape.max_len + 1)
-        train.append(
-            {
-                INPUT_IDS: sequence[:, :-1],
-                TARGET_IDS: sequence[:, 1:],
-                EXCLUSION_IDS: sequence,
-                USER_INDEX: rng.uniform([shape.batch], 1, shape.n_users + 1, dtype=tf.int32),
-            }
-        )
-    history = ids(shape.eval_batch, shape.max_len)
-    evaluation = {
-        INPUT_IDS: history,
-        HISTORY_IDS: history,
-        TARGET: ids(shape.eval_batch),
-        USER_INDEX: rng.uniform([shape.eval_batch], 1, shape.n_users + 1, dtype=tf.int32),
-    }
-    return train, evaluation
-
-
 def build(variant: Variant, shape: Shape, metadata: Any, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
     """The compiled model of a variant and its config; ``overrides`` apply to every variant, before the variant's
     own. Raises `ConfigError` when its sampler/backbone is not registered."""
@@ -293,15 +237,6 @@ def step_peak_mib(work: Callable[[], None]) -> float | None:
         return None
     work()
     return round((tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2**20, 1)
-
-
-def run_steps(fn: Any, batches: list, steps: int) -> None:
-    """``steps`` calls of ``fn`` over ``batches``; the last output is read back so the work is finished."""
-    out = None
-    for i in range(steps):
-        out = fn(batches[i % len(batches)])
-    if out is not None:
-        next(iter(out.values())).numpy()
 
 
 def train_function(model: Any, variant: Variant, shape: Shape, batches: list[dict], jit_compile: bool = False) -> Any:

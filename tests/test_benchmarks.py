@@ -373,7 +373,7 @@ ENTRY_POINT_MODULES = {
     "serving.client",
 } | {f"benchmarks.{os.path.basename(p)[:-3]}" for p in glob.glob(os.path.join(REPO, "benchmarks", "*.py"))}
 # The benchmarks' shared modules (no `main`): what the entry points import.
-LIBRARY = ("__init__", "common", "commands", "timing", "grid", "grid_runner", "published", "report")
+LIBRARY = ("__init__", "common", "commands", "timing", "grid", "grid_runner", "published", "report", "synthetic_steps")
 LIBRARY_MODULES = {f"benchmarks.{m}" for m in LIBRARY}
 
 
