@@ -20,6 +20,17 @@ SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
 
 
 @pytest.fixture(autouse=True)
+def root_logging_handlers_of_this_test_only():
+    """The entry points install logging handlers on the root logger (`cli.setup_logging`); one that a test left
+    behind would write to that test's captured, closed stream in every later test ("--- Logging error ---")."""
+    import logging
+
+    before = list(logging.root.handlers)
+    yield
+    logging.root.handlers[:] = before
+
+
+@pytest.fixture(autouse=True)
 def default_keras_random_layers():
     """Every test starts and ends with Keras's default dropout RNG.
 
