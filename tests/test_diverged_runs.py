@@ -4,7 +4,6 @@ exports nothing; a split with no user is refused before training instead of meas
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import pytest
@@ -15,13 +14,6 @@ import mdcns_tf  # noqa: F401
 from mdcns_tf import features, train
 from mdcns_tf.runs.metrics_file import write_metrics
 from mdcns_tf.savedmodel import versions
-
-
-@pytest.fixture(autouse=True)
-def logging_of_this_test_only():
-    before = list(logging.root.handlers)
-    yield
-    logging.root.handlers[:] = before
 
 
 @pytest.mark.parametrize("trainer", ["single", "mdcns"])

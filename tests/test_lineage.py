@@ -64,17 +64,6 @@ def copy(source: str, destination: Path) -> str:
     return str(destination)
 
 
-@pytest.fixture(autouse=True)
-def logging_of_this_test_only():
-    """`cli.run_command` sets up logging on the stderr of the test that first calls it; a later test's capsys
-    would see the closed stream's "Logging error" traceback. Each test starts without those handlers."""
-    import logging
-
-    before = list(logging.root.handlers)
-    yield
-    logging.root.handlers[:] = before
-
-
 def one_error_line(capsys: pytest.CaptureFixture) -> str:
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]

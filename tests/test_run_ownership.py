@@ -37,17 +37,6 @@ def cli_argv(data_dir: str, output_dir: str | Path, *extra: str) -> list[str]:
     return argv
 
 
-@pytest.fixture(autouse=True)
-def logging_of_this_test_only():
-    """`cli.run_command` sets up logging on the stderr of the test that first calls it; a later test's capsys
-    would see the closed stream's "Logging error" traceback. Each test starts without those handlers."""
-    import logging
-
-    before = list(logging.root.handlers)
-    yield
-    logging.root.handlers[:] = before
-
-
 def one_error_line(capsys: pytest.CaptureFixture) -> str:
     """The single ``error:`` line of a command's stderr (and no traceback)."""
     err = capsys.readouterr().err

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -19,13 +18,6 @@ from test_run_ownership import cli_argv
 
 import mdcns_tf  # noqa: F401
 from mdcns_tf import cli, evaluate, export, features, train
-
-
-@pytest.fixture(autouse=True)
-def logging_of_this_test_only():
-    before = list(logging.root.handlers)
-    yield
-    logging.root.handlers[:] = before
 
 
 @pytest.fixture(scope="module")
