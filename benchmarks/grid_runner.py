@@ -238,9 +238,12 @@ class GridRunner:
         launched_unix = time.time()  # time-to-quality curves (benchmarks.converge) count from here: start-up included
         started = time.perf_counter()
         with open(log_path, "a") as logf:
-            rc = subprocess.run(
+            child = subprocess.Popen(
                 command, cwd=common.REPO, env=commands.child_env(), stdout=logf, stderr=subprocess.STDOUT
-            ).returncode
+            )
+            # wait4: this child's own peak RSS (getrusage(RUSAGE_CHILDREN) would be the largest of all cells so far).
+            _, status, usage = os.wait4(child.pid, 0)
+            child.returncode = rc = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - started
         metrics_path = os.path.join(scratch, "metrics.json")
         if rc != 0 or not os.path.exists(metrics_path):
@@ -273,6 +276,8 @@ class GridRunner:
             "timings": {
                 "launched_unix": round(launched_unix, 3),
                 "wall_seconds": round(wall, 1),
+                "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: ru_maxrss in KiB
+                "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
                 "train_seconds": metrics.get("train_seconds", 0.0),
                 "seconds_per_epoch_median": median(metrics.get("seconds_per_epoch", [])),
                 "preprocess_seconds": stamp.get("preprocess_seconds"),

@@ -108,7 +108,13 @@ def _train(config: Config, start: Start) -> dict[str, Any]:
         model.positions_per_batch = positions / max(steps, 1) * cfg.batch_size
         log.info("loss.reduction epoch: a step's loss is its positions' sum / %.1f", model.positions_per_batch)
 
-    selection = ModelSelection(config.train.monitor, config.train.patience, os.path.join(out_dir, "best"), start.run)
+    selection = ModelSelection(
+        config.train.monitor,
+        config.train.patience,
+        os.path.join(out_dir, "best"),
+        start.run,
+        max_seconds=config.train.max_minutes * 60,
+    )
     progress = ProgressLog(config.train.epochs)
     divergence = StopOnDivergence()
     log.info(
@@ -150,6 +156,7 @@ def _train(config: Config, start: Start) -> dict[str, Any]:
         # Which weights the metrics and the export are of: the best validated epoch's, or the last epoch's.
         "weights": "best_epoch" if selection.best_epoch else "last_epoch",
         "epochs_run": len(selection.history),
+        "stopped_by": selection.stopped_by or "epochs",  # patience, time_budget (train.max_minutes) or epochs
         "train_seconds": round(train_seconds, 2),
         "seconds_per_epoch": [round(s, 2) for s in progress.epoch_seconds],
         "steps_per_epoch": steps_per_epoch,

@@ -69,10 +69,21 @@ class ModelSelection(keras.callbacks.Callback):
     which says which run, config and data the best weights come from.
     """
 
-    def __init__(self, monitor: str, patience: int, directory: str, run: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        monitor: str,
+        patience: int,
+        directory: str,
+        run: dict[str, str] | None = None,
+        max_seconds: float = 0.0,
+    ) -> None:
         super().__init__()
         self.monitor = "val_" + metrics.keras_name(monitor)
         self.patience = patience
+        # train.max_minutes: the training budget in seconds (0 = none), summed over the recorded epochs' durations so
+        # that a resumed run spends what is left of it, not a new one.
+        self.max_seconds = max_seconds
+        self.stopped_by: str | None = None  # "patience" or "time_budget" when this callback ended the run
         self.directory = directory
         self.run = dict(run or {})
         self.state_path = os.path.join(directory, run_state.STATE_FILE)
@@ -105,12 +116,21 @@ class ModelSelection(keras.callbacks.Callback):
                     self.best, self.best_epoch, self.wait = value, h["epoch"], 0
                 else:
                     self.wait += 1
+        self.epoch_started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         # wall_time (unix seconds at the epoch's end, validation included): time-to-quality curves measure from
         # the moment a benchmark launched the process, start-up included.
-        self.history.append({"epoch": epoch + 1, "wall_time": time.time(), **{k: float(v) for k, v in logs.items()}})
+        seconds = time.perf_counter() - getattr(self, "epoch_started", time.perf_counter())
+        self.history.append(
+            {
+                "epoch": epoch + 1,
+                "wall_time": time.time(),
+                "epoch_seconds": round(seconds, 3),
+                **{k: float(v) for k, v in logs.items()},
+            }
+        )
         value = logs.get(self.monitor)
         if value is not None:
             if value > self.best:
@@ -121,11 +141,21 @@ class ModelSelection(keras.callbacks.Callback):
                 if self.wait >= self.patience:
                     log.info("early stop: no %s improvement for %d evaluations", self.monitor, self.wait)
                     self.model.stop_training = True
+                    self.stopped_by = "patience"
+        spent = self.training_seconds()
+        if self.max_seconds and spent >= self.max_seconds and not self.model.stop_training:
+            log.info("time budget: %.0f s of training spent (train.max_minutes %g)", spent, self.max_seconds / 60)
+            self.model.stop_training = True
+            self.stopped_by = "time_budget"
         state = {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "history": self.history}
         tmp = self.state_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump({**state, **self.run}, f)
         os.replace(tmp, self.state_path)
+
+    def training_seconds(self) -> float:
+        """Seconds of training (validation included) over the recorded epochs, before a resume too."""
+        return sum(h.get("epoch_seconds", 0.0) for h in self.history)
 
     def restore_best(self) -> bool:
         """Loads the best validated epoch's weights; False (the model keeps its last weights) when this run
