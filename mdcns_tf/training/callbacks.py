@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 
 import tensorflow as tf
 import tf_keras as keras
@@ -76,6 +77,7 @@ class ModelSelection(keras.callbacks.Callback):
         directory: str,
         run: dict[str, str] | None = None,
         max_seconds: float = 0.0,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         super().__init__()
         self.monitor = "val_" + metrics.keras_name(monitor)
@@ -84,6 +86,8 @@ class ModelSelection(keras.callbacks.Callback):
         # that a resumed run spends what is left of it, not a new one.
         self.max_seconds = max_seconds
         self.stopped_by: str | None = None  # "patience" or "time_budget" when this callback ended the run
+        self.clock = clock
+        self.epoch_started = clock()
         self.directory = directory
         self.run = dict(run or {})
         self.state_path = os.path.join(directory, run_state.STATE_FILE)
@@ -116,13 +120,13 @@ class ModelSelection(keras.callbacks.Callback):
                     self.best, self.best_epoch, self.wait = value, h["epoch"], 0
                 else:
                     self.wait += 1
-        self.epoch_started = time.perf_counter()
+        self.epoch_started = self.clock()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         # wall_time (unix seconds at the epoch's end, validation included): time-to-quality curves measure from
         # the moment a benchmark launched the process, start-up included.
-        seconds = time.perf_counter() - getattr(self, "epoch_started", time.perf_counter())
+        seconds = self.clock() - self.epoch_started
         self.history.append(
             {
                 "epoch": epoch + 1,
