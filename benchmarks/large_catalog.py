@@ -31,7 +31,8 @@ and, at 1M, ``dense`` (the code before lazy updates). Shapes: batch ``--batch``,
 ``--max-len`` uniform random ids (`benchmarks.synthetic_steps.synthetic_batches`: no padding, the worst case for the
 catalogue's cache behaviour), d ``--dim``, no length buckets. Groups: ``uniform`` (SASRec + one uniform negative,
 ``configs/base.yaml``), ``mdcns_position`` (``configs/beauty_sasrec_mdcns.yaml``: GRU4Rec peer, a pool per
-position), ``mdcns_sequence`` (the same with the paper's pool per sequence), ``threshold_uniform`` /
+position; at 1M items also with ``mdcns.pool_source: catalogue``, the draw before the step pool),
+``mdcns_sequence`` (the same with the paper's pool per sequence), ``threshold_uniform`` /
 ``threshold_mdcns_position``: dense against lazy at each of ``--threshold-sizes`` items, which sets
 `mdcns_tf.training.optimizers.LAZY_MIN_ROWS`, and ``pool_gradient_batch{16,32,64,128,256}``: with lazy updates at 1M
 items, a pool per position's sparse table gradient against its dense one, which sets
@@ -314,13 +315,15 @@ class ScaleVariant:
     sparse_updates: str  # train.sparse_updates
     batch: int | None = None  # None: --batch
     pool_gradient: str | None = None  # MDCNS, a pool per position: force "sparse" or "dense"; None: the model's rule
+    pool_source: str | None = None  # MDCNS, a pool per position: mdcns.pool_source; None: the config's (auto)
 
     @property
     def label(self) -> str:
         label = f"{self.n_items}/{self.sparse_updates}"
         if self.batch:
             label += f"/batch{self.batch}"
-        return label + (f"/{self.pool_gradient}" if self.pool_gradient else "")
+        label += f"/{self.pool_gradient}" if self.pool_gradient else ""
+        return label + (f"/pool_source_{self.pool_source}" if self.pool_source else "")
 
 
 def compare_groups(threshold_sizes: list[int]) -> dict[str, list[ScaleVariant]]:
@@ -333,6 +336,8 @@ def compare_groups(threshold_sizes: list[int]) -> dict[str, list[ScaleVariant]]:
         ]
         for name in SCALE_CONFIGS
     }
+    # Lazy updates with each position's pool drawn from the whole catalogue (before mdcns.pool_source: step)
+    groups["mdcns_position"].append(ScaleVariant("mdcns_position", MILLION_ITEMS, "auto", pool_source="catalogue"))
     for name in ("uniform", "mdcns_position"):
         groups[f"threshold_{name}"] = [
             ScaleVariant(name, n, mode) for n in threshold_sizes for mode in ("dense", "lazy")
@@ -365,6 +370,7 @@ def build_scale_variant(variant: ScaleVariant, args: argparse.Namespace) -> tupl
             "loss.reduction=batch",
             "seed=1",
             f"train.sparse_updates={variant.sparse_updates}",
+            *([f"mdcns.pool_source={variant.pool_source}"] if variant.pool_source else []),
         ],
     )
     keras.utils.set_random_seed(config.seed)
@@ -410,6 +416,7 @@ def run_compare_child(group: str, args: argparse.Namespace) -> dict[str, Any]:
             "sparse_updates": variant.sparse_updates,
             "lazy_updates": bool(model.lazy_updates),
             "sparse_pool_gradient": getattr(model, "sparse_pool_gradient", None),
+            "step_pool_rows": getattr(model, "step_pool_rows", None),  # mdcns.pool_source step: rows a step draws
             "optimizer": type(model.optimizer).__name__,
             "build_and_warmup_seconds": round(time.perf_counter() - started, 1),
         }

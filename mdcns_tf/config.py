@@ -101,6 +101,10 @@ class TrainConfig:
     verbose: Literal[0, 1, 2] = 2  # Keras fit verbosity: 1 progress bar, 2 one line per epoch
     tensorboard: bool = True
     backup_and_restore: bool = True
+    # A finished run's output_dir: its selected weights (best/weights) start this run, item-table rows mapped by item
+    # key between the two data folders' vocabularies, new items initialised as in a fresh run, optimizer state not
+    # carried (mdcns_tf/training/warm_start.py). "": a fresh start.
+    warm_start: str = ""
 
 
 @dataclasses.dataclass
@@ -143,6 +147,12 @@ class MDCNSConfig:
     # "sequence": one pool a sequence, shared by its positions (cheapest); "position": a fresh pool for every
     # position, as the authors' prefix samples each draw their own (more distinct hard negatives per sequence).
     pool_scope: Literal["sequence", "position"] = "sequence"
+    # Where a pool per position draws from: "catalogue" (every item, each draw independent), or "step": a shared
+    # draw of batch_size x pool_size items a step (the rows a pool per sequence touches), from which each position
+    # draws its own pool, so a step touches and updates those rows, not most of a large table. Each candidate is
+    # still marginally a draw from the catalogue outside the history. "auto": step when the item tables get lazy
+    # updates (train.sparse_updates; large catalogues), else catalogue.
+    pool_source: Literal["auto", "catalogue", "step"] = "auto"
     # Candidates drawn with probability proportional to (training count + 1)^pool_alpha among items outside the
     # sequence: 0 = uniform (the paper); 0.75 = word2vec's unigram^0.75, more popular items in the pool. With
     # loss.name sampled_softmax the pool's scores get the logQ correction (minus log q(item)).

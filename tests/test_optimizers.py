@@ -204,7 +204,15 @@ def recording(monkeypatch, module, name: str) -> list:
 
 @pytest.mark.parametrize("scope", ["position", "sequence"])
 def test_an_mdcns_step_with_lazy_updates_moves_only_the_rows_it_touched(monkeypatch, scope):
-    model = built(tiny_config("trainer=mdcns", "mdcns.pool_size=10", f"mdcns.pool_scope={scope}", "data.batch_size=4"))
+    model = built(
+        tiny_config(
+            "trainer=mdcns",
+            "mdcns.pool_size=10",
+            f"mdcns.pool_scope={scope}",
+            "mdcns.pool_source=catalogue",
+            "data.batch_size=4",
+        )
+    )
     assert isinstance(model.optimizer, LazyAdam) and isinstance(model.peer_optimizer, LazyAdam)
     assert model.sparse_pool_gradient  # 4 x 8 x 10 draws of 2,001 rows: the pool's distinct rows
     pools = recording(monkeypatch, mdcns_model, "sample_excluding")
@@ -224,7 +232,7 @@ def test_an_mdcns_step_with_lazy_updates_moves_only_the_rows_it_touched(monkeypa
 def test_a_pool_per_position_drawing_most_of_the_table_gets_the_dense_gradient_under_lazy_updates(monkeypatch):
     calls = recording(monkeypatch, pool_scoring, "pool_rows")
     monkeypatch.setattr(mdcns_model, "pool_rows", pool_scoring.pool_rows)
-    common = ("trainer=mdcns", "mdcns.pool_size=10", "mdcns.pool_scope=position")
+    common = ("trainer=mdcns", "mdcns.pool_size=10", "mdcns.pool_scope=position", "mdcns.pool_source=catalogue")
     few = built(tiny_config(*common, "data.batch_size=4"))  # 4 x 8 x 10 draws of 2,001 rows
     many = built(tiny_config(*common, "data.batch_size=64"))  # 5,120 draws: more than half the rows
     assert few.sparse_pool_gradient and not many.sparse_pool_gradient
@@ -264,3 +272,48 @@ def test_dense_updates_keep_the_dense_pool_gradient(monkeypatch):
     assert type(model.peer_optimizer) is keras.optimizers.Adam
     model.train_step(tiny_batch())
     assert not calls
+
+
+def test_auto_pool_source_draws_from_the_catalogue_under_dense_updates_and_from_a_step_pool_under_lazy():
+    common = ("trainer=mdcns", "mdcns.pool_size=10", "mdcns.pool_scope=position", "data.batch_size=4")
+    assert built(tiny_config(*common, "train.sparse_updates=dense")).step_pool_rows is None  # Beauty: unchanged
+    assert built(tiny_config(*common)).step_pool_rows == 4 * 10  # lazy: batch x pool_size rows a step
+    assert built(tiny_config(*common, "mdcns.pool_source=catalogue")).step_pool_rows is None
+    sequence = built(tiny_config("trainer=mdcns", "mdcns.pool_scope=sequence", "mdcns.pool_source=step"))
+    assert sequence.step_pool_rows is None  # a pool per sequence already touches only batch x pool_size rows
+
+
+def test_a_step_pool_gives_every_position_its_own_pool_from_the_steps_rows_and_moves_only_those(monkeypatch):
+    model = built(tiny_config("trainer=mdcns", "mdcns.pool_size=10", "mdcns.pool_scope=position", "data.batch_size=4"))
+    step_draws = recording(monkeypatch, mdcns_model, "sample_excluding")
+    local_draws = recording(monkeypatch, mdcns_model, "sample_from_rows")
+    tables = [model.encoder.item_embedding.embeddings, model.peer.item_embedding.embeddings]
+    before = [t.numpy().copy() for t in tables]
+    batch = tiny_batch()
+    model.train_step(batch)
+    step_ids = step_draws[0].numpy()[0]
+    assert step_ids.shape == (4 * 10,)
+    local = local_draws[0].numpy()  # (P, N): one pool per trained position, indices into the step's rows
+    assert local.shape == (4 * MAX_LEN, 10) and local.min() >= 0 and local.max() < step_ids.size
+    pools = step_ids[local]
+    exclusions = batch[EXCLUSION_IDS].numpy()
+    for row, pool in enumerate(pools):  # positions in row-major order: sequence row // MAX_LEN
+        assert not set(pool.tolist()) & set(exclusions[row // MAX_LEN].tolist())
+    assert len({tuple(sorted(p.tolist())) for p in pools}) > 1  # the positions do not share one pool
+    touched = set(exclusions.ravel().tolist()) | set(step_ids.tolist()) | {0}
+    for table_before, variable in zip(before, tables, strict=True):
+        moved = moved_rows(table_before, variable)
+        assert moved and moved <= touched
+
+
+def test_sample_from_rows_draws_every_allowed_row_and_never_an_excluded_item():
+    from mdcns_tf.samplers.candidates import sample_from_rows
+
+    rows = tf.constant([5, 6, 7, 8, 6], tf.int32)
+    exclusions = tf.constant([[6, 0], [5, 8]], tf.int32)
+    drawn = sample_from_rows(tf.random.Generator.from_seed(1), exclusions, rows, 4000).numpy()
+    items = rows.numpy()[drawn]
+    assert set(items[0].tolist()) == {5, 7, 8} and set(items[1].tolist()) == {6, 7}
+    # uniform over the allowed rows: row 1 and row 4 (both item 6) count twice for the second sequence
+    counts = np.bincount(drawn[1], minlength=5) / 4000
+    np.testing.assert_allclose(counts[[1, 2, 4]], [1 / 3] * 3, atol=0.04)

@@ -53,10 +53,6 @@ def sample_excluding(
     (rejection sampling keeps the proportions exact). Padding zeros in ``exclusion_ids`` are harmless: 0 is never
     drawn.
     """
-    exclusion_ids = tf.cast(exclusion_ids, tf.int32)
-    sorted_exclusions = tf.sort(exclusion_ids, axis=-1)
-    batch = tf.shape(exclusion_ids)[0]
-
     cdf = probs_cdf
     if cdf is None and probs_logits is not None:
         cdf = draw_cdf(probs_logits)
@@ -69,28 +65,53 @@ def sample_excluding(
         picks = tf.searchsorted(cdf, u, side="right", out_type=tf.int32)
         return tf.reshape(tf.minimum(picks, n_items - 1) + 1, shape)
 
-    ids = draw(tf.stack([batch, num_samples]))
+    return draw_excluding(draw, lambda drawn: drawn, exclusion_ids, num_samples)
+
+
+def sample_from_rows(
+    generator: tf.random.Generator, exclusion_ids: tf.Tensor, row_ids: tf.Tensor, num_samples: int
+) -> tf.Tensor:
+    """Draws `(batch, num_samples)` indices into ``row_ids`` `(S,)` whose items are not in ``exclusion_ids``
+    `(batch, x)`: uniform over the S rows (duplicates count as often as they occur), rejection as in
+    `sample_excluding`. With ``row_ids`` themselves a draw from the catalogue, each sample is marginally a draw
+    from the catalogue outside the history, while a step touches only the S rows (MDCNS ``pool_source: step``)."""
+    rows = tf.shape(row_ids)[0]
+
+    def draw(shape: tf.Tensor) -> tf.Tensor:
+        return generator.uniform(shape, minval=0, maxval=rows, dtype=tf.int32)
+
+    return draw_excluding(draw, lambda drawn: tf.gather(row_ids, drawn), exclusion_ids, num_samples)
+
+
+def draw_excluding(draw: Any, to_ids: Any, exclusion_ids: tf.Tensor, num_samples: int) -> tf.Tensor:
+    """The rejection loop of `sample_excluding` and `sample_from_rows`: ``draw(shape)`` proposals `(shape)`,
+    ``to_ids(proposals)`` their item ids; proposals whose item is in the row's ``exclusion_ids`` `(batch, x)` are
+    drawn again. -> accepted proposals `(batch, num_samples)`."""
+    exclusion_ids = tf.cast(exclusion_ids, tf.int32)
+    sorted_exclusions = tf.sort(exclusion_ids, axis=-1)
+    batch = tf.shape(exclusion_ids)[0]
+    drawn = draw(tf.stack([batch, num_samples]))
     # Only the rejected draws are drawn again, each checked against its own row: re-drawing and re-checking all
     # B x L x N draws of position pools every round made the draw ~10% of an MDCNS step. Each draw still ends as
     # the first of its proposals outside the history, so the distribution is the same.
-    rejected = tf.where(in_sorted(sorted_exclusions, ids))  # (R, 2): (row, column)
+    rejected = tf.where(in_sorted(sorted_exclusions, to_ids(drawn)))  # (R, 2): (row, column)
 
-    def redraw(ids: tf.Tensor, rejected: tf.Tensor, step: tf.Tensor):
+    def redraw(drawn: tf.Tensor, rejected: tf.Tensor, step: tf.Tensor):
         proposals = draw(tf.shape(rejected)[:1])
-        still = in_sorted(tf.gather(sorted_exclusions, rejected[:, 0]), proposals[:, tf.newaxis])[:, 0]
-        ids = tf.tensor_scatter_nd_update(ids, rejected, proposals)
-        return ids, tf.boolean_mask(rejected, still), step + 1
+        still = in_sorted(tf.gather(sorted_exclusions, rejected[:, 0]), to_ids(proposals)[:, tf.newaxis])[:, 0]
+        drawn = tf.tensor_scatter_nd_update(drawn, rejected, proposals)
+        return drawn, tf.boolean_mask(rejected, still), step + 1
 
-    ids, rejected, _ = tf.while_loop(
-        lambda ids, rejected, step: tf.logical_and(tf.size(rejected) > 0, step < MAX_REDRAWS),
+    drawn, rejected, _ = tf.while_loop(
+        lambda drawn, rejected, step: tf.logical_and(tf.size(rejected) > 0, step < MAX_REDRAWS),
         redraw,
-        (ids, rejected, tf.constant(0)),
-        shape_invariants=(ids.shape, tf.TensorShape([None, 2]), tf.TensorShape([])),
+        (drawn, rejected, tf.constant(0)),
+        shape_invariants=(drawn.shape, tf.TensorShape([None, 2]), tf.TensorShape([])),
     )
     tf.debugging.assert_equal(
         tf.size(rejected), 0, message="negative sampling: a history covers (almost) the whole item catalogue"
     )
-    return ids
+    return drawn
 
 
 def sample_position_pools(

@@ -8,7 +8,8 @@ One Keras model holds three submodels: the **self** backbone (validated, early-s
 
 1. candidate pool C: uniform items outside the sequence (history and targets), one pool per sequence shared by
    all its positions `(batch, N)`, or with ``pool_scope: position`` a fresh one per trained position (the P trained
-   positions of the batch laid out as one sequence, `(1, P, N)`);
+   positions of the batch laid out as one sequence, `(1, P, N)`), drawn from the catalogue or, with
+   ``pool_source: step`` (the default under lazy updates), from a shared draw of batch x N rows a step;
    with ``pool_alpha`` > 0 drawn in proportion to (training count + 1)^pool_alpha instead;
 2. scores of both students on the positives `(batch, len)` and on C `(batch, len, N)` by batched matmul, or for
    pools per position by an XLA-fused gather-dot (`score_position_pools`; never a `(batch, len, N, dim)` tensor),
@@ -38,10 +39,17 @@ from mdcns_tf.backbones import Backbone, build_backbone
 from mdcns_tf.batch import EXCLUSION_IDS, INPUT_IDS, TARGET_IDS
 from mdcns_tf.config import Config, MDCNSConfig
 from mdcns_tf.features import Metadata
-from mdcns_tf.samplers.candidates import draw_cdf, sample_excluding, score_candidates, top_m_uniform_pick
+from mdcns_tf.samplers.candidates import (
+    draw_cdf,
+    sample_excluding,
+    sample_from_rows,
+    score_candidates,
+    top_m_uniform_pick,
+)
 from mdcns_tf.samplers.pool_scoring import PoolRows, pool_rows, score_position_pools
 from mdcns_tf.samplers.popularity import popularity_log_weights
 from mdcns_tf.training import optimizers
+from mdcns_tf.training.mdcns_teachers import BackboneTeacher, ConsensusTeacher
 from mdcns_tf.training.retrieval_model import RetrievalModel, masked_mean, replica_scale
 
 log = logging.getLogger(__name__)
@@ -81,48 +89,6 @@ def positive_and_pool_scores(
     return tf.concat([positive, pool], axis=-1)
 
 
-class ConsensusTeacher(keras.layers.Layer):
-    """Weight-free teacher: the mean (authors' code) or sum (paper) of the students' scores, `(..., n)` each."""
-
-    def __init__(self, reduction: str = "mean", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"consensus reduction must be 'mean' or 'sum', got {reduction!r}")
-        self.reduction = reduction
-
-    def call(self, self_scores: tf.Tensor, peer_scores: tf.Tensor) -> tf.Tensor:
-        total = self_scores + peer_scores
-        return 0.5 * total if self.reduction == "mean" else total
-
-
-class BackboneTeacher(keras.layers.Layer):
-    """A teacher with weights of its own: a frozen pre-trained backbone, or an EMA copy of the self backbone.
-
-    Its weights are never trained by the optimizers: ``ema`` follows the self model after each step
-    (w <- decay . w + (1 - decay) . w_self), ``frozen`` is restored once from a checkpoint of a single-model run.
-    """
-
-    def __init__(self, backbone: Backbone, mode: str, ema_decay: float = 0.999, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.backbone = backbone
-        self.mode = mode
-        self.ema_decay = ema_decay
-        self.backbone.trainable = False
-
-    def follow(self, source: Backbone) -> None:
-        """EMA update from the self backbone (no-op for a frozen teacher)."""
-        if self.mode != "ema":
-            return
-        for target, value in zip(self.backbone.weights, source.weights, strict=True):
-            target.assign(self.ema_decay * target + (1.0 - self.ema_decay) * value)
-
-    def restore(self, checkpoint_path: str) -> None:
-        """Loads the ``encoder`` of a checkpoint written by `mdcns_tf.train` (``<output_dir>/best/weights``)."""
-        status = tf.train.Checkpoint(encoder=self.backbone).restore(checkpoint_path)
-        status.expect_partial()
-        status.assert_nontrivial_match()
-
-
 class MDCNSModel(RetrievalModel):
     """Teacher-Peer-Self model. ``self.encoder`` is the self backbone; only it is evaluated and exported."""
 
@@ -140,6 +106,7 @@ class MDCNSModel(RetrievalModel):
         item_counts: list[int] | None = None,
         lazy_updates: bool = False,
         pool_draws_per_step: int | None = None,
+        step_pool_rows: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(self_backbone, **kwargs)
@@ -172,6 +139,14 @@ class MDCNSModel(RetrievalModel):
         self.sparse_pool_gradient = lazy_updates and (
             pool_draws_per_step is None or pool_draws_per_step < SPARSE_POOL_MAX_DRAWS_SHARE * (n_items + 1)
         )
+        # ``mdcns.pool_source`` resolved: the rows a step's pools per position draw from (None: the catalogue).
+        self.step_pool_rows = None
+        if params.pool_scope == "position" and (
+            params.pool_source == "step" or (params.pool_source == "auto" and lazy_updates)
+        ):
+            if not step_pool_rows:
+                raise ValueError("mdcns.pool_source step needs the rows of a step's pool (batch_size x pool_size)")
+            self.step_pool_rows = step_pool_rows
         self.peer_optimizer = optimizers.adam(peer_learning_rate, lazy=lazy_updates)
         if params.teacher in ("mean", "sum"):
             self.teacher = ConsensusTeacher(params.teacher, name="teacher")
@@ -285,17 +260,30 @@ class MDCNSModel(RetrievalModel):
                 return values
 
         # (batch, N): one pool a sequence; or (1, P, N): one a trained position
-        pool_ids = sample_excluding(
-            self.generator, exclusion_ids, self.n_items, self.params.pool_size, probs_cdf=self.pool_cdf
-        )
-        pool_ids = pool_ids[tf.newaxis] if per_position else pool_ids
+        rows = None
+        if self.step_pool_rows is not None:
+            # pool_source step: every position's pool from one shared draw of the catalogue; the step's table
+            # gradient is those rows (`PoolRows` with repeats: the optimizer sums them).
+            no_exclusions = tf.zeros([1, 1], tf.int32)
+            step_ids = sample_excluding(
+                self.generator, no_exclusions, self.n_items, self.step_pool_rows, probs_cdf=self.pool_cdf
+            )[0]
+            local = sample_from_rows(self.generator, exclusion_ids, step_ids, self.params.pool_size)[tf.newaxis]
+            rows = PoolRows(step_ids, local)
+            pool_ids = tf.gather(step_ids, local)
+        else:
+            pool_ids = sample_excluding(
+                self.generator, exclusion_ids, self.n_items, self.params.pool_size, probs_cdf=self.pool_cdf
+            )
+            pool_ids = pool_ids[tf.newaxis] if per_position else pool_ids
         pool_logq = None
         if self.pool_log_probs is not None:
             pool_logq = tf.gather(self.pool_log_probs, pool_ids)  # (batch, N) or (1, P, N)
             pool_logq = pool_logq if pool_ids.shape.rank == 3 else pool_logq[:, tf.newaxis, :]
 
         # Lazy updates: the pool's distinct rows, once for every table scored on it.
-        rows = pool_rows(pool_ids, self.n_items + 1) if per_position and self.sparse_pool_gradient else None
+        if rows is None and per_position and self.sparse_pool_gradient:
+            rows = pool_rows(pool_ids, self.n_items + 1)
 
         def scores_of(backbone: Backbone, training: bool) -> tf.Tensor:
             states = positions(backbone(input_ids, training=training))
@@ -388,6 +376,7 @@ def build_mdcns_model(config: Config, metadata: Metadata) -> MDCNSModel:
         item_counts=metadata.item_counts,
         lazy_updates=optimizers.lazy_updates(config.train.sparse_updates, metadata.n_items),
         pool_draws_per_step=config.data.batch_size * max_len * params.pool_size,
+        step_pool_rows=config.data.batch_size * params.pool_size,
         ks=config.eval.ks,
         eval_chunk_size=config.eval.item_chunk_size,
         name="mdcns",
