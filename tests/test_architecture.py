@@ -104,7 +104,15 @@ def test_the_library_imports_only_its_own_layer_and_below():
 
 def test_pipeline_and_serving_take_only_the_contracts_from_the_library():
     allowed = {
-        "pipeline": {"mdcns_tf", "mdcns_tf.features", "mdcns_tf.cli"},
+        # pipeline.recommend is a SavedModel client like serving/: the TensorFlow-free contract names and version
+        # folders, never the model code
+        "pipeline": {
+            "mdcns_tf",
+            "mdcns_tf.features",
+            "mdcns_tf.cli",
+            "mdcns_tf.savedmodel.signatures",
+            "mdcns_tf.savedmodel.versions",
+        },
         "serving": {"mdcns_tf", "mdcns_tf.savedmodel", "mdcns_tf.savedmodel.signatures"},
     }
     wrong = [
