@@ -16,8 +16,10 @@ Modules, in the order a run goes through them:
     fields        one field's text: numbers (timestamps, ratings) and keys
     sequences     per-user chronological sequences, dedupe, k-core, minimum length
     vocabulary    the order of ``items.txt`` / ``users.txt`` and the stage that builds them
+    parent        ``--vocabulary_from``: a previous output whose ids a run keeps, checked and read
     records       ids joined to the events, records per split
     splits        the split protocols and ``--split_file`` (pure but for reading that file)
+    timesplit     ``--split time``: the global temporal cut, its held-out users and its stats
     sinks         writing the record and rejected files, and naming them in the last step
     outputs       what may be written and deleted in ``--output``; ``metadata.json`` and the manifest
     accounting    the row stats and the ``metadata.json`` counts made of them

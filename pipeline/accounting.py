@@ -6,9 +6,13 @@ Beam ~0.5 s of graph construction). The names:
 
 - per file, from the parser (`pipeline.formats.LineParser.counts`): ``lines_read``, ``empty_lines``,
   ``header_lines``, ``rows_read``, ``rows_parsed``, ``rows_rejected``, ``rejected_<reason>``;
-- per user (`sequence_stats`): ``users_read`` and ``rows_after_dedupe`` once the sequences are built,
+- per user (`sequence_stats`): ``users_read`` and ``rows_after_dedupe`` as the sequences enter the filters,
   ``rows_after_kcore`` after the k-core, ``rows_written`` after the minimum length; with a k-core,
-  ``kcore_items_below_k`` / ``kcore_users_below_k`` (`pipeline.sequences.kcore_violations`);
+  ``kcore_items_below_k`` / ``kcore_users_below_k`` (`pipeline.sequences.kcore_violations`); with the time split,
+  ``rows_filtered_time_cut``, the events after a user's target, dropped before the filters (so
+  ``rows_after_dedupe`` counts the rows left after the dedupe and the cut), and ``targets_unseen_<split>``
+  (`pipeline.timesplit`);
+- per written user vocabulary: ``users_written`` (`pipeline.vocabulary.BuildVocabularies`);
 - per record: ``records_<split>``.
 
 `row_counts` turns the totals into ``metadata.counts`` and checks the invariant
@@ -67,12 +71,14 @@ class SumStats(beam.PTransform):
         return portable.combine_globally(totals, SumDicts(), {}, "ToDict")
 
 
-def row_counts(stats: dict[str, int], users_written: int, kcore: int) -> dict[str, int]:
+def row_counts(stats: dict[str, int], users_written: int, kcore: int, time_cut: bool = False) -> dict[str, int]:
     """``metadata.counts`` from the summed stats (an absent name counted nothing); AssertionError when the rows
-    do not add up, which is a bug, never bad input. The k-core counts appear only when a k-core ran (``kcore > 1``).
+    do not add up, which is a bug, never bad input. The k-core counts appear only when a k-core ran (``kcore > 1``),
+    ``rows_filtered_time_cut`` only with the time split (``time_cut``).
     """
     stat = lambda key: int(stats.get(key, 0))  # noqa: E731
     rows_parsed = stat("rows_parsed")
+    cut = stat("rows_filtered_time_cut")
     counts = {
         "lines_read": stat("lines_read"),
         "empty_lines": stat("empty_lines"),
@@ -81,7 +87,8 @@ def row_counts(stats: dict[str, int], users_written: int, kcore: int) -> dict[st
         "rows_rejected": stat("rows_rejected"),
         "rows_written": stat("rows_written"),
         "rows_filtered": rows_parsed - stat("rows_written"),
-        "rows_filtered_dedupe": rows_parsed - stat("rows_after_dedupe"),
+        "rows_filtered_dedupe": rows_parsed - stat("rows_after_dedupe") - cut,
+        **({"rows_filtered_time_cut": cut} if time_cut else {}),
         "rows_filtered_kcore": stat("rows_after_dedupe") - stat("rows_after_kcore"),
         "rows_filtered_min_seq_len": stat("rows_after_kcore") - stat("rows_written"),
         "users_read": stat("users_read"),

@@ -7,6 +7,7 @@ The flags themselves (names, defaults, help) are `pipeline.run.build_arg_parser`
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from pipeline import formats, sequences, splits
 
@@ -41,6 +42,9 @@ class PipelineConfig:
     max_line_bytes: int = formats.DEFAULT_MAX_LINE_BYTES
     overwrite: bool = False
     split_file: str | None = None
+    cutoff: float | None = None  # --split time: the cut, in the log's timestamp unit
+    cutoff_quantile: float | None = None  # --split time: the cut as a fraction of the log's time range
+    vocabulary_from: str | None = None  # a previous output whose ids this run keeps (`pipeline.parent`)
 
     def __post_init__(self) -> None:
         if not self.input.strip():
@@ -82,10 +86,35 @@ class PipelineConfig:
             splits.split_sizes(0, self.valid_fraction, self.test_fraction)  # validates the fractions
         if self.split_file is not None and self.split != "user":
             raise ValueError("--split_file assigns users to splits: it needs --split user")
+        self._check_time_split()
+        if self.vocabulary_from is not None and not self.vocabulary_from.strip():
+            raise ValueError("--vocabulary_from is empty: name a previous pipeline output folder")
         if self.columns is not None:
             if self.input_format != "interactions":
                 raise ValueError("--columns only applies to --input_format interactions")
             formats.parse_columns(self.columns)
+
+    def _check_time_split(self) -> None:
+        given = [
+            flag
+            for flag, value in (("--cutoff", self.cutoff), ("--cutoff_quantile", self.cutoff_quantile))
+            if value is not None
+        ]
+        if self.split != "time":
+            if given:
+                raise ValueError(f"{given[0]} places the cut of --split time: it needs --split time")
+            return
+        if self.input_format != "interactions":
+            raise ValueError(
+                f"--split time cuts on timestamps, and --input_format {self.input_format} has none (only an order): "
+                "use --input_format interactions with a timestamp column, or --split loo/user"
+            )
+        if len(given) != 1:
+            raise ValueError("--split time needs exactly one of --cutoff T (a timestamp) or --cutoff_quantile Q")
+        if self.cutoff is not None and not math.isfinite(self.cutoff):
+            raise ValueError(f"--cutoff {self.cutoff}: give a finite timestamp, in the unit of the log's timestamps")
+        if self.cutoff_quantile is not None and not 0 < self.cutoff_quantile < 1:
+            raise ValueError(f"--cutoff_quantile {self.cutoff_quantile}: give Q with 0 < Q < 1 (e.g. 0.8)")
 
     @property
     def effective_min_seq_len(self) -> int:

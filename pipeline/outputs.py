@@ -45,10 +45,11 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from mdcns_tf import features
-from pipeline import accounting
+from pipeline import accounting, splits
 
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
+    from pipeline.parent import ParentVocabulary
     from pipeline.splits import SplitFile
 
 LOG = logging.getLogger("pipeline")
@@ -270,17 +271,17 @@ def record_fingerprint(
 ) -> tuple[dict[str, Any], list[str]]:
     """``(fingerprint, relative paths written)`` from the sinks' output paths (``split/name`` and
     ``rejected/name``) and the vocabulary texts about to be written as ``items.txt``/``users.txt``."""
-    splits: dict[str, Any] = {split: {"records": records.get(split, 0), "files": {}} for split in features.SPLITS}
+    per_split: dict[str, Any] = {split: {"records": records.get(split, 0), "files": {}} for split in features.SPLITS}
     relative = []
     for path in written:
         directory, name = posixpath.basename(posixpath.dirname(path.replace("\\", "/"))), posixpath.basename(path)
         relative.append(f"{directory}/{name}")
-        if directory in splits:
+        if directory in per_split:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                splits[directory]["files"][name] = features.sha256_stream(f)
+                per_split[directory]["files"][name] = features.sha256_stream(f)
     fingerprint = {
         "algorithm": features.FINGERPRINT_ALGORITHM,
-        "splits": splits,
+        "splits": per_split,
         "vocabularies": {name: _sha256_text(text) for name, text in vocabularies.items()},
     }
     return fingerprint, sorted(relative)
@@ -300,20 +301,23 @@ def write_metadata(
     item_counts: dict[int, int],
     written: list[str],
     split_file: SplitFile | None = None,
+    time_cut: dict[str, Any] | None = None,
+    parent: ParentVocabulary | None = None,
 ) -> dict[str, Any]:
     """The pipeline's last writes: ``items.txt``, ``users.txt``, ``metadata.json``, then the complete
     ``manifest.json``; returns the metadata dict.
 
     ``files``: the input paths; ``stats``: the summed stats (`pipeline.accounting`); ``item_vocab`` /
     ``user_vocab``: the keys of ids 1..n; ``item_counts``: ``{item id: occurrences in the train records}``;
-    ``written``: the final paths of every sink's files, which the fingerprint hashes. Called once by the graph's
+    ``written``: the final paths of every sink's files, which the fingerprint hashes; ``time_cut``: the time split's
+    cutoff (`pipeline.splits.split_metadata`); ``parent``: ``--vocabulary_from``. Called once by the graph's
     last step (`pipeline.preprocess.Finish`), after every sink's files are in place.
     """
     n_items, n_users = len(item_vocab), len(user_vocab)
     dense_counts = [0] * (n_items + 1)
     for item_id, count in item_counts.items():
         dense_counts[item_id] = count
-    counts = accounting.row_counts(stats, n_users, config.kcore)
+    counts = accounting.row_counts(stats, stats.get("users_written", 0), config.kcore, config.split == "time")
     records = accounting.record_counts(stats)
     vocabularies = {
         features.ITEMS_FILE: "".join(k + "\n" for k in item_vocab),
@@ -325,29 +329,7 @@ def write_metadata(
         n_users=n_users,
         n_items=n_items,
         item_counts=dense_counts,
-        split={
-            "protocol": config.split,
-            "seed": config.seed if split_file is None else None,
-            "fractions": (
-                {
-                    "train": round(1.0 - config.valid_fraction - config.test_fraction, 10),
-                    "valid": config.valid_fraction,
-                    "test": config.test_fraction,
-                }
-                if config.split == "user" and split_file is None
-                else None
-            ),
-            "min_seq_len": config.effective_min_seq_len,
-            **(
-                {
-                    "split_file": split_file.path,
-                    "split_file_sha256": split_file.sha256,
-                    "split_file_users": split_file.sizes,
-                }
-                if split_file is not None
-                else {}
-            ),
-        },
+        split=splits.split_metadata(config, split_file, time_cut),
         counts=counts,
         records=records,
         source={
@@ -355,6 +337,7 @@ def write_metadata(
             "files": files,
             "format": config.input_format,
             "options": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("input", "output")},
+            **({"vocabulary_from": parent.describe(n_items, n_users)} if parent is not None else {}),
         },
         fingerprint=fingerprint,
     )

@@ -1,13 +1,16 @@
 """The whole Beam graph as one composite transform, `Preprocess`: input files -> the data folder in ``--output``.
 
-    p | "Preprocess" >> Preprocess(config, inputs, split_file)      # what `pipeline.run` applies
+    p | "Preprocess" >> Preprocess(config, inputs, split_file, parent)      # what `pipeline.run` applies
 
 Its stages, in order, and the elements between them (``K`` = a raw key string):
 
     ReadFiles          (file_ordinal, path, size_bytes)
                          -> (ROWS, row) | (REJECTED, text line) | (COUNTS, dict)        `pipeline.reading`
     BuildSequences     rows grouped per user -> (user K, [item K, ...]), chronological   `pipeline.sequences`
+    (TimeCut)          --split time: the events up to each user's target (the first at/after the cut)
+                         -> ((user K, target K | None), [item K, ...])                   `pipeline.timesplit`
     FilterSequences    -> the same, fewer: k-core, minimum length                        `pipeline.sequences`
+    (HeldOut)          --split time: -> (user K, [item K, ...]) + (user K, valid | test)  `pipeline.timesplit`
     BuildVocabularies  -> {"item_vocab": [item K, ...], "user_vocab": [user K, ...]}     `pipeline.vocabulary`
     MakeRecords        sequences + vocabularies -> (split, (user_index, [item id], target))  `pipeline.records`
     WriteOutputFiles   rejected lines, records -> (sink, temporary path) per file         `pipeline.sinks`
@@ -31,8 +34,9 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline import formats, outputs, portable, reading, records, sequences, sinks, vocabulary
+from pipeline import formats, outputs, portable, reading, records, sequences, sinks, timesplit, vocabulary
 from pipeline.config import PipelineConfig
+from pipeline.parent import ParentVocabulary
 from pipeline.splits import SplitFile
 
 
@@ -42,17 +46,23 @@ class Preprocess(beam.PTransform):
     ``inputs``: the matched files, ``[(file_ordinal, path, size_bytes)]`` (`reading.match_inputs`); the output
     directory must have been made ready (`outputs.prepare_output`). ``split_file`` (the loaded ``--split_file``)
     travels with the `records.UserSplits` DoFn: a paper's split is a few thousand lines; a split of millions of
-    users would rather be joined like the vocabularies.
+    users would rather be joined like the vocabularies. ``parent``: the checked ``--vocabulary_from``
+    (`pipeline.parent.load_parent`).
     """
 
     def __init__(
-        self, config: PipelineConfig, inputs: list[tuple[int, str, int]], split_file: SplitFile | None = None
+        self,
+        config: PipelineConfig,
+        inputs: list[tuple[int, str, int]],
+        split_file: SplitFile | None = None,
+        parent: ParentVocabulary | None = None,
     ) -> None:
         super().__init__()
         # Workers (Dask worker processes, remote machines) write the files: never rely on the launcher's cwd.
         self.config = dataclasses.replace(config, output=outputs.absolute(config.output))
         self.inputs = inputs
         self.split_file = split_file
+        self.parent = parent
         self.run_id = uuid.uuid4().hex[:16]  # names the sinks' temporary folders
 
     def expand(self, root: beam.pvalue.PBegin) -> beam.PCollection:
@@ -67,14 +77,28 @@ class Preprocess(beam.PTransform):
                 reading.ReadAndParse(config.input_format, delimiter, fixed, columns, config.max_line_bytes)
             )
         )
+        time_split = config.split == "time"
         built = portable.select(parsed, reading.ROWS, "Rows") | "BuildSequences" >> sequences.BuildSequences(
-            has_timestamps=config.input_format == "interactions", dedupe=config.dedupe
+            has_timestamps=config.input_format == "interactions", dedupe=config.dedupe, with_times=time_split
         )
+        if time_split:
+            cut = built | "TimeCut" >> timesplit.TimeCut(config.cutoff, config.cutoff_quantile)
+            built = cut["sequences"]
         filtered = built | "FilterSequences" >> sequences.FilterSequences(
             config.kcore, config.kcore_rounds, config.effective_min_seq_len
         )
-        vocabularies = filtered["sequences"] | "BuildVocabularies" >> vocabulary.BuildVocabularies()
-        split_records = {"sequences": filtered["sequences"], **vocabularies} | "MakeRecords" >> records.MakeRecords(
+        kept = (
+            filtered["sequences"]
+            if not time_split
+            else filtered["sequences"] | "HeldOut" >> timesplit.HeldOut(config.seed)
+        )
+        kept_sequences = kept if not time_split else kept["sequences"]
+        vocabularies = kept_sequences | "BuildVocabularies" >> vocabulary.BuildVocabularies(self.parent)
+        split_records = {
+            "sequences": kept_sequences,
+            **vocabularies,
+            **({"held_out": kept["held_out"]} if time_split else {}),
+        } | "MakeRecords" >> records.MakeRecords(
             records.UserSplits(
                 config.split,
                 config.seed,
@@ -87,23 +111,27 @@ class Preprocess(beam.PTransform):
             "rejected": portable.select(parsed, reading.REJECTED, "RejectedLines"),
             "records": split_records,
         } | "WriteOutputFiles" >> sinks.WriteOutputFiles(config.output, self.run_id, config.num_shards)
-        stats = (
-            portable.select(parsed, reading.COUNTS, "FileCounts") | "ReadStats" >> beam.FlatMap(dict.items),
-            filtered["stats"],
-            split_records | "RecordStats" >> beam.Map(lambda kv: (f"records_{kv[0]}", 1)),
-        ) | "AllStats" >> beam.Flatten()
         item_counts = (
             portable.select(split_records, "train", "TrainRecords")
             | "TrainItemIds" >> beam.FlatMap(lambda record: [(item_id, 1) for item_id in record[1]])
             | "CountPerItem" >> beam.CombinePerKey(sum)
         )
+        stats = (
+            portable.select(parsed, reading.COUNTS, "FileCounts") | "ReadStats" >> beam.FlatMap(dict.items),
+            filtered["stats"],
+            vocabularies["stats"],
+            split_records | "RecordStats" >> beam.Map(lambda kv: (f"records_{kv[0]}", 1)),
+            *((cut["stats"], timesplit.unseen_targets(split_records, item_counts)) if time_split else ()),
+        ) | "AllStats" >> beam.Flatten()
         files = [path for _, path, _ in self.inputs]
         return {
             "temp_files": temp_files,
             "stats": stats,
             "item_counts": item_counts,
-            **vocabularies,
-        } | "Finish" >> Finish(config, files, self.run_id, self.split_file)
+            "item_vocab": vocabularies["item_vocab"],
+            "user_vocab": vocabularies["user_vocab"],
+            **({"time_cut": cut["info"]} if time_split else {}),
+        } | "Finish" >> Finish(config, files, self.run_id, self.split_file, self.parent)
 
 
 def _tagged(value: Any, kind: str) -> tuple[str, Any]:
@@ -112,18 +140,27 @@ def _tagged(value: Any, kind: str) -> tuple[str, Any]:
 
 class Finish(beam.PTransform):
     """The last step: ``{"temp_files": (sink, path | None), "stats": (name, n), "item_counts": (item id, n),
-    "item_vocab": [key], "user_vocab": [key]}`` -> the singleton metadata dict.
+    "item_vocab": [key], "user_vocab": [key]}`` (and ``"time_cut"``: the time split's cutoff info) -> the
+    singleton metadata dict.
 
     Everything meets in one group, sent to `finish` as ``(kind, value)`` parts: that one step depends on every
     other, which is what the Dask runner computes (`pipeline.portable`), and runs after every sink has written.
     """
 
-    def __init__(self, config: PipelineConfig, files: list[str], run_id: str, split_file: SplitFile | None) -> None:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        files: list[str],
+        run_id: str,
+        split_file: SplitFile | None,
+        parent: ParentVocabulary | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.files = files
         self.run_id = run_id
         self.split_file = split_file
+        self.parent = parent
 
     def expand(self, results: dict[str, beam.PCollection]) -> beam.PCollection:
         parts = (
@@ -132,6 +169,7 @@ class Finish(beam.PTransform):
             results["item_counts"] | "ItemCountParts" >> beam.Map(_tagged, "item_count"),
             results["item_vocab"] | "ItemVocabPart" >> beam.Map(_tagged, "item_vocab"),
             results["user_vocab"] | "UserVocabPart" >> beam.Map(_tagged, "user_vocab"),
+            *([results["time_cut"] | "TimeCutPart" >> beam.Map(_tagged, "time_cut")] if "time_cut" in results else []),
         )
         return (
             parts
@@ -139,7 +177,14 @@ class Finish(beam.PTransform):
             | "OneKey" >> beam.Map(lambda part: (None, part))
             | "Gather" >> beam.GroupByKey()
             | "WriteMetadata"
-            >> beam.Map(finish, config=self.config, files=self.files, run_id=self.run_id, split_file=self.split_file)
+            >> beam.Map(
+                finish,
+                config=self.config,
+                files=self.files,
+                run_id=self.run_id,
+                split_file=self.split_file,
+                parent=self.parent,
+            )
         )
 
 
@@ -150,15 +195,17 @@ def finish(
     files: list[str],
     run_id: str,
     split_file: SplitFile | None = None,
+    parent: ParentVocabulary | None = None,
 ) -> dict[str, Any]:
     """The gathered ``(kind, value)`` parts: ``("temp", (sink, temporary path or None))`` per file written (and
-    per sink marker), ``("stat", (name, total))``, ``("item_count", (item id, n))``, ``("item_vocab", list)`` and
-    ``("user_vocab", list)`` -> the sinks' files renamed (`sinks.finalize_sink`), then `outputs.write_metadata`.
-    A vocabulary that is absent (no user left) is empty."""
+    per sink marker), ``("stat", (name, total))``, ``("item_count", (item id, n))``, ``("item_vocab", list)``,
+    ``("user_vocab", list)`` and ``("time_cut", dict)`` -> the sinks' files renamed (`sinks.finalize_sink`), then
+    `outputs.write_metadata`. A vocabulary that is absent (no user left) is empty."""
     temp_paths: dict[str, list[str | None]] = {sink: [] for sink in sinks.SINKS}
     stats: dict[str, int] = {}
     item_counts: dict[int, int] = {}
     vocabularies: dict[str, list[str]] = {"item_vocab": [], "user_vocab": []}
+    time_cut = None
     for kind, value in element[1]:
         if kind == "temp":
             temp_paths[value[0]].append(value[1])
@@ -166,6 +213,8 @@ def finish(
             stats[value[0]] = value[1]
         elif kind == "item_count":
             item_counts[value[0]] = value[1]
+        elif kind == "time_cut":
+            time_cut = value
         else:
             vocabularies[kind] = value
     written = [
@@ -180,5 +229,7 @@ def finish(
         item_counts=item_counts,
         written=written,
         split_file=split_file,
+        time_cut=timesplit.time_cut_metadata(time_cut, stats),
+        parent=parent,
         **vocabularies,
     )

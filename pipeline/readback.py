@@ -45,14 +45,16 @@ def full_sequences(data_dir: str) -> dict[str, list[str]]:
     """``{user key: [item key, ...]}``: each written user's whole chronological sequence, in raw keys.
 
     Leave-one-out: the test record's input plus its target. User split: a train user's record, a held-out
-    user's input plus target.
+    user's input plus target. Time split: the events up to the target (the train record; a held-out user's
+    evaluation record's input plus target), not those after it, which the cut dropped.
     """
     items = read_vocab(data_dir, features.ITEMS_FILE)
     users = read_vocab(data_dir, features.USERS_FILE)
     meta = features.Metadata.load(data_dir)
     records = read_split(data_dir, "test")
-    if meta.split["protocol"] == "user":
-        records += read_split(data_dir, "train") + read_split(data_dir, "valid")
+    if meta.split["protocol"] in ("user", "time"):
+        # time: the evaluation record (history + target) comes after the train record and overrides it
+        records = read_split(data_dir, "train") + read_split(data_dir, "valid") + records
     out = {}
     for user, ids, target in records:
         sequence = ids + ([target] if target else [])

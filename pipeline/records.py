@@ -40,10 +40,12 @@ def _ids_by_user(element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[st
 class UserSplits(beam.DoFn):
     """The user vocabulary -> ``(user K, (user_index, split))`` for every user (index = position + 1).
 
-    The split is the loo protocol's (every user in every split: ``None``) or the user protocol's, from
-    ``split_file`` (``{user key: split}`` read from ``--split_file``, checked against the vocabulary by
-    `splits.file_split_assignment`, which raises `splits.SplitFileError`) when given, else from
-    `splits.user_split_assignment`.
+    The element is the vocabulary, or ``(vocabulary, users of this log)`` with ``--vocabulary_from`` (whose
+    vocabulary keeps users this log does not have: they get no record, and no share of a split).
+    The split is ``None`` for the loo protocol (every user in every split) and the time protocol (whose held-out
+    users join separately, `pipeline.timesplit.HeldOut`); for the user protocol it comes from ``split_file``
+    (``{user key: split}`` read from ``--split_file``, checked against the users by `splits.file_split_assignment`,
+    which raises `splits.SplitFileError`) when given, else from `splits.user_split_assignment`.
     """
 
     def __init__(
@@ -62,15 +64,18 @@ class UserSplits(beam.DoFn):
         self.test_fraction = test_fraction
         self.split_file = split_file
 
-    def process(self, user_vocab: list[str]) -> Iterator[tuple[str, tuple[int, str | None]]]:
-        if self.protocol == "loo":
+    def process(self, element: list[str] | tuple[list[str], list[str]]) -> Iterator[tuple[str, tuple[int, str | None]]]:
+        user_vocab, present = element if isinstance(element, tuple) else (element, element)
+        if self.protocol in ("loo", "time"):
             assignment: dict[str, str] | None = None
         elif self.split_file is not None:
-            assignment = splits.file_split_assignment(user_vocab, self.split_file)
+            assignment = splits.file_split_assignment(present, self.split_file)
         else:
-            assignment = splits.user_split_assignment(user_vocab, self.seed, self.valid_fraction, self.test_fraction)
+            assignment = splits.user_split_assignment(present, self.seed, self.valid_fraction, self.test_fraction)
+        wanted = None if present is user_vocab else set(present)
         for index, key in enumerate(user_vocab, start=1):
-            yield key, (index, None if assignment is None else assignment[key])
+            if wanted is None or key in wanted:
+                yield key, (index, None if assignment is None else assignment[key])
 
 
 def _sequence_length(element: sequences.UserSequence) -> tuple[str, int]:
@@ -79,8 +84,9 @@ def _sequence_length(element: sequences.UserSequence) -> tuple[str, int]:
 
 
 def records_of_user(element: tuple[str, dict[str, list[Any]]], protocol: str) -> Iterator[tuple[str, Any]]:
-    """A user's joined ``{"user": [(user_index, split)], "length": [n], "ids": [(position, item id), ...]}`` -> its
-    ``(split, record)`` pairs; fails loudly unless exactly positions 0..n-1 arrived."""
+    """A user's joined ``{"user": [(user_index, split)], "length": [n], "ids": [(position, item id), ...]}`` (time
+    protocol: also ``"held_out": [split]`` for a held-out user) -> its ``(split, record)`` pairs; fails loudly
+    unless exactly positions 0..n-1 arrived."""
     user, joined = element
     ((user_index, split),) = joined["user"]
     (length,) = joined["length"]
@@ -98,7 +104,12 @@ def records_of_user(element: tuple[str, dict[str, list[Any]]], protocol: str) ->
             "--direct_num_workers 1 or on Dataflow, Flink or Spark"
         )
     ids = [item_id for _, item_id in positions]
-    records = splits.loo_records(user_index, ids) if protocol == "loo" else splits.user_records(user_index, ids, split)
+    if protocol == "loo":
+        records = splits.loo_records(user_index, ids)
+    elif protocol == "time":
+        records = splits.time_records(user_index, ids, next(iter(joined.get("held_out", ())), "train"))
+    else:
+        records = splits.user_records(user_index, ids, split)
     Metrics.counter("pipeline", "users_written").inc()
     yield from records.items()
 
@@ -111,7 +122,9 @@ class MakeRecords(beam.PTransform):
     as side inputs, which the Dask runner recomputes per task (`pipeline.portable`). A user with no vocabulary entry
     cannot occur: both vocabularies are built from these sequences. Each sequence's length joins too, so a record is
     written only when every one of its positions arrived (`records_of_user`). ``user_splits`` assigns each user
-    its split (and with it the protocol).
+    its split (and with it the protocol), from ``user_indices`` (``(vocabulary, users of this log)``, with
+    ``--vocabulary_from``) when given, else ``user_vocab``; the time protocol's ``held_out`` ``(user K, split)``
+    joins too.
     """
 
     def __init__(self, user_splits: UserSplits) -> None:
@@ -126,10 +139,11 @@ class MakeRecords(beam.PTransform):
             | "JoinItemIds" >> beam.CoGroupByKey()
             | "IdsByUser" >> beam.FlatMap(_ids_by_user)
         )
-        users = inputs["user_vocab"] | "UserSplits" >> beam.ParDo(self.user_splits)
+        users = inputs.get("user_indices", inputs["user_vocab"]) | "UserSplits" >> beam.ParDo(self.user_splits)
         lengths = inputs["sequences"] | "SequenceLengths" >> beam.Map(_sequence_length)
+        held_out = {"held_out": inputs["held_out"]} if "held_out" in inputs else {}
         return (
-            {"user": users, "length": lengths, "ids": ids}
+            {"user": users, "length": lengths, "ids": ids, **held_out}
             | "JoinUsers" >> beam.CoGroupByKey()
             | "Records" >> beam.FlatMap(records_of_user, protocol=self.user_splits.protocol)
         )

@@ -1,8 +1,8 @@
 """Raw interaction logs -> TFRecords + metadata (`mdcns_tf.features` layout), as a Beam pipeline.
 
-    python -m pipeline.run --input PATH --input_format {interactions,sequences,pairs} --split {loo,user} \\
-        --output DIR [--seed 42 | --split_file TSV] [--kcore K] [--min_seq_len N] [--delimiter auto] [--dedupe] \\
-        [BEAM OPTIONS]
+    python -m pipeline.run --input PATH --input_format {interactions,sequences,pairs} --split {loo,user,time} \\
+        --output DIR [--seed 42 | --split_file TSV] [--cutoff T | --cutoff_quantile Q] [--vocabulary_from DIR] \\
+        [--kcore K] [--min_seq_len N] [--delimiter auto] [--dedupe] [BEAM OPTIONS]
 
 Our flags are parsed with ``parse_known_args`` and everything else goes to `PipelineOptions` (the apache/beam
 wordcount shape), e.g. ``--runner=DataflowRunner --project ... --region ... --temp_location gs://... \\
@@ -11,9 +11,9 @@ engine), because Beam 2.77's ``DirectRunner`` first tries to download the Prism 
 before falling back. ``--direct_num_workers=2 --direct_running_mode=multi_processing`` uses two local processes.
 
 The graph is one composite transform, `pipeline.preprocess.Preprocess`; this module parses the flags, checks the
-inputs, ``--split_file`` and ``--output`` before anything runs (`prepare`), applies the graph and runs it
-(`execute`). Everything written (records, vocabularies, ``metadata.json``) is computed inside the pipeline, so the
-same code works on a distributed runner with ``gs://``-style paths.
+inputs and the files named by flags before anything runs (`prepare`), applies the graph and runs it (`execute`).
+Everything written (records, vocabularies, ``metadata.json``) is computed inside the pipeline, so the same code works
+on a distributed runner with ``gs://``-style paths.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from mdcns_tf import cli
-from pipeline import formats, inputfiles, outputs, portable, preprocess, reading, splits
+from pipeline import formats, inputfiles, outputs, parent, portable, preprocess, reading, splits, timesplit
 from pipeline.config import PipelineConfig
 
 LOG = logging.getLogger("pipeline")
@@ -51,9 +51,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "decompressed by name",
     )
     parser.add_argument("--input_format", required=True, choices=formats.FORMATS)
-    parser.add_argument("--split", required=True, choices=splits.PROTOCOLS, help="loo = leave-one-out; user = 70/20/10")
+    parser.add_argument(
+        "--split",
+        required=True,
+        choices=splits.PROTOCOLS,
+        help="loo = leave-one-out; user = 70/20/10 of the users; time = a global temporal cut (--cutoff*)",
+    )
     parser.add_argument("--output", required=True, help="output directory")
-    parser.add_argument("--seed", type=int, default=42, help="user-split shuffle seed")
+    parser.add_argument("--seed", type=int, default=42, help="user and time splits: seed of the valid/test draw")
     parser.add_argument("--kcore", type=int, default=0, help="keep users and items with >= K interactions (0 = off)")
     parser.add_argument("--kcore_rounds", type=int, default=10, help="k-core rounds (unrolled in the graph; <= 100)")
     parser.add_argument("--min_seq_len", type=int, default=None, help="default: 3 for loo, 2 for user")
@@ -76,6 +81,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="user split: a TSV of 'user<TAB>valid|test' lines that replaces the seeded assignment "
         "(unlisted users train; # comments allowed), e.g. a paper's exact split",
     )
+    parser.add_argument("--cutoff", type=float, default=None, help=timesplit.CUTOFF_HELP)
+    parser.add_argument("--cutoff_quantile", type=float, default=None, help=timesplit.QUANTILE_HELP)
+    parser.add_argument("--vocabulary_from", default=None, metavar="PREVIOUS_OUTPUT", help=parent.HELP)
     parser.add_argument("--num_shards", type=int, default=0, help="TFRecord shards per split (0 = runner decides)")
     parser.add_argument("--max_line_bytes", type=int, default=formats.DEFAULT_MAX_LINE_BYTES)
     parser.add_argument("--overwrite", action="store_true", help="replace a previous pipeline output in --output")
@@ -119,18 +127,22 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PipelineConfig, Pipel
 def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult:
     """Parses ``argv`` (ours + Beam's), builds and runs the pipeline, waits for it; returns the Beam result."""
     config, options = parse_args(argv)
-    inputs, split_file = prepare(config)
-    return execute(config, options, inputs, split_file)
+    return execute(config, options, *prepare(config))
 
 
-def prepare(config: PipelineConfig) -> tuple[list[tuple[int, str, int]], splits.SplitFile | None]:
-    """Everything checked before the pipeline starts (inputs, ``--split_file``, ``--output``), then ``--output``
-    made ready (`outputs.prepare_output`). Raises ValueError / FileNotFoundError / FileExistsError."""
+def prepare(
+    config: PipelineConfig,
+) -> tuple[list[tuple[int, str, int]], splits.SplitFile | None, parent.ParentVocabulary | None]:
+    """Everything checked before the pipeline starts (inputs, ``--split_file``, ``--vocabulary_from``,
+    ``--output``), then ``--output`` made ready (`outputs.prepare_output`): ``(inputs, split file, parent)``.
+    Raises ValueError / FileNotFoundError / FileExistsError."""
     inputs = reading.match_inputs(config.input)
     split_file = splits.load_split_file(config.split_file) if config.split_file else None
+    # before `prepare_output`, whose --overwrite deletes files
+    checked = parent.load_parent(config.vocabulary_from, config.output) if config.vocabulary_from else None
     check_output_folder(config.output)
     outputs.prepare_output(config.output, config.overwrite, [path for _, path, _ in inputs])
-    return inputs, split_file
+    return inputs, split_file, checked
 
 
 def check_output_folder(output: str) -> None:
@@ -152,12 +164,13 @@ def execute(
     options: PipelineOptions,
     inputs: list[tuple[int, str, int]],
     split_file: splits.SplitFile | None,
+    vocabulary_parent: parent.ParentVocabulary | None = None,
 ) -> beam.runners.runner.PipelineResult:
     """Builds and runs the pipeline on a `prepare`d output, waits for it; returns the Beam result."""
     LOG.info("pipeline: %d input file(s), runner %s, %s", len(inputs), options.view_as(StandardOptions).runner, config)
     start = time.monotonic()
     p = beam.Pipeline(options=options)
-    _ = p | "Preprocess" >> preprocess.Preprocess(config, inputs, split_file)
+    _ = p | "Preprocess" >> preprocess.Preprocess(config, inputs, split_file, vocabulary_parent)
     result = None
     try:
         result = p.run()
@@ -180,7 +193,7 @@ def execute(
 
 # Raised inside the pipeline for bad input (a damaged or changing input file, a split file that does not fit the
 # data): reported as one ``error:`` line, exit code 2, like a usage error found before the run.
-WORKER_ERRORS = (inputfiles.InputFileError, splits.SplitFileError)
+WORKER_ERRORS = (inputfiles.InputFileError, splits.SplitFileError, parent.ParentVocabularyError)
 
 
 class QuietWorkerErrors(logging.Filter):
@@ -205,14 +218,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.addFilter(QuietWorkerErrors())
     try:
         config, options = parse_args(argv)
-        inputs, split_file = prepare(config)
+        prepared = prepare(config)
     except (ValueError, OSError) as e:
         if traceback:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        execute(config, options, inputs, split_file)
+        execute(config, options, *prepared)
     except Exception as e:  # noqa: BLE001
         cause = portable.worker_error(e, WORKER_ERRORS)
         if cause is None or traceback:

@@ -23,45 +23,58 @@ UserSequence = tuple[str, list[str]]
 MAX_KCORE_ROUNDS = 100
 
 
-def build_sequence(element: tuple[str, Iterable[Any]], has_timestamps: bool, dedupe: bool) -> UserSequence:
-    """One user's values -> ``(user, [item, ...])`` in chronological order, ties in input order (stable sort).
+def build_sequence(
+    element: tuple[str, Iterable[Any]], has_timestamps: bool, dedupe: bool, with_times: bool = False
+) -> UserSequence | tuple[str, list[tuple[Any, str]]]:
+    """One user's values -> ``(user, [item, ...])`` in chronological order, ties in input order (stable sort);
+    with ``with_times`` ``(user, [(timestamp, item), ...])`` (the time split cuts on them, `pipeline.timesplit`).
 
     With ``dedupe``, an event repeating an earlier event of the user is dropped: same item and same timestamp when
     the format has timestamps, else the same item as the immediately preceding event.
     """
     user, values = element
     ordered = sorted(values, key=lambda value: (value[0], value[1], value[2]))
-    items: list[str] = []
     if not dedupe:
+        if with_times:
+            return user, [(value[0], item) for value in ordered for item in value[3]]
+        items: list[Any] = []
         for value in ordered:
             items.extend(value[3])
         return user, items
+    events: list[Any] = []
     seen: set[tuple[Any, str]] = set()
+    previous = None
     for timestamp, _, _, keys in ordered:
         for item in keys:
             if has_timestamps:
                 if (timestamp, item) in seen:
                     continue
                 seen.add((timestamp, item))
-            elif items and items[-1] == item:
+            elif events and previous == item:
                 continue
-            items.append(item)
-    return user, items
+            previous = item
+            events.append((timestamp, item) if with_times else item)
+    return user, events
 
 
 class BuildSequences(beam.PTransform):
-    """`formats.Parsed` values -> ``(user, [item, ...])`` chronological per user (grouped by user)."""
+    """`formats.Parsed` values -> ``(user, [item, ...])`` chronological per user (grouped by user); with
+    ``with_times`` ``(user, [(timestamp, item), ...])``."""
 
-    def __init__(self, has_timestamps: bool, dedupe: bool) -> None:
+    def __init__(self, has_timestamps: bool, dedupe: bool, with_times: bool = False) -> None:
         super().__init__()
         self.has_timestamps = has_timestamps
         self.dedupe = dedupe
+        self.with_times = with_times
 
     def expand(self, parsed: beam.PCollection) -> beam.PCollection:
         return (
             parsed
             | "GroupByUser" >> beam.GroupByKey()
-            | "SortPerUser" >> beam.Map(build_sequence, has_timestamps=self.has_timestamps, dedupe=self.dedupe)
+            | "SortPerUser"
+            >> beam.Map(
+                build_sequence, has_timestamps=self.has_timestamps, dedupe=self.dedupe, with_times=self.with_times
+            )
         )
 
 

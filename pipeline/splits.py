@@ -1,5 +1,5 @@
 """Splits (docs/design.md, section "Protocols"): which records a user's id sequence becomes under each protocol,
-and a given user split, the ``--split_file``.
+a given user split, the ``--split_file``, and the ``split`` object of ``metadata.json`` (`split_metadata`).
 
 Records are ``(user_index, item_ids, target)`` tuples in `mdcns_tf.features` terms (target 0 = training record).
 Everything here is pure but `load_split_file`, which reads the file through Beam's `FileSystems`.
@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -18,8 +19,13 @@ from apache_beam.io.filesystems import FileSystems
 from mdcns_tf.features import PADDING_ID
 from pipeline import formats
 
-PROTOCOLS = ("loo", "user")
-MIN_SEQ_LEN = {"loo": 3, "user": 2}  # loo: >= 1 training item besides the 2 held out; user: >= 1 input + target
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
+
+PROTOCOLS = ("loo", "user", "time")
+# loo: >= 1 training item besides the 2 held out; user: >= 1 input + target; time: the same over the events a user
+# shows up to its target (`pipeline.timesplit`), so a held-out user has a history and a train-only user a transition
+MIN_SEQ_LEN = {"loo": 3, "user": 2, "time": 2}
 
 Record = tuple[int, list[int], int]
 
@@ -44,6 +50,25 @@ def user_records(user_index: int, ids: Sequence[int], split: str) -> dict[str, R
     if split == "train":
         return {"train": (user_index, ids, PADDING_ID)}
     return {split: (user_index, ids[:-1], ids[-1])}
+
+
+def time_records(user_index: int, ids: Sequence[int], split: str) -> dict[str, Record]:
+    """Time split, ``ids`` = the events before the cut, then the target for a held-out user (``split`` valid or
+    test): train ``ids[:-1]`` (target 0) and ``split`` ``ids[:-1] -> ids[-1]``; a train-only user: train ``ids``."""
+    if len(ids) < MIN_SEQ_LEN["time"]:
+        raise ValueError(f"time split needs >= {MIN_SEQ_LEN['time']} items, user {user_index} has {len(ids)}")
+    ids = list(ids)
+    if split == "train":
+        return {"train": (user_index, ids, PADDING_ID)}
+    return {"train": (user_index, ids[:-1], PADDING_ID), split: (user_index, ids[:-1], ids[-1])}
+
+
+def time_split_assignment(held_out: Sequence[str], seed: int) -> dict[str, str]:
+    """``{user_key: valid | test}`` for the time split's held-out users: ordered by `shuffle_key`, the first
+    ceil(n / 2) validation, the rest test (so it depends on the seed and the set of held-out users only)."""
+    order = sorted(held_out, key=lambda key: (shuffle_key(seed, key), key))
+    n_valid = (len(order) + 1) // 2
+    return {key: "valid" if rank < n_valid else "test" for rank, key in enumerate(order)}
 
 
 def split_sizes(n_users: int, valid_fraction: float, test_fraction: float) -> tuple[int, int, int]:
@@ -182,3 +207,33 @@ def load_split_file(path: str) -> SplitFile:
         raise SplitFileError(f"--split_file {path!r} is not UTF-8 text ({e})") from None
     assignment = parse_split_file(text, source=f"--split_file {path}")
     return SplitFile(path, assignment, hashlib.sha256(raw).hexdigest())
+
+
+def split_metadata(
+    config: PipelineConfig, split_file: SplitFile | None, time_cut: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``metadata.json`` ``split``: ``{protocol, seed, fractions, min_seq_len}``; with ``--split_file`` also
+    ``split_file``, ``split_file_sha256``, ``split_file_users``; with ``--split time`` also ``cutoff`` (the one
+    used), ``cutoff_quantile``, ``time_range`` and ``targets_unseen_in_train`` (``time_cut``, computed in the
+    graph: `pipeline.timesplit`; absent when no event was left)."""
+    split: dict[str, Any] = {
+        "protocol": config.split,
+        "seed": config.seed if split_file is None else None,
+        "fractions": (
+            {
+                "train": round(1.0 - config.valid_fraction - config.test_fraction, 10),
+                "valid": config.valid_fraction,
+                "test": config.test_fraction,
+            }
+            if config.split == "user" and split_file is None
+            else None
+        ),
+        "min_seq_len": config.effective_min_seq_len,
+    }
+    if split_file is not None:
+        split.update(split_file=split_file.path, split_file_sha256=split_file.sha256, split_file_users=split_file.sizes)
+    if config.split == "time":
+        split.update(
+            {"cutoff": config.cutoff, "cutoff_quantile": config.cutoff_quantile, "time_range": None, **(time_cut or {})}
+        )
+    return split

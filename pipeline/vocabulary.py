@@ -2,17 +2,22 @@
 
 An item's id is its line in ``items.txt`` (1-based; 0 is padding), a user's index its line in ``users.txt``. Each
 vocabulary is combined into one sorted list: the vocabulary (distinct keys), not the data, must fit in one worker's
-memory. Ids reach the events by joins, not broadcasts (`pipeline.records.MakeRecords`).
+memory. Ids reach the events by joins, not broadcasts (`pipeline.records.MakeRecords`). With ``--vocabulary_from``
+each list extends a previous output's (`pipeline.parent`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 
-from pipeline import formats
+from mdcns_tf import features
+from pipeline import formats, portable
+
+if TYPE_CHECKING:
+    from pipeline.parent import ParentVocabulary
 
 
 def vocabulary_order(keys: Any) -> list[str]:
@@ -62,23 +67,52 @@ class Vocabulary(beam.CombineFn):
         return vocabulary_order(acc)
 
 
+def _users_written(user_vocab: list[str]) -> tuple[str, int]:
+    return "users_written", len(user_vocab)
+
+
+def _first(pair: tuple[Any, Any]) -> Any:
+    return pair[0]
+
+
 class BuildVocabularies(beam.PTransform):
-    """``(user K, [item K, ...])`` -> ``{"item_vocab": [item K, ...], "user_vocab": [user K, ...]}``, one list each
-    in `vocabulary_order`; without defaults: with no user left neither has an element (read as empty by
-    `pipeline.preprocess.Finish`)."""
+    """``(user K, [item K, ...])`` -> ``{"item_vocab": [item K, ...], "user_vocab": [user K, ...], "stats":
+    ("users_written", n)}``, one list each in `vocabulary_order`; without defaults: with no user left neither has an
+    element (read as empty by `pipeline.preprocess.Finish`).
+
+    With ``parent`` (``--vocabulary_from``) each list is the parent's followed by this log's new keys (always one
+    element, the parent's keys at least), and ``"user_indices"`` is ``(user_vocab, users of this log)`` for
+    `pipeline.records.UserSplits`.
+    """
+
+    def __init__(self, parent: ParentVocabulary | None = None) -> None:
+        super().__init__()
+        self.parent = parent
 
     def expand(self, sequences: beam.PCollection) -> dict[str, beam.PCollection]:
-        item_vocab = (
+        items = (
             sequences
             | "Items" >> beam.FlatMap(lambda kv: kv[1])
             # distinct first: a global combine is one group, which the Dask runner materialises whole in one worker
             | "DistinctItems" >> beam.Distinct()
             | "ItemKeys" >> beam.Map(lambda key: (key,))
-            | "ItemVocab" >> beam.CombineGlobally(Vocabulary()).without_defaults()
         )
-        user_vocab = (
-            sequences
-            | "UserKeys" >> beam.Map(lambda kv: (kv[0],))
-            | "UserVocab" >> beam.CombineGlobally(Vocabulary()).without_defaults()
+        users = sequences | "UserKeys" >> beam.Map(lambda kv: (kv[0],))
+        if self.parent is None:
+            item_vocab = items | "ItemVocab" >> beam.CombineGlobally(Vocabulary()).without_defaults()
+            user_vocab = users | "UserVocab" >> beam.CombineGlobally(Vocabulary()).without_defaults()
+            stats = user_vocab | "UsersWritten" >> beam.Map(_users_written)
+            return {"item_vocab": item_vocab, "user_vocab": user_vocab, "stats": stats}
+        # An empty log still writes the parent's vocabularies: a later run extending this output keeps its ids.
+        present_items = portable.combine_globally(items, Vocabulary(), (), "ItemVocab")
+        present_users = portable.combine_globally(users, Vocabulary(), (), "UserVocab")
+        item_vocab = present_items | "ExtendItems" >> beam.Map(self.parent.extend, features.ITEMS_FILE)
+        user_indices = present_users | "ExtendUsers" >> beam.Map(
+            lambda present, parent: (parent.extend(present, features.USERS_FILE), present), parent=self.parent
         )
-        return {"item_vocab": item_vocab, "user_vocab": user_vocab}
+        return {
+            "item_vocab": item_vocab,
+            "user_vocab": user_indices | "UserVocabList" >> beam.Map(_first),
+            "user_indices": user_indices,
+            "stats": present_users | "UsersWritten" >> beam.Map(_users_written),
+        }

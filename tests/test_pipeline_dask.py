@@ -73,8 +73,9 @@ def outputs_of(output: Path) -> dict:
     [
         ["--split=loo"],
         ["--split=user", "--seed=3", "--kcore=3", "--kcore_rounds=2", "--dedupe"],
+        ["--split=time", "--cutoff_quantile=0.7", "--kcore=2", "--kcore_rounds=2"],
     ],
-    ids=["loo", "user_kcore_dedupe"],
+    ids=["loo", "user_kcore_dedupe", "time_quantile_kcore"],
 )
 def test_dask_runner_matches_the_direct_runner(
     cluster_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str]
@@ -92,6 +93,27 @@ def test_dask_runner_matches_the_direct_runner(
         assert dask[key] == direct[key], key
     # the two-phase sinks leave no temporary directory behind
     assert not list((tmp_path / "dask").glob("*/.temp-*")) and not list((tmp_path / "direct").glob("*/.temp-*"))
+
+
+def test_vocabulary_from_on_the_dask_runner(
+    cluster_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--vocabulary_from``: the workers read the parent's vocabularies; same output as the direct runner."""
+    write_logs(tmp_path / "logs")
+    (tmp_path / "day1").mkdir()
+    with open(tmp_path / "day1" / "a.tsv", "w") as f:
+        synthetic.generate(f, users=100, items=60, events=1000, seed=9)
+    monkeypatch.chdir(tmp_path)
+    run.run(["--input=day1", "--input_format=interactions", "--split=loo", "--output=parent"])
+    common = ["--input=logs", "--input_format=interactions", "--split=user", "--vocabulary_from=parent"]
+    run.run([*common, "--output=direct"])
+    run.run([*common, "--output=dask", f"--runner={DASK_RUNNER}", f"--dask_client_address={cluster_address}"])
+
+    direct, dask = outputs_of(tmp_path / "direct"), outputs_of(tmp_path / "dask")
+    parent_items = readback.read_vocab("parent", features.ITEMS_FILE)
+    assert direct["items"][: len(parent_items)] == parent_items and len(direct["items"]) > len(parent_items)
+    for key in direct:
+        assert dask[key] == direct[key], key
 
 
 def test_one_input_file_per_dask_partition_unless_the_user_chose() -> None:
