@@ -77,6 +77,7 @@ def _train(config: Config, start: Start) -> dict[str, Any]:
     from mdcns_tf.training.callbacks import ModelSelection, ProgressLog, StopOnDivergence, make_callbacks
     from mdcns_tf.training.distribution import shard_by_data
     from mdcns_tf.training.factory import eval_split, evaluate, prepare_for_training, resolved_reduction
+    from mdcns_tf.training.warm_start import apply as warm_start
 
     metadata, strategy, out_dir, chief = start.metadata, start.strategy, start.out_dir, start.chief
     with open(os.path.join(out_dir, "config.yaml"), "w") as f:
@@ -101,6 +102,7 @@ def _train(config: Config, start: Start) -> dict[str, Any]:
     with strategy.scope():
         model = build_model(config, metadata)
         prepare_for_training(model, config)
+        record.update(warm_start(model, config, start))  # before BackupAndRestore restores a resumed run
 
     if resolved_reduction(config) == "epoch":
         positions = data.count_trained_positions(cfg.dir, cfg.train_positions, cfg.max_len, cfg.max_train_sequences)

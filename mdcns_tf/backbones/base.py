@@ -61,6 +61,12 @@ class Backbone(keras.layers.Layer):
             self.item_embedding.build((None,))
         return self.item_embedding.embeddings
 
+    def item_indexed_weights(self) -> list[tf.Variable]:
+        """The weights with one row per item id, `(n_items + 1, ...)` with row 0 the padding item: the item table, and
+        in a subclass any other such weight (an output bias). A warm start (`mdcns_tf.training.warm_start`) maps their
+        rows by item key; every other weight it copies whole."""
+        return [self.item_embedding.embeddings]
+
     def padding_mask(self, item_ids: tf.Tensor) -> tf.Tensor:
         """`(batch, seq_len, 1)` float mask, 1 for real items."""
         return tf.cast(tf.not_equal(item_ids, 0), self.compute_dtype)[..., tf.newaxis]

@@ -4,7 +4,8 @@ the best weights, ``metrics.json`` and ``run_manifest.json``.
 What a training run keeps in ``<output_dir>`` between processes:
 
 - ``backup/chief/``: Keras `BackupAndRestore` checkpoints (deleted by Keras when training ends), and
-  ``backup/run.json`` = the run's `identity`, written before the first step and deleted with the backup;
+  ``backup/run.json`` = the run's `identity`, written before the first step and deleted with the backup (so is
+  ``backup/warm_start.json``, what a warm-started run took from its parent: `mdcns_tf.training.warm_start`);
 - ``best/state.json``: the model-selection state (``best``, ``best_epoch``, ``wait``, ``history``) with the run's
   identity, and ``best/weights*``, the weights of the best validated epoch;
 - ``run_manifest.json``: what the run owns in the folder (`mdcns_tf.runs.ownership`).
@@ -43,6 +44,7 @@ from mdcns_tf.runs import ownership
 log = logging.getLogger("mdcns_tf.runs.state")
 
 BACKUP_RECORD = "run.json"
+WARM_START_RECORD = "warm_start.json"
 STATE_FILE = "state.json"
 HASH_KEY = "config_hash"
 DATA_KEY = "data_fingerprint"
@@ -296,8 +298,8 @@ def prepare(
             log.info("starting fresh: removing %s, left by an earlier run in this output_dir", best_dir)
             ownership.remove(out_dir, "best")
         if chief:  # a first backup cut short, or the record of a run killed before its first backup
-            ownership.remove(backup_dir, "chief")
-            ownership.remove(backup_dir, BACKUP_RECORD)
+            for name in ("chief", BACKUP_RECORD, WARM_START_RECORD):
+                ownership.remove(backup_dir, name)
     ownership.write_manifest(out_dir, run)
     if chief and config.train.backup_and_restore:
         _write_json(os.path.join(backup_dir, BACKUP_RECORD), run)
@@ -308,4 +310,5 @@ def finish(config: Config, chief: bool = True) -> None:
     """After a completed `fit`: Keras has deleted the backup; delete its record too."""
     backup_dir = os.path.join(config.output_dir, "backup")
     if chief and not os.path.exists(os.path.join(backup_dir, "chief")):
-        ownership.remove(backup_dir, BACKUP_RECORD)
+        for name in (BACKUP_RECORD, WARM_START_RECORD):
+            ownership.remove(backup_dir, name)

@@ -15,6 +15,7 @@ from mdcns_tf.features import SPLITS, Metadata, check_record_ids, verify_records
 from mdcns_tf.runs import lineage, ownership
 from mdcns_tf.runs import state as run_state
 from mdcns_tf.savedmodel import versions
+from mdcns_tf.training import warm_start
 
 
 @dataclasses.dataclass
@@ -27,16 +28,18 @@ class Start:
     chief: bool
     first_epoch: int
     run: dict[str, str]
+    warm_start: warm_start.Parent | None = None  # train.warm_start's parent run, checked
 
 
 @contextlib.contextmanager
 def started_run(config: Config, restart: bool = False) -> Iterator[Start]:
     """The checks of a training run before anything is built, in order, and the folders held for the block:
     ``output_dir`` usable (`ownership.check_output_dir`), ``data.dir`` locked shared, its metadata against the
-    fingerprint, the vocabularies (`verify_records`) and the config (`check_data`), the strategy, then the record
-    scan (TF ops come after the strategy: a multi-worker strategy configures the collective ops before the
-    process's first op), this worker's folder claimed and locked (`ownership.claim`), the export target
-    (`check_export`) and the run's state (`run_state.prepare`: resume, or start fresh as a new run)."""
+    fingerprint, the vocabularies (`verify_records`) and the config (`check_data`), the parent run of a warm start
+    (`warm_start.check`, before anything in ``output_dir`` is moved or deleted), the strategy, then the record scan
+    (TF ops come after the strategy: a multi-worker strategy configures the collective ops before the process's
+    first op), this worker's folder claimed and locked (`ownership.claim`), the export target (`check_export`) and
+    the run's state (`run_state.prepare`: resume, or start fresh as a new run)."""
     from mdcns_tf.training.distribution import make_strategy, worker_dir
 
     ownership.check_output_dir(config.output_dir, config.data.dir)
@@ -45,6 +48,7 @@ def started_run(config: Config, restart: bool = False) -> Iterator[Start]:
         metadata = Metadata.load(config.data.dir, verify=False)
         verify_records(config.data.dir, metadata, scan_ids=False)  # no TensorFlow op
         check_data(config, metadata)
+        parent = warm_start.check(config, restart)
         strategy = make_strategy(config.train.distribute)
         check_record_ids(config.data.dir, metadata, SPLITS if metadata.fingerprint is None else ("train",))
         out_dir = worker_dir(config.output_dir, strategy)
@@ -53,7 +57,7 @@ def started_run(config: Config, restart: bool = False) -> Iterator[Start]:
         chief = out_dir == config.output_dir
         data_print = lineage.data_fingerprint(config.data.dir, metadata)
         first_epoch, run = run_state.prepare(config, out_dir, data_print, restart, chief)
-        yield Start(metadata, strategy, out_dir, chief, first_epoch, run)
+        yield Start(metadata, strategy, out_dir, chief, first_epoch, run, parent)
 
 
 def check_data(config: Config, metadata: Metadata) -> None:
