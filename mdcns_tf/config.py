@@ -87,8 +87,9 @@ class TrainConfig:
     # Early stopping / model selection monitor (validation metric, maximised).
     monitor: str = "ndcg@20"
     steps_per_epoch: int = 0  # 0: one pass over the training data
-    # Wall-clock budget: training stops after the first epoch that ends past it (validation included; a resumed run
-    # spends what is left). 0: none. Equal-time comparisons (configs/benchmarks/large_catalog.yaml) budget by it.
+    # Wall-clock budget: training stops after the first epoch that ends past it (validation and the callbacks
+    # between epochs included; a resumed run spends what is left). 0: none. Equal-time comparisons
+    # (configs/benchmarks/large_catalog.yaml) budget by it.
     max_minutes: float = 0.0
     validation_freq: int = 1
     jit_compile: bool = False

@@ -28,14 +28,16 @@ def selection(tmp_path, max_seconds: float, patience: int = 100) -> ModelSelecti
     return callback
 
 
-def run_epochs(callback: ModelSelection, start: int, values: list[float], seconds: float) -> int:
-    """Runs epochs ``start``.. of ``seconds`` each until the callback stops the model; returns the epochs run."""
+def run_epochs(callback: ModelSelection, start: int, values: list[float], seconds: float, between: float = 0.0) -> int:
+    """Runs epochs ``start``.. of ``seconds`` each, ``between`` seconds of other callbacks (a backup) after each,
+    until the callback stops the model; returns the epochs run."""
     callback.on_train_begin()
     run = 0
     for epoch, value in enumerate(values, start=start):
         callback.on_epoch_begin(epoch)
         callback.test_clock.now += seconds
         callback.on_epoch_end(epoch, {"val_ndcg_20": value})
+        callback.test_clock.now += between
         run += 1
         if callback.model.stop_training:
             break
@@ -70,3 +72,10 @@ def test_a_resumed_run_spends_only_what_is_left(tmp_path) -> None:
     assert resumed.stopped_by == "time_budget"
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert [h["epoch_seconds"] for h in resumed.history] == [40.0, 40.0, 40.0]
+
+
+def test_the_time_between_epochs_counts_against_the_budget(tmp_path) -> None:
+    # 30 s epochs and 10 s of backup after each: 30, 70, 110 >= 100 at the third epoch (not 90 at the third)
+    callback = selection(tmp_path, max_seconds=100.0)
+    assert run_epochs(callback, 0, [0.1, 0.2, 0.3, 0.4], seconds=30.0, between=10.0) == 3
+    assert [h["epoch_seconds"] for h in callback.history] == [30.0, 40.0, 40.0]

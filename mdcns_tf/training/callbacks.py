@@ -87,7 +87,9 @@ class ModelSelection(keras.callbacks.Callback):
         self.max_seconds = max_seconds
         self.stopped_by: str | None = None  # "patience" or "time_budget" when this callback ended the run
         self.clock = clock
-        self.epoch_started = clock()
+        # The end of the previous epoch's record: an epoch's seconds run from it, so the callbacks between two
+        # epochs (BackupAndRestore writes every table and its Adam slots: seconds at 1M items) count too.
+        self.last_mark = clock()
         self.directory = directory
         self.run = dict(run or {})
         self.state_path = os.path.join(directory, run_state.STATE_FILE)
@@ -98,6 +100,7 @@ class ModelSelection(keras.callbacks.Callback):
         self.history: list[dict[str, float]] = []
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        self.last_mark = self.clock()
         os.makedirs(self.directory, exist_ok=True)
         state = run_state.read_best_state(self.directory, os.path.dirname(self.directory))
         if state is not None:
@@ -120,13 +123,13 @@ class ModelSelection(keras.callbacks.Callback):
                     self.best, self.best_epoch, self.wait = value, h["epoch"], 0
                 else:
                     self.wait += 1
-        self.epoch_started = self.clock()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         # wall_time (unix seconds at the epoch's end, validation included): time-to-quality curves measure from
         # the moment a benchmark launched the process, start-up included.
-        seconds = self.clock() - self.epoch_started
+        now = self.clock()
+        seconds, self.last_mark = now - self.last_mark, now
         self.history.append(
             {
                 "epoch": epoch + 1,
