@@ -27,9 +27,15 @@ Modules, in the order a run goes through them:
     encoding      a record as ``tf.train.Example`` bytes without TensorFlow
     readback      reading an output back in Python (tests, debugging)
     synthetic     a synthetic log with learnable structure (an entry point)
+    recommend     top-K for every user of a data folder from an exported SavedModel (an entry point)
+    recommendations  its graph, one composite `Recommend`: histories, batches, RunInference, files
+    inference     the export in Beam: its version, its identity against the data, RunInference's model handler
+    recommend_output  its ``--output``: what may be written and deleted, the manifest, ``_SUCCESS``
 
 Imports. From the library, `pipeline` may import only `mdcns_tf.features` (the data contract it writes) and
-`mdcns_tf.cli` (the command-line conventions), and `mdcns_tf` itself for the environment switch it sets before
-TensorFlow loads. Nothing in `mdcns_tf` imports `pipeline`: the trainer reads the files, never this code. Keep it
-that way: Beam workers import `pipeline` and must not pay for TensorFlow or the trainer.
+`mdcns_tf.cli` (the command-line conventions), for `recommend` the SavedModel's TensorFlow-free contract
+(`mdcns_tf.savedmodel.signatures`, `mdcns_tf.savedmodel.versions`, as `serving` does), and `mdcns_tf` itself for
+the environment switch it sets before TensorFlow loads. Nothing in `mdcns_tf` imports `pipeline`: the trainer reads
+the files, never this code. Keep it that way: Beam workers import `pipeline` and must not pay for TensorFlow or the
+trainer (`recommend`'s workers load TensorFlow for the SavedModel only).
 """
