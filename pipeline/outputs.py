@@ -49,7 +49,6 @@ from pipeline import accounting, splits
 
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
-    from pipeline.parent import ParentVocabulary
     from pipeline.splits import SplitFile
 
 LOG = logging.getLogger("pipeline")
@@ -302,7 +301,7 @@ def write_metadata(
     written: list[str],
     split_file: SplitFile | None = None,
     time_cut: dict[str, Any] | None = None,
-    parent: ParentVocabulary | None = None,
+    vocabulary_from: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The pipeline's last writes: ``items.txt``, ``users.txt``, ``metadata.json``, then the complete
     ``manifest.json``; returns the metadata dict.
@@ -310,8 +309,8 @@ def write_metadata(
     ``files``: the input paths; ``stats``: the summed stats (`pipeline.accounting`); ``item_vocab`` /
     ``user_vocab``: the keys of ids 1..n; ``item_counts``: ``{item id: occurrences in the train records}``;
     ``written``: the final paths of every sink's files, which the fingerprint hashes; ``time_cut``: the time split's
-    cutoff (`pipeline.splits.split_metadata`); ``parent``: ``--vocabulary_from``. Called once by the graph's
-    last step (`pipeline.preprocess.Finish`), after every sink's files are in place.
+    cutoff (`pipeline.splits.split_metadata`); ``vocabulary_from``: the parent (`pipeline.parent`). Called once by
+    the graph's last step (`pipeline.preprocess.Finish`), after every sink's files are in place.
     """
     n_items, n_users = len(item_vocab), len(user_vocab)
     dense_counts = [0] * (n_items + 1)
@@ -337,7 +336,7 @@ def write_metadata(
             "files": files,
             "format": config.input_format,
             "options": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("input", "output")},
-            **({"vocabulary_from": parent.describe(n_items, n_users)} if parent is not None else {}),
+            **({"vocabulary_from": vocabulary_from} if vocabulary_from is not None else {}),
         },
         fingerprint=fingerprint,
     )

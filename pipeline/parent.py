@@ -8,9 +8,9 @@ only grows, so a model trained on day 1 reads day 2's ids as the same items.
 The parent is checked at launch (`load_parent`, a `ParentVocabularyError` naming what is wrong): a complete
 pipeline output (``manifest.json`` ``complete``, listing ``metadata.json``, ``items.txt``, ``users.txt``), this
 schema version, and vocabulary files whose sha256 and line counts are the ones its ``metadata.json`` fingerprint
-and ``n_items`` / ``n_users`` give (the records are not read). The worker that extends a vocabulary reads the
-parent's file again through Beam's `FileSystems` (so ``gs://`` parents work and the graph does not carry the
-catalogue) and refuses bytes that differ from those checked at launch.
+and ``n_items`` / ``n_users`` give (the records are not read). The worker that extends a vocabulary
+(`pipeline.vocabulary.extend_parent`) reads the parent's file again through Beam's `FileSystems` (so ``gs://``
+parents work and the graph does not carry the catalogue) and refuses bytes that differ from those checked at launch.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from mdcns_tf import features
-from pipeline import outputs, vocabulary
+from pipeline import outputs
 
 HELP = (
     "a previous pipeline output: its items and users keep their ids, new ones are appended after its largest id "
@@ -70,12 +70,6 @@ class ParentVocabulary:
                 "one checked at launch); run again once nothing writes that folder"
             )
         return _keys(data)
-
-    def extend(self, present: list[str], name: str) -> list[str]:
-        """The vocabulary of ``name`` for this run: the parent's keys, then ``present``'s new keys in order."""
-        kept = self.keys(name)
-        known = set(kept)
-        return kept + vocabulary.vocabulary_order(key for key in present if key not in known)
 
     def describe(self, n_items: int, n_users: int) -> dict[str, Any]:
         """``metadata.json`` ``source.vocabulary_from`` for an output of ``n_items`` items and ``n_users`` users."""

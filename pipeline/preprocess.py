@@ -230,6 +230,8 @@ def finish(
         written=written,
         split_file=split_file,
         time_cut=timesplit.time_cut_metadata(time_cut, stats),
-        parent=parent,
+        vocabulary_from=(
+            parent.describe(len(vocabularies["item_vocab"]), len(vocabularies["user_vocab"])) if parent else None
+        ),
         **vocabularies,
     )

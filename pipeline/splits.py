@@ -11,16 +11,13 @@ import dataclasses
 import hashlib
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from mdcns_tf.features import PADDING_ID
 from pipeline import formats
-
-if TYPE_CHECKING:
-    from pipeline.config import PipelineConfig
 
 PROTOCOLS = ("loo", "user", "time")
 # loo: >= 1 training item besides the 2 held out; user: >= 1 input + target; time: the same over the events a user
@@ -209,10 +206,9 @@ def load_split_file(path: str) -> SplitFile:
     return SplitFile(path, assignment, hashlib.sha256(raw).hexdigest())
 
 
-def split_metadata(
-    config: PipelineConfig, split_file: SplitFile | None, time_cut: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """``metadata.json`` ``split``: ``{protocol, seed, fractions, min_seq_len}``; with ``--split_file`` also
+def split_metadata(config: Any, split_file: SplitFile | None, time_cut: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``metadata.json`` ``split`` of a run of ``config`` (a `pipeline.config.PipelineConfig`; not in the annotation:
+    that module imports this one): ``{protocol, seed, fractions, min_seq_len}``; with ``--split_file`` also
     ``split_file``, ``split_file_sha256``, ``split_file_users``; with ``--split time`` also ``cutoff`` (the one
     used), ``cutoff_quantile``, ``time_range`` and ``targets_unseen_in_train`` (``time_cut``, computed in the
     graph: `pipeline.timesplit`; absent when no event was left)."""

@@ -67,6 +67,19 @@ class Vocabulary(beam.CombineFn):
         return vocabulary_order(acc)
 
 
+def extend_parent(present: list[str], parent: ParentVocabulary, name: str) -> list[str]:
+    """The vocabulary ``name`` (``items.txt`` / ``users.txt``) of a run extending ``parent``: the parent's keys
+    (re-read and checked: `pipeline.parent.ParentVocabulary.keys`), then ``present``'s new keys in `vocabulary_order`.
+    """
+    kept = parent.keys(name)
+    known = set(kept)
+    return kept + vocabulary_order(key for key in present if key not in known)
+
+
+def _users_with_present(present: list[str], parent: ParentVocabulary) -> tuple[list[str], list[str]]:
+    return extend_parent(present, parent, features.USERS_FILE), present
+
+
 def _users_written(user_vocab: list[str]) -> tuple[str, int]:
     return "users_written", len(user_vocab)
 
@@ -106,10 +119,8 @@ class BuildVocabularies(beam.PTransform):
         # An empty log still writes the parent's vocabularies: a later run extending this output keeps its ids.
         present_items = portable.combine_globally(items, Vocabulary(), (), "ItemVocab")
         present_users = portable.combine_globally(users, Vocabulary(), (), "UserVocab")
-        item_vocab = present_items | "ExtendItems" >> beam.Map(self.parent.extend, features.ITEMS_FILE)
-        user_indices = present_users | "ExtendUsers" >> beam.Map(
-            lambda present, parent: (parent.extend(present, features.USERS_FILE), present), parent=self.parent
-        )
+        item_vocab = present_items | "ExtendItems" >> beam.Map(extend_parent, self.parent, features.ITEMS_FILE)
+        user_indices = present_users | "ExtendUsers" >> beam.Map(_users_with_present, self.parent)
         return {
             "item_vocab": item_vocab,
             "user_vocab": user_indices | "UserVocabList" >> beam.Map(_first),

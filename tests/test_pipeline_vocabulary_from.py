@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mdcns_tf import features
-from pipeline import parent, readback, run
+from pipeline import parent, readback, run, vocabulary
 
 DAY1 = "alice a b c\nbob b c x\ncarol c a b\ndave x a b\n"
 # a is gone; x, b, c stay; p, q, 12 and 3 are new (integers first, numerically, then the rest sorted); erin is new
@@ -167,7 +167,7 @@ def test_the_output_folder_itself_is_refused_as_parent(tmp_path: Path, capsys, d
 
 def test_a_parent_changed_after_the_launch_is_refused_by_the_worker(tmp_path: Path, day1: Path) -> None:
     checked = parent.load_parent(str(day1), str(tmp_path / "out"))
-    assert checked.extend(["q", "b", "3"], features.ITEMS_FILE) == ["a", "b", "c", "x", "3", "q"]
+    assert vocabulary.extend_parent(["q", "b", "3"], checked, features.ITEMS_FILE) == ["a", "b", "c", "x", "3", "q"]
     (day1 / features.ITEMS_FILE).write_text("a\nb\nc\nx\ny\n")
     with pytest.raises(parent.ParentVocabularyError, match="items.txt changed while the pipeline ran"):
-        checked.extend(["q"], features.ITEMS_FILE)
+        vocabulary.extend_parent(["q"], checked, features.ITEMS_FILE)
