@@ -198,7 +198,7 @@ class Replay:
             with open(self.path) as f:
                 previous = json.load(f)
         self.result = {**common.envelope(command), "dataset": dataset.name, "why": dataset.why}
-        self.result.update({k: previous[k] for k in ("days", "runs") if k in previous and not rerun})
+        self.result.update({k: previous[k] for k in ("days", "runs", "generated") if k in previous and not rerun})
         self.result.setdefault("days", {})
         self.result.setdefault("runs", {})
 
