@@ -24,6 +24,7 @@ Modules, in the order a run goes through them:
     outputs       what may be written and deleted in ``--output``; ``metadata.json`` and the manifest
     accounting    the row stats and the ``metadata.json`` counts made of them
     portable      the Beam subset every runner gets right, and why
+    runners       the runner defaults every command shares (FnApiRunner, Dask partitions, worker bound)
     encoding      a record as ``tf.train.Example`` bytes without TensorFlow
     readback      reading an output back in Python (tests, debugging)
     synthetic     a synthetic log with learnable structure (an entry point)

@@ -39,12 +39,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from mdcns_tf import cli, features
-from pipeline import inference, outputs, recommend_output, recommendations
+from pipeline import inference, outputs, recommend_output, recommendations, runners
 
 LOG = logging.getLogger("pipeline")
-
-DEFAULT_RUNNER = "FnApiRunner"  # see pipeline.run: the DirectRunner first tries to download Prism
-DASK_RUNNER_SUFFIX = "DaskRunner"
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -72,24 +69,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="score a data folder with the model's item vocabulary but other records than it was trained on",
     )
     return parser
-
-
-def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
-    """``pipeline.run``'s runner defaults (an entry point, so not imported): ``FnApiRunner`` unless ``--runner``
-    is given; on Dask one record file per partition unless the partitioning is given."""
-    args = list(beam_args)
-    runner = ""
-    for i, arg in enumerate(args):
-        if arg.startswith("--runner="):
-            runner = arg.split("=", 1)[1]
-        elif arg == "--runner" and i + 1 < len(args):
-            runner = args[i + 1]
-    if not runner:
-        args.append(f"--runner={DEFAULT_RUNNER}")
-    partitioned = any(a.split("=", 1)[0] in ("--dask_npartitions", "--dask_partition_size") for a in args)
-    if runner.endswith(DASK_RUNNER_SUFFIX) and not partitioned:
-        args.append("--dask_partition_size=1")
-    return PipelineOptions(args)
 
 
 def prepare(args: argparse.Namespace) -> recommendations.RecommendOptions:
@@ -155,7 +134,7 @@ def execute(options: recommendations.RecommendOptions, beam_opts: PipelineOption
 def run(argv: Sequence[str] | None = None) -> dict:
     """Parses ``argv`` (ours + Beam's), checks, runs; returns the ``_SUCCESS`` summary."""
     args, beam_args = build_arg_parser().parse_known_args(argv)
-    beam_opts = beam_options(beam_args)
+    beam_opts = runners.beam_options(beam_args)
     return execute(prepare(args), beam_opts)
 
 
@@ -166,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
     args, beam_args = build_arg_parser().parse_known_args(argv)
     try:
-        beam_opts = beam_options(beam_args)
+        beam_opts = runners.beam_options(beam_args)
         options = prepare(args)
     except (ValueError, OSError) as e:
         if os.environ.get(cli.TRACEBACK_ENV):

@@ -27,16 +27,14 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from mdcns_tf import cli
-from pipeline import formats, inputfiles, outputs, parent, portable, preprocess, reading, splits, timesplit
+from pipeline import formats, inputfiles, outputs, parent, portable, preprocess, reading, runners, splits, timesplit
 from pipeline.config import PipelineConfig
 
 LOG = logging.getLogger("pipeline")
-
-DEFAULT_RUNNER = "FnApiRunner"
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -90,38 +88,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def with_default_runner(beam_args: Sequence[str]) -> list[str]:
-    """Adds ``--runner=FnApiRunner`` unless the user chose a runner (see the module docstring for why)."""
-    beam_args = list(beam_args)
-    if not any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args):
-        beam_args.append(f"--runner={DEFAULT_RUNNER}")
-    return beam_args
-
-
-def with_dask_defaults(beam_args: Sequence[str]) -> list[str]:
-    """On the Dask runner, one input file per partition unless ``--dask_npartitions``/``--dask_partition_size``
-    is given: the runner ignores ``Reshuffle`` and puts up to 128 ``Create`` elements in one partition, so every
-    file would be read by one worker and every later step would inherit that single partition."""
-    beam_args = list(beam_args)
-    runner = next((a.split("=", 1)[1] for a in beam_args if a.startswith("--runner=")), "")
-    if "--runner" in beam_args and beam_args.index("--runner") + 1 < len(beam_args):
-        runner = beam_args[beam_args.index("--runner") + 1]
-    partitioned = any(a.split("=", 1)[0] in ("--dask_npartitions", "--dask_partition_size") for a in beam_args)
-    if runner.endswith("DaskRunner") and not partitioned:
-        beam_args.append("--dask_partition_size=1")
-    return beam_args
-
-
 def parse_args(argv: Sequence[str] | None = None) -> tuple[PipelineConfig, PipelineOptions]:
     known, beam_args = build_arg_parser().parse_known_args(argv)
     config = PipelineConfig(**vars(known))
-    options = PipelineOptions(with_dask_defaults(with_default_runner(beam_args)))
-    # The direct runner starts one Python process (or thread) with Beam loaded per worker, ~200 MB each: more than a
-    # few per core only costs memory.
-    workers, most = options.view_as(DirectOptions).direct_num_workers, 4 * (os.cpu_count() or 1)
-    if not 0 <= workers <= most:
-        raise ValueError(f"--direct_num_workers {workers}: use 0 (one per core) up to {most} (4 per core)")
-    return config, options
+    return config, runners.beam_options(beam_args)
 
 
 def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -160,3 +160,24 @@ def wait_while_progressing(
             raise TimeoutError(f"still running after {limit_seconds:.0f}s")
         time.sleep(1.0)
     return [p.returncode for p in processes]
+
+
+@pytest.fixture(scope="session")
+def dask_cluster_address() -> Iterator[str]:
+    """One scheduler and 2 single-threaded worker processes on 127.0.0.1 for every Dask test of the session
+    (spawned: they import the repo's code, hence PYTHONPATH); skipped where dask[distributed] is not installed."""
+    distributed = pytest.importorskip(
+        "distributed", reason="dask[distributed] is not installed (pip install -e '.[dask]'): no Dask cluster to run on"
+    )
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, saved]))
+    try:
+        with distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster:
+            yield cluster.scheduler_address
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved

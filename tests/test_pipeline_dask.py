@@ -6,38 +6,18 @@ Runs in CI (`dask[distributed]` is in the `test` extra); skipped only when dask 
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-distributed = pytest.importorskip(
+pytest.importorskip(
     "distributed", reason="dask[distributed] is not installed (pip install -e '.[dask]'): no Dask cluster to run on"
 )
 
 from mdcns_tf import features  # noqa: E402
-from pipeline import readback, run, synthetic  # noqa: E402
+from pipeline import readback, run, runners, synthetic  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
-
-
-@pytest.fixture(scope="module")
-def cluster_address() -> Iterator[str]:
-    """A scheduler and 2 single-threaded worker processes on 127.0.0.1 (spawned: they import the repo's code)."""
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved]))
-    try:
-        with distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-        ) as cluster:
-            yield cluster.scheduler_address
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
 
 
 def write_logs(folder: Path) -> None:
@@ -78,14 +58,14 @@ def outputs_of(output: Path) -> dict:
     ids=["loo", "user_kcore_dedupe", "time_quantile_kcore"],
 )
 def test_dask_runner_matches_the_direct_runner(
-    cluster_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str]
+    dask_cluster_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str]
 ) -> None:
     write_logs(tmp_path / "logs")
     # Relative paths from a cwd the workers do not share: the pipeline must hand them absolute paths.
     monkeypatch.chdir(tmp_path)
     common = ["--input=logs", "--input_format=interactions", *flags]
     run.run([*common, "--output=direct"])
-    run.run([*common, "--output=dask", f"--runner={DASK_RUNNER}", f"--dask_client_address={cluster_address}"])
+    run.run([*common, "--output=dask", f"--runner={DASK_RUNNER}", f"--dask_client_address={dask_cluster_address}"])
 
     direct, dask = outputs_of(tmp_path / "direct"), outputs_of(tmp_path / "dask")
     assert direct["counts"]["users_written"] > 100 and direct["counts"]["rows_rejected"] == 2
@@ -96,7 +76,7 @@ def test_dask_runner_matches_the_direct_runner(
 
 
 def test_vocabulary_from_on_the_dask_runner(
-    cluster_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dask_cluster_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``--vocabulary_from``: the workers read the parent's vocabularies; same output as the direct runner."""
     write_logs(tmp_path / "logs")
@@ -107,7 +87,7 @@ def test_vocabulary_from_on_the_dask_runner(
     run.run(["--input=day1", "--input_format=interactions", "--split=loo", "--output=parent"])
     common = ["--input=logs", "--input_format=interactions", "--split=user", "--vocabulary_from=parent"]
     run.run([*common, "--output=direct"])
-    run.run([*common, "--output=dask", f"--runner={DASK_RUNNER}", f"--dask_client_address={cluster_address}"])
+    run.run([*common, "--output=dask", f"--runner={DASK_RUNNER}", f"--dask_client_address={dask_cluster_address}"])
 
     direct, dask = outputs_of(tmp_path / "direct"), outputs_of(tmp_path / "dask")
     parent_items = readback.read_vocab("parent", features.ITEMS_FILE)
@@ -117,7 +97,8 @@ def test_vocabulary_from_on_the_dask_runner(
 
 
 def test_one_input_file_per_dask_partition_unless_the_user_chose() -> None:
-    assert run.with_dask_defaults([f"--runner={DASK_RUNNER}"])[-1] == "--dask_partition_size=1"
-    assert run.with_dask_defaults(["--runner", DASK_RUNNER])[-1] == "--dask_partition_size=1"
-    assert "--dask_partition_size=1" not in run.with_dask_defaults([f"--runner={DASK_RUNNER}", "--dask_npartitions=8"])
-    assert run.with_dask_defaults(["--runner=FnApiRunner"]) == ["--runner=FnApiRunner"]
+    assert runners.with_dask_defaults([f"--runner={DASK_RUNNER}"])[-1] == "--dask_partition_size=1"
+    assert runners.with_dask_defaults(["--runner", DASK_RUNNER])[-1] == "--dask_partition_size=1"
+    partitioned = [f"--runner={DASK_RUNNER}", "--dask_npartitions=8"]
+    assert "--dask_partition_size=1" not in runners.with_dask_defaults(partitioned)
+    assert runners.with_dask_defaults(["--runner=FnApiRunner"]) == ["--runner=FnApiRunner"]

@@ -11,13 +11,11 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO
 from test_export import make_encoder, write_vocabulary
 
 from mdcns_tf import features
@@ -221,29 +219,16 @@ def test_usage_errors(world, tmp_path, capsys) -> None:
     assert not (tmp_path / "out").exists()
 
 
-@pytest.fixture(scope="module")
-def cluster_address() -> Iterator[str]:
-    """A scheduler and 2 single-threaded worker processes (as in tests/test_pipeline_dask.py)."""
-    distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed")
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved]))
-    try:
-        with distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-        ) as cluster:
-            yield cluster.scheduler_address
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
-
-
-def test_dask_runner_writes_what_the_direct_runner_writes(world, tmp_path, cluster_address) -> None:
+def test_dask_runner_writes_what_the_direct_runner_writes(world, tmp_path, dask_cluster_address) -> None:
     direct, dask = str(tmp_path / "direct"), str(tmp_path / "dask")
     recommend_ok(world, "loo", direct, "--batch_size=16")
     summary = recommend_ok(
-        world, "loo", dask, "--batch_size=16", f"--runner={DASK_RUNNER}", f"--dask_client_address={cluster_address}"
+        world,
+        "loo",
+        dask,
+        "--batch_size=16",
+        f"--runner={DASK_RUNNER}",
+        f"--dask_client_address={dask_cluster_address}",
     )
     assert summary["users_in"] == summary["users_out"] == features.Metadata.load(world["loo"]).n_users
     rows, expected = read_jsonl(dask), read_jsonl(direct)
