@@ -107,6 +107,20 @@ def tiny_dataset(tmp_path_factory) -> str:
     return data_dir
 
 
+def training_batch(n_items: int, max_len: int, batch: int = 4, seed: int = 0) -> dict[str, tf.Tensor]:
+    """A training element (`mdcns_tf.batch` keys) of ``batch`` full-length random sequences of ids in
+    ``[1, n_items]``: inputs `(batch, max_len)`, next-item targets, the whole sequence as exclusions, users 1..batch."""
+    from mdcns_tf.batch import EXCLUSION_IDS, INPUT_IDS, TARGET_IDS, USER_INDEX
+
+    sequences = np.random.default_rng(seed).integers(1, n_items + 1, size=(batch, max_len + 1))
+    return {
+        INPUT_IDS: tf.constant(sequences[:, :-1], tf.int32),
+        TARGET_IDS: tf.constant(sequences[:, 1:], tf.int32),
+        EXCLUSION_IDS: tf.constant(sequences, tf.int32),
+        USER_INDEX: tf.constant(np.arange(1, batch + 1), tf.int32),
+    }
+
+
 def scored_context(item_scores, states, target_ids, exclusion_ids, user_index=None) -> SamplingContext:
     """A sampler context whose score(l, j) = states[b, l] * item_scores[j] (1-d embeddings)."""
     target_ids = tf.constant(target_ids, tf.int32)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from conftest import training_batch
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf.batch import EXCLUSION_IDS, INPUT_IDS, TARGET_IDS, USER_INDEX
+from mdcns_tf.batch import EXCLUSION_IDS
 from mdcns_tf.config_loader import load_config
 from mdcns_tf.features import Metadata
 from mdcns_tf.samplers import pool_scoring
@@ -168,14 +169,7 @@ def tiny_config(*overrides: str):
 
 
 def tiny_batch() -> dict[str, tf.Tensor]:
-    rng = np.random.default_rng(0)
-    sequences = rng.integers(1, N_ITEMS + 1, size=(4, MAX_LEN + 1))
-    return {
-        INPUT_IDS: tf.constant(sequences[:, :-1], tf.int32),
-        TARGET_IDS: tf.constant(sequences[:, 1:], tf.int32),
-        EXCLUSION_IDS: tf.constant(sequences, tf.int32),
-        USER_INDEX: tf.constant([1, 2, 3, 4], tf.int32),
-    }
+    return training_batch(N_ITEMS, MAX_LEN)
 
 
 def built(config):
