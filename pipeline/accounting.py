@@ -6,7 +6,7 @@ Beam ~0.5 s of graph construction). The names:
 
 - per file, from the parser (`pipeline.formats.LineParser.counts`): ``lines_read``, ``empty_lines``,
   ``header_lines``, ``rows_read``, ``rows_parsed``, ``rows_rejected``, ``rejected_<reason>``;
-- per user (`sequence_stats`): ``users_read`` and ``rows_after_dedupe`` as the sequences enter the filters,
+- per block of users (`block_stats`): ``users_read`` and ``rows_after_dedupe`` as the sequences enter the filters,
   ``rows_after_kcore`` after the k-core, ``rows_written`` after the minimum length; with a k-core,
   ``kcore_items_below_k`` / ``kcore_users_below_k`` (`pipeline.sequences.kcore_violations`); with the time split,
   ``rows_filtered_time_cut``, the events after a user's target, dropped before the filters (so
@@ -29,11 +29,15 @@ from mdcns_tf import features
 from pipeline import portable
 
 
-def sequence_stats(sequences: beam.PCollection, label: str, users_key: str | None = None) -> beam.PCollection:
-    """Stats ``(label, len(items))`` (and ``(users_key, 1)``) per ``(user, [item])``, to be summed per key."""
-    if users_key is None:
-        return sequences | f"Stats_{label}" >> beam.Map(lambda kv: (label, len(kv[1])))
-    return sequences | f"Stats_{label}" >> beam.FlatMap(lambda kv: [(label, len(kv[1])), (users_key, 1)])
+def _block_stats(block: tuple[int, list[tuple[str, list]]], label: str, users_key: str | None) -> list[tuple[str, int]]:
+    stats = [(label, sum(len(pair[1]) for pair in block[1]))]
+    return [*stats, (users_key, len(block[1]))] if users_key is not None else stats
+
+
+def block_stats(blocks: beam.PCollection, label: str, users_key: str | None = None) -> beam.PCollection:
+    """Stats ``(label, events)`` (and ``(users_key, users)``) per block of ``(user, [item])`` (`pipeline.blocks`),
+    to be summed per key."""
+    return blocks | f"Stats_{label}" >> beam.FlatMap(_block_stats, label, users_key)
 
 
 class SumDicts(beam.CombineFn):

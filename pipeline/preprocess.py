@@ -2,23 +2,27 @@
 
     p | "Preprocess" >> Preprocess(config, inputs, split_file, parent)      # what `pipeline.run` applies
 
-Its stages, in order, and the elements between them (``K`` = a raw key string):
+Its stages, in order, and the elements between them (``K`` = a raw key string; a *block* is the users, or the
+items, whose key hashes to one of ``n`` buckets, `pipeline.blocks`):
 
     ReadFiles          (file_ordinal, path, size_bytes)
-                         -> (ROWS, row) | (REJECTED, text line) | (COUNTS, dict)        `pipeline.reading`
-    BuildSequences     rows grouped per user -> (user K, [item K, ...]), chronological   `pipeline.sequences`
+                         -> (ROWS, (block, batch of rows)) | (REJECTED, [line]) | (COUNTS, dict)  `pipeline.reading`
+    BuildSequences     batches grouped per user block -> (block, [(user K, [item K, ...]), ...])  `pipeline.sequences`
     (TimeCut)          --split time: the events up to each user's target (the first at/after the cut)
-                         -> ((user K, target K | None), [item K, ...])                   `pipeline.timesplit`
-    FilterSequences    -> the same, fewer: k-core, minimum length                        `pipeline.sequences`
-    (HeldOut)          --split time: -> (user K, [item K, ...]) + (user K, valid | test)  `pipeline.timesplit`
-    BuildVocabularies  -> {"item_vocab": [item K, ...], "user_vocab": [user K, ...]}     `pipeline.vocabulary`
-    MakeRecords        sequences + vocabularies -> (split, (user_index, [item id], target))  `pipeline.records`
-    WriteOutputFiles   rejected lines, records -> (sink, temporary path) per file         `pipeline.sinks`
+                         -> blocks of ((user K, target K | None), [item K, ...])                `pipeline.timesplit`
+    FilterSequences    -> the same blocks, fewer users and events: k-core, minimum length         `pipeline.sequences`
+    (HeldOut)          --split time: -> blocks of (user K, [item K, ...]) + (block, [(user K, split)])
+    ItemUses           -> (item block, (user block, [item K, ...])): each block's distinct items  `pipeline.records`
+    BuildVocabularies  -> {"item_vocab": [item K, ...], "user_vocab": [user K, ...]}          `pipeline.vocabulary`
+    MakeRecords        blocks + vocabularies -> (split, [record bytes]) per block, train item counts, stats
+    WriteOutputFiles   rejected lines, records -> (sink, temporary path) per file                    `pipeline.sinks`
     Finish             all of the above in one group -> files renamed, vocabularies, metadata.json, manifest
 
-No step holds the dataset in one worker: parsing streams each file, sequences are grouped per user. The item and
-user vocabularies (distinct keys, not interactions) are combined into one sorted list each; that bounds the
-vocabulary (not the data) by one worker's memory. Ids reach the sequences through joins (`MakeRecords`).
+No step holds the dataset in one worker, and no shuffle moves single events: rows leave the reader in batches per
+user block, and every later step works on a block's users at once (the k-core, which is off by default, runs per
+event). The item and user vocabularies (distinct keys, not interactions) are combined into one sorted list each;
+that bounds the vocabulary (not the data) by one worker's memory. Ids reach the blocks through joins of item blocks
+(`MakeRecords`); every join checks that what arrived is whole (`pipeline.records.records_of_block`).
 
 Every stage feeds the last one (`Finish`) through its main input: the stats (`pipeline.accounting`), the
 vocabularies and item counts, and the temporary files the sinks wrote, which also orders it after every sink. No
@@ -33,11 +37,29 @@ from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 
-from pipeline import formats, outputs, portable, reading, records, sequences, sinks, timesplit, vocabulary
+from pipeline import (
+    blocks,
+    formats,
+    inputfiles,
+    outputs,
+    portable,
+    reading,
+    records,
+    sequences,
+    sinks,
+    timesplit,
+    vocabulary,
+)
 from pipeline.config import PipelineConfig
 from pipeline.parent import ParentVocabulary
 from pipeline.splits import SplitFile
+
+
+def _expansion(path: str) -> int:
+    """How many bytes of lines a byte of the file holds, roughly: compressed logs count 4 times their size."""
+    return 1 if inputfiles.compression_of(path) == CompressionTypes.UNCOMPRESSED else 4
 
 
 class Preprocess(beam.PTransform):
@@ -64,17 +86,21 @@ class Preprocess(beam.PTransform):
         self.split_file = split_file
         self.parent = parent
         self.run_id = uuid.uuid4().hex[:16]  # names the sinks' temporary folders
+        self.num_blocks = blocks.block_count(sum(size * _expansion(path) for _, path, size in inputs))
 
     def expand(self, root: beam.pvalue.PBegin) -> beam.PCollection:
         config = self.config
         delimiter, fixed = config.delimiter_value
         columns = formats.parse_columns(config.columns) if config.columns else None
+        num_blocks = self.num_blocks
         parsed = (
             root
             | "Files" >> beam.Create(self.inputs)
             | "ReadFiles"
             >> reading.ReadFiles(
-                reading.ReadAndParse(config.input_format, delimiter, fixed, columns, config.max_line_bytes)
+                reading.ReadAndParse(
+                    config.input_format, delimiter, fixed, columns, config.max_line_bytes, num_blocks=num_blocks
+                )
             )
         )
         time_split = config.split == "time"
@@ -82,20 +108,24 @@ class Preprocess(beam.PTransform):
             has_timestamps=config.input_format == "interactions", dedupe=config.dedupe, with_times=time_split
         )
         if time_split:
-            cut = built | "TimeCut" >> timesplit.TimeCut(config.cutoff, config.cutoff_quantile)
+            cut = built | "TimeCut" >> timesplit.TimeCut(config.cutoff, config.cutoff_quantile, num_blocks)
             built = cut["sequences"]
         filtered = built | "FilterSequences" >> sequences.FilterSequences(
-            config.kcore, config.kcore_rounds, config.effective_min_seq_len
+            config.kcore, config.kcore_rounds, config.effective_min_seq_len, num_blocks
         )
         kept = (
             filtered["sequences"]
             if not time_split
-            else filtered["sequences"] | "HeldOut" >> timesplit.HeldOut(config.seed)
+            else filtered["sequences"] | "HeldOut" >> timesplit.HeldOut(config.seed, num_blocks)
         )
         kept_sequences = kept if not time_split else kept["sequences"]
-        vocabularies = kept_sequences | "BuildVocabularies" >> vocabulary.BuildVocabularies(self.parent)
-        split_records = {
+        uses = kept_sequences | "ItemUses" >> beam.FlatMap(records.item_uses, num_blocks)
+        vocabularies = {"sequences": kept_sequences, "item_uses": uses} | "BuildVocabularies" >> (
+            vocabulary.BuildVocabularies(self.parent)
+        )
+        made = {
             "sequences": kept_sequences,
+            "item_uses": uses,
             **vocabularies,
             **({"held_out": kept["held_out"]} if time_split else {}),
         } | "MakeRecords" >> records.MakeRecords(
@@ -105,23 +135,32 @@ class Preprocess(beam.PTransform):
                 config.valid_fraction,
                 config.test_fraction,
                 self.split_file.assignment if self.split_file is not None else None,
+                num_blocks,
             )
         )
+        split_records = portable.select(made, records.RECORDS, "SplitRecords")
         temp_files = {
             "rejected": portable.select(parsed, reading.REJECTED, "RejectedLines"),
             "records": split_records,
         } | "WriteOutputFiles" >> sinks.WriteOutputFiles(config.output, self.run_id, config.num_shards)
         item_counts = (
-            portable.select(split_records, "train", "TrainRecords")
-            | "TrainItemIds" >> beam.FlatMap(lambda record: [(item_id, 1) for item_id in record[1]])
-            | "CountPerItem" >> beam.CombinePerKey(sum)
+            portable.select(made, records.ITEM_COUNTS, "TrainItemCounts")
+            | "GroupByIdBlock" >> beam.GroupByKey()
+            | "CountPerItem" >> beam.Map(_summed_counts)
         )
         stats = (
             portable.select(parsed, reading.COUNTS, "FileCounts") | "ReadStats" >> beam.FlatMap(dict.items),
             filtered["stats"],
             vocabularies["stats"],
-            split_records | "RecordStats" >> beam.Map(lambda kv: (f"records_{kv[0]}", 1)),
-            *((cut["stats"], timesplit.unseen_targets(split_records, item_counts)) if time_split else ()),
+            portable.select(made, records.STATS, "RecordStats") | "RecordStatPairs" >> beam.FlatMap(lambda s: s),
+            *(
+                (
+                    cut["stats"],
+                    timesplit.unseen_targets(portable.select(made, records.EVAL_TARGETS, "EvalTargets"), item_counts),
+                )
+                if time_split
+                else ()
+            ),
         ) | "AllStats" >> beam.Flatten()
         files = [path for _, path, _ in self.inputs]
         return {
@@ -134,12 +173,21 @@ class Preprocess(beam.PTransform):
         } | "Finish" >> Finish(config, files, self.run_id, self.split_file, self.parent)
 
 
+def _summed_counts(element: tuple[int, Iterable[dict[int, int]]]) -> tuple[int, dict[int, int]]:
+    """An item-id block's per-user-block train counts -> ``(id block, {item id: train uses})``."""
+    total: dict[int, int] = {}
+    for counts in element[1]:
+        for item_id, n in counts.items():
+            total[item_id] = total.get(item_id, 0) + n
+    return element[0], total
+
+
 def _tagged(value: Any, kind: str) -> tuple[str, Any]:
     return kind, value
 
 
 class Finish(beam.PTransform):
-    """The last step: ``{"temp_files": (sink, path | None), "stats": (name, n), "item_counts": (item id, n),
+    """The last step: ``{"temp_files": (sink, path | None), "stats": (name, n), "item_counts": (id block, {item id: n}),
     "item_vocab": [key], "user_vocab": [key]}`` (and ``"time_cut"``: the time split's cutoff info) -> the
     singleton metadata dict.
 
@@ -166,7 +214,7 @@ class Finish(beam.PTransform):
         parts = (
             results["temp_files"] | "TempParts" >> beam.Map(_tagged, "temp"),
             results["stats"] | "SumStats" >> beam.CombinePerKey(sum) | "StatParts" >> beam.Map(_tagged, "stat"),
-            results["item_counts"] | "ItemCountParts" >> beam.Map(_tagged, "item_count"),
+            results["item_counts"] | "ItemCountParts" >> beam.Map(_tagged, "item_counts"),
             results["item_vocab"] | "ItemVocabPart" >> beam.Map(_tagged, "item_vocab"),
             results["user_vocab"] | "UserVocabPart" >> beam.Map(_tagged, "user_vocab"),
             *([results["time_cut"] | "TimeCutPart" >> beam.Map(_tagged, "time_cut")] if "time_cut" in results else []),
@@ -198,9 +246,9 @@ def finish(
     parent: ParentVocabulary | None = None,
 ) -> dict[str, Any]:
     """The gathered ``(kind, value)`` parts: ``("temp", (sink, temporary path or None))`` per file written (and
-    per sink marker), ``("stat", (name, total))``, ``("item_count", (item id, n))``, ``("item_vocab", list)``,
-    ``("user_vocab", list)`` and ``("time_cut", dict)`` -> the sinks' files renamed (`sinks.finalize_sink`), then
-    `outputs.write_metadata`. A vocabulary that is absent (no user left) is empty."""
+    per sink marker), ``("stat", (name, total))``, ``("item_counts", (id block, {item id: n}))``, ``("item_vocab",
+    list)``, ``("user_vocab", list)`` and ``("time_cut", dict)`` -> the sinks' files renamed
+    (`sinks.finalize_sink`), then `outputs.write_metadata`. A vocabulary that is absent (no user left) is empty."""
     temp_paths: dict[str, list[str | None]] = {sink: [] for sink in sinks.SINKS}
     stats: dict[str, int] = {}
     item_counts: dict[int, int] = {}
@@ -211,8 +259,8 @@ def finish(
             temp_paths[value[0]].append(value[1])
         elif kind == "stat":
             stats[value[0]] = value[1]
-        elif kind == "item_count":
-            item_counts[value[0]] = value[1]
+        elif kind == "item_counts":
+            item_counts.update(value[1])
         elif kind == "time_cut":
             time_cut = value
         else:

@@ -2,13 +2,14 @@
 
     match_inputs   --input -> [(file_ordinal, path, size_bytes)], at launch
     ReadFiles      (file_ordinal, path, size_bytes)
-                     -> (ROWS, (user K, (timestamp, file_ordinal, line_no, (item K, ...))))    `formats.Parsed`
-                        (REJECTED, "path\\tline\\treason\\traw")                                 `formats.Rejection`
-                        (COUNTS, dict[str, int]) once per file                                  `pipeline.accounting`
+                     -> (ROWS, (block, `blocks.Batch`)) per block and chunk of `CHUNK_LINES` lines
+                        (REJECTED, ["path\\tline\\treason\\traw", ...]) per chunk      `formats.Rejection`
+                        (COUNTS, dict[str, int]) once per file                        `pipeline.accounting`
 
 A file is read by one worker, streaming (`iter_lines`), so line order (ties between events) is known and no file
-is held in memory; files are spread over workers. The three kinds of output are ``(tag, value)`` pairs of one
-output, not tagged outputs (`pipeline.portable`).
+is held in memory; files are spread over workers. Lines are parsed a chunk at a time (`formats.LineParser.
+parse_batch`) and the chunk's rows leave in one batch per user block (`pipeline.blocks`), never one element per
+event. The three kinds of output are ``(tag, value)`` pairs of one output, not tagged outputs (`pipeline.portable`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline import formats, inputfiles, outputs
+from pipeline import blocks, formats, inputfiles, outputs
 
 LOG = logging.getLogger("pipeline")
 
@@ -33,6 +34,8 @@ REJECTED = "rejected"
 COUNTS = "counts"
 
 _READ_CHUNK = 1 << 20
+# Lines parsed and sent on together: a chunk's rows in at most `blocks` batches (~3 MB of lines in memory).
+CHUNK_LINES = 1 << 17
 MAX_INPUT_FILES = 100_000
 
 
@@ -131,8 +134,10 @@ class ReadAndParse(beam.DoFn):
     """Streams one file line by line (order kept via line numbers) through a `formats.LineParser`.
 
     Input: ``(file_ordinal, path, size_bytes)``. Outputs ``(tag, value)`` pairs (one output: `pipeline.portable`;
-    `portable.select` splits them): ``ROWS`` `formats.Parsed` values, ``REJECTED`` text lines and, once per file, a
-    ``COUNTS`` dict. Logs progress with an ETA every ``log_every_s`` seconds.
+    `portable.select` splits them): ``ROWS`` ``(block, blocks.Batch)`` per user block of each chunk of
+    `CHUNK_LINES` lines, ``REJECTED`` lists of text lines and, once per file, a ``COUNTS`` dict. ``num_blocks``
+    is the number of user blocks (`pipeline.blocks.block_count`). Logs progress with an ETA every ``log_every_s``
+    seconds.
     """
 
     def __init__(
@@ -143,6 +148,8 @@ class ReadAndParse(beam.DoFn):
         columns: tuple[str, ...] | None,
         max_line_bytes: int = formats.DEFAULT_MAX_LINE_BYTES,
         log_every_s: float = 30.0,
+        num_blocks: int = blocks.MIN_BLOCKS,
+        chunk_lines: int = CHUNK_LINES,
     ) -> None:
         self.input_format = input_format
         self.delimiter = delimiter
@@ -150,6 +157,8 @@ class ReadAndParse(beam.DoFn):
         self.columns = columns
         self.max_line_bytes = max_line_bytes
         self.log_every_s = log_every_s
+        self.num_blocks = num_blocks
+        self.chunk_lines = chunk_lines
         self.lines_counter = Metrics.counter("pipeline", "lines_read")
         self.rows_counter = Metrics.counter("pipeline", "rows_read")
         self.rejected_counter = Metrics.counter("pipeline", "rows_rejected")
@@ -166,33 +175,34 @@ class ReadAndParse(beam.DoFn):
         )
         start = last_log = time.monotonic()
         reported = {"lines_read": 0, "rows_read": 0, "rows_rejected": 0}
+        chunk: list[tuple[int, bytes | None]] = []
+        line_no = 0
         # The file's content, decompressed by its name and checked to the end (`pipeline.inputfiles`): a damaged,
         # truncated, mislabelled or changing file raises `InputFileError` instead of reading short.
         with inputfiles.open_input(path, size) as stream:
             for line_no, (raw, _) in enumerate(iter_lines(stream, self.max_line_bytes), start=1):
-                out = parser.parse(line_no, raw)
-                if isinstance(out, formats.Rejection):
-                    yield REJECTED, out.to_line()
-                else:
-                    for parsed in out:
-                        yield ROWS, parsed
-                if line_no % 65536 == 0:
-                    self._report(parser.counts, reported)
-                    now = time.monotonic()
-                    if now - last_log >= self.log_every_s:
-                        last_log = now
-                        consumed = stream.raw_bytes  # of the file, compressed or not: comparable to its size
-                        rate = consumed / max(now - start, 1e-9)
-                        eta = (size - consumed) / rate if size and consumed < size else 0.0
-                        LOG.info(
-                            "%s: %d lines, %.1f%% of %d bytes, %.1f MB/s, ETA %.0fs",
-                            path,
-                            line_no,
-                            100.0 * consumed / max(size, 1),
-                            size,
-                            rate / 1e6,
-                            eta,
-                        )
+                chunk.append((line_no, raw))
+                if len(chunk) < self.chunk_lines:
+                    continue
+                yield from self._parsed(parser, chunk)
+                chunk = []
+                self._report(parser.counts, reported)
+                now = time.monotonic()
+                if now - last_log >= self.log_every_s:
+                    last_log = now
+                    consumed = stream.raw_bytes  # of the file, compressed or not: comparable to its size
+                    rate = consumed / max(now - start, 1e-9)
+                    eta = (size - consumed) / rate if size and consumed < size else 0.0
+                    LOG.info(
+                        "%s: %d lines, %.1f%% of %d bytes, %.1f MB/s, ETA %.0fs",
+                        path,
+                        line_no,
+                        100.0 * consumed / max(size, 1),
+                        size,
+                        rate / 1e6,
+                        eta,
+                    )
+            yield from self._parsed(parser, chunk)
         self._report(parser.counts, reported)
         if not parser.counts["lines_read"]:
             LOG.warning("%s: empty (no line, no row)", path)
@@ -214,6 +224,28 @@ class ReadAndParse(beam.DoFn):
         )
         yield COUNTS, dict(parser.counts)
 
+    def _parsed(self, parser: formats.LineParser, chunk: list[tuple[int, bytes | None]]) -> Iterator[Any]:
+        """A chunk of lines -> its rows as one ``(ROWS, (block, batch))`` per user block, its rejected lines."""
+        parsed = parser.parse_batch(chunk) if hasattr(parser, "parse_batch") else _parse_each(parser, chunk)
+        if parsed.rejections:
+            yield REJECTED, [rejection.to_line() for rejection in parsed.rejections]
+        batches: dict[int, blocks.Batch] = {}
+        block_of_user: dict[str, int] = {}  # a user's rows come several to a chunk: hash each user once
+        n, ordinal = self.num_blocks, parser.file_ordinal
+        for user, items, timestamp, line in zip(parsed.users, parsed.items, parsed.times, parsed.line_nos, strict=True):
+            block = block_of_user.get(user)
+            if block is None:
+                block = block_of_user[user] = blocks.block_of(user, n)
+            batch = batches.get(block)
+            if batch is None:
+                batch = batches[block] = (ordinal, [], [], [], [])
+            batch[1].append(user)
+            batch[2].append(items)
+            batch[3].append(timestamp)
+            batch[4].append(line)
+        for block, batch in batches.items():
+            yield ROWS, (block, batch)
+
     def _report(self, counts: dict[str, int], reported: dict[str, int]) -> None:
         # Counters are bumped in batches: a metric update per line would dominate the parse cost.
         for key, counter in (
@@ -225,6 +257,23 @@ class ReadAndParse(beam.DoFn):
             if delta:
                 counter.inc(delta)
                 reported[key] += delta
+
+
+def _parse_each(parser: formats.LineParser, chunk: list[tuple[int, bytes | None]]) -> Any:  # TEMPORARY
+    import types
+
+    out = types.SimpleNamespace(users=[], items=[], times=[], line_nos=[], rejections=[])
+    for line_no, raw in chunk:
+        parsed = parser.parse(line_no, raw)
+        if isinstance(parsed, formats.Rejection):
+            out.rejections.append(parsed)
+            continue
+        for user, (timestamp, _, line, items) in parsed:
+            out.users.append(user)
+            out.items.append(items)
+            out.times.append(timestamp)
+            out.line_nos.append(line)
+    return out
 
 
 class ReadFiles(beam.PTransform):

@@ -114,6 +114,7 @@ def execute(options: recommendations.RecommendOptions, beam_opts: PipelineOption
     """Runs the pipeline on a `prepare`d output and waits for it; returns the ``_SUCCESS`` summary."""
     LOG.info("recommend: %d users, runner %s", options.users_expected, beam_opts.view_as(StandardOptions).runner)
     start = time.monotonic()
+    runners.guard_local_data_plane(beam_opts)
     p = beam.Pipeline(options=beam_opts)
     _ = p | "Recommend" >> recommendations.Recommend(options)
     result = None

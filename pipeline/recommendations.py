@@ -152,8 +152,8 @@ def _tagged(value: Any, tag: str) -> tuple[None, tuple[str, Any]]:
     return None, (tag, value)
 
 
-def _in_rows_sink(row: str | bytes) -> tuple[str, str | bytes]:
-    return "rows", row
+def _in_rows_sink(row: str | bytes) -> tuple[str, list[str | bytes]]:
+    return "rows", [row]  # `sinks.WriteFiles` takes batches
 
 
 def _one(_: Any) -> int:

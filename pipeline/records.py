@@ -1,44 +1,68 @@
-"""Records: the filtered sequences and the vocabularies -> ``(split, (user_index, [item id], target))`` pairs.
+"""Records: the filtered sequences and the vocabularies -> each split's serialised records, a block at a time.
 
-`MakeRecords` joins the ids to the events; which records a user's ids become is `pipeline.splits`;
-`serialize_record` gives a record's bytes.
+`MakeRecords` joins the ids to the events a block at a time (`pipeline.blocks`); which records a user's ids become
+is `pipeline.splits`; `serialize_record` gives a record's bytes.
+
+    item_uses       a block of sequences -> (item block, (user block, [item K, ...])) its distinct items
+    MakeRecords     blocks + vocabularies -> ("records", (split, [record bytes, ...])) per block and split,
+                    ("stats", [(name, n), ...]), ("item_counts", (item block, {item id: train uses})),
+                    ("eval_targets", (item block, [(target id, split), ...]))       one output (`pipeline.portable`)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline import encoding, sequences, splits
+from pipeline import blocks, encoding, splits
+
+RECORDS, STATS, ITEM_COUNTS, EVAL_TARGETS = "records", "stats", "item_counts", "eval_targets"
 
 
-def _item_ids(vocabulary: list[str]) -> Iterator[tuple[str, int]]:
-    """The item vocabulary -> ``(item K, item id)`` per item."""
+def item_uses(block: blocks.Block, num_blocks: int) -> Iterator[tuple[int, tuple[int, list[str]]]]:
+    """A block of ``(user K, [item K, ...])`` -> ``(item block, (user block, [item K, ...]))``: each distinct item
+    of the block once, grouped by the item's block. The vocabulary is built from these (`pipeline.vocabulary`),
+    and the item ids come back to the user block through them (`item_ids_of_uses`)."""
+    distinct = {item for _, items in block[1] for item in items}
+    for item_block, items in blocks.by_block(distinct, num_blocks).items():
+        yield item_block, (block[0], items)
+
+
+def vocabulary_blocks(vocabulary: list[str], num_blocks: int) -> Iterator[tuple[int, dict[str, int]]]:
+    """The item vocabulary -> ``(item block, {item K: item id})`` (id = position + 1) for every item block."""
+    per_block: dict[int, dict[str, int]] = {}
     for item_id, key in enumerate(vocabulary, start=1):
-        yield key, item_id
+        per_block.setdefault(blocks.block_of(key, num_blocks), {})[key] = item_id
+    return iter(per_block.items())
 
 
-def _ids_by_user(element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, tuple[int, int]]]:
-    """``(item K, {"id": [item id], "uses": [(user K, position), ...]})`` -> ``(user K, (position, item id))``."""
-    item, joined = element
-    ids, uses = list(joined["id"]), list(joined["uses"])
-    if uses and len(ids) != 1:
-        # Both sides come from the same sequences, so this means the vocabulary and the events were computed from
-        # different versions of them. Fail loudly: dropping the item's events would lose data silently.
-        raise ValueError(
-            f"item {item!r}: {len(uses)} events but {len(ids)} vocabulary ids; the item vocabulary "
-            "and the events disagree (was an upstream step re-run with a different result?)"
-        )
-    for item_id in ids:
-        for user, position in uses:
-            yield user, (position, item_id)
+def item_ids_of_uses(element: tuple[int, dict[str, list[Any]]]) -> Iterator[tuple[int, dict[str, int]]]:
+    """``(item block, {"ids": [{item K: id}], "uses": [(user block, [item K, ...]), ...]})`` -> ``(user block,
+    {item K: id})`` for each user block that uses an item of this item block."""
+    item_block, joined = element
+    id_maps, uses = list(joined["ids"]), list(joined["uses"])
+    if len(id_maps) > 1:
+        raise ValueError(f"item block {item_block}: {len(id_maps)} vocabulary parts instead of one (a runner bug)")
+    ids = id_maps[0] if id_maps else {}
+    for user_block, items in uses:
+        missing = [item for item in items if item not in ids]
+        if missing:
+            # Both sides come from the same sequences, so this means the vocabulary and the events were computed
+            # from different versions of them. Fail loudly: dropping the item's events would lose data silently.
+            raise ValueError(
+                f"items {missing[:3]!r} ({len(missing)} in all) have events but no vocabulary id; the item "
+                "vocabulary and the events disagree (was an upstream step re-run with a different result?)"
+            )
+        yield user_block, {item: ids[item] for item in items}
 
 
 class UserSplits(beam.DoFn):
-    """The user vocabulary -> ``(user K, (user_index, split))`` for every user (index = position + 1).
+    """The user vocabulary -> ``(user block, [(user K, user_index, split), ...])`` for every user (index = position
+    + 1), a list per user block (`pipeline.blocks`, ``num_blocks``).
 
     The element is the vocabulary, or ``(vocabulary, users of this log)`` with ``--vocabulary_from`` (whose
     vocabulary keeps users this log does not have: they get no record, and no share of a split).
@@ -55,6 +79,7 @@ class UserSplits(beam.DoFn):
         valid_fraction: float,
         test_fraction: float,
         split_file: dict[str, str] | None = None,
+        num_blocks: int = blocks.MIN_BLOCKS,
     ) -> None:
         if protocol not in splits.PROTOCOLS:
             raise ValueError(f"unknown split protocol {protocol!r}; expected one of {splits.PROTOCOLS}")
@@ -63,8 +88,11 @@ class UserSplits(beam.DoFn):
         self.valid_fraction = valid_fraction
         self.test_fraction = test_fraction
         self.split_file = split_file
+        self.num_blocks = num_blocks
 
-    def process(self, element: list[str] | tuple[list[str], list[str]]) -> Iterator[tuple[str, tuple[int, str | None]]]:
+    def process(
+        self, element: list[str] | tuple[list[str], list[str]]
+    ) -> Iterator[tuple[int, list[tuple[str, int, str | None]]]]:
         user_vocab, present = element if isinstance(element, tuple) else (element, element)
         if self.protocol in ("loo", "time"):
             assignment: dict[str, str] | None = None
@@ -73,58 +101,104 @@ class UserSplits(beam.DoFn):
         else:
             assignment = splits.user_split_assignment(present, self.seed, self.valid_fraction, self.test_fraction)
         wanted = None if present is user_vocab else set(present)
+        per_block: dict[int, list[tuple[str, int, str | None]]] = {}
         for index, key in enumerate(user_vocab, start=1):
             if wanted is None or key in wanted:
-                yield key, (index, None if assignment is None else assignment[key])
+                split = None if assignment is None else assignment[key]
+                per_block.setdefault(blocks.block_of(key, self.num_blocks), []).append((key, index, split))
+        yield from per_block.items()
 
 
-def _sequence_length(element: sequences.UserSequence) -> tuple[str, int]:
-    user, items = element
-    return user, len(items)
-
-
-def records_of_user(element: tuple[str, dict[str, list[Any]]], protocol: str) -> Iterator[tuple[str, Any]]:
-    """A user's joined ``{"user": [(user_index, split)], "length": [n], "ids": [(position, item id), ...]}`` (time
-    protocol: also ``"held_out": [split]`` for a held-out user) -> its ``(split, record)`` pairs; fails loudly
-    unless exactly positions 0..n-1 arrived."""
-    user, joined = element
-    ((user_index, split),) = joined["user"]
-    (length,) = joined["length"]
-    positions = sorted(joined["ids"])
-    arrived = [position for position, _ in positions]
-    if arrived != list(range(length)):
-        # Every position left `sequences` once and went through two shuffles (JoinItemIds, JoinUsers). A mismatch is
-        # not bad input: a runner lost or repeated elements. Seen on Beam's multi-process direct runner at 10M
-        # events (README, "Known bug"); failing here keeps a short sequence from being written as if it were whole.
-        missing = sorted(set(range(length)) - set(arrived))[:5]
-        raise ValueError(
-            f"user {user!r}: {len(arrived)} of its {length} events reached the records step (missing positions "
-            f"{missing}, repeated: {len(arrived) - len(set(arrived))}): the runner lost or repeated elements in a "
-            "shuffle. Seen with --direct_running_mode multi_processing on large logs: rerun with "
-            "--direct_num_workers 1 or on Dataflow, Flink or Spark"
-        )
-    ids = [item_id for _, item_id in positions]
+def _records(protocol: str, user_index: int, ids: list[int], split: str | None) -> dict[str, splits.Record]:
     if protocol == "loo":
-        records = splits.loo_records(user_index, ids)
-    elif protocol == "time":
-        records = splits.time_records(user_index, ids, next(iter(joined.get("held_out", ())), "train"))
-    else:
-        records = splits.user_records(user_index, ids, split)
-    Metrics.counter("pipeline", "users_written").inc()
-    yield from records.items()
+        return splits.loo_records(user_index, ids)
+    if protocol == "time":
+        return splits.time_records(user_index, ids, split or "train")
+    return splits.user_records(user_index, ids, split)
+
+
+def _one(values: list[Any], what: str, block: int) -> Any:
+    if len(values) != 1:
+        raise ValueError(
+            f"user block {block}: {len(values)} {what} instead of one: the runner lost or repeated elements in a "
+            "shuffle (seen with --direct_running_mode multi_processing on large logs with per-event elements: "
+            "docs/beam_multiprocess_loss); rerun, or use --direct_num_workers 1"
+        )
+    return values[0]
+
+
+def records_of_block(
+    element: tuple[int, dict[str, list[Any]]], protocol: str, num_blocks: int
+) -> Iterator[tuple[str, Any]]:
+    """A user block's joined ``{"block": [sequences], "ids": [{item K: id}, ...], "users": [[(user K, index,
+    split), ...]]}`` (time protocol: also ``"held_out": [[(user K, split), ...]]``) -> its records and their stats,
+    item counts and evaluation targets (module docstring).
+
+    Fails loudly unless the block arrived exactly once, its users are exactly the users the vocabulary gave this
+    block, and every item has an id: a mismatch is not bad input but a runner that lost or repeated elements.
+    """
+    block, joined = element
+    users = [user for part in joined["users"] for user in part]
+    sequences = _one(list(joined["block"]), "copies of its sequences", block) if joined["block"] or users else []
+    if len(users) != len(sequences) or {u for u, _, _ in users} != {u for u, _ in sequences}:
+        raise ValueError(
+            f"user block {block}: {len(sequences)} sequences but {len(users)} vocabulary users: the runner lost or "
+            "repeated elements in a shuffle (docs/beam_multiprocess_loss); rerun, or use --direct_num_workers 1"
+        )
+    ids: dict[str, int] = {}
+    for part in joined["ids"]:
+        ids.update(part)
+    held_out = dict(pair for part in joined.get("held_out", ()) for pair in part)
+    user_of = {user: (index, split) for user, index, split in users}
+    serialized: dict[str, list[bytes]] = {}
+    train_counts: Counter[int] = Counter()
+    targets: list[tuple[int, str]] = []
+    for user, items in sequences:
+        index, split = user_of[user]
+        try:
+            item_ids = [ids[item] for item in items]
+        except KeyError as e:
+            raise ValueError(
+                f"user {user!r}: item {e.args[0]!r} reached its block without an id: the runner lost elements in a "
+                "shuffle (docs/beam_multiprocess_loss); rerun, or use --direct_num_workers 1"
+            ) from None
+        for name, record in _records(protocol, index, item_ids, held_out.get(user, split)).items():
+            serialized.setdefault(name, []).append(serialize_record(record))
+            if name == "train":
+                train_counts.update(record[1])
+            else:
+                targets.append((record[2], name))
+    Metrics.counter("pipeline", "users_written").inc(len(sequences))
+    for name, records in serialized.items():
+        yield RECORDS, (name, records)
+    yield STATS, [(f"records_{name}", len(records)) for name, records in serialized.items()]
+    for item_block, counts in _by_id_block(train_counts.items(), num_blocks).items():
+        yield ITEM_COUNTS, (item_block, dict(counts))
+    if protocol == "time":
+        for item_block, pairs in _by_id_block(targets, num_blocks).items():
+            yield EVAL_TARGETS, (item_block, pairs)
+
+
+def _by_id_block(pairs: Iterable[tuple[int, Any]], num_blocks: int) -> dict[int, list[tuple[int, Any]]]:
+    """``(item id, value)`` pairs by the id's block (ids are integers: ``id % num_blocks``)."""
+    out: dict[int, list[tuple[int, Any]]] = {}
+    for pair in pairs:
+        out.setdefault(pair[0] % num_blocks, []).append(pair)
+    return out
 
 
 class MakeRecords(beam.PTransform):
-    """``{"sequences", "item_vocab", "user_vocab"}`` -> ``(split, (user_index, [item id], target))`` pairs.
+    """``{"sequences": blocks, "item_uses", "item_vocab", "user_vocab"}`` -> ``(tag, value)`` pairs
+    (`records_of_block`).
 
-    Item ids (position in ``item_vocab`` + 1) reach the events by a join on the item key, user indices and splits
-    (`UserSplits`) by a join on the user key: two shuffles of the events instead of broadcasting the vocabularies
-    as side inputs, which the Dask runner recomputes per task (`pipeline.portable`). A user with no vocabulary entry
-    cannot occur: both vocabularies are built from these sequences. Each sequence's length joins too, so a record is
-    written only when every one of its positions arrived (`records_of_user`). ``user_splits`` assigns each user
-    its split (and with it the protocol), from ``user_indices`` (``(vocabulary, users of this log)``, with
-    ``--vocabulary_from``) when given, else ``user_vocab``; the time protocol's ``held_out`` ``(user K, split)``
-    joins too.
+    Item ids (position in ``item_vocab`` + 1) reach the blocks through the item blocks: the vocabulary is cut into
+    one ``{item K: id}`` part per item block, joined with the blocks' distinct items (``item_uses``) and sent back
+    to each user block (`item_ids_of_uses`). User indices and splits (`UserSplits`, a list per user block) and the
+    time protocol's ``held_out`` join by user block too. Only blocks and distinct keys cross a shuffle, never an
+    event; no vocabulary is broadcast as a side input, which the Dask runner recomputes per task
+    (`pipeline.portable`). ``user_splits`` assigns each user its split (and with it the protocol), from
+    ``user_indices`` (``(vocabulary, users of this log)``, with ``--vocabulary_from``) when given, else
+    ``user_vocab``.
     """
 
     def __init__(self, user_splits: UserSplits) -> None:
@@ -132,20 +206,19 @@ class MakeRecords(beam.PTransform):
         self.user_splits = user_splits
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
-        item_ids = inputs["item_vocab"] | "ItemIds" >> beam.FlatMap(_item_ids)
-        events = inputs["sequences"] | "EventsByItem" >> beam.FlatMap(sequences.events_by_item)
+        num_blocks = self.user_splits.num_blocks
+        vocabulary = inputs["item_vocab"] | "VocabularyBlocks" >> beam.FlatMap(vocabulary_blocks, num_blocks)
         ids = (
-            {"id": item_ids, "uses": events}
+            {"ids": vocabulary, "uses": inputs["item_uses"]}
             | "JoinItemIds" >> beam.CoGroupByKey()
-            | "IdsByUser" >> beam.FlatMap(_ids_by_user)
+            | "IdsByUserBlock" >> beam.FlatMap(item_ids_of_uses)
         )
         users = inputs.get("user_indices", inputs["user_vocab"]) | "UserSplits" >> beam.ParDo(self.user_splits)
-        lengths = inputs["sequences"] | "SequenceLengths" >> beam.Map(_sequence_length)
         held_out = {"held_out": inputs["held_out"]} if "held_out" in inputs else {}
         return (
-            {"user": users, "length": lengths, "ids": ids, **held_out}
+            {"block": inputs["sequences"], "ids": ids, "users": users, **held_out}
             | "JoinUsers" >> beam.CoGroupByKey()
-            | "Records" >> beam.FlatMap(records_of_user, protocol=self.user_splits.protocol)
+            | "Records" >> beam.FlatMap(records_of_block, protocol=self.user_splits.protocol, num_blocks=num_blocks)
         )
 
 

@@ -8,7 +8,8 @@ Our flags are parsed with ``parse_known_args`` and everything else goes to `Pipe
 wordcount shape), e.g. ``--runner=DataflowRunner --project ... --region ... --temp_location gs://... \\
 --setup_file ./setup.py``. Without ``--runner`` the pipeline runs on the Python ``FnApiRunner`` (the direct runner's
 engine), because Beam 2.77's ``DirectRunner`` first tries to download the Prism runner binary, which fails offline
-before falling back. ``--direct_num_workers=2 --direct_running_mode=multi_processing`` uses two local processes.
+before falling back; from 64 MiB of input it runs one worker process per core (`pipeline.runners`), and
+``--direct_num_workers=N --direct_running_mode=multi_processing`` chooses the processes.
 
 The graph is one composite transform, `pipeline.preprocess.Preprocess`; this module parses the flags, checks the
 inputs and the files named by flags before anything runs (`prepare`), applies the graph and runs it (`execute`).
@@ -88,16 +89,22 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[PipelineConfig, PipelineOptions]:
+def parse_args(
+    argv: Sequence[str] | None = None, inputs: list[tuple[int, str, int]] | None = None
+) -> tuple[PipelineConfig, PipelineOptions]:
+    """Our config and Beam's options; the matched ``inputs`` (`reading.match_inputs`) decide the local default run
+    mode by their size (`runners.with_local_parallelism`)."""
     known, beam_args = build_arg_parser().parse_known_args(argv)
     config = PipelineConfig(**vars(known))
-    return config, runners.beam_options(beam_args)
+    return config, runners.beam_options(beam_args, sum(size for _, _, size in inputs or ()))
 
 
 def run(argv: Sequence[str] | None = None) -> beam.runners.runner.PipelineResult:
     """Parses ``argv`` (ours + Beam's), builds and runs the pipeline, waits for it; returns the Beam result."""
-    config, options = parse_args(argv)
-    return execute(config, options, *prepare(config))
+    config, _ = parse_args(argv)
+    prepared = prepare(config)
+    _, options = parse_args(argv, prepared[0])
+    return execute(config, options, *prepared)
 
 
 def prepare(
@@ -139,6 +146,7 @@ def execute(
     """Builds and runs the pipeline on a `prepare`d output, waits for it; returns the Beam result."""
     LOG.info("pipeline: %d input file(s), runner %s, %s", len(inputs), options.view_as(StandardOptions).runner, config)
     start = time.monotonic()
+    runners.guard_local_data_plane(options)
     p = beam.Pipeline(options=options)
     _ = p | "Preprocess" >> preprocess.Preprocess(config, inputs, split_file, vocabulary_parent)
     result = None
@@ -187,8 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for handler in logging.getLogger().handlers if not traceback else []:
         handler.addFilter(QuietWorkerErrors())
     try:
-        config, options = parse_args(argv)
+        config, _ = parse_args(argv)
         prepared = prepare(config)
+        _, options = parse_args(argv, prepared[0])
     except (ValueError, OSError) as e:
         if traceback:
             raise

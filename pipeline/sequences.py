@@ -1,10 +1,11 @@
 """Per-user sequences: parsed rows -> ``(user K, [item K, ...])`` in chronological order, then filtered.
 
-    BuildSequences    `formats.Parsed` rows grouped per user -> (user K, [item K, ...]) sorted by
-                      (timestamp, file, line), optionally deduplicated
-    FilterSequences   (user K, [item K, ...]) -> the same, fewer: k-core (`KCore`), then the minimum length
+    BuildSequences    ``(block, blocks.Batch)`` rows grouped per user block -> blocks of (user K, [item K, ...])
+                      sorted by (timestamp, file, line), optionally deduplicated
+    FilterSequences   blocks of (user K, [item K, ...]) -> the same, fewer: k-core (`KCore`), then the minimum length
 
-A sequence is grouped per user, so no step holds more than one user's events (a k-core round: one item's).
+Sequences travel in blocks (`pipeline.blocks`): no step holds more than one block's events (a k-core round, which
+runs per event, one item's).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline import accounting
+from pipeline import accounting, blocks
 
 UserSequence = tuple[str, list[str]]
 # `KCore` rounds are unrolled into the graph, 5 steps each: beyond ~300 rounds Beam's graph optimiser overflows
@@ -57,8 +58,23 @@ def build_sequence(
     return user, events
 
 
+def build_block(
+    element: tuple[int, Iterable[blocks.Batch]], has_timestamps: bool, dedupe: bool, with_times: bool = False
+) -> blocks.Block:
+    """A block's row batches -> the block's sequences (`build_sequence` per user)."""
+    block, batches = element
+    values: dict[str, list[Any]] = {}
+    for ordinal, users, items, times, lines in batches:
+        for user, keys, timestamp, line in zip(users, items, times, lines, strict=True):
+            user_values = values.get(user)
+            if user_values is None:
+                user_values = values[user] = []
+            user_values.append((timestamp, ordinal, line, keys))
+    return block, [build_sequence(pair, has_timestamps, dedupe, with_times) for pair in values.items()]
+
+
 class BuildSequences(beam.PTransform):
-    """`formats.Parsed` values -> ``(user, [item, ...])`` chronological per user (grouped by user); with
+    """``(block, blocks.Batch)`` row batches -> blocks of ``(user, [item, ...])``, chronological per user; with
     ``with_times`` ``(user, [(timestamp, item), ...])``."""
 
     def __init__(self, has_timestamps: bool, dedupe: bool, with_times: bool = False) -> None:
@@ -70,11 +86,9 @@ class BuildSequences(beam.PTransform):
     def expand(self, parsed: beam.PCollection) -> beam.PCollection:
         return (
             parsed
-            | "GroupByUser" >> beam.GroupByKey()
+            | "GroupByBlock" >> beam.GroupByKey()
             | "SortPerUser"
-            >> beam.Map(
-                build_sequence, has_timestamps=self.has_timestamps, dedupe=self.dedupe, with_times=self.with_times
-            )
+            >> beam.Map(build_block, has_timestamps=self.has_timestamps, dedupe=self.dedupe, with_times=self.with_times)
         )
 
 
@@ -151,25 +165,39 @@ def kcore_violations(sequences: beam.PCollection, k: int, label: str = "KCoreChe
     return (items_low, users_low) | f"{label}Flatten" >> beam.Flatten()
 
 
-class FilterSequences(beam.PTransform):
-    """``(user K, [item K, ...])`` -> ``{"sequences": the same, fewer; "stats": (name, n) pairs}``.
+def _long_enough(block: blocks.Block, n: int) -> blocks.Block:
+    return block[0], [pair for pair in block[1] if len(pair[1]) >= n]
 
-    The k-core when ``kcore > 1`` (`KCore`), then users shorter than ``min_seq_len`` dropped. The stats
-    (`pipeline.accounting`) count the users and rows that come in and the rows left after each filter.
+
+class FilterSequences(beam.PTransform):
+    """Blocks of ``(user K, [item K, ...])`` -> ``{"sequences": the same, fewer; "stats": (name, n) pairs}``.
+
+    The k-core when ``kcore > 1`` (`KCore`, per event: the sequences leave their blocks and are grouped back by
+    ``num_blocks``), then users shorter than ``min_seq_len`` dropped. The stats (`pipeline.accounting`) count the
+    users and rows that come in and the rows left after each filter.
     """
 
-    def __init__(self, kcore: int, kcore_rounds: int, min_seq_len: int) -> None:
+    def __init__(self, kcore: int, kcore_rounds: int, min_seq_len: int, num_blocks: int) -> None:
         super().__init__()
         self.kcore = kcore
         self.kcore_rounds = kcore_rounds
         self.min_seq_len = min_seq_len
+        self.num_blocks = num_blocks
 
     def expand(self, sequences: beam.PCollection) -> dict[str, beam.PCollection]:
-        stats = [accounting.sequence_stats(sequences, "rows_after_dedupe", users_key="users_read")]
+        stats = [accounting.block_stats(sequences, "rows_after_dedupe", users_key="users_read")]
         if self.kcore > 1:
-            sequences = sequences | "KCore" >> KCore(self.kcore, self.kcore_rounds)
-            stats.append(kcore_violations(sequences, self.kcore))
-        stats.append(accounting.sequence_stats(sequences, "rows_after_kcore"))
-        sequences = sequences | "MinSeqLen" >> beam.Filter(lambda kv, n=self.min_seq_len: len(kv[1]) >= n)
-        stats.append(accounting.sequence_stats(sequences, "rows_written"))
+            kept = (
+                sequences | "Users" >> beam.FlatMap(blocks.users_of) | "KCore" >> KCore(self.kcore, self.kcore_rounds)
+            )
+            stats.append(kcore_violations(kept, self.kcore))
+            sequences = (
+                kept
+                | "UserBlocks" >> beam.FlatMap(lambda pair, n=self.num_blocks: blocks.regroup([pair], n))
+                | "GroupByBlock" >> beam.GroupByKey()
+                | "AsBlocks" >> beam.Map(blocks.as_block)
+            )
+        stats.append(accounting.block_stats(sequences, "rows_after_kcore"))
+        sequences = sequences | "MinSeqLen" >> beam.Map(_long_enough, self.min_seq_len)
+        stats.append(accounting.block_stats(sequences, "rows_written"))
         return {"sequences": sequences, "stats": stats | "AllStats" >> beam.Flatten()}

@@ -39,7 +39,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 
 from mdcns_tf import features
-from pipeline import outputs, records, splits
+from pipeline import outputs
 
 TFRECORD, TEXT = "tfrecord", "text"
 
@@ -62,8 +62,8 @@ def open_temp(temp_dir: str, suffix: str) -> tuple[str, BinaryIO]:
 
 
 class _WriteBundle(beam.DoFn):
-    """Writes a bundle's ``(sink, element)`` pairs to one new temporary file per sink; emits ``(sink, path)`` when
-    it opens the file."""
+    """Writes a bundle's ``(sink, [element, ...])`` batches to one new temporary file per sink; emits ``(sink,
+    path)`` when it opens the file."""
 
     def __init__(self, temp_dirs: dict[str, str], suffixes: dict[str, str], kinds: dict[str, str]) -> None:
         self.temp_dirs, self.suffixes, self.kinds = temp_dirs, suffixes, kinds
@@ -72,14 +72,15 @@ class _WriteBundle(beam.DoFn):
     def start_bundle(self) -> None:
         self._handles = {}
 
-    def process(self, element: tuple[str, Any]) -> Iterator[tuple[str, str]]:
-        sink, value = element
+    def process(self, element: tuple[str, list[Any]]) -> Iterator[tuple[str, str]]:
+        sink, values = element
         handle = self._handles.get(sink)
         if handle is None:
             path, handle = open_temp(self.temp_dirs[sink], self.suffixes[sink])
             self._handles[sink] = handle
             yield sink, path
-        write_element(handle, self.kinds[sink], value)
+        for value in values:
+            write_element(handle, self.kinds[sink], value)
 
     def finish_bundle(self) -> None:
         for handle in self._handles.values():
@@ -88,27 +89,36 @@ class _WriteBundle(beam.DoFn):
 
 
 def _write_shard(
-    element: tuple[tuple[str, int], Iterable[Any]],
+    element: tuple[tuple[str, int], Iterable[list[Any]]],
     temp_dirs: dict[str, str],
     suffixes: dict[str, str],
     kinds: dict[str, str],
 ) -> Iterator[tuple[str, str]]:
-    (sink, _), values = element
+    (sink, _), batches = element
     path, handle = open_temp(temp_dirs[sink], suffixes[sink])
     with handle:
-        for value in values:
-            write_element(handle, kinds[sink], value)
+        for values in batches:
+            for value in values:
+                write_element(handle, kinds[sink], value)
     yield sink, path
 
 
-def _shard_key(element: tuple[str, Any], num_shards: dict[str, int]) -> tuple[tuple[str, int], Any]:
-    sink, value = element
-    data = value if isinstance(value, bytes) else value.encode("utf-8")
-    return (sink, zlib.crc32(data) % num_shards[sink]), value
+def _by_shard(
+    element: tuple[str, list[Any]], num_shards: dict[str, int]
+) -> Iterator[tuple[tuple[str, int], list[Any]]]:
+    """A batch -> one batch per shard its elements hash to (the shard of an element does not depend on its
+    batch)."""
+    sink, values = element
+    shards: dict[int, list[Any]] = {}
+    for value in values:
+        data = value if isinstance(value, bytes) else value.encode("utf-8")
+        shards.setdefault(zlib.crc32(data) % num_shards[sink], []).append(value)
+    for shard, part in shards.items():
+        yield (sink, shard), part
 
 
 class WriteFiles(beam.PTransform):
-    """``(sink, element)`` pairs -> ``(sink, temporary path)`` per file written, for several sinks at once.
+    """``(sink, [element, ...])`` batches -> ``(sink, temporary path)`` per file written, for several sinks at once.
 
     ``sinks`` maps a sink's name to ``(temp_dir, suffix, kind, num_shards)``: ``kind`` is ``tfrecord`` (``bytes``
     records, gzip when the suffix ends in ``.gz``) or ``text`` (``str`` lines). ``num_shards=0``: one file per bundle
@@ -131,7 +141,7 @@ class WriteFiles(beam.PTransform):
             return pairs | "WriteBundles" >> beam.ParDo(_WriteBundle(self.temp_dirs, self.suffixes, self.kinds))
         return (
             pairs
-            | "ShardKey" >> beam.Map(_shard_key, num_shards=self.num_shards)
+            | "ShardKey" >> beam.FlatMap(_by_shard, num_shards=self.num_shards)
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteShards"
             >> beam.FlatMap(_write_shard, temp_dirs=self.temp_dirs, suffixes=self.suffixes, kinds=self.kinds)
@@ -186,13 +196,9 @@ def _in_sink(value: Any, sink: str) -> tuple[str, Any]:
     return sink, value
 
 
-def _serialized(element: tuple[str, splits.Record]) -> tuple[str, bytes]:
-    split, record = element
-    return split, records.serialize_record(record)
-
-
 class WriteOutputFiles(beam.PTransform):
-    """``{"rejected": text lines, "records": (split, record)}`` -> ``(sink, temporary path)`` per file written, and
+    """``{"rejected": [text line, ...], "records": (split, [record bytes, ...])}`` batches -> ``(sink, temporary
+    path)`` per file written, and
     one ``(sink, None)`` marker per sink, so that a sink that got no element still gets its (empty) file
     (`finalize_sink`)."""
 
@@ -217,9 +223,7 @@ class WriteOutputFiles(beam.PTransform):
             inputs["rejected"]
             | "RejectedPairs" >> beam.Map(_in_sink, rejected_dir)
             | "WriteRejected" >> WriteFiles(self._sinks([rejected_dir])),
-            inputs["records"]
-            | "Serialize" >> beam.Map(_serialized)
-            | "WriteRecords" >> WriteFiles(self._sinks(features.SPLITS)),
+            inputs["records"] | "WriteRecords" >> WriteFiles(self._sinks(features.SPLITS)),
         ]
         markers = inputs["records"].pipeline | "SinkMarkers" >> beam.Create([(sink, None) for sink in SINKS])
         return [*temp_files, markers] | "AllTempFiles" >> beam.Flatten()

@@ -11,11 +11,12 @@ counted in ``metadata.json`` ``split.targets_unseen_in_train``). Records (`pipel
 user trains on its events before the cut; a user whose target survived the filters is held out, evaluated on its
 history before the cut -> the target; half the held-out users validate, half test (`splits.time_split_assignment`).
 
-    TimeCut      (user K, [(t, item K), ...]) chronological
-                   -> {"sequences": ((user K, target K | None), [item K, ...]) the visible events,
+    TimeCut      blocks of (user K, [(t, item K), ...]) chronological (`pipeline.blocks`)
+                   -> {"sequences": blocks of ((user K, target K | None), [item K, ...]) the visible events,
                        "stats": ("rows_filtered_time_cut", n), "info": {"cutoff", "time_range"} once}
-    HeldOut      the filtered sequences -> {"sequences": (user K, [item K, ...]), "held_out": (user K, split)}
-    unseen_targets   records + train item counts -> ("targets_unseen_<split>", 1) per target no train record holds
+    HeldOut      the filtered blocks -> {"sequences": blocks of (user K, [item K, ...]),
+                                         "held_out": (block, [(user K, split), ...])}
+    unseen_targets   eval targets + train item counts, by item block -> ("targets_unseen_<split>", n)
 
 The target rides in the user key through the filters: they drop an item's events all at once and a user's all at
 once (`pipeline.sequences.KCore`), so a target event survives exactly when its item does, and is then still last.
@@ -24,14 +25,13 @@ once (`pipeline.sequences.KCore`), so a target event survives exactly when its i
 from __future__ import annotations
 
 import bisect
-import hashlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
 
-from pipeline import splits, vocabulary
+from pipeline import blocks, splits, vocabulary
 
 LOG = logging.getLogger("pipeline")
 
@@ -43,10 +43,6 @@ QUANTILE_HELP = (
     "--split time: the cut as a fraction Q (0 < Q < 1) of the log's time range: cutoff = min_t + Q * (max_t - min_t) "
     "over every parsed row's timestamp (not a quantile of the events)"
 )
-# The computed cutoff reaches the users through a join on a bucket of their key (no side input: `pipeline.portable`);
-# a bucket's group holds the keys of 1/BUCKETS of the users.
-BUCKETS = 256
-
 Timed = tuple[str, list[tuple[Any, str]]]
 Cut = tuple[tuple[str, "str | None"], list[str], int]
 
@@ -62,9 +58,16 @@ def visible_events(element: Timed, cutoff: float) -> Cut:
     return (user, target), [*items, target], len(events) - before - 1
 
 
-def _first_last(element: Timed) -> tuple[Any, Any]:
-    events = element[1]
-    return events[0][0], events[-1][0]
+def _block_range(block: blocks.Block) -> list[tuple[Any, Any]]:
+    """A block's ``(first t, last t)`` over its users; nothing for a block without users."""
+    pairs = block[1]
+    if not pairs:
+        return []
+    return [(min(events[0][0] for _, events in pairs), max(events[-1][0] for _, events in pairs))]
+
+
+def _cut_block(block: blocks.Block, cutoff: float) -> tuple[int, list[Cut]]:
+    return block[0], [visible_events(pair, cutoff) for pair in block[1]]
 
 
 class TimeRange(beam.CombineFn):
@@ -98,58 +101,51 @@ def cutoff_info(time_range: tuple[Any, Any], cutoff: float | None, quantile: flo
     return {"cutoff": used, "time_range": [low, high]}
 
 
-def bucket(user: str) -> int:
-    """A user's bucket: a hash of the key that every process computes the same (not Python's salted ``hash``)."""
-    return int.from_bytes(hashlib.sha256(user.encode()).digest()[:4], "big") % BUCKETS
+def _cut_joined(element: tuple[int, dict[str, list[Any]]]) -> list[tuple[int, list[Cut]]]:
+    block, joined = element
+    return [_cut_block((block, pairs), cutoff) for cutoff in joined["cutoff"] for _, pairs in joined["block"]]
 
 
-def _cutoff_per_user(element: tuple[int, dict[str, list[Any]]]) -> Iterator[tuple[str, float]]:
-    for cutoff in element[1]["cutoff"]:
-        for user in element[1]["users"]:
-            yield user, cutoff
+def _visible(cut: tuple[int, list[Cut]]) -> blocks.Block:
+    return cut[0], [(key, items) for key, items, _ in cut[1]]
 
 
-def _cut_joined(element: tuple[str, dict[str, list[Any]]]) -> Cut:
-    user, joined = element
-    ((cutoff,), (events,)) = joined["cutoff"], joined["events"]
-    return visible_events((user, events), cutoff)
+def _dropped(cut: tuple[int, list[Cut]]) -> tuple[str, int]:
+    return "rows_filtered_time_cut", sum(dropped for _, _, dropped in cut[1])
 
 
 class TimeCut(beam.PTransform):
-    """Timed sequences -> the visible events keyed by ``(user, target)``, the cut's stats and its info (module
+    """Timed blocks -> the visible events keyed by ``(user, target)``, the cut's stats and its info (module
     docstring). A given ``cutoff`` is a constant of the graph; a ``quantile`` is computed from the log's time range
-    and joined to the users by bucket, then by user."""
+    and joined to each of the ``num_blocks`` blocks (no side input: `pipeline.portable`)."""
 
-    def __init__(self, cutoff: float | None, quantile: float | None) -> None:
+    def __init__(self, cutoff: float | None, quantile: float | None, num_blocks: int) -> None:
         super().__init__()
         self.cutoff = cutoff
         self.quantile = quantile
+        self.num_blocks = num_blocks
 
     def expand(self, timed: beam.PCollection) -> dict[str, beam.PCollection]:
         info = (
             timed
-            | "UserTimeRange" >> beam.Map(_first_last)
+            | "BlockTimeRange" >> beam.FlatMap(_block_range)
             | "TimeRange" >> beam.CombineGlobally(TimeRange()).without_defaults()
             | "Cutoff" >> beam.Map(cutoff_info, cutoff=self.cutoff, quantile=self.quantile)
         )
         if self.cutoff is not None:
-            cut = timed | "Cut" >> beam.Map(visible_events, cutoff=self.cutoff)
+            cut = timed | "Cut" >> beam.Map(_cut_block, cutoff=self.cutoff)
         else:
-            per_bucket = info | "CutoffPerBucket" >> beam.FlatMap(lambda i: [(b, i["cutoff"]) for b in range(BUCKETS)])
-            users = timed | "UserBuckets" >> beam.Map(lambda kv: (bucket(kv[0]), kv[0]))
-            per_user = (
-                {"cutoff": per_bucket, "users": users}
-                | "JoinCutoffBuckets" >> beam.CoGroupByKey()
-                | "CutoffPerUser" >> beam.FlatMap(_cutoff_per_user)
+            per_block = info | "CutoffPerBlock" >> beam.FlatMap(
+                lambda i, n=self.num_blocks: [(b, i["cutoff"]) for b in range(n)]
             )
             cut = (
-                {"cutoff": per_user, "events": timed}
+                {"cutoff": per_block, "block": timed | "KeyedBlocks" >> beam.Map(lambda b: (b[0], b))}
                 | "JoinCutoff" >> beam.CoGroupByKey()
-                | "Cut" >> beam.Map(_cut_joined)
+                | "Cut" >> beam.FlatMap(_cut_joined)
             )
         return {
-            "sequences": cut | "Visible" >> beam.Map(lambda c: (c[0], c[1])),
-            "stats": cut | "CutStats" >> beam.Map(lambda c: ("rows_filtered_time_cut", c[2])),
+            "sequences": cut | "Visible" >> beam.Map(_visible),
+            "stats": cut | "CutStats" >> beam.Map(_dropped),
             "info": info,
         }
 
@@ -163,41 +159,60 @@ def _held_out_user(element: tuple[tuple[str, str | None], list[str]]) -> list[st
     return [user]
 
 
-def _assign(users: list[str], seed: int) -> Iterable[tuple[str, str]]:
-    return splits.time_split_assignment(users, seed).items()
+def _held_out_of_block(block: blocks.Block) -> list[list[str]]:
+    users = [user for pair in block[1] for user in _held_out_user(pair)]
+    return [users] if users else []
+
+
+def _assign(users: list[str], seed: int, num_blocks: int) -> Iterable[tuple[int, list[tuple[str, str]]]]:
+    """The held-out users' splits, a list per user block."""
+    per_block: dict[int, list[tuple[str, str]]] = {}
+    for user, split in splits.time_split_assignment(users, seed).items():
+        per_block.setdefault(blocks.block_of(user, num_blocks), []).append((user, split))
+    return per_block.items()
+
+
+def _user_keys(block: blocks.Block) -> blocks.Block:
+    return block[0], [(key[0], items) for key, items in block[1]]
 
 
 class HeldOut(beam.PTransform):
-    """Filtered ``((user, target), items)`` -> ``{"sequences": (user, items), "held_out": (user, valid | test)}``:
-    the held-out users (target still last) split in half by the seed, over their sorted list (one worker's memory,
-    like the user vocabulary)."""
+    """Filtered blocks of ``((user, target), items)`` -> ``{"sequences": blocks of (user, items), "held_out":
+    (block, [(user, valid | test), ...])}``: the held-out users (target still last) split in half by the seed,
+    over their sorted list (one worker's memory, like the user vocabulary)."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, num_blocks: int) -> None:
         super().__init__()
         self.seed = seed
+        self.num_blocks = num_blocks
 
     def expand(self, filtered: beam.PCollection) -> dict[str, beam.PCollection]:
         held_out = (
             filtered
-            | "HeldOutUsers" >> beam.FlatMap(_held_out_user)
-            | "HeldOutKeys" >> beam.Map(lambda user: (user,))
+            | "HeldOutUsers" >> beam.FlatMap(_held_out_of_block)
             | "HeldOutList" >> beam.CombineGlobally(vocabulary.Vocabulary()).without_defaults()
-            | "AssignHeldOut" >> beam.FlatMap(_assign, seed=self.seed)
+            | "AssignHeldOut" >> beam.FlatMap(_assign, seed=self.seed, num_blocks=self.num_blocks)
         )
-        return {"sequences": filtered | "UserKeys" >> beam.Map(lambda kv: (kv[0][0], kv[1])), "held_out": held_out}
+        return {"sequences": filtered | "UserKeys" >> beam.Map(_user_keys), "held_out": held_out}
 
 
 def _unseen(element: tuple[int, dict[str, list[Any]]]) -> list[tuple[str, int]]:
     joined = element[1]
-    return [] if joined["trained"] else [(f"targets_unseen_{split}", 1) for split in joined["targets"]]
+    trained = {item_id for counts in joined["trained"] for item_id in counts}
+    unseen: dict[str, int] = {}
+    for targets in joined["targets"]:
+        for target, split in targets:
+            if target not in trained:
+                unseen[f"targets_unseen_{split}"] = unseen.get(f"targets_unseen_{split}", 0) + 1
+    return list(unseen.items())
 
 
-def unseen_targets(split_records: beam.PCollection, item_counts: beam.PCollection) -> beam.PCollection:
-    """``(split, (user_index, ids, target))`` records and ``(item id, train occurrences)`` -> a stat
-    ``("targets_unseen_<split>", 1)`` per evaluation record whose target no train record holds."""
-    targets = split_records | "EvalTargets" >> beam.FlatMap(lambda kv: [(kv[1][2], kv[0])] if kv[0] != "train" else [])
+def unseen_targets(eval_targets: beam.PCollection, item_counts: beam.PCollection) -> beam.PCollection:
+    """``(id block, [(target id, split), ...])`` of the evaluation records and ``(id block, {item id: train
+    occurrences})`` -> stats ``("targets_unseen_<split>", n)``: the evaluation records whose target no train record
+    holds."""
     return (
-        {"trained": item_counts, "targets": targets}
+        {"trained": item_counts, "targets": eval_targets}
         | "JoinTargetCounts" >> beam.CoGroupByKey()
         | "UnseenTargets" >> beam.FlatMap(_unseen)
     )

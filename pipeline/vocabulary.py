@@ -88,11 +88,23 @@ def _first(pair: tuple[Any, Any]) -> Any:
     return pair[0]
 
 
+def _block_users(block: tuple[int, list[tuple[str, Any]]]) -> list[list[str]]:
+    return [[user for user, _ in block[1]]] if block[1] else []
+
+
+def _distinct_items(element: tuple[int, Iterable[tuple[int, list[str]]]]) -> set[str]:
+    """An item block's uses -> its distinct items."""
+    return {item for _, items in element[1] for item in items}
+
+
 class BuildVocabularies(beam.PTransform):
-    """``(user K, [item K, ...])`` -> ``{"item_vocab": [item K, ...], "user_vocab": [user K, ...], "stats":
+    """``{"sequences": blocks of (user K, [item K, ...]), "item_uses": (item block, (user block, [item K, ...]))}``
+    (`pipeline.records.item_uses`) -> ``{"item_vocab": [item K, ...], "user_vocab": [user K, ...], "stats":
     ("users_written", n)}``, one list each in `vocabulary_order`; without defaults: with no user left neither has an
     element (read as empty by `pipeline.preprocess.Finish`).
 
+    An item's uses meet in its item block first, so the global combine gets each item once (a global combine is
+    one group, which the Dask runner materialises whole in one worker); a user is in one block only.
     With ``parent`` (``--vocabulary_from``) each list is the parent's followed by this log's new keys (always one
     element, the parent's keys at least), and ``"user_indices"`` is ``(user_vocab, users of this log)`` for
     `pipeline.records.UserSplits`.
@@ -102,15 +114,11 @@ class BuildVocabularies(beam.PTransform):
         super().__init__()
         self.parent = parent
 
-    def expand(self, sequences: beam.PCollection) -> dict[str, beam.PCollection]:
+    def expand(self, inputs: dict[str, beam.PCollection]) -> dict[str, beam.PCollection]:
         items = (
-            sequences
-            | "Items" >> beam.FlatMap(lambda kv: kv[1])
-            # distinct first: a global combine is one group, which the Dask runner materialises whole in one worker
-            | "DistinctItems" >> beam.Distinct()
-            | "ItemKeys" >> beam.Map(lambda key: (key,))
+            inputs["item_uses"] | "GroupByItemBlock" >> beam.GroupByKey() | "DistinctItems" >> beam.Map(_distinct_items)
         )
-        users = sequences | "UserKeys" >> beam.Map(lambda kv: (kv[0],))
+        users = inputs["sequences"] | "BlockUsers" >> beam.FlatMap(_block_users)
         if self.parent is None:
             item_vocab = items | "ItemVocab" >> beam.CombineGlobally(Vocabulary()).without_defaults()
             user_vocab = users | "UserVocab" >> beam.CombineGlobally(Vocabulary()).without_defaults()

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mdcns_tf import features
-from pipeline import formats, readback, reading, records, run, sequences, vocabulary
+from pipeline import formats, readback, reading, run, sequences, vocabulary
 
 # --- generated files ------------------------------------------------------------------------------------------
 
@@ -270,11 +270,3 @@ def test_hostile_example_parses_as_documented(fmt: str) -> None:
     assert [(user, value[2], value[3]) for user, value in rows] == expected_rows
     assert {r.line_no: r.reason for r in rejected} == expected_rejected
     assert (counts["empty_lines"], counts["header_lines"]) == (2, 0)
-
-
-def test_events_of_an_item_without_a_vocabulary_id_fail_loudly_instead_of_vanishing() -> None:
-    joined = {"id": [7], "uses": [("u1", 0), ("u2", 3)]}
-    assert list(records._ids_by_user(("item", joined))) == [("u1", (0, 7)), ("u2", (3, 7))]
-    assert list(records._ids_by_user(("unused", {"id": [8], "uses": []}))) == []
-    with pytest.raises(ValueError, match="item 'lost': 2 events but 0 vocabulary ids"):
-        list(records._ids_by_user(("lost", {"id": [], "uses": [("u1", 0), ("u2", 1)]})))

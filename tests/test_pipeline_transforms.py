@@ -1,5 +1,5 @@
 """The graph's stages (`pipeline.reading`, `.sequences`, `.vocabulary`, `.records`) on the Python direct runner
-(`FnApiRunner`), checked with `assert_that`."""
+(`FnApiRunner`), checked with `assert_that`: elements are user blocks (`pipeline.blocks`), never single events."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline import accounting, portable, reading, records, sequences, splits, vocabulary
+from pipeline import accounting, blocks, portable, reading, records, sequences, splits, vocabulary
 
 RUNNER = "FnApiRunner"  # the Python direct runner; DirectRunner would first try to download Prism
 
@@ -21,12 +21,15 @@ def test_read_interactions_with_rejections(tmp_path) -> None:
         out = (
             p
             | beam.Create([(0, str(path), len(data))])
-            | beam.ParDo(reading.ReadAndParse("interactions", None, False, None))
+            | beam.ParDo(reading.ReadAndParse("interactions", None, False, None, num_blocks=1))
         )
         rows = portable.select(out, reading.ROWS, "Rows")
-        assert_that(rows, equal_to([("1", (300, 0, 2, ("10",))), ("2", (100, 0, 7, ("12",)))]), label="rows")
+        # one block: the file's rows in one batch, columns (file, users, items, timestamps, line numbers)
+        assert_that(rows, equal_to([(0, (0, ["1", "2"], [("10",), ("12",)], [300, 100], [2, 7]))]), label="rows")
         assert_that(
-            portable.select(out, reading.REJECTED, "Rejected") | beam.Map(lambda line: line.split("\t", 3)[1:3]),
+            portable.select(out, reading.REJECTED, "Rejected")
+            | beam.FlatMap(lambda lines: lines)
+            | beam.Map(lambda line: line.split("\t", 3)[1:3]),
             equal_to([["3", "non_numeric_timestamp"], ["5", "wrong_column_count"], ["6", "non_utf8"]]),
             label="rejected",
         )
@@ -67,29 +70,33 @@ def test_parse_and_sort_each_format(tmp_path, fmt: str, data: bytes, expected: l
         built = (
             p
             | beam.Create([(0, str(path), len(data))])
-            | beam.ParDo(reading.ReadAndParse(fmt, None, False, None))
+            | beam.ParDo(reading.ReadAndParse(fmt, None, False, None, num_blocks=3, chunk_lines=2))
             | beam.FlatMap(lambda tagged: [tagged[1]] if tagged[0] == reading.ROWS else [])
             | sequences.BuildSequences(has_timestamps=fmt == "interactions", dedupe=False)
         )
-        assert_that(built, equal_to(expected))
+        assert_that(
+            built
+            | beam.FlatMap(
+                lambda block: [(blocks.block_of(user, 3) == block[0], user, items) for user, items in block[1]]
+            ),
+            equal_to([(True, user, items) for user, items in expected]),
+        )
 
 
 def test_sort_is_stable_across_files_and_dedupe_counts() -> None:
-    values = [
-        ("u", (5, 1, 1, ("b",))),
-        ("u", (5, 0, 9, ("a",))),  # same timestamp, earlier file: first
-        ("u", (5, 0, 9, ("a",))),
-        ("u", (1, 1, 3, ("z",))),
-        ("u", (5, 1, 2, ("a",))),  # same item and timestamp as an earlier event: a duplicate
-        ("u", (7, 1, 4, ("a",))),  # same item, later: a real repeat
+    batches = [  # (block, (file, users, items, timestamps, line numbers)); batches of one block arrive in any order
+        (0, (1, ["u"], [("b",)], [5], [1])),
+        (0, (0, ["u", "u"], [("a",), ("a",)], [5, 5], [9, 9])),  # same timestamp, earlier file: first
+        (0, (1, ["u", "u", "u"], [("z",), ("a",), ("a",)], [1, 5, 7], [3, 2, 4])),
+        # line 2 of file 1: same item and timestamp as an earlier event, a duplicate; line 4: a real repeat
     ]
     with TestPipeline(runner=RUNNER) as p:
-        created = p | beam.Create(values)
+        created = p | beam.Create(batches)
         kept = created | "keep" >> sequences.BuildSequences(has_timestamps=True, dedupe=False)
         deduped = created | "dedupe" >> sequences.BuildSequences(has_timestamps=True, dedupe=True)
-        assert_that(kept, equal_to([("u", ["z", "a", "a", "b", "a", "a"])]), label="kept")
-        assert_that(deduped, equal_to([("u", ["z", "a", "b", "a"])]), label="deduped")
-        stats = accounting.sequence_stats(deduped, "rows", users_key="users") | accounting.SumStats()
+        assert_that(kept, equal_to([(0, [("u", ["z", "a", "a", "b", "a", "a"])])]), label="kept")
+        assert_that(deduped, equal_to([(0, [("u", ["z", "a", "b", "a"])])]), label="deduped")
+        stats = accounting.block_stats(deduped, "rows", users_key="users") | accounting.SumStats()
         assert_that(stats, equal_to([{"rows": 4, "users": 1}]), label="stats")
     # without timestamps only consecutive repeats are duplicates
     assert sequences.build_sequence(("u", [(0, 0, 1, ("a", "a", "b", "a"))]), False, True) == ("u", ["a", "b", "a"])
@@ -134,31 +141,40 @@ def test_vocabulary_ordering() -> None:
         assert_that(strings, equal_to([["10", "a", "b"]]), label="strings")
 
 
-def make_records(protocol: str, user_sequences: list, seed: int = 42) -> dict[str, list]:
+def make_records(protocol: str, user_sequences: list, seed: int = 42, num_blocks: int = 3) -> dict[str, list]:
     items = vocabulary.vocabulary_order(i for _, s in user_sequences for i in s)
     users = vocabulary.vocabulary_order(u for u, _ in user_sequences)
-    collected: dict[str, list] = {}
+    user_blocks: dict[int, list] = {b: [] for b in range(num_blocks)}
+    for user, seq in user_sequences:
+        user_blocks[blocks.block_of(user, num_blocks)].append((user, seq))
+    expected: dict[str, list] = {split: [] for split in ("train", "valid", "test")}
+    assignment = splits.user_split_assignment(users, seed, 0.2, 0.1)
+    for user, seq in user_sequences:
+        ids = [items.index(i) + 1 for i in seq]
+        u = users.index(user) + 1
+        by_split = splits.loo_records(u, ids) if protocol == "loo" else splits.user_records(u, ids, assignment[user])
+        for split, record in by_split.items():
+            expected[split].append(record)
     with TestPipeline(runner=RUNNER) as p:
-        created = p | beam.Create(user_sequences)
+        created = p | beam.Create(list(user_blocks.items()))
         out = {
             "sequences": created,
+            "item_uses": created | beam.FlatMap(records.item_uses, num_blocks),
             "item_vocab": p | "iv" >> beam.Create([items]),
             "user_vocab": p | "uv" >> beam.Create([users]),
-        } | records.MakeRecords(records.UserSplits(protocol, seed, 0.2, 0.1))
+        } | records.MakeRecords(records.UserSplits(protocol, seed, 0.2, 0.1, num_blocks=num_blocks))
+        batches = portable.select(out, records.RECORDS, "records")
         for split in ("train", "valid", "test"):
-            collected[split] = portable.select(out, split, f"select_{split}")
-        expected = {split: [] for split in ("train", "valid", "test")}
-        assignment = splits.user_split_assignment(users, seed, 0.2, 0.1)
-        for user, seq in user_sequences:
-            ids = [items.index(i) + 1 for i in seq]
-            u = users.index(user) + 1
-            by_split = (
-                splits.loo_records(u, ids) if protocol == "loo" else splits.user_records(u, ids, assignment[user])
-            )
-            for split, record in by_split.items():
-                expected[split].append(record)
-        for split in ("train", "valid", "test"):
-            assert_that(collected[split], equal_to(expected[split]), label=f"check_{split}")
+            written = batches | f"select_{split}" >> beam.FlatMap(lambda b, s=split: b[1] if b[0] == s else [])
+            serialized = [records.serialize_record(record) for record in expected[split]]
+            assert_that(written, equal_to(serialized), label=f"check_{split}")
+        train_ids = [i for _, ids, _ in expected["train"] for i in ids]
+        counts = portable.select(out, records.ITEM_COUNTS, "counts") | beam.FlatMap(lambda kv: kv[1].items())
+        assert_that(
+            counts | beam.CombinePerKey(sum),
+            equal_to([(i, train_ids.count(i)) for i in set(train_ids)]),
+            label="train_counts",
+        )
     return expected
 
 
@@ -177,18 +193,35 @@ def test_user_split_records() -> None:
     assert all(target != 0 for s in ("valid", "test") for _, _, target in expected[s])
 
 
-def test_records_are_written_only_when_every_position_of_the_sequence_arrived() -> None:
-    # User "u" has 4 events; the joins deliver (position, item id) pairs in any order.
-    joined = {"user": [(7, None)], "length": [4], "ids": [(2, 12), (0, 10), (3, 13), (1, 11)]}
-    assert dict(records.records_of_user(("u", joined), "loo")) == {
-        "train": (7, [10, 11], 0),
-        "valid": (7, [10, 11], 12),
-        "test": (7, [10, 11, 12], 13),
+def test_a_block_is_written_only_when_it_arrived_whole_and_once() -> None:
+    block = [("u", ["a", "b", "c", "d"]), ("v", ["b", "a", "c"])]
+    joined = {
+        "block": [block],
+        "ids": [{"a": 10, "b": 11}, {"c": 12, "d": 13}],
+        "users": [[("u", 7, None), ("v", 8, None)]],
     }
-    # A runner that loses or repeats a shuffled element must not yield a shorter (or longer) sequence as if whole.
-    lost = {**joined, "ids": [(0, 10), (1, 11), (3, 13)]}
-    with pytest.raises(ValueError, match=r"'u': 3 of its 4 events .*missing positions \[2\].*lost or repeated"):
-        list(records.records_of_user(("u", lost), "loo"))
-    repeated = {**joined, "ids": [*joined["ids"], (3, 13)]}
-    with pytest.raises(ValueError, match=r"repeated: 1"):
-        list(records.records_of_user(("u", repeated), "loo"))
+    out = list(records.records_of_block((0, joined), "loo", num_blocks=2))
+    written = {value[0]: value[1] for tag, value in out if tag == records.RECORDS}
+    assert written["test"] == [
+        records.serialize_record((7, [10, 11, 12], 13)),
+        records.serialize_record((8, [11, 10], 12)),
+    ]
+    assert [value for tag, value in out if tag == records.STATS] == [
+        [("records_train", 2), ("records_valid", 2), ("records_test", 2)]
+    ]
+    # A runner that loses or repeats a shuffled element must not yield a block as if it were whole.
+    with pytest.raises(ValueError, match=r"user block 0: 2 copies of its sequences .*lost or repeated"):
+        list(records.records_of_block((0, {**joined, "block": [block, block]}), "loo", 2))
+    with pytest.raises(ValueError, match=r"user block 0: 0 copies of its sequences"):
+        list(records.records_of_block((0, {**joined, "block": []}), "loo", 2))
+    with pytest.raises(ValueError, match=r"1 sequences but 2 vocabulary users"):
+        list(records.records_of_block((0, {**joined, "block": [block[:1]]}), "loo", 2))
+    with pytest.raises(ValueError, match=r"'u': item 'c' reached its block without an id"):
+        list(records.records_of_block((0, {**joined, "ids": [{"a": 10, "b": 11}]}), "loo", 2))
+
+
+def test_item_ids_fail_loudly_when_an_item_has_no_vocabulary_id() -> None:
+    joined = {"ids": [{"a": 1}], "uses": [(0, ["a"]), (2, ["a"])]}
+    assert list(records.item_ids_of_uses((5, joined))) == [(0, {"a": 1}), (2, {"a": 1})]
+    with pytest.raises(ValueError, match=r"items \['b'\] \(1 in all\) have events but no vocabulary id"):
+        list(records.item_ids_of_uses((5, {"ids": [{"a": 1}], "uses": [(0, ["a", "b"])]})))

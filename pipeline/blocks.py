@@ -1,0 +1,67 @@
+"""Blocks: the unit the graph shuffles. A block is every user (or item) whose key hashes to one of ``n`` buckets.
+
+The graph never shuffles single events. Each file's parsed rows leave the reader in batches, one per block and
+chunk of lines (`pipeline.reading`); one GroupByKey per block brings a user's rows together; every later step
+works on a block's sequences at once, and the joins (ids to events, users to their index and split) are joins of
+blocks (`pipeline.records`). A shuffle then moves thousands of large elements instead of one small element per
+event: Beam's cost per element (coding, dispatch, the runner's grouping tables) is paid per batch, and the
+multi-process runner's shuffles hold a few thousand entries, not tens of millions (`docs/beam_multiprocess_loss`).
+
+``n`` follows the size of the input (`block_count`), so a block holds a bounded share of the data whatever the log:
+about `BLOCK_BYTES` of input lines, grouped in one worker's memory at a time.
+
+    Batch      (file_ordinal, users, items, times, line_nos): parsed rows of one file, columns of equal length
+    Block      (block, [(user K, sequence), ...]): the sequences of one block's users
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+# ~8 MiB of input lines (~350k events of a `user item timestamp` log) a block: a few hundred MB of Python objects
+# while one worker groups it, and enough blocks for every worker at any size.
+BLOCK_BYTES = 8 << 20
+MIN_BLOCKS = 8
+MAX_BLOCKS = 65536
+
+Batch = tuple[int, list[str], list[tuple[str, ...]], list[Any], list[int]]
+Block = tuple[int, list[tuple[Any, Any]]]
+
+
+def block_count(input_bytes: int) -> int:
+    """How many blocks a log of ``input_bytes`` (the matched files' sizes; compressed files count x4) is cut into."""
+    return max(MIN_BLOCKS, min(MAX_BLOCKS, math.ceil(input_bytes / BLOCK_BYTES)))
+
+
+def block_of(key: str, blocks: int) -> int:
+    """A key's block: a hash that every process computes the same (not Python's salted ``hash``)."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % blocks
+
+
+def by_block(keys: Iterable[str], blocks: int) -> dict[int, list[str]]:
+    """``{block: [key, ...]}`` of ``keys``, each key once per occurrence, in input order."""
+    out: dict[int, list[str]] = {}
+    for key in keys:
+        out.setdefault(block_of(key, blocks), []).append(key)
+    return out
+
+
+def users_of(block: Block) -> Iterator[Any]:
+    """The ``(user K, sequence)`` pairs of a block."""
+    yield from block[1]
+
+
+def regroup(pairs: Iterable[tuple[Any, Any]], blocks: int) -> Iterator[tuple[int, tuple[Any, Any]]]:
+    """``(user K, value)`` -> ``(block, (user K, value))``, to be grouped back into blocks. A key may also be
+    ``(user K, anything)`` (the time split keys a sequence by its user and target): the user decides the block."""
+    for pair in pairs:
+        key = pair[0]
+        yield block_of(key[0] if isinstance(key, tuple) else key, blocks), pair
+
+
+def as_block(element: tuple[int, Iterable[tuple[str, Any]]]) -> Block:
+    """A grouped ``(block, [(user K, value), ...])`` -> a `Block` (the group as a list)."""
+    return element[0], list(element[1])
