@@ -679,3 +679,189 @@ def test_epoch_time_times_real_epochs_of_grid_cells_side_by_side(tmp_path, monke
         and "| toy/sasrec/pospool/seed1 |" in open(tmp_path / "out" / "epoch_time.md").read()
     )
     assert epoch_time.main([*args[:2], "--cells", "uniform,nope"]) == 2
+
+
+# --- pipeline_scaling, its columnar floor and compare_outputs -----------------------------------------------------
+
+
+def _tiny_log(folder) -> int:
+    """A few hundred rows in two files (+ a hidden file neither reads): integer, negative, zero-padded and word keys,
+    ties on the timestamp within and across files, float timestamps, a user with 2 events (dropped). Events."""
+    import random
+
+    rng = random.Random(3)
+    users = ["1", "2", "10", "-3", "alice", "bob", "007", "7"]
+    items = ["5", "12", "x", "007", "7", "-1", "book", "40", "3"]
+    rows = [(u, rng.choice(items), str(rng.randint(0, 40) * 10)) for u in users for _ in range(rng.randint(15, 40))]
+    rows += [("shortuser", "5", "1"), ("shortuser", "x", "2"), ("alice", "12", "1.5"), ("alice", "3", "1.5")]
+    rng.shuffle(rows)
+    folder.mkdir()
+    half = len(rows) // 2
+    for name, part in (("a.tsv", rows[:half]), ("b.tsv", rows[half:])):
+        (folder / name).write_text("".join(f"{u}\t{i}\t{t}\n" for u, i, t in part))
+    (folder / ".hidden").write_text("99\t99\t99\n")
+    return len(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_outputs(tmp_path_factory):
+    """The tiny log, two pipeline runs on it (the direct runner in-process) and the columnar reference's output."""
+    from benchmarks import columnar_reference
+    from pipeline import run
+
+    root = tmp_path_factory.mktemp("scaling")
+    events = _tiny_log(root / "log")
+    for name in ("a", "b"):
+        argv = ["--input", str(root / "log"), "--input_format", "interactions", "--split", "loo"]
+        assert run.main([*argv, "--output", str(root / name)]) == 0
+    assert columnar_reference.main(["--input", str(root / "log"), "--output", str(root / "ref")]) == 0
+    return root, events
+
+
+def test_columnar_reference_writes_the_pipelines_records_and_vocabularies(tiny_outputs) -> None:
+    from benchmarks import compare_outputs
+
+    root, events = tiny_outputs
+    result = compare_outputs.compare(str(root / "a"), str(root / "ref"), parts=("records", "vocabularies"))
+    assert result["identical"], compare_outputs.report(result)
+    ref, pipe = (json.loads((root / d / "metadata.json").read_text()) for d in ("ref", "a"))
+    assert "not the product" in ref["reference"]
+    assert ref["item_counts"] == pipe["item_counts"] and ref["records"] == pipe["records"]
+    for key in ("rows_read", "rows_written", "rows_filtered", "users_read", "users_written"):
+        assert ref["counts"][key] == pipe["counts"][key], key
+    assert pipe["counts"]["rows_read"] == events and pipe["counts"]["rows_filtered"] == 2  # "shortuser"
+
+
+def test_columnar_reference_encodes_like_the_pipeline_and_orders_keys_like_it() -> None:
+    from benchmarks import columnar_reference
+    from pipeline import encoding, vocabulary
+
+    encoder = columnar_reference.ExampleEncoder(n_items=20000)
+    for user, ids, target in ((1, [], 0), (7, [1, 2, 3], 0), (129, [300, 127, 128], 5), (2**40, [16384], 2**33)):
+        assert encoder.encode(user, encoder.packed(ids), target) == encoding.encode_example(user, ids, target)
+    keys = ["10", "9", "-2", "-10", "007", "7", "0", "-0", "+3", "b", "a", "1e3", "x7", ""]
+    assert columnar_reference.vocabulary_order(keys) == vocabulary.vocabulary_order(keys)
+
+
+def test_compare_outputs_same_folder_two_runs_and_an_altered_record_file(tiny_outputs, tmp_path, capsys) -> None:
+    import gzip
+    import shutil
+
+    from benchmarks import compare_outputs
+    from pipeline import encoding
+
+    root, _ = tiny_outputs
+    a, b = str(root / "a"), str(root / "b")
+    assert compare_outputs.main([a, a]) == 0
+    out = str(tmp_path / "cmp.json")
+    assert compare_outputs.main([a, b, "--json", out]) == 0  # two runs: other paths and run, same data
+    assert json.load(open(out))["identical"] is True
+    assert "identical" in capsys.readouterr().out
+
+    altered = tmp_path / "altered"
+    shutil.copytree(b, altered)
+    (path,) = glob.glob(str(altered / "valid" / "*.tfrecord.gz"))
+    with gzip.open(path, "ab") as f:  # one more record, in a second gzip member
+        f.write(_tfrecord(encoding.encode_example(1, [1, 2], 3)))
+    assert compare_outputs.main([a, str(altered), "--json", out]) == 1
+    result = json.load(open(out))
+    (diff,) = [d for d in result["differences"] if d["part"] == "records"]
+    assert diff["what"] == "valid records" and diff["only_in_b"] == 1 and diff["only_in_a"] == 0
+    assert diff["examples_only_in_b"] == [{"user_index": 1, "item_ids": [1, 2], "target": 3}]
+    assert "DIFFERENT" in capsys.readouterr().out
+
+    (altered / "items.txt").write_text("other\n")
+    meta = json.loads((altered / "metadata.json").read_text())
+    meta["counts"]["rows_read"] += 1
+    meta["source"]["input"] = "/elsewhere"  # a path: not content
+    (altered / "metadata.json").write_text(json.dumps(meta))
+    whats = {d["what"] for d in compare_outputs.compare(a, str(altered))["differences"]}
+    assert {"items.txt differs", "metadata.json counts.rows_read"} <= whats
+    assert not any("source.input" in w for w in whats)
+
+
+def _tfrecord(data: bytes) -> bytes:
+    import struct
+
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    length = struct.pack("<Q", len(data))
+    crc = _TFRecordUtil._masked_crc32c
+    return length + struct.pack("<I", crc(length)) + data + struct.pack("<I", crc(data))
+
+
+def test_compare_outputs_leaves_run_identity_out_of_the_metadata() -> None:
+    from benchmarks.compare_outputs import diff_json
+
+    a = {"counts": {"rows_read": 5}, "run_id": "x", "source": {"input": "/a", "files": ["/a/l.tsv"]}}
+    b = {"counts": {"rows_read": 5}, "run_id": "y", "source": {"input": "/b", "files": ["/b/l.tsv"]}}
+    assert diff_json(a, b) == []
+    b["source"]["files"] = ["/b/other.tsv"]
+    b["fingerprint"] = {"splits": {"train": {"records": 3, "files": {"p": "h"}}}}
+    assert [d["key"] for d in diff_json(a, b)] == ["source.files", "fingerprint.splits.train.records"]
+    assert diff_json(a, b, ignore=["source.files", "fingerprint.*"]) == []
+
+
+def test_pipeline_scaling_counts_the_cpu_of_the_tree_checks_the_metadata_and_keeps_failures(tmp_path) -> None:
+    from benchmarks import pipeline_scaling as scaling
+
+    cache, out = tmp_path / "logs", tmp_path / "scaling.json"
+    argv = ["--sizes", "600", "--events-per-file", "250", "--runners", "direct1,columnar", "--log-cache", str(cache)]
+    assert scaling.main([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {row["runner"]: row for row in result["rows"]}
+    assert set(rows) == {"direct1", "columnar"}
+    for row in rows.values():
+        assert row["ok"] and row["metadata_problems"] == [] and row["files"] == 3
+        assert row["metadata"]["rows_read"] == 600 and row["metadata"]["records"]["test"] == 30
+        # polled: a lower bound (a process that ends between two polls keeps its last value; wait4 has it all)
+        assert 0 <= row["cpu"]["polled"] <= row["cpu"]["wait4"] == row["cpu_seconds"] > 0
+        assert row["cpu"]["descendants_reaped"]
+        assert row["cpu_seconds_per_million_events"] == pytest.approx(row["cpu_seconds"] / 600 * 1e6, abs=10)
+        assert row["peak_rss_mb"]["launcher"] > 50 and row["peak_rss_mb_max"] >= row["peak_rss_mb"]["launcher"]
+    assert rows["direct1"]["reported_runner"] and rows["direct1"]["peak_rss_mb"]["workers"] == []
+    summary = result["summary"]["600"]
+    assert summary["runners"]["direct1"]["ok_runs"] == "1 of 1" and "cpu direct1 / columnar" in summary["ratios"]
+
+    # The log is reused; a changed parameter writes another.
+    marker = json.loads((cache / "log_600_per250_seed0" / scaling.LOG_MARKER).read_text())
+    assert marker["params"]["events"] == 600 and marker["files"] == ["log-0000.tsv", "log-0001.tsv", "log-0002.tsv"]
+    assert scaling.cached_log(str(cache), 600, 250, 0)[2] is True
+    assert scaling.cached_log(str(cache), 600, 300, 0)[2] is False
+
+    # A failing run is a row, not a crash.
+    (tmp_path / "empty").mkdir()
+    failed = scaling.run_once("direct1", str(tmp_path / "empty"), str(tmp_path / "o"), timeout=120, events=600)
+    assert failed["ok"] is False and failed["exit_code"] == 2 and any("error" in x for x in failed["log_tail"])
+
+
+def test_pipeline_scaling_runner_names_and_ratios() -> None:
+    from benchmarks import pipeline_scaling as scaling
+
+    assert scaling.canonical("direct") == "direct2"
+    with pytest.raises(ValueError):
+        scaling.canonical("spark")
+    rows = [
+        {"events": 10, "runner": "direct1", "ok": True, "seconds": 10.0, "events_per_s": 1, "cpu_seconds": 9.0},
+        {"events": 10, "runner": "direct", "seconds": 5.0, "events_per_s": 2},  # an older row: no ok field
+        {"events": 10, "runner": "dask", "ok": True, "seconds": 20.0, "events_per_s": 1, "cpu_seconds": 30.0},
+        {"events": 10, "runner": "dask", "ok": False, "seconds": 1.0, "events_per_s": 9, "cpu_seconds": 1.0},
+        {"events": 10, "runner": "columnar", "ok": True, "seconds": 1.0, "events_per_s": 10, "cpu_seconds": 1.5},
+    ]
+    summary = scaling.summarize(rows)["10"]
+    assert summary["runners"]["dask"]["ok_runs"] == "1 of 2" and summary["runners"]["dask"]["seconds"] == 20.0
+    assert summary["ratios"]["wall direct / direct1"] == 0.5
+    assert summary["ratios"]["events_per_s dask / direct2"] == 0.5  # the older "direct" rows stand for direct2
+    assert summary["ratios"]["cpu dask / columnar"] == 20.0
+
+
+def test_pipeline_scaling_dask_counts_the_cluster(tmp_path) -> None:
+    pytest.importorskip("distributed")
+    from benchmarks import pipeline_scaling as scaling
+
+    log, _ = scaling.cached_log(str(tmp_path), 400, 200, 0)[:2]
+    row = scaling.run_once("dask", log, str(tmp_path / "out"), timeout=120, events=400)
+    assert row["ok"], row.get("log_tail")
+    assert row["cpu"]["cluster"] > 0 and len(row["cpu"]["per_process"]["workers"]) == 2
+    parts = row["cpu"]["cluster"] + row["cpu"]["scheduler"] + max(row["cpu"]["wait4"], row["cpu"]["polled"])
+    assert row["cpu_seconds"] == pytest.approx(parts, abs=0.05) and len(row["peak_rss_mb"]["workers"]) == 2
