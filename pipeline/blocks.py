@@ -12,11 +12,16 @@ about `BLOCK_BYTES` of input lines, grouped in one worker's memory at a time.
 
     Batch      (file_ordinal, users, items, times, line_nos): parsed rows of one file, columns of equal length
     Block      (block, [(user K, sequence), ...]): the sequences of one block's users
+
+What crosses a shuffle is `pack`ed: a compressed pickle. The local runner keeps every shuffled collection in its
+own process until the pipeline ends (Beam 2.77's ``FnApiRunner`` never clears a buffer it has read), so the bytes
+shuffled, not the events, set its memory; packed, a batch of rows takes about a third of Beam's element coding.
 """
 
 from __future__ import annotations
 
 import math
+import pickle
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -29,6 +34,17 @@ MAX_BLOCKS = 65536
 
 Batch = tuple[int, list[str], list[tuple[str, ...]], list[Any], list[int]]
 Block = tuple[int, list[tuple[Any, Any]]]
+
+
+def pack(value: Any) -> bytes:
+    """A block's payload (lists, tuples, dicts of keys and ints) as bytes for a shuffle: pickled, then zlib level 1
+    (~0.3 s a million events each way, a third of the bytes)."""
+    return zlib.compress(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+
+def unpack(payload: bytes) -> Any:
+    """The value `pack` packed (only ever bytes this pipeline packed: a step's own output)."""
+    return pickle.loads(zlib.decompress(payload))
 
 
 def block_count(input_bytes: int) -> int:

@@ -2,7 +2,7 @@
 
     match_inputs   --input -> [(file_ordinal, path, size_bytes)], at launch
     ReadFiles      (file_ordinal, path, size_bytes)
-                     -> (ROWS, (block, `blocks.Batch`)) per block and chunk of `CHUNK_LINES` lines
+                     -> (ROWS, (block, `blocks.Batch` packed)) per block and chunk of `CHUNK_LINES` lines
                         (REJECTED, ["path\\tline\\treason\\traw", ...]) per chunk      `formats.Rejection`
                         (COUNTS, dict[str, int]) once per file                        `pipeline.accounting`
 
@@ -134,7 +134,7 @@ class ReadAndParse(beam.DoFn):
     """Streams one file line by line (order kept via line numbers) through a `formats.LineParser`.
 
     Input: ``(file_ordinal, path, size_bytes)``. Outputs ``(tag, value)`` pairs (one output: `pipeline.portable`;
-    `portable.select` splits them): ``ROWS`` ``(block, blocks.Batch)`` per user block of each chunk of
+    `portable.select` splits them): ``ROWS`` ``(block, packed blocks.Batch)`` per user block of each chunk of
     `CHUNK_LINES` lines, ``REJECTED`` lists of text lines and, once per file, a ``COUNTS`` dict. ``num_blocks``
     is the number of user blocks (`pipeline.blocks.block_count`). Logs progress with an ETA every ``log_every_s``
     seconds.
@@ -244,7 +244,7 @@ class ReadAndParse(beam.DoFn):
             batch[3].append(timestamp)
             batch[4].append(line)
         for block, batch in batches.items():
-            yield ROWS, (block, batch)
+            yield ROWS, (block, blocks.pack(batch))
 
     def _report(self, counts: dict[str, int], reported: dict[str, int]) -> None:
         # Counters are bumped in batches: a metric update per line would dominate the parse cost.

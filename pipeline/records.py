@@ -3,7 +3,7 @@
 `MakeRecords` joins the ids to the events a block at a time (`pipeline.blocks`); which records a user's ids become
 is `pipeline.splits`; `serialize_record` gives a record's bytes.
 
-    item_uses       a block of sequences -> (item block, (user block, [item K, ...])) its distinct items
+    item_uses       a block of sequences -> (item block, (user block, packed [item K, ...])) its distinct items
     MakeRecords     blocks + vocabularies -> ("records", (split, [record bytes, ...])) per block and split,
                     ("stats", [(name, n), ...]), ("item_counts", (item block, {item id: train uses})),
                     ("eval_targets", (item block, [(target id, split), ...]))       one output (`pipeline.portable`)
@@ -23,13 +23,13 @@ from pipeline import blocks, encoding, splits
 RECORDS, STATS, ITEM_COUNTS, EVAL_TARGETS = "records", "stats", "item_counts", "eval_targets"
 
 
-def item_uses(block: blocks.Block, num_blocks: int) -> Iterator[tuple[int, tuple[int, list[str]]]]:
-    """A block of ``(user K, [item K, ...])`` -> ``(item block, (user block, [item K, ...]))``: each distinct item
-    of the block once, grouped by the item's block. The vocabulary is built from these (`pipeline.vocabulary`),
+def item_uses(block: blocks.Block, num_blocks: int) -> Iterator[tuple[int, tuple[int, bytes]]]:
+    """A block of ``(user K, [item K, ...])`` -> ``(item block, (user block, packed [item K, ...]))``: each distinct
+    item of the block once, grouped by the item's block. The vocabulary is built from these (`pipeline.vocabulary`),
     and the item ids come back to the user block through them (`item_ids_of_uses`)."""
     distinct = {item for _, items in block[1] for item in items}
     for item_block, items in blocks.by_block(distinct, num_blocks).items():
-        yield item_block, (block[0], items)
+        yield item_block, (block[0], blocks.pack(items))
 
 
 def vocabulary_blocks(vocabulary: list[str], num_blocks: int) -> Iterator[tuple[int, dict[str, int]]]:
@@ -40,15 +40,16 @@ def vocabulary_blocks(vocabulary: list[str], num_blocks: int) -> Iterator[tuple[
     return iter(per_block.items())
 
 
-def item_ids_of_uses(element: tuple[int, dict[str, list[Any]]]) -> Iterator[tuple[int, dict[str, int]]]:
-    """``(item block, {"ids": [{item K: id}], "uses": [(user block, [item K, ...]), ...]})`` -> ``(user block,
-    {item K: id})`` for each user block that uses an item of this item block."""
+def item_ids_of_uses(element: tuple[int, dict[str, list[Any]]]) -> Iterator[tuple[int, bytes]]:
+    """``(item block, {"ids": [{item K: id}], "uses": [(user block, packed [item K, ...]), ...]})`` -> ``(user
+    block, packed {item K: id})`` for each user block that uses an item of this item block."""
     item_block, joined = element
     id_maps, uses = list(joined["ids"]), list(joined["uses"])
     if len(id_maps) > 1:
         raise ValueError(f"item block {item_block}: {len(id_maps)} vocabulary parts instead of one (a runner bug)")
     ids = id_maps[0] if id_maps else {}
-    for user_block, items in uses:
+    for user_block, packed in uses:
+        items = blocks.unpack(packed)
         missing = [item for item in items if item not in ids]
         if missing:
             # Both sides come from the same sequences, so this means the vocabulary and the events were computed
@@ -57,7 +58,7 @@ def item_ids_of_uses(element: tuple[int, dict[str, list[Any]]]) -> Iterator[tupl
                 f"items {missing[:3]!r} ({len(missing)} in all) have events but no vocabulary id; the item "
                 "vocabulary and the events disagree (was an upstream step re-run with a different result?)"
             )
-        yield user_block, {item: ids[item] for item in items}
+        yield user_block, blocks.pack({item: ids[item] for item in items})
 
 
 class UserSplits(beam.DoFn):
@@ -130,16 +131,17 @@ def _one(values: list[Any], what: str, block: int) -> Any:
 def records_of_block(
     element: tuple[int, dict[str, list[Any]]], protocol: str, num_blocks: int
 ) -> Iterator[tuple[str, Any]]:
-    """A user block's joined ``{"block": [sequences], "ids": [{item K: id}, ...], "users": [[(user K, index,
-    split), ...]]}`` (time protocol: also ``"held_out": [[(user K, split), ...]]``) -> its records and their stats,
-    item counts and evaluation targets (module docstring).
+    """A user block's joined ``{"block": [packed sequences], "ids": [packed {item K: id}, ...], "users": [[(user K,
+    index, split), ...]]}`` (time protocol: also ``"held_out": [[(user K, split), ...]]``) -> its records and their
+    stats, item counts and evaluation targets (module docstring).
 
     Fails loudly unless the block arrived exactly once, its users are exactly the users the vocabulary gave this
     block, and every item has an id: a mismatch is not bad input but a runner that lost or repeated elements.
     """
     block, joined = element
     users = [user for part in joined["users"] for user in part]
-    sequences = _one(list(joined["block"]), "copies of its sequences", block) if joined["block"] or users else []
+    packed = _one(list(joined["block"]), "copies of its sequences", block) if joined["block"] or users else None
+    sequences = blocks.unpack(packed) if packed is not None else []
     if len(users) != len(sequences) or {u for u, _, _ in users} != {u for u, _ in sequences}:
         raise ValueError(
             f"user block {block}: {len(sequences)} sequences but {len(users)} vocabulary users: the runner lost or "
@@ -147,7 +149,7 @@ def records_of_block(
         )
     ids: dict[str, int] = {}
     for part in joined["ids"]:
-        ids.update(part)
+        ids.update(blocks.unpack(part))
     held_out = dict(pair for part in joined.get("held_out", ()) for pair in part)
     user_of = {user: (index, split) for user, index, split in users}
     serialized: dict[str, list[bytes]] = {}
@@ -187,6 +189,10 @@ def _by_id_block(pairs: Iterable[tuple[int, Any]], num_blocks: int) -> dict[int,
     return out
 
 
+def _packed(block: blocks.Block) -> tuple[int, bytes]:
+    return block[0], blocks.pack(block[1])
+
+
 class MakeRecords(beam.PTransform):
     """``{"sequences": blocks, "item_uses", "item_vocab", "user_vocab"}`` -> ``(tag, value)`` pairs
     (`records_of_block`).
@@ -216,7 +222,7 @@ class MakeRecords(beam.PTransform):
         users = inputs.get("user_indices", inputs["user_vocab"]) | "UserSplits" >> beam.ParDo(self.user_splits)
         held_out = {"held_out": inputs["held_out"]} if "held_out" in inputs else {}
         return (
-            {"block": inputs["sequences"], "ids": ids, "users": users, **held_out}
+            {"block": inputs["sequences"] | "PackBlocks" >> beam.Map(_packed), "ids": ids, "users": users, **held_out}
             | "JoinUsers" >> beam.CoGroupByKey()
             | "Records" >> beam.FlatMap(records_of_block, protocol=self.user_splits.protocol, num_blocks=num_blocks)
         )

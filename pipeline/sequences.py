@@ -59,12 +59,13 @@ def build_sequence(
 
 
 def build_block(
-    element: tuple[int, Iterable[blocks.Batch]], has_timestamps: bool, dedupe: bool, with_times: bool = False
+    element: tuple[int, Iterable[bytes]], has_timestamps: bool, dedupe: bool, with_times: bool = False
 ) -> blocks.Block:
-    """A block's row batches -> the block's sequences (`build_sequence` per user)."""
+    """A block's packed row batches (`pipeline.blocks.pack`) -> the block's sequences (`build_sequence` per user)."""
     block, batches = element
     values: dict[str, list[Any]] = {}
-    for ordinal, users, items, times, lines in batches:
+    for payload in batches:
+        ordinal, users, items, times, lines = blocks.unpack(payload)
         for user, keys, timestamp, line in zip(users, items, times, lines, strict=True):
             user_values = values.get(user)
             if user_values is None:
@@ -74,7 +75,7 @@ def build_block(
 
 
 class BuildSequences(beam.PTransform):
-    """``(block, blocks.Batch)`` row batches -> blocks of ``(user, [item, ...])``, chronological per user; with
+    """``(block, packed blocks.Batch)`` row batches -> blocks of ``(user, [item, ...])``, chronological per user; with
     ``with_times`` ``(user, [(timestamp, item), ...])``."""
 
     def __init__(self, has_timestamps: bool, dedupe: bool, with_times: bool = False) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import apache_beam as beam
 
 from mdcns_tf import features
-from pipeline import formats, portable
+from pipeline import blocks, formats, portable
 
 if TYPE_CHECKING:
     from pipeline.parent import ParentVocabulary
@@ -92,14 +92,14 @@ def _block_users(block: tuple[int, list[tuple[str, Any]]]) -> list[list[str]]:
     return [[user for user, _ in block[1]]] if block[1] else []
 
 
-def _distinct_items(element: tuple[int, Iterable[tuple[int, list[str]]]]) -> set[str]:
-    """An item block's uses -> its distinct items."""
-    return {item for _, items in element[1] for item in items}
+def _distinct_items(element: tuple[int, Iterable[tuple[int, bytes]]]) -> set[str]:
+    """An item block's uses (packed item lists, `pipeline.blocks.pack`) -> its distinct items."""
+    return {item for _, packed in element[1] for item in blocks.unpack(packed)}
 
 
 class BuildVocabularies(beam.PTransform):
-    """``{"sequences": blocks of (user K, [item K, ...]), "item_uses": (item block, (user block, [item K, ...]))}``
-    (`pipeline.records.item_uses`) -> ``{"item_vocab": [item K, ...], "user_vocab": [user K, ...], "stats":
+    """``{"sequences": blocks of (user K, [item K, ...]), "item_uses": (item block, (user block, packed [item K,
+    ...]))}`` (`pipeline.records.item_uses`) -> ``{"item_vocab": [item K, ...], "user_vocab": [user K, ...], "stats":
     ("users_written", n)}``, one list each in `vocabulary_order`; without defaults: with no user left neither has an
     element (read as empty by `pipeline.preprocess.Finish`).
 

@@ -24,8 +24,12 @@ def test_read_interactions_with_rejections(tmp_path) -> None:
             | beam.ParDo(reading.ReadAndParse("interactions", None, False, None, num_blocks=1))
         )
         rows = portable.select(out, reading.ROWS, "Rows")
-        # one block: the file's rows in one batch, columns (file, users, items, timestamps, line numbers)
-        assert_that(rows, equal_to([(0, (0, ["1", "2"], [("10",), ("12",)], [300, 100], [2, 7]))]), label="rows")
+        # one block: the file's rows in one batch, columns (file, users, items, timestamps, line numbers), packed
+        assert_that(
+            rows | beam.Map(lambda kv: (kv[0], blocks.unpack(kv[1]))),
+            equal_to([(0, (0, ["1", "2"], [("10",), ("12",)], [300, 100], [2, 7]))]),
+            label="rows",
+        )
         assert_that(
             portable.select(out, reading.REJECTED, "Rejected")
             | beam.FlatMap(lambda lines: lines)
@@ -91,7 +95,7 @@ def test_sort_is_stable_across_files_and_dedupe_counts() -> None:
         # line 2 of file 1: same item and timestamp as an earlier event, a duplicate; line 4: a real repeat
     ]
     with TestPipeline(runner=RUNNER) as p:
-        created = p | beam.Create(batches)
+        created = p | beam.Create([(block, blocks.pack(batch)) for block, batch in batches])
         kept = created | "keep" >> sequences.BuildSequences(has_timestamps=True, dedupe=False)
         deduped = created | "dedupe" >> sequences.BuildSequences(has_timestamps=True, dedupe=True)
         assert_that(kept, equal_to([(0, [("u", ["z", "a", "a", "b", "a", "a"])])]), label="kept")
@@ -195,9 +199,10 @@ def test_user_split_records() -> None:
 
 def test_a_block_is_written_only_when_it_arrived_whole_and_once() -> None:
     block = [("u", ["a", "b", "c", "d"]), ("v", ["b", "a", "c"])]
+    pack = blocks.pack
     joined = {
-        "block": [block],
-        "ids": [{"a": 10, "b": 11}, {"c": 12, "d": 13}],
+        "block": [pack(block)],
+        "ids": [pack({"a": 10, "b": 11}), pack({"c": 12, "d": 13})],
         "users": [[("u", 7, None), ("v", 8, None)]],
     }
     out = list(records.records_of_block((0, joined), "loo", num_blocks=2))
@@ -211,17 +216,18 @@ def test_a_block_is_written_only_when_it_arrived_whole_and_once() -> None:
     ]
     # A runner that loses or repeats a shuffled element must not yield a block as if it were whole.
     with pytest.raises(ValueError, match=r"user block 0: 2 copies of its sequences .*lost or repeated"):
-        list(records.records_of_block((0, {**joined, "block": [block, block]}), "loo", 2))
+        list(records.records_of_block((0, {**joined, "block": [pack(block), pack(block)]}), "loo", 2))
     with pytest.raises(ValueError, match=r"user block 0: 0 copies of its sequences"):
         list(records.records_of_block((0, {**joined, "block": []}), "loo", 2))
     with pytest.raises(ValueError, match=r"1 sequences but 2 vocabulary users"):
-        list(records.records_of_block((0, {**joined, "block": [block[:1]]}), "loo", 2))
+        list(records.records_of_block((0, {**joined, "block": [pack(block[:1])]}), "loo", 2))
     with pytest.raises(ValueError, match=r"'u': item 'c' reached its block without an id"):
-        list(records.records_of_block((0, {**joined, "ids": [{"a": 10, "b": 11}]}), "loo", 2))
+        list(records.records_of_block((0, {**joined, "ids": [pack({"a": 10, "b": 11})]}), "loo", 2))
 
 
 def test_item_ids_fail_loudly_when_an_item_has_no_vocabulary_id() -> None:
-    joined = {"ids": [{"a": 1}], "uses": [(0, ["a"]), (2, ["a"])]}
-    assert list(records.item_ids_of_uses((5, joined))) == [(0, {"a": 1}), (2, {"a": 1})]
+    joined = {"ids": [{"a": 1}], "uses": [(0, blocks.pack(["a"])), (2, blocks.pack(["a"]))]}
+    ids = [(block, blocks.unpack(packed)) for block, packed in records.item_ids_of_uses((5, joined))]
+    assert ids == [(0, {"a": 1}), (2, {"a": 1})]
     with pytest.raises(ValueError, match=r"items \['b'\] \(1 in all\) have events but no vocabulary id"):
-        list(records.item_ids_of_uses((5, {"ids": [{"a": 1}], "uses": [(0, ["a", "b"])]})))
+        list(records.item_ids_of_uses((5, {"ids": [{"a": 1}], "uses": [(0, blocks.pack(["a", "b"]))]})))
