@@ -4,6 +4,9 @@
   is out of range, decided before any ``int()`` (which raises beyond 4,300 digits inside a worker).
 - A key that is an integer written with a zero fraction is that integer (`normalize_key`: ``49.0`` -> ``49``);
   integer keys are ordered numerically in the vocabularies (`is_integer_key`).
+- "Plain" fields (`PLAIN_INTEGER`, `PLAIN_NUMBER`, `PLAIN_KEY_CHARS`) are regex fragments for text these functions
+  accept as written (a key unchanged, an integer as ``int(text)``): the fast path of
+  `pipeline.formats.LineParser.parse_batch` matches them instead of calling the functions.
 
 `pipeline.formats` parses lines with these (and re-exports them).
 """
@@ -25,6 +28,20 @@ _ZERO_FRACTION = re.compile(r"([+-]?\d+)\.0*", re.ASCII)
 _MAX_FINITE_DIGITS = len(str(int(sys.float_info.max)))
 # Keys are vocabulary lines (items.txt, the serving lookup table): an id, not a document.
 MAX_KEY_CHARS = 1024
+
+# "Plain" fields: regex fragments (for str patterns, one character = one ASCII byte) matching only text that the
+# functions here pass through unchanged and accept, so that a line made of plain fields can skip them
+# (`pipeline.formats.LineParser.parse_batch`). Narrower than what they accept, never wider:
+# - a plain integer is ASCII digits with an optional sign, at most 18 digits: `parse_number` returns ``int(text)``
+#   for it (far fewer than `_MAX_FINITE_DIGITS` characters, so always in range);
+# - a plain number (a rating) is an integer or a decimal of at most 15+15 digits, without exponent: always a finite
+#   double, so `parse_number` is not None;
+# - a plain key character is printable ASCII other than space, ``"`` (CSV quoting) and ``.`` (`normalize_key` then
+#   returns the key as it is); a key of 1 to `MAX_KEY_CHARS` of them is a valid, normalised key.
+PLAIN_INTEGER = r"[+-]?[0-9]{1,18}"
+PLAIN_NUMBER = r"[+-]?(?:[0-9]{1,15}(?:\.[0-9]{0,15})?|\.[0-9]{1,15})"
+PLAIN_NUMBER_CHARS = frozenset("0123456789+-.")  # every character a plain integer or number can hold
+PLAIN_KEY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - {'"', "."}
 
 
 def is_number(text: str) -> bool:
