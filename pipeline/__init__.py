@@ -12,8 +12,11 @@ Modules, in the order a run goes through them:
     preprocess    the whole graph, one composite `Preprocess`, and its last step
     reading       matching ``--input``, streaming a file's lines, parsing them in a worker
     inputfiles    an input file's bytes as written: decompressed by name, checked to the end, or an error naming it
-    formats       parsing one line of each input format (pure, no Beam)
+    formats       parsing one line of each input format, and a chunk of lines at once (pure, no Beam)
+    plainlines    the chunk parser's fast path: which lines are plain, one regular expression per file
+    columns       a line's delimiter, fields and ``interactions`` column layout
     fields        one field's text: numbers (timestamps, ratings) and keys
+    blocks        the unit the graph shuffles: users (or items) by a hash of their key, and packed payloads
     sequences     per-user chronological sequences, dedupe, k-core, minimum length
     vocabulary    the order of ``items.txt`` / ``users.txt`` and the stage that builds them
     parent        ``--vocabulary_from``: a previous output whose ids a run keeps, checked and read

@@ -26,6 +26,8 @@ _ZERO_FRACTION = re.compile(r"([+-]?\d+)\.0*", re.ASCII)
 # The largest finite double has 309 integer digits: an integer text longer than this is out of range before any
 # int() conversion (which raises beyond 4,300 digits) is attempted.
 _MAX_FINITE_DIGITS = len(str(int(sys.float_info.max)))
+# The columns of an ``interactions`` layout (`pipeline.formats`); ``_`` marks a column to ignore.
+USER, ITEM, TIMESTAMP, RATING, IGNORE = "user", "item", "timestamp", "rating", "_"
 # Keys are vocabulary lines (items.txt, the serving lookup table): an id, not a document.
 MAX_KEY_CHARS = 1024
 

@@ -46,26 +46,49 @@ need no more than splitting (`plain_line_pattern`: the common case) a block at a
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import functools
-import operator
-import re
 from collections.abc import Sequence
 
+from pipeline import plainlines
+from pipeline.columns import (
+    detect_delimiter,
+    detect_key_delimiter,
+    header_layout,
+    parse_columns,
+    positional_layout,
+    split_fields,
+)
 from pipeline.fields import (
+    IGNORE,
+    ITEM,
     MAX_KEY_CHARS,
-    PLAIN_INTEGER,
-    PLAIN_KEY_CHARS,
-    PLAIN_NUMBER,
-    PLAIN_NUMBER_CHARS,
+    RATING,
+    TIMESTAMP,
+    USER,
     is_integer_key,
     is_number,
     normalize_key,
     parse_number,
 )
 
-__all__ = ["MAX_KEY_CHARS", "is_integer_key", "is_number", "normalize_key", "parse_number"]  # re-exported
+__all__ = [  # re-exported
+    "detect_delimiter",
+    "detect_key_delimiter",
+    "header_layout",
+    "parse_columns",
+    "positional_layout",
+    "split_fields",
+    "IGNORE",
+    "ITEM",
+    "MAX_KEY_CHARS",
+    "RATING",
+    "TIMESTAMP",
+    "USER",
+    "is_integer_key",
+    "is_number",
+    "normalize_key",
+    "parse_number",
+]
 
 FORMATS = ("interactions", "sequences", "pairs")
 
@@ -109,14 +132,6 @@ _LINE_BREAK_BYTES = b"\x0b\x0c\x1c\x1d\x1e"
 _LINE_BREAKS_UTF8 = (b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")  # \x85, \u2028, \u2029
 # Longer lines are rejected as LINE_TOO_LONG without being read into memory (`pipeline.reading.iter_lines`).
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
-
-USER, ITEM, TIMESTAMP, RATING, IGNORE = "user", "item", "timestamp", "rating", "_"
-_HEADER_NAMES = {
-    USER: {"user", "userid", "user_id", "uid", "users", "customer_id", "customerid", "visitorid", "visitor_id"},
-    ITEM: {"item", "itemid", "item_id", "iid", "items", "movieid", "movie_id", "productid", "product_id", "asin"},
-    TIMESTAMP: {"timestamp", "ts", "time", "unix_ts", "unixtime", "unix_time", "unixreviewtime", "datetime"},
-    RATING: {"rating", "ratings", "score", "stars", "overall"},
-}
 
 
 class UnterminatedLine(bytes):
@@ -162,76 +177,6 @@ class ParsedBatch:
     rejections: list[Rejection] = dataclasses.field(default_factory=list)
 
 
-def detect_delimiter(line: str) -> str | None:
-    """Tab, then ``::``, then comma, else None (= split on runs of whitespace)."""
-    if "\t" in line:
-        return "\t"
-    if "::" in line:
-        return "::"
-    if "," in line:
-        return ","
-    return None
-
-
-def detect_key_delimiter(line: str) -> str | None:
-    """For ``sequences``/``pairs``: ``::``, then comma, else None; whitespace always separates tokens as well."""
-    if "::" in line:
-        return "::"
-    if "," in line:
-        return ","
-    return None
-
-
-def split_fields(line: str, delimiter: str | None) -> list[str] | None:
-    """The stripped fields of a line; None when its CSV quoting is broken (only one-character delimiters quote)."""
-    if delimiter is None:
-        return line.split()
-    if len(delimiter) == 1 and '"' in line:  # the csv module only for quoted lines: it is ~3x slower than split
-        try:
-            fields = next(csv.reader([line], delimiter=delimiter, strict=True, skipinitialspace=True))
-        except csv.Error:
-            return None
-        return [field.strip() for field in fields]
-    return [field.strip() for field in line.split(delimiter)]
-
-
-def parse_columns(spec: str) -> tuple[str, ...]:
-    """``"user,item,rating,timestamp"`` -> layout tuple; ``_`` marks a column to ignore."""
-    names = tuple(name.strip().lower() for name in spec.split(","))
-    for name in names:
-        if name not in (USER, ITEM, TIMESTAMP, RATING, IGNORE):
-            raise ValueError(f"--columns: unknown column {name!r}; use user, item, timestamp, rating or _")
-    for required in (USER, ITEM, TIMESTAMP):
-        if names.count(required) != 1:
-            raise ValueError(f"--columns {spec!r}: needs exactly one {required!r} column")
-    if names.count(RATING) > 1:
-        raise ValueError(f"--columns {spec!r}: at most one 'rating' column")
-    return names
-
-
-def header_layout(fields: Sequence[str]) -> tuple[str, ...] | None:
-    """The layout named by a header line, or None if it does not name a user, an item and a timestamp column."""
-    layout = []
-    for field in fields:
-        key = field.strip().strip("\"'").lower()
-        layout.append(next((name for name, aliases in _HEADER_NAMES.items() if key in aliases), IGNORE))
-    if all(layout.count(name) == 1 for name in (USER, ITEM, TIMESTAMP)) and layout.count(RATING) <= 1:
-        return tuple(layout)
-    return None
-
-
-def positional_layout(fields: Sequence[str]) -> tuple[str, ...] | None:
-    """Layout guessed from the first data line with 3 or 4 columns (see the module docstring); None otherwise."""
-    if len(fields) == 3:
-        return (USER, ITEM, TIMESTAMP)
-    if len(fields) == 4:
-        third, fourth = parse_number(fields[2]), parse_number(fields[3])
-        if third is not None and fourth is not None and abs(fourth) > abs(third):
-            return (USER, ITEM, RATING, TIMESTAMP)
-        return (USER, ITEM, TIMESTAMP, RATING)
-    return None
-
-
 def has_line_break(raw: bytes) -> bool:
     """Whether UTF-8 ``raw`` holds a line break other than \\n and \\r: \\v, \\f, \\x1c-\\x1e, \\x85, \\u2028 or \\u2029
     (bytes, not a regex: ~0.1 us a line instead of ~1 us)."""
@@ -250,97 +195,6 @@ def _bad_key(key: str) -> str | None:
     if not key.isprintable():
         return BAD_KEY_CHARACTER
     return None
-
-
-# `plain_line_pattern`: the characters a plain line may hold (printable ASCII and tab: valid UTF-8, no NUL, no line
-# break, no BOM), and the blanks among them (the only whitespace `str.split`/`str.strip` can meet in such a line).
-_LINE_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F)) | {"\t"}
-_BLANKS = frozenset(" \t")
-# Lines per block of `LineParser.parse_batch` (one join, decode and findall each): enough to amortise the calls per
-# block, few enough for the block and its tuples to stay in cache (1M lines in batches of 65,536: 0.74 us a line
-# with blocks of 1,024 lines, 0.97 with 8,192, 1.24 with 32,768).
-_BLOCK_LINES = 1024
-
-
-def _char_class(chars: frozenset[str] | set[str]) -> str:
-    return "[" + "".join(re.escape(c) for c in sorted(chars)) + "]"
-
-
-@functools.lru_cache(maxsize=64)
-def plain_line_pattern(
-    input_format: str, delimiter: str | None, delimiter_fixed: bool, layout: tuple[str, ...] | None
-) -> tuple[re.Pattern[str], tuple[int, ...]] | None:
-    """The pattern of `LineParser.parse_batch`'s fast path for a parser settled on this delimiter and layout, or
-    None when there is none (a delimiter that is not printable ASCII or tab, holds ``"``, or for ``interactions``
-    may occur inside a number).
-
-    ``pattern.findall`` over a block of ``\\n``-terminated lines (decoded as Latin-1) gives one tuple per line. Its
-    last element is ``"\\n"`` when the line is not plain: such a line must go through `LineParser.parse`. For a plain
-    line the elements at the returned indices are the user, the item (or, for ``sequences``, the text holding the
-    items: `_split_items`) and, for ``interactions``, the timestamp text (a `fields.PLAIN_INTEGER`).
-
-    A plain line is one on which `LineParser.parse` (once the delimiter and layout are settled) does nothing but
-    split it into its fields: printable ASCII and tabs only (so valid UTF-8, no NUL, BOM or line-break character, not
-    empty); no ``"`` (no CSV quoting); exactly the layout's fields, separated as `split_fields` splits them and
-    padded only with blanks it strips; keys of `fields.PLAIN_KEY_CHARS` without the delimiter's characters (printable,
-    1 to `MAX_KEY_CHARS` long, no ``.`` to normalise); a `fields.PLAIN_INTEGER` timestamp and a
-    `fields.PLAIN_NUMBER` rating. Since neither keys, numbers nor padding can hold a character of the delimiter, the
-    delimiters the pattern sees are the ones `str.split` splits at. The pattern is narrower than `parse` where
-    that is simpler (keys with spaces or dots, decimal timestamps): those lines merely take the slow path.
-    Every sub-pattern next to another one shares no character with it, so a failing line costs linear time.
-    """
-    if delimiter is not None and (not delimiter or not set(delimiter) <= _LINE_CHARS or '"' in delimiter):
-        return None
-    banned = frozenset(delimiter or "")
-    key = _char_class(PLAIN_KEY_CHARS - banned) + f"{{1,{MAX_KEY_CHARS}}}"
-    blanks = _char_class(_BLANKS) + "*"
-    pad = _char_class(_BLANKS - banned) + "*" if _BLANKS - banned else ""
-    if input_format == "interactions":
-        if layout is None or banned & PLAIN_NUMBER_CHARS:
-            return None
-        if delimiter is None:  # any text but a blank (a separator) or CSV quoting
-            ignored = _char_class(_LINE_CHARS - _BLANKS - {'"'}) + "+"
-        else:  # any text but the delimiter or CSV quoting, blanks included (so no padding around it)
-            ignored = _char_class(_LINE_CHARS - banned - {'"'}) + "*"
-        fields, groups = [], []
-        for name in layout:
-            if name == IGNORE:
-                fields.append(ignored)
-                continue
-            if name == RATING:
-                field = f"(?:{PLAIN_NUMBER})"
-            else:
-                groups.append(name)
-                field = f"({PLAIN_INTEGER if name == TIMESTAMP else key})"
-            fields.append(field if delimiter is None else pad + field + pad)
-        if delimiter is None:
-            body = blanks + "[ \\t]+".join(fields) + blanks
-        else:
-            body = re.escape(delimiter).join(fields)
-        order = tuple(groups.index(name) for name in (USER, ITEM, TIMESTAMP))
-    else:
-        # A plain line: the user key, then (separator, item key) once for pairs, once or more for sequences, then
-        # its end; `trail` is what may follow a key before the next separator.
-        if delimiter is None:  # split(): any blank run separates, none is left around the tokens
-            lead, separator, trail, end = blanks, "[ \\t]+", "", blanks
-        elif not delimiter_fixed:  # split at the delimiter, then at blanks, with no empty field between delimiters
-            lead, separator, trail, end = blanks, f"(?:{blanks}{re.escape(delimiter)}{blanks}|[ \\t]+)", "", blanks
-        else:  # split at the delimiter only, each field stripped
-            lead, separator, trail, end = pad, re.escape(delimiter) + pad, pad, ""
-        if input_format == "pairs":
-            body = f"{lead}({key}){trail}{separator}({key}){trail}{end}"
-        else:  # the text of the items, from the first separator on: `_split_items`
-            body = f"{lead}({key}){trail}((?:{separator}{key}{trail})+){end}"
-        order = (0, 1)
-    return re.compile(f"(?:{body}\\n|[^\\n]*(\\n))"), order
-
-
-def _split_items(texts: Sequence[str], delimiter: str | None) -> list[tuple[str, ...]]:
-    """The item keys of plain ``sequences`` lines from the text of their items (`plain_line_pattern`): the keys hold
-    no blank and no character of the delimiter, so blanks and delimiters alike just separate them."""
-    if delimiter is not None:
-        texts = list(map(operator.methodcaller("replace", delimiter, " "), texts))
-    return list(map(tuple, map(str.split, texts)))
 
 
 @dataclasses.dataclass
@@ -476,10 +330,10 @@ class LineParser:
         calling `parse` on each line in order would give, with the same `counts` afterwards.
 
         Lines go through `parse` until the delimiter and layout are settled (the file's first data lines); after
-        that, blocks of lines are matched at once against `plain_line_pattern`, and only the lines that are not
-        plain go through `parse`: the result is `parse`'s by construction, at a fraction of the cost on plain lines
-        (0.5-0.7 us a line instead of 2.3, for tab-separated ``user, item, timestamp``; batches of a few thousand
-        lines are fastest, the result lists of larger ones cost more in the garbage collector).
+        that, blocks of lines are matched at once against `plainlines.plain_line_pattern`, and only the lines that
+        are not plain go through `parse`: the result is `parse`'s by construction, at a fraction of the cost on
+        plain lines (0.5-0.7 us a line instead of 2.3, for tab-separated ``user, item, timestamp``; batches of a few
+        thousand lines are fastest, the result lists of larger ones cost more in the garbage collector).
         """
         batch = ParsedBatch()
         lines = lines if isinstance(lines, list | tuple) else list(lines)
@@ -489,14 +343,16 @@ class LineParser:
             start += 1
         if start == len(lines):
             return batch
-        fast = plain_line_pattern(self.input_format, self.delimiter, self.delimiter_fixed, self._layout)
-        for begin in range(start, len(lines), _BLOCK_LINES):
-            block = lines[begin : begin + _BLOCK_LINES]
+        fast = plainlines.plain_line_pattern(self.input_format, self.delimiter, self.delimiter_fixed, self._layout)
+        for begin in range(start, len(lines), plainlines.BLOCK_LINES):
+            block = lines[begin : begin + plainlines.BLOCK_LINES]
             if fast is None:
                 for line_no, raw in block:
                     self._parse_into(batch, line_no, raw)
             else:
-                self._parse_block(batch, block, *fast)
+                plainlines.parse_block(
+                    batch, block, *fast, self.input_format, self.delimiter, self._count, self._parse_into
+                )
         return batch
 
     def _settled(self) -> bool:
@@ -515,56 +371,6 @@ class LineParser:
             batch.items.append(items)
             batch.times.append(timestamp)
             batch.line_nos.append(parsed_line_no)
-
-    def _parse_block(
-        self,
-        batch: ParsedBatch,
-        block: Sequence[tuple[int, bytes | None]],
-        pattern: re.Pattern[str],
-        order: tuple[int, ...],
-    ) -> None:
-        """One block of lines of a settled parser: plain lines column-wise from one findall, the others by
-        `parse`, in line order."""
-        line_nos, raws = zip(*block, strict=True)
-        if set(map(type, raws)) != {bytes}:  # None (too long) and the unterminated last line: `parse` only
-            raws = tuple(raw if type(raw) is bytes else b"" for raw in raws)
-        # Latin-1 decodes any bytes one to one; a plain line is ASCII, so its text is also its UTF-8 decoding.
-        found = pattern.findall((b"\n".join(raws) + b"\n").decode("latin-1"))
-        if len(found) != len(block):  # a raw line holding b"\n" (not from `iter_lines`): no alignment to trust
-            for line_no, raw in block:
-                self._parse_into(batch, line_no, raw)
-            return
-        columns = tuple(zip(*found, strict=True))
-        slow = columns[-1]  # "\n" for a line that is not plain
-        users, items = columns[order[0]], columns[order[1]]
-        times = columns[order[2]] if self.input_format == "interactions" else None
-        begin = 0
-        while begin < len(block):
-            try:
-                end = slow.index("\n", begin)
-            except ValueError:
-                end = len(block)
-            if end > begin:
-                batch.users.extend(users[begin:end])
-                batch.line_nos.extend(line_nos[begin:end])
-                if times is not None:
-                    batch.items.extend(zip(items[begin:end]))
-                    batch.times.extend(map(int, times[begin:end]))
-                    rows = end - begin
-                else:
-                    if self.input_format == "pairs":
-                        keys = list(zip(items[begin:end]))
-                    else:
-                        keys = _split_items(items[begin:end], self.delimiter)
-                    batch.items.extend(keys)
-                    batch.times.extend([0] * (end - begin))
-                    rows = sum(map(len, keys))
-                self._count("lines_read", end - begin)
-                self._count("rows_read", rows)
-                self._count("rows_parsed", rows)
-            if end < len(block):
-                self._parse_into(batch, *block[end])
-            begin = end + 1
 
 
 def interaction_row(fields: Sequence[str], layout: tuple[str, ...] | None) -> tuple[str, str, float | int] | str:
