@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.stager import Stager
 
-from pipeline import run
+from pipeline import run, runners
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = ["--input=gs://bucket/logs/*.csv", "--input_format=interactions", "--split=user", "--output=gs://bucket/out"]
@@ -36,6 +36,30 @@ def test_default_runner_is_the_python_direct_runner() -> None:
     assert (direct.direct_num_workers, direct.direct_running_mode) == (2, "multi_processing")
     _, options = run.parse_args([*OURS, "--runner", "DirectRunner"])
     assert options.view_as(StandardOptions).runner == "DirectRunner"  # an explicit choice is kept
+
+
+def test_a_large_log_runs_one_worker_process_per_core_by_default() -> None:
+    large = [(0, "gs://bucket/logs/a.csv", runners.LOCAL_PARALLEL_BYTES)]
+    direct = run.parse_args(OURS, large)[1].view_as(DirectOptions)
+    assert (direct.direct_num_workers, direct.direct_running_mode) == (0, "multi_processing")  # 0: one per core
+    small = [(0, "gs://bucket/logs/a.csv", runners.LOCAL_PARALLEL_BYTES - 1)]
+    assert run.parse_args(OURS, small)[1].view_as(DirectOptions).direct_running_mode == "in_memory"
+    # an explicit choice wins, even the default value
+    direct = run.parse_args([*OURS, "--direct_num_workers=1"], large)[1].view_as(DirectOptions)
+    assert (direct.direct_num_workers, direct.direct_running_mode) == (1, "in_memory")
+    runner = run.parse_args([*OURS, "--runner=DataflowRunner"], large)[1]
+    assert runner.view_as(DirectOptions).direct_running_mode == "in_memory"
+
+
+def test_worker_processes_run_without_the_time_based_flush_that_drops_data(monkeypatch) -> None:
+    # docs/beam_multiprocess_loss: the runner's timed flush races with its writes and loses bytes
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    monkeypatch.setattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", 1000)
+    runners.guard_local_data_plane(run.parse_args([*OURS, "--direct_num_workers=1"])[1])
+    assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 1000  # in memory: no data stream, nothing to change
+    runners.guard_local_data_plane(run.parse_args([*OURS, "--direct_running_mode=multi_processing"])[1])
+    assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 0
 
 
 def test_dataflow_options() -> None:

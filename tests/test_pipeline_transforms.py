@@ -231,3 +231,14 @@ def test_item_ids_fail_loudly_when_an_item_has_no_vocabulary_id() -> None:
     assert ids == [(0, {"a": 1}), (2, {"a": 1})]
     with pytest.raises(ValueError, match=r"items \['b'\] \(1 in all\) have events but no vocabulary id"):
         list(records.item_ids_of_uses((5, {"ids": [{"a": 1}], "uses": [(0, blocks.pack(["a", "b"]))]})))
+
+
+def test_blocks_follow_the_input_size_and_payloads_round_trip() -> None:
+    assert blocks.block_count(0) == blocks.MIN_BLOCKS
+    assert blocks.block_count(30 * blocks.BLOCK_BYTES + 1) == 31
+    assert blocks.block_count(1 << 60) == blocks.MAX_BLOCKS
+    # a key's block is the same in every process (not Python's salted hash) and in range
+    assert [blocks.block_of(key, 7) for key in ("u1", "u2", "ü")] == [5, 1, 4]  # crc32 of the UTF-8 bytes, mod 7
+    batch = (3, ["u", "v"], [("a",), ("b", "c")], [1, 2.5], [10, 11])
+    assert blocks.unpack(blocks.pack(batch)) == batch
+    assert len(blocks.pack(["1234567"] * 1000)) < 1000  # compressed
