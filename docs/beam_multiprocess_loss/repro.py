@@ -193,8 +193,16 @@ class Summary(beam.CombineFn):
         self.layout = layout
 
     def create_accumulator(self):
-        return {"keys": 0, "elements": 0, "bad_keys": 0, "lost": 0, "extra": 0, "duplicates": 0, "samples": [],
-                "seen_sum": 0}
+        return {
+            "keys": 0,
+            "elements": 0,
+            "bad_keys": 0,
+            "lost": 0,
+            "extra": 0,
+            "duplicates": 0,
+            "samples": [],
+            "seen_sum": 0,
+        }
 
     def add_input(self, acc, result):
         key, count, checksum, distinct, problems = result
@@ -209,8 +217,16 @@ class Summary(beam.CombineFn):
             acc["extra"] += max(0, count - exp_count)
             acc["duplicates"] += dup
             if len(acc["samples"]) < self.MAX_SAMPLES:
-                acc["samples"].append({"key": key, "got": count, "expected": exp_count, "distinct": distinct,
-                                       "checksum_ok": checksum == exp_sum, "problems": problems})
+                acc["samples"].append(
+                    {
+                        "key": key,
+                        "got": count,
+                        "expected": exp_count,
+                        "distinct": distinct,
+                        "checksum_ok": checksum == exp_sum,
+                        "problems": problems,
+                    }
+                )
         return acc
 
     def merge_accumulators(self, accs):
@@ -285,28 +301,33 @@ def judge(layout: Layout, variant: str, out_dir: str) -> tuple[bool, str]:
     with open(path) as f:
         s = json.load(f)
     u = layout.users
-    ok = (s["keys"] == u and s["seen_sum"] == u * (u + 1) // 2 and s["elements"] == layout.n and s["bad_keys"] == 0)
+    ok = s["keys"] == u and s["seen_sum"] == u * (u + 1) // 2 and s["elements"] == layout.n and s["bad_keys"] == 0
     if ok:
         return True, f"ok: {s['elements']} elements, {s['keys']} keys"
     diff = layout.n - s["elements"]
     head = f"LOST {diff} elements" if diff > 0 else (f"EXTRA {-diff} elements" if diff < 0 else "WRONG (total right)")
-    msg = (f"{head} (total {s['elements']} of {layout.n}); keys out {s['keys']} of "
-           f"{u}; bad keys {s['bad_keys']} (lost {s['lost']}, extra {s['extra']}, duplicates {s['duplicates']}); "
-           f"samples {s['samples'][:5]}")
+    msg = (
+        f"{head} (total {s['elements']} of {layout.n}); keys out {s['keys']} of "
+        f"{u}; bad keys {s['bad_keys']} (lost {s['lost']}, extra {s['extra']}, duplicates {s['duplicates']}); "
+        f"samples {s['samples'][:5]}"
+    )
     return False, msg
 
 
 def run_once(args, layout: Layout, variants: list[str]) -> dict:
     out_dir = tempfile.mkdtemp(prefix="beam_repro_", dir=args.out)
-    opts = PipelineOptions([
-        "--runner=FnApiRunner",
-        f"--direct_num_workers={args.workers}",
-        f"--direct_running_mode={args.mode}",
-    ])
+    opts = PipelineOptions(
+        [
+            "--runner=FnApiRunner",
+            f"--direct_num_workers={args.workers}",
+            f"--direct_running_mode={args.mode}",
+        ]
+    )
     if args.no_time_flush:
         # Workaround under test: the runner's data server then gives size-based output streams (no periodic flusher
         # thread), see README "Cause".
         from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
         worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
     t0 = time.time()
     error = None
@@ -335,20 +356,34 @@ def main(argv=None) -> int:
     ap.add_argument("--items", type=int, default=None, help="default events/50")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--mode", choices=("multi_processing", "in_memory", "multi_threading"), default="multi_processing")
-    ap.add_argument("--variant", choices=VARIANTS + ("both", "all"), default="both",
-                    help="both = gbk + cogbk; all = gbk + gbk2 + cogbk (in one pipeline)")
+    ap.add_argument(
+        "--variant",
+        choices=VARIANTS + ("both", "all"),
+        default="both",
+        help="both = gbk + cogbk; all = gbk + gbk2 + cogbk (in one pipeline)",
+    )
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--out", default=tempfile.gettempdir(), help="directory for the per-run summary files")
-    ap.add_argument("--inject", choices=("none", "drop", "dup"), default="none",
-                    help="self-test of the check: drop or duplicate one event (every variant must then fail)")
-    ap.add_argument("--no-time-flush", action="store_true",
-                    help="set worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0 in the launcher (workaround under test)")
+    ap.add_argument(
+        "--inject",
+        choices=("none", "drop", "dup"),
+        default="none",
+        help="self-test of the check: drop or duplicate one event (every variant must then fail)",
+    )
+    ap.add_argument(
+        "--no-time-flush",
+        action="store_true",
+        help="set worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0 in the launcher (workaround under test)",
+    )
     ap.add_argument("--log", default=None, help="append one JSON line per run to this file")
     args = ap.parse_args(argv)
     variants = {"both": ["gbk", "cogbk"], "all": list(VARIANTS)}.get(args.variant, [args.variant])
     layout = Layout(args.events, args.files, args.users, args.items)
-    print(f"beam {beam.__version__}; events={layout.n} files={layout.files} users={layout.users} "
-          f"items={layout.items} workers={args.workers} mode={args.mode} variants={variants}", flush=True)
+    print(
+        f"beam {beam.__version__}; events={layout.n} files={layout.files} users={layout.users} "
+        f"items={layout.items} workers={args.workers} mode={args.mode} variants={variants}",
+        flush=True,
+    )
     failures = 0
     for r in range(1, args.runs + 1):
         res = run_once(args, layout, variants)
@@ -358,10 +393,22 @@ def main(argv=None) -> int:
         print(f"run {r} metrics: {res['metrics']}", flush=True)
         if args.log:
             with open(args.log, "a") as f:
-                f.write(json.dumps({"run": r, "events": layout.n, "files": layout.files, "workers": args.workers,
-                                    "mode": args.mode, "no_time_flush": args.no_time_flush, "beam": beam.__version__, **res,
-                                    "verdicts": {v: {"ok": ok, "msg": msg} for v, (ok, msg) in
-                                                 res["verdicts"].items()}}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "run": r,
+                            "events": layout.n,
+                            "files": layout.files,
+                            "workers": args.workers,
+                            "mode": args.mode,
+                            "no_time_flush": args.no_time_flush,
+                            "beam": beam.__version__,
+                            **res,
+                            "verdicts": {v: {"ok": ok, "msg": msg} for v, (ok, msg) in res["verdicts"].items()},
+                        }
+                    )
+                    + "\n"
+                )
     return 1 if failures else 0
 
 
