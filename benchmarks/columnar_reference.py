@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from mdcns_tf import features
+from pipeline.encoding import length_delimited, varint
 from pipeline.fields import is_integer_key
 
 MIN_SEQ_LEN = 3  # pipeline.splits.MIN_SEQ_LEN["loo"]
@@ -124,40 +125,29 @@ def ranks(keys: list[str], present: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return table, vocabulary
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _delimited(tag: bytes, payload: bytes) -> bytes:
-    return tag + _varint(len(payload)) + payload
-
-
 class ExampleEncoder:
     """`pipeline.encoding.encode_example`'s bytes, with the item ids' varints looked up in a table (ids >= 0)."""
 
     def __init__(self, n_items: int) -> None:
-        self.varints = [_varint(i) for i in range(n_items + 1)]
-        self._item_key = _delimited(b"\x0a", features.ITEM_IDS.encode())
-        self._scalars = {name: _delimited(b"\x0a", name.encode()) for name in (features.TARGET, features.USER_INDEX)}
+        self.varints = [varint(i) for i in range(n_items + 1)]
+        self._item_key = length_delimited(b"\x0a", features.ITEM_IDS.encode())
+        self._scalars = {
+            name: length_delimited(b"\x0a", name.encode()) for name in (features.TARGET, features.USER_INDEX)
+        }
 
     def _entry(self, key: bytes, packed: bytes) -> bytes:
-        int64_list = _delimited(b"\x0a", packed) if packed else b""
-        entry = key + _delimited(b"\x12", _delimited(b"\x1a", int64_list))
-        return _delimited(b"\x0a", entry)
+        int64_list = length_delimited(b"\x0a", packed) if packed else b""
+        entry = key + length_delimited(b"\x12", length_delimited(b"\x1a", int64_list))
+        return length_delimited(b"\x0a", entry)
 
     def encode(self, user_index: int, packed_items: bytes, target: int) -> bytes:
         """``packed_items``: the concatenated varints of the item ids (`packed`)."""
         body = (
             self._entry(self._item_key, packed_items)
-            + self._entry(self._scalars[features.TARGET], _varint(target))
-            + self._entry(self._scalars[features.USER_INDEX], _varint(user_index))
+            + self._entry(self._scalars[features.TARGET], varint(target))
+            + self._entry(self._scalars[features.USER_INDEX], varint(user_index))
         )
-        return _delimited(b"\x0a", body)
+        return length_delimited(b"\x0a", body)
 
     def packed(self, item_ids: Sequence[int]) -> bytes:
         return b"".join([self.varints[i] for i in item_ids])
