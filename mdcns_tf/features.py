@@ -283,15 +283,21 @@ def _check_files(directory: str, expected: dict[str, str], pattern: str) -> None
     for name in sorted(actual):
         digest = file_sha256(actual[name])
         if digest != expected[name]:
-            damage = record_file_damage(actual[name])
-            if damage:
-                raise DamagedRecordsError(
-                    f"{actual[name]} is damaged ({damage}; its sha256 no longer matches the one the pipeline "
-                    f"recorded): re-run the pipeline (--overwrite) to write the folder again, or restore the file"
-                )
+            _raise_if_damaged(actual[name], "its sha256 no longer matches the one the pipeline recorded")
             raise _mismatch(
                 actual[name], f"sha256 {digest[:12]}... differs from the fingerprint's {expected[name][:12]}..."
             )
+
+
+def _raise_if_damaged(path: str, evidence: str) -> None:
+    """`DamagedRecordsError` when ``path`` is not a whole gzip TFRecord file (`record_file_damage`): a damaged file
+    explains a mismatch (``evidence``) better than records of another run."""
+    damage = record_file_damage(path)
+    if damage:
+        raise DamagedRecordsError(
+            f"{path} is damaged ({damage}; {evidence}): re-run the pipeline (--overwrite) to write the folder again, "
+            "or restore the file"
+        )
 
 
 def record_file_damage(path: str) -> str | None:
@@ -338,6 +344,10 @@ def check_record_ids(data_dir: str, metadata: Metadata, splits: Sequence[str] = 
             if split == "train":
                 occurrences += counted
         if split in metadata.records and total != metadata.records[split]:
+            # A file cut at a record boundary inside the gzip stream reads as fewer whole records: check the streams.
+            said = f"the split holds {total} records, {METADATA_FILE} says {metadata.records[split]}"
+            for path in sorted(glob.glob(split_pattern(data_dir, split))):
+                _raise_if_damaged(path, said)
             raise _mismatch(
                 os.path.join(data_dir, split), f"{total} records, {METADATA_FILE} says {metadata.records[split]}"
             )

@@ -120,13 +120,18 @@ def damage(path: str, how: str) -> None:
     elif how == "cut_at_a_record":  # a whole gzip stream of a file whose last record was cut
         raw = gzip.decompress(body)
         body = gzip.compress(raw[: len(raw) - 7])
+    elif how == "stream_cut_between_records":  # reads as fewer whole records; only the gzip trailer tells
+        raw, end = gzip.decompress(body), 0
+        for _ in range(2):  # keep the first two records: 8-byte length, 4-byte CRC, data, 4-byte CRC each
+            end += 16 + int.from_bytes(raw[end : end + 8], "little")
+        body = gzip.compress(raw[:end])[:-8]
     else:
         body = b"<html>404 Not Found</html>"
     with open(path, "wb") as f:
         f.write(body)
 
 
-@pytest.mark.parametrize("how", ["bit_flip", "cut_short", "cut_at_a_record", "not_gzip"])
+@pytest.mark.parametrize("how", ["bit_flip", "cut_short", "cut_at_a_record", "stream_cut_between_records", "not_gzip"])
 @pytest.mark.parametrize("fingerprinted", [True, False], ids=["pipeline_data", "data_without_fingerprint"])
 def test_a_damaged_record_file_is_called_damaged(pipeline_data, tiny_dataset, tmp_path, capsys, how, fingerprinted):  # noqa: F811
     data = str(tmp_path / "data")
