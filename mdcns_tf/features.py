@@ -283,21 +283,17 @@ def _check_files(directory: str, expected: dict[str, str], pattern: str) -> None
     for name in sorted(actual):
         digest = file_sha256(actual[name])
         if digest != expected[name]:
-            _raise_if_damaged(actual[name], "its sha256 no longer matches the one the pipeline recorded")
+            if damage := record_file_damage(actual[name]):
+                raise _damaged(actual[name], f"{damage}; its sha256 no longer matches the one the pipeline recorded")
             raise _mismatch(
                 actual[name], f"sha256 {digest[:12]}... differs from the fingerprint's {expected[name][:12]}..."
             )
 
 
-def _raise_if_damaged(path: str, evidence: str) -> None:
-    """`DamagedRecordsError` when ``path`` is not a whole gzip TFRecord file (`record_file_damage`): a damaged file
-    explains a mismatch (``evidence``) better than records of another run."""
-    damage = record_file_damage(path)
-    if damage:
-        raise DamagedRecordsError(
-            f"{path} is damaged ({damage}; {evidence}): re-run the pipeline (--overwrite) to write the folder again, "
-            "or restore the file"
-        )
+def _damaged(path: str, reason: str) -> DamagedRecordsError:
+    """A damaged file explains a mismatch better than records of another run: checked first wherever one appears."""
+    fix = "re-run the pipeline (--overwrite) to write the folder again, or restore the file"
+    return DamagedRecordsError(f"{path} is damaged ({reason}): {fix}")
 
 
 def record_file_damage(path: str) -> str | None:
@@ -347,7 +343,8 @@ def check_record_ids(data_dir: str, metadata: Metadata, splits: Sequence[str] = 
             # A file cut at a record boundary inside the gzip stream reads as fewer whole records: check the streams.
             said = f"the split holds {total} records, {METADATA_FILE} says {metadata.records[split]}"
             for path in sorted(glob.glob(split_pattern(data_dir, split))):
-                _raise_if_damaged(path, said)
+                if damage := record_file_damage(path):
+                    raise _damaged(path, f"{damage}; {said}")
             raise _mismatch(
                 os.path.join(data_dir, split), f"{total} records, {METADATA_FILE} says {metadata.records[split]}"
             )
@@ -393,18 +390,10 @@ def _record_ranges(path: str, n_items: int | None = None) -> tuple[int, dict[str
         count, low, counted = dataset.reduce(start, fold)
     except tf.errors.OpError as e:
         reason = record_file_damage(path) or f"not records of this feature spec: {e.message.split('}} ')[-1]}"
-        raise DamagedRecordsError(
-            f"{path} is damaged ({reason}): re-run the pipeline (--overwrite) to write the folder again, or restore "
-            "the file"
-        ) from None
+        raise _damaged(path, reason) from None
     low = [int(v) for v in low.numpy()]
-    has_items = low[0] != 2**62
-    ranges = {
-        "item_min": low[0] if has_items else None,
-        "item_max": -low[1] if has_items else None,
-        "target_min": low[2],
-        "target_max": -low[3],
-        "user_min": low[4],
-        "user_max": -low[5],
-    }
+    names = ("item_min", "item_max", "target_min", "target_max", "user_min", "user_max")
+    ranges: dict[str, int | None] = dict(zip(names, (low[0], -low[1], low[2], -low[3], low[4], -low[5]), strict=True))
+    if low[0] == 2**62:  # no record has an item
+        ranges["item_min"] = ranges["item_max"] = None
     return int(count), ranges, counted.numpy()
