@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import pickle
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 # ~8 MiB of input lines (~350k events of a `user item timestamp` log) a block: a few hundred MB of Python objects
@@ -57,25 +57,25 @@ def block_of(key: str, blocks: int) -> int:
     return zlib.crc32(key.encode("utf-8", "surrogatepass")) % blocks
 
 
-def by_block(keys: Iterable[str], blocks: int) -> dict[int, list[str]]:
-    """``{block: [key, ...]}`` of ``keys``, each key once per occurrence, in input order."""
-    out: dict[int, list[str]] = {}
-    for key in keys:
-        out.setdefault(block_of(key, blocks), []).append(key)
+def by_block(values: Iterable[Any], blocks: int, key: Callable[[Any], str] | None = None) -> dict[int, list[Any]]:
+    """``{block: [value, ...]}``: each value (a key, or with ``key`` a value holding one) in its key's block, in
+    input order."""
+    out: dict[int, list[Any]] = {}
+    for value in values:
+        out.setdefault(block_of(value if key is None else key(value), blocks), []).append(value)
     return out
 
 
-def users_of(block: Block) -> Iterator[Any]:
+def users_of(block: Block) -> list[tuple[Any, Any]]:
     """The ``(user K, sequence)`` pairs of a block."""
-    yield from block[1]
+    return block[1]
 
 
-def regroup(pairs: Iterable[tuple[Any, Any]], blocks: int) -> Iterator[tuple[int, tuple[Any, Any]]]:
+def keyed(pair: tuple[Any, Any], blocks: int) -> tuple[int, tuple[Any, Any]]:
     """``(user K, value)`` -> ``(block, (user K, value))``, to be grouped back into blocks. A key may also be
     ``(user K, anything)`` (the time split keys a sequence by its user and target): the user decides the block."""
-    for pair in pairs:
-        key = pair[0]
-        yield block_of(key[0] if isinstance(key, tuple) else key, blocks), pair
+    key = pair[0]
+    return block_of(key[0] if isinstance(key, tuple) else key, blocks), pair
 
 
 def as_block(element: tuple[int, Iterable[tuple[str, Any]]]) -> Block:

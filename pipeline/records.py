@@ -11,6 +11,7 @@ is `pipeline.splits`; `serialize_record` gives a record's bytes.
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -102,12 +103,12 @@ class UserSplits(beam.DoFn):
         else:
             assignment = splits.user_split_assignment(present, self.seed, self.valid_fraction, self.test_fraction)
         wanted = None if present is user_vocab else set(present)
-        per_block: dict[int, list[tuple[str, int, str | None]]] = {}
-        for index, key in enumerate(user_vocab, start=1):
-            if wanted is None or key in wanted:
-                split = None if assignment is None else assignment[key]
-                per_block.setdefault(blocks.block_of(key, self.num_blocks), []).append((key, index, split))
-        yield from per_block.items()
+        users = (
+            (key, index, None if assignment is None else assignment[key])
+            for index, key in enumerate(user_vocab, start=1)
+            if wanted is None or key in wanted
+        )
+        yield from blocks.by_block(users, self.num_blocks, key=operator.itemgetter(0)).items()
 
 
 def _records(protocol: str, user_index: int, ids: list[int], split: str | None) -> dict[str, splits.Record]:

@@ -194,7 +194,7 @@ class FilterSequences(beam.PTransform):
             stats.append(kcore_violations(kept, self.kcore))
             sequences = (
                 kept
-                | "UserBlocks" >> beam.FlatMap(lambda pair, n=self.num_blocks: blocks.regroup([pair], n))
+                | "UserBlocks" >> beam.Map(blocks.keyed, self.num_blocks)
                 | "GroupByBlock" >> beam.GroupByKey()
                 | "AsBlocks" >> beam.Map(blocks.as_block)
             )

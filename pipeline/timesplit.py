@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -166,10 +167,8 @@ def _held_out_of_block(block: blocks.Block) -> list[list[str]]:
 
 def _assign(users: list[str], seed: int, num_blocks: int) -> Iterable[tuple[int, list[tuple[str, str]]]]:
     """The held-out users' splits, a list per user block."""
-    per_block: dict[int, list[tuple[str, str]]] = {}
-    for user, split in splits.time_split_assignment(users, seed).items():
-        per_block.setdefault(blocks.block_of(user, num_blocks), []).append((user, split))
-    return per_block.items()
+    assignment = splits.time_split_assignment(users, seed).items()
+    return blocks.by_block(assignment, num_blocks, key=operator.itemgetter(0)).items()
 
 
 def _user_keys(block: blocks.Block) -> blocks.Block:
