@@ -35,30 +35,7 @@ log = logging.getLogger("benchmarks.converge")
 
 THRESHOLDS = (0.053, 0.058, 0.062)
 AUTHORS_STEPS_PER_EPOCH = 121  # ceil(123,086 prefixes / 1024), printed by their progress bars
-MONITOR = "val_ndcg_20"
-
-
-def run_curve(run: dict[str, Any]) -> list[dict[str, float]]:
-    """Per-epoch points ``{epoch, steps, seconds, value}`` of one grid run (seconds since the process launched; None
-    for a run resumed from its backup, see `report.resumed`)."""
-    metrics = run["metrics"]
-    steps_per_epoch = metrics.get("steps_per_epoch") or 0
-    # A resumed run's earlier epochs were trained by another process: no seconds axis.
-    launched = None if report.resumed(run) else run.get("timings", {}).get("launched_unix")
-    points = []
-    for entry in metrics.get("history", []):
-        if MONITOR not in entry:
-            continue
-        seconds = entry["wall_time"] - launched if launched is not None and "wall_time" in entry else None
-        points.append(
-            {
-                "epoch": entry["epoch"],
-                "steps": entry["epoch"] * steps_per_epoch,
-                "seconds": None if seconds is None else round(seconds, 1),
-                "value": entry[MONITOR],
-            }
-        )
-    return points
+MONITOR = report.MONITOR
 
 
 def unfinished_curve(output_dir: str) -> list[dict[str, float]]:
@@ -253,7 +230,7 @@ def build_report(
             prefix = "" if run.get("grid") == grid_name else f"{run.get('grid')}: "
             label = f"{prefix}{run['method']} seed{run['seed']}"
             source = f"{run.get('grid')}/{run['cell']}"
-            curves.append(summarize_curve(label, run_curve(run), source, run_machine(run), thresholds))
+            curves.append(summarize_curve(label, report.validation_curve(run), source, run_machine(run), thresholds))
     for output_dir in unfinished:
         label = f"{os.path.basename(os.path.dirname(os.path.normpath(output_dir)))} (unfinished)"
         curves.append(

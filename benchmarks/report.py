@@ -12,6 +12,8 @@ from typing import Any
 from benchmarks import common, published
 
 TABLE_METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "mrr")
+MONITOR = "val_ndcg_20"  # the grids' model-selection metric (`train.monitor: ndcg@20`), as the history names it
+NEAR_BEST = 0.95  # "time to quality": the first epoch at this fraction of the run's own best
 
 
 def load_runs(runs_dir: str) -> list[dict[str, Any]]:
@@ -37,6 +39,39 @@ def resumed(run: dict[str, Any]) -> bool:
     launched = run.get("timings", {}).get("launched_unix")
     history = run.get("metrics", {}).get("history", [])
     return launched is not None and any(entry.get("wall_time", launched) < launched for entry in history)
+
+
+def validation_curve(run: dict[str, Any]) -> list[dict[str, float]]:
+    """Per-epoch points ``{epoch, steps, seconds, value}`` of one grid run (seconds since the process launched; None
+    for a run resumed from its backup, see `resumed`)."""
+    metrics = run["metrics"]
+    steps_per_epoch = metrics.get("steps_per_epoch") or 0
+    # A resumed run's earlier epochs were trained by another process: no seconds axis.
+    launched = None if resumed(run) else run.get("timings", {}).get("launched_unix")
+    points = []
+    for entry in metrics.get("history", []):
+        if MONITOR not in entry:
+            continue
+        seconds = entry["wall_time"] - launched if launched is not None and "wall_time" in entry else None
+        points.append(
+            {
+                "epoch": entry["epoch"],
+                "steps": entry["epoch"] * steps_per_epoch,
+                "seconds": None if seconds is None else round(seconds, 1),
+                "value": entry[MONITOR],
+            }
+        )
+    return points
+
+
+def seconds_to_quality(run: dict[str, Any], fraction: float = 1.0) -> float | None:
+    """Seconds from launch to the first epoch whose validation NDCG@20 reaches ``fraction`` x the run's best
+    (1.0: the best epoch itself); None for a resumed run or one without validation."""
+    points = validation_curve(run)
+    if not points:
+        return None
+    best = max(p["value"] for p in points)
+    return next(p["seconds"] for p in points if p["value"] >= fraction * best)
 
 
 def metric_versions_label(runs: list[dict[str, Any]]) -> str:
@@ -115,6 +150,9 @@ def results_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = TABLE_M
             "epochs run",
             "s/epoch",
             "train min/run (whole runs)",
+            "best val NDCG@20",
+            "s to best val",
+            f"s to {NEAR_BEST:.0%} of it",
             "metric",
         ]
         lines.append("| " + " | ".join(header) + " |")
@@ -132,6 +170,11 @@ def results_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = TABLE_M
             row.append(fmt_mean_std([float(r["metrics"]["epochs_run"]) for r in group], 1))
             row.append(fmt_mean_std([r["timings"]["seconds_per_epoch_median"] for r in group], 1))
             row.append(fmt_mean_std([r["timings"]["train_seconds"] / 60 for r in group if not resumed(r)], 1))
+            curves = [validation_curve(r) for r in group]
+            row.append(fmt_mean_std([max(p["value"] for p in curve) for curve in curves if curve]))
+            for fraction in (1.0, NEAR_BEST):
+                seconds = [seconds_to_quality(r, fraction) for r in group]
+                row.append(fmt_mean_std([s for s in seconds if s is not None], 0))
             row.append(metric_versions_label(group).removeprefix("metric "))
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
@@ -178,7 +221,10 @@ def write_markdown(
         "sample std over seeds. Published numbers (benchmarks/published.py) are the papers' own runs, mostly "
         "best-of-grid single seeds with a full budget (up to 300 epochs): compare them with a grid of that budget. "
         "The metric column is the ranking-metric version (`mdcns_tf.metrics.METRIC_VERSION`): v1 runs predate the "
-        "rank fix of commit 3f5f247 and understate NDCG@10 by about 10%.",
+        "rank fix of commit 3f5f247 and understate NDCG@10 by about 10%. Time to quality: seconds from the process "
+        "launch (start-up, tracing and validation included) to the first epoch at the run's best validation NDCG@20 "
+        "and at 95% of it, over the runs one process trained (a resumed run has no seconds axis); runs of a grid are "
+        "trained one after another on a shared machine, so compare them with the s/epoch column's spread in mind.",
         "",
         results_table(runs),
     ]

@@ -148,9 +148,17 @@ def _fake_run(method: str, seed: int, ndcg10: float, recall10: float, order: int
             "test": {"ndcg@10": ndcg10, "recall@10": recall10, "ndcg@20": 0.1, "recall@20": 0.2, "mrr": 0.05},
             "best_epoch": 3 + seed,
             "epochs_run": 10,
-            "history": [{"epoch": e, "val_ndcg_20": 0.01 * e * seed} for e in range(1, 6)],
+            "history": [
+                {"epoch": e, "val_ndcg_20": value * seed, "wall_time": 1000.0 + 10.0 * e * seed}
+                for e, value in enumerate((0.01, 0.02, 0.048, 0.03, 0.05), start=1)
+            ],
         },
-        "timings": {"wall_seconds": 60.0, "train_seconds": 120.0, "seconds_per_epoch_median": 2.0 * seed},
+        "timings": {
+            "wall_seconds": 60.0,
+            "train_seconds": 120.0,
+            "seconds_per_epoch_median": 2.0 * seed,
+            "launched_unix": 1000.0,
+        },
         "published": {"ndcg@10": 0.0347, "recall@10": 0.0612, "source": "MDCNS Table 3"},
         "dataset_info": {"input": "Beauty.txt", "split": "user", "n_users": 5, "n_items": 7, "records": {}},
     }
@@ -176,11 +184,12 @@ def test_report_mean_std_by_hand(tmp_path) -> None:
     text = report.write_markdown(str(tmp_path / "results.md"), runs, header, ["a note"])
     # mean(.05, .07) = .06; sample std = sqrt(((-.01)^2 + .01^2) / (2 - 1)) = .0141421
     # mean(.09, .10) = .095; sample std = sqrt(2 * .005^2) = .0070711; best epoch 4, 5 -> 4.5 ± 0.7071;
-    # s/epoch 2, 4 -> 3.0 ± 1.4; train minutes 2, 2 -> 2.0 ± 0.0
+    # s/epoch 2, 4 -> 3.0 ± 1.4; train minutes 2, 2 -> 2.0 ± 0.0; best validation .05, .10 -> .075 ± .0354, at
+    # epoch 5 (50 s, 100 s -> 75 ± 35); 95% of it (.0475, .095) first at epoch 3 (30 s, 60 s -> 45 ± 21)
     row = (
         "| sasrec | uniform | 1,2 | 0.0600 ± 0.0141 | 0.0950 ± 0.0071 | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | "
         "0.0500 ± 0.0000 | 0.0347 / 0.0612 (MDCNS Table 3) | 4.5 ± 0.7 | 10.0 ± 0.0 | 3.0 ± 1.4 | 2.0 ± 0.0 | "
-        "v1 (pre-fix) |"
+        "0.0750 ± 0.0354 | 75 ± 35 | 45 ± 21 | v1 (pre-fix) |"
     )
     assert row in text.splitlines()
     assert "- a note" in text
@@ -477,7 +486,7 @@ def test_convergence_curves_count_seconds_from_the_launch_and_steps_per_epoch() 
         },
         "timings": {"launched_unix": 1000.0},
     }
-    points = converge.run_curve(run)
+    points = report.validation_curve(run)
     assert [(p["epoch"], p["steps"], p["seconds"]) for p in points] == [
         (1, 65, 30.0),
         (2, 130, 40.5),
@@ -488,17 +497,19 @@ def test_convergence_curves_count_seconds_from_the_launch_and_steps_per_epoch() 
     assert summary["reached"]["0.053"]["epoch"] == 2 and summary["reached"]["0.058"]["epoch"] == 4
     assert summary["reached"]["0.062"]["seconds"] == 61.0 and summary["best"]["value"] == 0.063
     assert converge.first_reaching(points, 0.07) is None
+    # Time to quality in the results table: the best (.063) at 61 s; 80% of it (.0504) first at epoch 2, 40.5 s.
+    assert report.seconds_to_quality(run) == 61.0 and report.seconds_to_quality(run, 0.8) == 40.5
 
 
 def test_a_resumed_run_has_no_seconds_axis_and_no_train_time() -> None:
-    from benchmarks import converge, report
+    from benchmarks import report
 
     history = [{"epoch": e, "wall_time": 1000.0 + 10 * e, "val_ndcg_20": 0.01 * e} for e in (1, 2, 3)]
     run = {"metrics": {"steps_per_epoch": 5, "history": history}, "timings": {"launched_unix": 1015.0}}
     # Epoch 1 ended (1010) before this process launched (1015): an earlier process trained it.
     assert report.resumed(run) and not report.resumed(run | {"timings": {"launched_unix": 1005.0}})
-    assert [p["seconds"] for p in converge.run_curve(run)] == [None, None, None]
-    assert [p["steps"] for p in converge.run_curve(run)] == [5, 10, 15]  # steps and epochs still count
+    assert [p["seconds"] for p in report.validation_curve(run)] == [None, None, None]
+    assert [p["steps"] for p in report.validation_curve(run)] == [5, 10, 15]  # steps and epochs still count
 
     def cell(seed: int, launched: float, train_seconds: float) -> dict:
         metrics = {"history": history, "test": {"ndcg@10": 0.05}, "best_epoch": 3, "epochs_run": 3}
@@ -506,7 +517,9 @@ def test_a_resumed_run_has_no_seconds_axis_and_no_train_time() -> None:
         return {"dataset": "d", "backbone": "b", "method": "m", "seed": seed, "metrics": metrics, "timings": timings}
 
     row = report.results_table([cell(1, 1005.0, 600.0), cell(2, 1015.0, 60.0)], ("ndcg@10",)).splitlines()[-1]
-    assert row.split(" | ")[-2] == "10.0"  # train min: the whole run only, not the resumed run's last 60 s
+    cells = row.split(" | ")
+    assert cells[-5] == "10.0"  # train min: the whole run only, not the resumed run's last 60 s
+    assert cells[-3:-1] == ["25", "25"]  # to the best (epoch 3, 1030 s) from the launch (1005 s): the whole run only
 
 
 def test_authors_curves_count_epochs_from_one_at_121_steps() -> None:
