@@ -2,6 +2,7 @@
 
     python -m benchmarks.daily_replay --dataset ml100k --lock /tmp/heavy.lock
     python -m benchmarks.daily_replay --dataset synthetic_drift --lock /tmp/heavy.lock
+    python -m benchmarks.daily_replay --dataset synthetic_drift --recipe ssm100 --warm shrink_perturb --lock FILE
 
 Days: day d's log is the events of the whole log before its ``DAY_END[d]`` event-time quantile (day 1: 0.8, day 2:
 0.9; `time_cut`), written to ``benchmarks/results/scratch/daily_replay/<dataset>/day<d>.tsv`` (git-ignored; rows
@@ -9,16 +10,19 @@ unchanged). Each day is preprocessed with ``python -m pipeline.run --split time 
 the cut at the previous day's end (day 1: the 0.7 quantile; `cutoff_quantile`), so a day's last slice, the events
 it added, is its validation/test (each user's first event in it; half the users validate, half test); day 2 with
 ``--vocabulary_from <day 1 output>`` so that day 1's ids stay put. Day 1 trains from scratch; day 2 twice, from
-scratch and with ``train.warm_start: <day 1 run dir>``, otherwise the same config. Each training and pipeline run
+scratch and with ``train.warm_start: <day 1 run dir>``, otherwise the same config. ``--recipe`` names the training
+recipe of every run (`RECIPES`: the loss and negatives), ``--warm`` adds warm-start variants (`WARM_VARIANTS`, each
+a ``day2_warm_<name>`` run). Each training and pipeline run
 is a subprocess, one at a time; ``--lock FILE`` holds an exclusive flock on FILE around each (a shared machine),
 and a run's clock starts once the lock is held.
 
 Reported per run: best validation NDCG@20 (the monitor) and its epoch, test NDCG@10 of the selected weights,
 epochs, median s/epoch; and for the warm start, the seconds from launch at which it first reaches >= 99% of the
 scratch day-2 run's best validation NDCG@20, and their ratio to the seconds the scratch run took to ITS best
-(`catch_up`; the issue's target: <= 30%). Written to ``benchmarks/results/daily_replay/``: ``<dataset>.json``
-(command, machine, versions, every run's metrics, commands and curve), ``<dataset>.md`` (the table) and
-``<dataset>.png`` (validation NDCG@20 against seconds since launch). Finished runs are kept (``--rerun`` retrains).
+(`catch_up`; the issue's target: <= 30%). Written to ``benchmarks/results/daily_replay/``: ``<name>.json``
+(command, machine, versions, every run's metrics, commands and curve), ``<name>.md`` (the table) and
+``<name>.png`` (validation NDCG@20 against seconds since launch), where ``<name>`` is the dataset's name, then
+``_<recipe>`` for a recipe other than the default. Finished runs are kept (``--rerun`` retrains).
 """
 
 from __future__ import annotations
@@ -80,6 +84,21 @@ DATASETS = {
         generate=("--users", "10000", "--items", "20000", "--events", "1000000", "--seed", "7", "--drift", "0.5"),
         why="1M events: models selected on 2,000 sampled validation users, 6 minutes a run at most",
     ),
+}
+
+
+# Training recipes, the same for every run of a replay (later --set wins over the dataset's).
+RECIPES: dict[str, tuple[str, ...]] = {
+    "bce1": (),  # base.yaml: BCE, one uniform negative per position
+    # Sampled softmax over 100 uniform negatives a position: a negative set that covers the catalogue every few
+    # steps, so items whose popularity faded are pushed down without waiting to be drawn as the one negative.
+    "ssm100": ("sampler.num_negatives=100", "loss.name=sampled_softmax", "train.max_minutes=12"),
+}
+DEFAULT_RECIPE = "bce1"
+# Warm-start variants (``--warm``): overrides of the day-2 warm run, each a run ``day2_warm_<name>``.
+WARM_VARIANTS: dict[str, tuple[str, ...]] = {
+    # Ash & Adams (NeurIPS 2020): 0.5 x the parent's weights + 0.1 x a fresh initialisation.
+    "shrink_perturb": ("train.warm_start_shrink=0.5", "train.warm_start_perturb=0.1"),
 }
 
 
@@ -189,15 +208,32 @@ def run_child(command: list[str], log_path: str, lock: str | None) -> dict[str, 
 
 
 class Replay:
-    def __init__(self, dataset: Dataset, data_root: str, lock: str | None, rerun: bool, command: str) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        data_root: str,
+        lock: str | None,
+        rerun: bool,
+        command: str,
+        recipe: str = DEFAULT_RECIPE,
+        warm: Sequence[str] = (),
+    ) -> None:
         self.ds, self.data_root, self.lock, self.rerun = dataset, data_root, lock, rerun
+        self.recipe, self.warm = recipe, tuple(warm)
         self.scratch = os.path.join(SCRATCH, dataset.name)
-        self.path = os.path.join(OUT, f"{dataset.name}.json")
+        name = dataset.name if recipe == DEFAULT_RECIPE else f"{dataset.name}_{recipe}"
+        self.runs_dir = os.path.join(self.scratch, "runs" if recipe == DEFAULT_RECIPE else f"runs_{recipe}")
+        self.path = os.path.join(OUT, f"{name}.json")
         previous = {}
         if os.path.exists(self.path):
             with open(self.path) as f:
                 previous = json.load(f)
-        self.result = {**common.envelope(command), "dataset": dataset.name, "why": dataset.why}
+        self.result = {
+            **common.envelope(command),
+            "dataset": dataset.name,
+            "why": dataset.why,
+            "recipe": {"name": recipe, "sets": list(RECIPES[recipe])},
+        }
         self.result.update({k: previous[k] for k in ("days", "runs", "generated") if k in previous and not rerun})
         self.result.setdefault("days", {})
         self.result.setdefault("runs", {})
@@ -259,8 +295,8 @@ class Replay:
     def train(self, name: str, data: str, extra: Sequence[str] = ()) -> dict[str, Any] | None:
         if name in self.result["runs"] and not self.rerun:
             return self.result["runs"][name]
-        out = os.path.join(self.scratch, "runs", name)
-        sets = [f"data.dir={data}", f"output_dir={out}", *self.ds.sets, *extra]
+        out = os.path.join(self.runs_dir, name)
+        sets = [f"data.dir={data}", f"output_dir={out}", *self.ds.sets, *RECIPES[self.recipe], *extra]
         cmd = commands.module_command(
             "mdcns_tf.train", "--config", *self.ds.configs, *[a for s in sets for a in ("--set", s)], "--restart"
         )
@@ -305,15 +341,19 @@ class Replay:
         folders = self.days(source)
         day1 = self.train("day1_scratch", folders["day1"])
         self.train("day2_scratch", folders["day2"])
+        warm = {"day2_warm": ()} | {f"day2_warm_{v}": WARM_VARIANTS[v] for v in self.warm}
         if day1 is not None:
-            self.train("day2_warm", folders["day2"], [f"train.warm_start={day1['output_dir']}"])
+            for name, sets in warm.items():
+                self.train(name, folders["day2"], [f"train.warm_start={day1['output_dir']}", *sets])
         runs = self.result["runs"]
-        if "day2_scratch" in runs and "day2_warm" in runs:
-            self.result["catch_up"] = catch_up(runs["day2_scratch"]["curve"], runs["day2_warm"]["curve"])
+        if "day2_scratch" in runs:
+            self.result["catch_up"] = {
+                name: catch_up(runs["day2_scratch"]["curve"], runs[name]["curve"]) for name in warm if name in runs
+            }
         self.save()
         write_markdown(self.result, self.path[: -len(".json")] + ".md")
         plot(self.result, self.path[: -len(".json")] + ".png")
-        return 0 if len(runs) == 3 else 1
+        return 0 if len(runs) == 2 + len(warm) else 1
 
 
 def _f(value: Any, digits: int = 4) -> str:
@@ -327,10 +367,10 @@ def table(result: dict[str, Any]) -> list[str]:
         "test NDCG@10 | epochs | s/epoch |",
         "|---|---|---|---|---|---|---|",
     ]
-    c = result.get("catch_up") or {}
     for name, run in result["runs"].items():
         reached = ratio = ""
-        if name == "day2_warm" and c:
+        c = (result.get("catch_up") or {}).get(name)
+        if c:
             r = c["warm_reached"]
             reached = "never" if r is None else f"{r['seconds']:.0f} s (epoch {r['epoch']})"
             ratio = "–" if c["ratio"] is None else f"{100 * c['ratio']:.0f}% (of {c['scratch_best']['seconds']:.0f} s)"
@@ -344,7 +384,14 @@ def table(result: dict[str, Any]) -> list[str]:
 
 def write_markdown(result: dict[str, Any], path: str) -> None:
     days = result["days"]
-    lines = [f"# Daily loop: {result['dataset']}", "", f"Command: `{result['command']}`. {result['why']}.", ""]
+    recipe = result.get("recipe") or {"name": DEFAULT_RECIPE, "sets": []}
+    sets = ", ".join(f"`{s}`" for s in recipe["sets"]) or "base.yaml's loss and sampler"
+    lines = [
+        f"# Daily loop: {result['dataset']}, recipe {recipe['name']}",
+        "",
+        f"Command: `{result['command']}`. {result['why']}. Recipe of every run: {sets}.",
+        "",
+    ]
     for day, info in days.items():
         lines.append(
             f"- {day}: {info['events']:,} events (before the {info['quantile']} event-time quantile), "
@@ -370,12 +417,12 @@ def plot(result: dict[str, Any], path: str) -> None:
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     for name, run in result["runs"].items():
         ax.plot([p["seconds"] for p in run["curve"]], [p["value"] for p in run["curve"]], lw=1.4, label=name)
-    c = result.get("catch_up")
+    c = next(iter((result.get("catch_up") or {}).values()), None)
     if c:
         ax.axhline(c["threshold"], color="grey", lw=0.6, ls=":", label="99% of day-2 scratch best")
     ax.set_xlabel("seconds since launch")
     ax.set_ylabel("validation NDCG@20")
-    ax.set_title(f"daily loop, {result['dataset']}")
+    ax.set_title(f"daily loop, {result['dataset']}, recipe {(result.get('recipe') or {}).get('name', DEFAULT_RECIPE)}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     report.save_figure(fig, path)
@@ -386,11 +433,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="ml100k")
     parser.add_argument("--lock", help="hold an exclusive flock on this file around each child process")
     parser.add_argument("--rerun", action="store_true", help="preprocess and train again, forgetting finished runs")
+    parser.add_argument(
+        "--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE, help="loss and negatives of every run"
+    )
+    parser.add_argument(
+        "--warm", action="append", choices=sorted(WARM_VARIANTS), default=[], help="add a warm-start variant; repeat"
+    )
     common.add_data_root_option(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     command = common.command_line("benchmarks.daily_replay", argv)
-    return Replay(DATASETS[args.dataset], args.data_root, args.lock, args.rerun, command).run()
+    replay = Replay(DATASETS[args.dataset], args.data_root, args.lock, args.rerun, command, args.recipe, args.warm)
+    return replay.run()
 
 
 if __name__ == "__main__":

@@ -106,6 +106,10 @@ class TrainConfig:
     # key between the two data folders' vocabularies, new items initialised as in a fresh run, optimizer state not
     # carried (mdcns_tf/training/warm_start.py). "": a fresh start.
     warm_start: str = ""
+    # Shrink and perturb (Ash & Adams, NeurIPS 2020, "On Warm-Starting Neural Network Training"): each carried weight
+    # starts at shrink x the parent's + perturb x this run's fresh initial value (new item rows: fresh). 1 / 0: a copy.
+    warm_start_shrink: float = 1.0
+    warm_start_perturb: float = 0.0
 
 
 @dataclasses.dataclass

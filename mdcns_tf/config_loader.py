@@ -154,6 +154,7 @@ def _check_ranges(config: Config) -> None:
         "export.version": config.export.version,
         "export.rescore": config.export.rescore,
         "mdcns.peer_learning_rate": config.mdcns.peer_learning_rate,
+        "train.warm_start_perturb": config.train.warm_start_perturb,
     }
     for key, value in non_negative.items():
         if not value >= 0:
@@ -257,6 +258,8 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
     if config.mdcns.top_m > config.mdcns.pool_size:
         raise ConfigError("mdcns.top_m must not exceed mdcns.pool_size")
+    if not 0.0 < config.train.warm_start_shrink <= 1.0:
+        raise ConfigError(f"train.warm_start_shrink: must be in (0, 1], got {config.train.warm_start_shrink}")
     if not 0.0 <= config.loss.gbce_t <= 1.0:
         raise ConfigError(f"loss.gbce_t: must be in [0, 1], got {config.loss.gbce_t}")
     if not config.mdcns.tau > 0:

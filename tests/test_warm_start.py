@@ -188,6 +188,36 @@ def test_child_scores_shared_items_as_its_parent_and_new_items_as_a_fresh_run(da
     assert not os.path.exists(tmp_path / "warm" / "backup" / "warm_start.json"), "the record goes with the backup"
 
 
+def test_shrink_and_perturb_mixes_the_parent_with_a_fresh_start(data_dirs, parents, tmp_path):
+    child_ids, parent_ids = vocabulary(data_dirs["child"]), vocabulary(data_dirs["parent"])
+
+    def weights(model: Any) -> list[np.ndarray]:
+        return [w.numpy().copy() for w in model.encoder.weights]
+
+    mix = ("train.warm_start_shrink=0.5", "train.warm_start_perturb=0.25")
+    with at_first_step(weights) as warm:
+        train.run(
+            config_for(
+                data_dirs["child"], tmp_path / "warm", "train.epochs=1", f"train.warm_start={parents['single']}", *mix
+            )
+        )
+    with at_first_step(weights) as fresh:
+        train.run(config_for(data_dirs["child"], tmp_path / "fresh", "train.epochs=1"))
+    parent = parent_model(parents["single"]).encoder
+    table = [w.name for w in parent.weights].index(parent.item_embeddings.name)
+    # The item table: a shared key's row is 0.5 x the parent's row of that key + 0.25 x the fresh row; new keys fresh.
+    ours = [child_ids[key] for key in SHARED]
+    expected = 0.5 * parent.item_embeddings.numpy()[[parent_ids[key] for key in SHARED]] + 0.25 * fresh[0][table][ours]
+    np.testing.assert_allclose(warm[0][table][ours], expected, rtol=1e-6, atol=1e-7)
+    new = [child_ids[key] for key in CHILD_KEYS if key not in parent_ids]
+    np.testing.assert_array_equal(warm[0][table][new], fresh[0][table][new])
+    # Every other weight (attention, feed-forward, layer norms, positions): the same mix, whole.
+    others = [i for i in range(len(parent.weights)) if i != table]
+    assert len(others) > 5
+    for i in others:
+        np.testing.assert_allclose(warm[0][i], 0.5 * parent.weights[i].numpy() + 0.25 * fresh[0][i], rtol=1e-6, atol=1e-7)
+
+
 def test_mdcns_maps_both_students(data_dirs, parents, tmp_path):
     child_ids, parent_ids = vocabulary(data_dirs["child"]), vocabulary(data_dirs["parent"])
     sets = ("train.epochs=1", *MDCNS, "mdcns.teacher=ema", f"train.warm_start={parents['mdcns']}")

@@ -295,12 +295,16 @@ def _copy(
         problem = f"its weight {extra[0]} has no counterpart here"
     if problem:
         raise ConfigError(f"{KEY}: the weights do not fit ({where}: {problem}){_differences(config, parent_config)}")
+    shrink, perturb = config.train.warm_start_shrink, config.train.warm_start_perturb
     for path, variable in ours.items():
+        fresh = variable.numpy()
         value = reader.get_tensor(stored[path])
         if id(variable) in item_indexed:
-            table = variable.numpy()
-            table[rows[0]] = value[rows[1]]
+            table = fresh.copy()
+            table[rows[0]] = shrink * value[rows[1]] + perturb * fresh[rows[0]]
             value = table
+        else:
+            value = shrink * value + perturb * fresh
         variable.assign(value)
 
 
