@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -78,6 +79,38 @@ def guard_local_data_plane(options: PipelineOptions) -> None:
         from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
         worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
+
+
+def cap_dask_partitions(options: PipelineOptions, most: int) -> None:
+    """On Beam's Dask runner, at most ``most`` partitions out of every Flatten and GroupByKey.
+
+    Beam 2.77's Dask translation concatenates the partitions of a Flatten's inputs (``db.concat``) and gives a
+    GroupByKey's output as many partitions as its input (``Bag.groupby``), so partition counts add up along the graph:
+    a CoGroupByKey is a Flatten, and the per-step counters are flattened from every step. At 10M events (40 files, 27
+    user blocks) the last steps had 1,657 partitions, mostly empty, and the task shuffles between them (81,395 split
+    tasks) cost more than the work. A GroupByKey now shuffles into at most ``most`` partitions and a Flatten merges
+    neighbouring partitions down to ``most`` (no shuffle). ``most``: the graph's parallelism, the larger of its input
+    files and its user blocks. Only the launcher's graph translation changes (this module's process)."""
+    if not (options.view_as(StandardOptions).runner or "").endswith(DASK_RUNNER_SUFFIX):
+        return
+    from apache_beam.runners.dask import overrides, transform_evaluator
+
+    class Flatten(transform_evaluator.Flatten):
+        def apply(self, input_bag: Any, side_inputs: Any = None) -> Any:
+            bag = super().apply(input_bag, side_inputs)
+            return bag.repartition(npartitions=most) if bag.npartitions > most else bag
+
+    class GroupByKey(transform_evaluator.GroupByKey):
+        def apply(self, input_bag: Any, side_inputs: Any = None) -> Any:
+            def value(item: tuple[Any, list[Any]]) -> tuple[Any, list[Any]]:
+                key, values = item
+                return key, [transform_evaluator.defenestrate(v[1]) for v in values]
+
+            partitions = min(input_bag.npartitions, most)
+            return input_bag.groupby(lambda item: item[0], npartitions=partitions).map(value)
+
+    transform_evaluator.TRANSLATIONS[overrides._Flatten] = Flatten
+    transform_evaluator.TRANSLATIONS[overrides._GroupByKeyOnly] = GroupByKey
 
 
 def beam_options(beam_args: Sequence[str], input_bytes: int = 0) -> PipelineOptions:

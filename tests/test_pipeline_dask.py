@@ -102,3 +102,30 @@ def test_one_input_file_per_dask_partition_unless_the_user_chose() -> None:
     partitioned = [f"--runner={DASK_RUNNER}", "--dask_npartitions=8"]
     assert "--dask_partition_size=1" not in runners.with_dask_defaults(partitioned)
     assert runners.with_dask_defaults(["--runner=FnApiRunner"]) == ["--runner=FnApiRunner"]
+
+
+def test_dask_flattens_and_groupings_stay_within_the_graphs_parallelism(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beam's translation adds up partitions (a Flatten concatenates, a GroupByKey keeps its input's count): capped
+    at the graph's parallelism, with the same elements and groups (computed here by hand)."""
+    import dask.bag as db
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.dask import overrides
+    from apache_beam.runners.dask import transform_evaluator as evaluator
+
+    monkeypatch.setattr(evaluator, "TRANSLATIONS", dict(evaluator.TRANSLATIONS))  # undone after the test
+    runners.cap_dask_partitions(PipelineOptions(["--runner=FnApiRunner"]), 4)
+    assert evaluator.TRANSLATIONS[overrides._Flatten] is evaluator.Flatten  # another runner: untouched
+    runners.cap_dask_partitions(PipelineOptions([f"--runner={DASK_RUNNER}"]), 4)
+
+    parts = [db.from_sequence([(i % 5, i) for i in range(start, start + 10)], npartitions=3) for start in (0, 10, 20)]
+    flat = evaluator.TRANSLATIONS[overrides._Flatten](None).apply(parts)  # 3 x 3 partitions in
+    assert flat.npartitions == 4
+    assert sorted(flat.compute(scheduler="sync")) == sorted((i % 5, i) for i in range(30))
+    grouped = evaluator.TRANSLATIONS[overrides._GroupByKeyOnly](None).apply(flat)
+    assert grouped.npartitions == 4
+    # key k: the values k, k + 5, ..., k + 25
+    assert sorted((k, sorted(v)) for k, v in grouped.compute(scheduler="sync")) == [
+        (k, list(range(k, 30, 5))) for k in range(5)
+    ]
+    small = db.from_sequence([(1, "a"), (1, "b")], npartitions=2)
+    assert evaluator.TRANSLATIONS[overrides._GroupByKeyOnly](None).apply(small).npartitions == 2  # never more
