@@ -215,7 +215,9 @@ def test_shrink_and_perturb_mixes_the_parent_with_a_fresh_start(data_dirs, paren
     others = [i for i in range(len(parent.weights)) if i != table]
     assert len(others) > 5
     for i in others:
-        np.testing.assert_allclose(warm[0][i], 0.5 * parent.weights[i].numpy() + 0.25 * fresh[0][i], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            warm[0][i], 0.5 * parent.weights[i].numpy() + 0.25 * fresh[0][i], rtol=1e-6, atol=1e-7
+        )
 
 
 def test_mdcns_maps_both_students(data_dirs, parents, tmp_path):
