@@ -61,8 +61,8 @@ def test_every_shipped_config_loads():
         (["train.distribute=multi_worker", "sampler.name=gdns"], "sampler 'gdns' keeps per-user state"),
         (["train.distribute=mirrored", "sampler.name=autosample"], "cannot be shared across replicas"),
         (["eval.item_chunk_size=0"], "eval.item_chunk_size: must be positive"),
-        (["train.warm_start_shrink=0.0"], "train.warm_start_shrink: must be in"),
-        (["train.warm_start_shrink=1.5"], "train.warm_start_shrink: must be in"),
+        (["train.warm_start_shrink=0.0"], r"train.warm_start_shrink: must be in \(0, 1\], got"),
+        (["train.warm_start_shrink=1.5"], r"train.warm_start_shrink: must be in \(0, 1\], got"),
         (["train.warm_start_perturb=-0.1"], "train.warm_start_perturb: must be 0 or more"),
     ],
 )
