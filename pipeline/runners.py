@@ -86,7 +86,7 @@ def cap_dask_partitions(options: PipelineOptions, most: int) -> None:
 
     Beam 2.77's Dask translation concatenates the partitions of a Flatten's inputs (``db.concat``) and gives a
     GroupByKey's output as many partitions as its input (``Bag.groupby``), so partition counts add up along the graph:
-    a CoGroupByKey is a Flatten, and the per-step counters are flattened from every step. At 10M events (40 files, 27
+    a CoGroupByKey is a Flatten, and the per-step counters are flattened from every step. At 10M events (40 files, 29
     user blocks) the last steps had 1,657 partitions, mostly empty, and the task shuffles between them (81,395 split
     tasks) cost more than the work. A GroupByKey now shuffles into at most ``most`` partitions and a Flatten merges
     neighbouring partitions down to ``most`` (no shuffle). ``most``: the graph's parallelism, the larger of its input
