@@ -55,7 +55,10 @@ def length_delimited(tag: bytes, payload: bytes) -> bytes:
 
 def _int64_feature(key: bytes, values: Sequence[int]) -> bytes:
     """One ``Features.feature`` map entry: ``{1: key, 2: Feature{3: Int64List{1: packed values}}}``."""
-    packed = _packed(values)
+    return _int64_entry(key, _packed(values))
+
+
+def _int64_entry(key: bytes, packed: bytes) -> bytes:
     int64_list = length_delimited(b"\x0a", packed) if packed else b""  # an empty packed field is omitted
     feature = length_delimited(b"\x1a", int64_list)  # Feature.int64_list = field 3
     entry = length_delimited(b"\x0a", key) + length_delimited(b"\x12", feature)
@@ -67,7 +70,8 @@ def _single_prefixes(key: bytes) -> list[bytes]:
     length inside the entry depends only on ``n``, so a one-value feature is ``prefix[n] + varint``."""
     prefixes = [b""]
     for n in range(1, 11):
-        whole = _int64_feature(key, [(1 << (7 * (n - 1))) if n < 10 else -1])
+        # `varint`, not `_packed`: a 4-byte value would grow the table to 2M entries (0.5 s, ~100 MB) in every process.
+        whole = _int64_entry(key, varint((1 << (7 * (n - 1))) if n < 10 else -1))
         prefixes.append(whole[:-n])
     return prefixes
 
