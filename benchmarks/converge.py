@@ -90,11 +90,6 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
     return values
 
 
-def first_reaching(points: list[dict[str, float]], threshold: float) -> dict[str, float] | None:
-    """The first point whose value is >= threshold, or None."""
-    return next((p for p in points if p["value"] >= threshold), None)
-
-
 def summarize_curve(
     label: str,
     points: list[dict[str, float]],
@@ -109,7 +104,7 @@ def summarize_curve(
         "machine": machine,
         "epochs": len(points),
         "best": best,
-        "reached": {f"{t:.3f}": first_reaching(points, t) for t in thresholds},
+        "reached": {f"{t:.3f}": report.first_reaching(points, t) for t in thresholds},
         "points": points,
     }
 

@@ -47,7 +47,7 @@ log = logging.getLogger("benchmarks.daily_replay")
 
 DAY_END = {0: 0.7, 1: 0.8, 2: 0.9}  # event-time quantiles of the whole log; day 0 only ends day 1's training
 CATCH_UP = 0.99
-MONITOR = "val_ndcg_20"
+MONITOR = report.MONITOR
 OUT = os.path.join(common.RESULTS, "daily_replay")
 SCRATCH = os.path.join(common.RESULTS, "scratch", "daily_replay")
 TRAINING = [os.path.join("configs", name) for name in ("base.yaml", "training/fast.yaml")]
@@ -164,7 +164,7 @@ def catch_up(scratch: list[dict[str, float]], warm: list[dict[str, float]], frac
     best = max(scratch, key=lambda p: p["value"])
     best = next(p for p in scratch if p["value"] == best["value"])
     threshold = fraction * best["value"]
-    reached = next((p for p in warm if p["value"] >= threshold), None)
+    reached = report.first_reaching(warm, threshold)
     return {
         "fraction": fraction,
         "threshold": threshold,
@@ -382,9 +382,14 @@ def table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _recipe(result: dict[str, Any]) -> dict[str, Any]:
+    """The replay's recipe (results written before ``--recipe`` existed ran the default)."""
+    return result.get("recipe") or {"name": DEFAULT_RECIPE, "sets": []}
+
+
 def write_markdown(result: dict[str, Any], path: str) -> None:
     days = result["days"]
-    recipe = result.get("recipe") or {"name": DEFAULT_RECIPE, "sets": []}
+    recipe = _recipe(result)
     sets = ", ".join(f"`{s}`" for s in recipe["sets"]) or "base.yaml's loss and sampler"
     lines = [
         f"# Daily loop: {result['dataset']}, recipe {recipe['name']}",
@@ -422,7 +427,7 @@ def plot(result: dict[str, Any], path: str) -> None:
         ax.axhline(c["threshold"], color="grey", lw=0.6, ls=":", label="99% of day-2 scratch best")
     ax.set_xlabel("seconds since launch")
     ax.set_ylabel("validation NDCG@20")
-    ax.set_title(f"daily loop, {result['dataset']}, recipe {(result.get('recipe') or {}).get('name', DEFAULT_RECIPE)}")
+    ax.set_title(f"daily loop, {result['dataset']}, recipe {_recipe(result)['name']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     report.save_figure(fig, path)

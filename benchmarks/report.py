@@ -64,14 +64,21 @@ def validation_curve(run: dict[str, Any]) -> list[dict[str, float]]:
     return points
 
 
+def first_reaching(points: list[dict[str, float]], threshold: float) -> dict[str, float] | None:
+    """The first point whose value is >= threshold, or None."""
+    return next((p for p in points if p["value"] >= threshold), None)
+
+
 def seconds_to_quality(run: dict[str, Any], fraction: float = 1.0) -> float | None:
     """Seconds from launch to the first epoch whose validation NDCG@20 reaches ``fraction`` x the run's best
     (1.0: the best epoch itself); None for a resumed run or one without validation."""
-    points = validation_curve(run)
-    if not points:
+    return _seconds_to(validation_curve(run), fraction)
+
+
+def _seconds_to(curve: list[dict[str, float]], fraction: float) -> float | None:
+    if not curve:
         return None
-    best = max(p["value"] for p in points)
-    return next(p["seconds"] for p in points if p["value"] >= fraction * best)
+    return first_reaching(curve, fraction * max(p["value"] for p in curve))["seconds"]
 
 
 def metric_versions_label(runs: list[dict[str, Any]]) -> str:
@@ -173,7 +180,7 @@ def results_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = TABLE_M
             curves = [validation_curve(r) for r in group]
             row.append(fmt_mean_std([max(p["value"] for p in curve) for curve in curves if curve]))
             for fraction in (1.0, NEAR_BEST):
-                seconds = [seconds_to_quality(r, fraction) for r in group]
+                seconds = [_seconds_to(curve, fraction) for curve in curves]
                 row.append(fmt_mean_std([s for s in seconds if s is not None], 0))
             row.append(metric_versions_label(group).removeprefix("metric "))
             lines.append("| " + " | ".join(row) + " |")

@@ -496,7 +496,7 @@ def test_convergence_curves_count_seconds_from_the_launch_and_steps_per_epoch() 
     summary = converge.summarize_curve("mdcns", points, "cell")
     assert summary["reached"]["0.053"]["epoch"] == 2 and summary["reached"]["0.058"]["epoch"] == 4
     assert summary["reached"]["0.062"]["seconds"] == 61.0 and summary["best"]["value"] == 0.063
-    assert converge.first_reaching(points, 0.07) is None
+    assert report.first_reaching(points, 0.07) is None
     # Time to quality in the results table: the best (.063) at 61 s; 80% of it (.0504) first at epoch 2, 40.5 s.
     assert report.seconds_to_quality(run) == 61.0 and report.seconds_to_quality(run, 0.8) == 40.5
 
