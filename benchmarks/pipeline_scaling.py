@@ -516,9 +516,12 @@ def merge(previous: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     """``result`` with ``previous``'s rows too (sorted by size, runner, repeat); the earlier runs' commands, times
     and machines are kept under ``earlier_runs``."""
     earlier = [*previous.get("earlier_runs", []), {k: previous.get(k) for k in ("command", "measured_at", "machine")}]
-    rows = sorted(
-        [*previous["rows"], *result["rows"]], key=lambda row: (row["events"], row["runner"], row.get("repeat", 1))
-    )
+    # The new rounds are numbered after the earlier ones of their size, so the round-by-round pairs stay apart.
+    last_round: dict[int, int] = {}
+    for row in previous["rows"]:
+        last_round[row["events"]] = max(last_round.get(row["events"], 0), row.get("repeat", 1))
+    added = [{**row, "repeat": row.get("repeat", 1) + last_round.get(row["events"], 0)} for row in result["rows"]]
+    rows = sorted([*previous["rows"], *added], key=lambda row: (row["events"], row["runner"], row.get("repeat", 1)))
     merged = {
         **result,
         "rows": rows,

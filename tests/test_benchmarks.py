@@ -620,6 +620,10 @@ def test_pipeline_scaling_append_keeps_rows_and_says_whose_skips_are_whose() -> 
     assert merged["earlier_runs"][0]["command"] == "scaling --sizes 1000000"
     # Merged again, an earlier skip is not prefixed twice.
     assert merge(merged, later)["skipped"] == merged["skipped"]
+    # Appended rounds of a size measured before are numbered after its rounds (round-by-round ratios pair them).
+    first = {"command": "a", "skipped": [], "rows": [{"events": 10, "runner": r, "repeat": 1} for r in ("x", "y")]}
+    again = {"command": "b", "skipped": [], "rows": [{"events": 10, "runner": "x", "repeat": 1}]}
+    assert [(row["runner"], row["repeat"]) for row in merge(first, again)["rows"]] == [("x", 1), ("x", 2), ("y", 1)]
 
 
 def test_convergence_thresholds_are_a_flag_the_table_and_json_follow(tmp_path) -> None:
