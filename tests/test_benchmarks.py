@@ -897,3 +897,24 @@ def test_pipeline_scaling_dask_counts_the_cluster(tmp_path) -> None:
     assert row["cpu"]["cluster"] > 0 and len(row["cpu"]["per_process"]["workers"]) == 2
     parts = row["cpu"]["cluster"] + row["cpu"]["scheduler"] + max(row["cpu"]["wait4"], row["cpu"]["polled"])
     assert row["cpu_seconds"] == pytest.approx(parts, abs=0.05) and len(row["peak_rss_mb"]["workers"]) == 2
+
+
+def test_pipeline_stages_times_every_stage_of_one_run(tmp_path) -> None:
+    from benchmarks import pipeline_stages
+
+    events = _tiny_log(tmp_path / "log")
+    out = tmp_path / "stages.json"
+    flags = [f"--input={tmp_path / 'log'}", f"--output={tmp_path / 'o'}", "--input_format=interactions", "--split=loo"]
+    assert pipeline_stages.main(["--out", str(out), "--", *flags]) == 0
+    result = json.loads(out.read_text())
+    names = [stage["stage"] for stage in result["stages"]]
+    assert any("BuildSequences/GroupByBlock/Read" in n for n in names)
+    assert any("Finish-WriteMetadata" in n for n in names)
+    stage_seconds = sum(stage["seconds"] for stage in result["stages"])
+    assert 0 < stage_seconds <= result["stages_s"] + 0.05 <= result["seconds"] + 0.05
+    assert json.loads((tmp_path / "o" / "metadata.json").read_text())["counts"]["rows_read"] == events
+    # A failed run writes no timeline.
+    missing = [f"--input={tmp_path / 'missing.tsv'}", f"--output={tmp_path / 'o2'}", *flags[2:]]
+    assert pipeline_stages.main(["--out", str(tmp_path / "bad.json"), "--", *missing]) != 0
+    assert not (tmp_path / "bad.json").exists()
+    assert pipeline_stages.short_name("((a/Read)+(ref_AppliedPTransform_b-c_17))") == "a/Read + b-c"
