@@ -92,6 +92,8 @@ class TrainConfig:
     # (configs/benchmarks/large_catalog.yaml) budget by it.
     max_minutes: float = 0.0
     validation_freq: int = 1
+    # XLA-compiles the whole step: full softmax only (every sampler draws by rejection, a data-dependent shape;
+    # `config_loader` refuses the others).
     jit_compile: bool = False
     # How item tables are updated (mdcns_tf/training/optimizers.py). "dense": Keras's Adam, which moves every row of
     # a table every step, and a dense table gradient from MDCNS's fused pool scoring (the code before this key).

@@ -293,6 +293,7 @@ def validate(config: Config) -> Config:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     _check_distributed_sampler(config, samplers)
+    _check_jit_compile(config, samplers)
     return config
 
 
@@ -307,6 +308,28 @@ def _check_distributed_sampler(config: Config, samplers: types.ModuleType) -> No
             f"train.distribute={config.train.distribute}: sampler {config.sampler.name!r} keeps per-user state that "
             "is updated inside the training step and cannot be shared across replicas; use train.distribute=default "
             f"or a stateless sampler (not one of {stateful})"
+        )
+
+
+def _check_jit_compile(config: Config, samplers: types.ModuleType) -> None:
+    """``train.jit_compile`` compiles the whole step with XLA, which needs every shape fixed at trace time: a sampler
+    must say it draws so (the class attribute ``xla_compilable``); the mdcns trainer draws its candidate pools with
+    the same rejection loop. Refused here, before a run, instead of an XLA conversion error at the first step."""
+    if not config.train.jit_compile:
+        return
+    if config.trainer == "mdcns":
+        raise ConfigError(
+            "train.jit_compile: the mdcns trainer draws its candidate pools by rejection (a data-dependent shape XLA "
+            "cannot compile); use train.jit_compile=false"
+        )
+    if config.loss.name == "softmax":
+        return
+    if not samplers.get_sampler_class(config.sampler.name).xla_compilable:
+        compilable = sorted(name for name, cls in samplers.SAMPLERS.items() if cls.xla_compilable)
+        raise ConfigError(
+            f"train.jit_compile: sampler {config.sampler.name!r} draws by rejection (a data-dependent shape XLA "
+            f"cannot compile); use train.jit_compile=false, loss.name=softmax (no sampler), or a sampler that compiles "
+            f"({', '.join(compilable) or 'none is registered'})"
         )
 
 

@@ -64,6 +64,9 @@ def test_every_shipped_config_loads():
         (["train.warm_start_shrink=0.0"], r"train.warm_start_shrink: must be in \(0, 1\], got"),
         (["train.warm_start_shrink=1.5"], r"train.warm_start_shrink: must be in \(0, 1\], got"),
         (["train.warm_start_perturb=-0.1"], "train.warm_start_perturb: must be 0 or more"),
+        (["train.jit_compile=true"], "train.jit_compile: sampler 'uniform' draws by rejection"),
+        (["train.jit_compile=true", "sampler.name=autosample"], "use train.jit_compile=false, loss.name=softmax"),
+        (["train.jit_compile=true", "trainer=mdcns"], "train.jit_compile: the mdcns trainer draws its candidate"),
     ],
 )
 def test_incompatible_options_are_reported(overrides, message):
@@ -75,3 +78,24 @@ def test_distributed_stateless_samplers_and_mdcns_are_accepted():
     load_config(None, ["train.distribute=mirrored", "sampler.name=dns_mn"])
     load_config(None, ["train.distribute=mirrored", "trainer=mdcns"])
     load_config(None, ["train.distribute=mirrored", "sampler.name=srns", "loss.name=softmax"])  # sampler unused
+
+
+def test_jit_compile_is_accepted_where_every_shape_is_fixed():
+    assert load_config(None, ["train.jit_compile=true", "loss.name=softmax"]).train.jit_compile  # no sampler
+
+
+def test_the_rejection_draw_does_not_compile_under_xla_so_no_sampler_claims_it():
+    # Every registered sampler draws with `candidates.draw_excluding`; a sampler that sets xla_compilable must draw
+    # otherwise. If this draw ever compiles, the refusal in `config_loader` can be relaxed.
+    import tensorflow as tf
+
+    from mdcns_tf import samplers
+    from mdcns_tf.samplers.candidates import sample_excluding
+
+    generator = tf.random.Generator.from_seed(0)
+    exclusions = tf.constant([[1, 2, 3], [4, 5, 0]])
+    draw = tf.function(lambda: sample_excluding(generator, exclusions, 50, 4), jit_compile=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="XLA compilation requires"):
+        draw()
+    assert sample_excluding(generator, exclusions, 50, 4).shape == (2, 4)  # eagerly it draws
+    assert [name for name, cls in samplers.SAMPLERS.items() if cls.xla_compilable] == []

@@ -93,6 +93,10 @@ class NegativeSampler(tf.Module):
     synthetic_negatives: ClassVar[bool] = False
     # True for samplers that need the training sequences before the first step: the trainer calls `prepare`.
     needs_train_sequences: ClassVar[bool] = False
+    # True for samplers whose draw XLA can compile (``train.jit_compile``): every shape fixed at trace time. The
+    # rejection draw of `candidates.draw_excluding` redraws only the rejected draws, a data-dependent shape, so no
+    # sampler built on it compiles; the config check (`mdcns_tf.config_loader.validate`) refuses the pair.
+    xla_compilable: ClassVar[bool] = False
 
     def __init__(
         self,
