@@ -62,6 +62,7 @@ class Dataset:
     sets: tuple[str, ...]
     generate: tuple[str, ...] = ()  # `pipeline.synthetic` flags that write ``input`` when it is absent
     why: str = ""
+    user_column: int = 0
 
 
 # SASRec with BCE and one uniform negative (base.yaml): the cheapest step, so the budget goes to epochs; the fast
@@ -99,6 +100,9 @@ DEFAULT_RECIPE = "bce1"
 WARM_VARIANTS: dict[str, tuple[str, ...]] = {
     # Ash & Adams (NeurIPS 2020): 0.5 x the parent's weights + 0.1 x a fresh initialisation.
     "shrink_perturb": ("train.warm_start_shrink=0.5", "train.warm_start_perturb=0.1"),
+    # Fine-tuning on the increment: only the users with an event that day 2 trains on and day 1 did not (their whole
+    # sequences); {increment_users} is the file `Replay.days` writes (`increment_users`).
+    "increment": ("data.train_users={increment_users}",),
 }
 
 
@@ -141,6 +145,23 @@ def write_day(source: str, column: int, end: int, dest: str) -> dict[str, int]:
                 low, high = (t, t) if low is None else (min(low, t), max(high, t))
     os.replace(dest + ".tmp", dest)
     return {"events": kept, "min_t": low, "max_t": high, "end": end}
+
+
+def increment_users(source: str, user_column: int, ts_column: int, start: int, end: int, dest: str) -> int:
+    """Writes to ``dest`` the keys of the users with an event at ``start <= t < end``, one a line, sorted; their
+    count."""
+    users = set()
+    with open(source) as f:
+        for line in f:
+            if line.strip():
+                fields = _fields(line)
+                if start <= int(float(fields[ts_column])) < end:
+                    users.add(fields[user_column])
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with open(dest + ".tmp", "w") as out:
+        out.writelines(f"{user}\n" for user in sorted(users))
+    os.replace(dest + ".tmp", dest)
+    return len(users)
 
 
 def cutoff_quantile(low: int, high: int, boundary: int) -> float:
@@ -220,6 +241,7 @@ class Replay:
     ) -> None:
         self.ds, self.data_root, self.lock, self.rerun = dataset, data_root, lock, rerun
         self.recipe, self.warm = recipe, tuple(warm)
+        self.files: dict[str, str] = {}  # files a warm variant names ({increment_users})
         self.scratch = os.path.join(SCRATCH, dataset.name)
         name = dataset.name if recipe == DEFAULT_RECIPE else f"{dataset.name}_{recipe}"
         self.runs_dir = os.path.join(self.scratch, "runs" if recipe == DEFAULT_RECIPE else f"runs_{recipe}")
@@ -258,6 +280,12 @@ class Replay:
         """Writes the two days' logs and preprocesses them; their data folders."""
         stamps = read_timestamps(source, self.ds.ts_column)
         ends = {d: time_cut(stamps, q) for d, q in DAY_END.items()}
+        # Day 1 trains on t < ends[0], day 2 on t < ends[1]: the users of the events in between grew.
+        self.files["increment_users"] = os.path.join(self.scratch, "data", "increment_users.txt")
+        count = increment_users(
+            source, self.ds.user_column, self.ds.ts_column, ends[0], ends[1], self.files["increment_users"]
+        )
+        self.result["increment_users"] = {"from": ends[0], "to": ends[1], "users": count}
         folders = {}
         for day in (1, 2):
             data = os.path.join(self.scratch, "data", f"day{day}")
@@ -341,7 +369,9 @@ class Replay:
         folders = self.days(source)
         day1 = self.train("day1_scratch", folders["day1"])
         self.train("day2_scratch", folders["day2"])
-        warm = {"day2_warm": ()} | {f"day2_warm_{v}": WARM_VARIANTS[v] for v in self.warm}
+        warm = {"day2_warm": ()} | {
+            f"day2_warm_{v}": tuple(s.format(**self.files) for s in WARM_VARIANTS[v]) for v in self.warm
+        }
         if day1 is not None:
             for name, sets in warm.items():
                 self.train(name, folders["day2"], [f"train.warm_start={day1['output_dir']}", *sets])

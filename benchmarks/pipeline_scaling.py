@@ -514,8 +514,9 @@ PACKAGES = (*common.PACKAGES, "dask", "distributed", "pyarrow")
 
 def merge(previous: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     """``result`` with ``previous``'s rows too (sorted by size, runner, repeat); the earlier runs' commands, times
-    and machines are kept under ``earlier_runs``."""
-    earlier = [*previous.get("earlier_runs", []), {k: previous.get(k) for k in ("command", "measured_at", "machine", "git")}]
+    machines and commits are kept under ``earlier_runs``."""
+    earlier_run = {k: previous.get(k) for k in ("command", "measured_at", "machine", "git")}
+    earlier = [*previous.get("earlier_runs", []), earlier_run]
     # The new rounds are numbered after the earlier ones of their size, so the round-by-round pairs stay apart.
     last_round: dict[int, int] = {}
     for row in previous["rows"]:

@@ -40,6 +40,10 @@ class DataConfig:
     # Limits for quick runs and tests: 0 means everything.
     max_train_sequences: int = 0
     max_eval_users: int = 0
+    # A file of user keys, one a line: train on these users' sequences only (`mdcns_tf.data.train_user_indices`;
+    # validation and test keep every user). A warm start's increment: the users whose history grew since the parent's
+    # data. "": every user.
+    train_users: str = ""
 
 
 @dataclasses.dataclass

@@ -7,9 +7,11 @@ Training and evaluation elements are dicts of int32 tensors, no labels (the trai
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import hashlib
 import heapq
+import logging
 import os
 from collections.abc import Sequence
 
@@ -19,7 +21,9 @@ import tensorflow as tf
 import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from mdcns_tf import features
 from mdcns_tf.batch import EXCLUSION_IDS, HISTORY_IDS, INPUT_IDS, POSITION_KEYS, TARGET, TARGET_IDS, USER_INDEX
-from mdcns_tf.config import Config, DataConfig
+from mdcns_tf.config import Config, ConfigError, DataConfig
+
+log = logging.getLogger("mdcns_tf.train")
 
 
 def split_files(data_dir: str, split: str) -> list[str]:
@@ -82,17 +86,62 @@ def _prefixes(record: dict[str, tf.Tensor], max_len: int) -> tf.data.Dataset:
 
 def train_sequences(data_dir: str, max_sequences: int = 0) -> list:
     """The training split's item-id sequences (1-D int32 numpy arrays, chronological), for samplers that build a
-    statistic of the training data before training (`NegativeSampler.prepare`)."""
+    statistic of the training data before training (`NegativeSampler.prepare`): every user's, also under
+    ``data.train_users`` (a statistic of the whole data)."""
+    return [record[features.ITEM_IDS] for record in _train_records(data_dir, max_sequences).as_numpy_iterator()]
+
+
+def _train_records(data_dir: str, max_sequences: int, users: np.ndarray | None = None) -> tf.data.Dataset:
+    """The training records: the first ``max_sequences`` (all when 0), of ``users`` (indices) only when given."""
     records = read_records(data_dir, "train")
     if max_sequences:
         records = records.take(max_sequences)
-    return [record[features.ITEM_IDS] for record in records.as_numpy_iterator()]
+    return records if users is None else records.filter(_user_filter(users))
 
 
-def _train_lengths(data_dir: str, max_sequences: int) -> tf.data.Dataset:
-    records = read_records(data_dir, "train")
-    if max_sequences:
-        records = records.take(max_sequences)
+def train_user_indices(cfg: DataConfig) -> np.ndarray | None:
+    """The user indices `(n,)` int64 of ``cfg.train_users`` (user keys, one a line, looked up in ``users.txt`` of
+    ``cfg.dir``), or None: train on every user. Keys that are no user of the data (a user the pipeline filtered out)
+    are logged and skipped; a file with no user of the data is an error (`ConfigError`). Read once a process."""
+    if not cfg.train_users:
+        return None
+    return np.array(_train_user_indices(cfg.dir, cfg.train_users), np.int64)
+
+
+@functools.lru_cache(maxsize=4)
+def _train_user_indices(data_dir: str, path: str) -> tuple[int, ...]:
+    try:
+        wanted = set(features.read_keys(path))
+        users = features.read_keys(os.path.join(data_dir, features.USERS_FILE))
+    except OSError as e:
+        raise ConfigError(f"data.train_users: {e}") from None
+    found = tuple(i for i, key in enumerate(users, start=1) if key in wanted)
+    if not found:
+        raise ConfigError(
+            f"data.train_users: none of the {len(wanted)} keys of {path} is a user of {data_dir} "
+            f"({features.USERS_FILE}); give the keys of this data's users, one a line"
+        )
+    log.info(
+        "data.train_users: training on %d of %d users (%d keys of %s are no user of this data)",
+        len(found),
+        len(users),
+        len(wanted) - len(found),
+        path,
+    )
+    return found
+
+
+def train_users_record(cfg: DataConfig, users: np.ndarray | None) -> dict:
+    """What a run's provenance says of ``data.train_users``: the file, its SHA-256 and the users trained ({} off)."""
+    if users is None:
+        return {}
+    return {
+        "train_users": {"file": cfg.train_users, "sha256": features.file_sha256(cfg.train_users), "users": len(users)}
+    }
+
+
+def _train_lengths(data_dir: str, max_sequences: int, users: np.ndarray | None) -> tf.data.Dataset:
+    records = _train_records(data_dir, max_sequences, users)
     return records.map(lambda r: tf.shape(r[features.ITEM_IDS], out_type=tf.int64)[0])
 
 
@@ -100,19 +149,24 @@ def _total(dataset: tf.data.Dataset) -> int:
     return int(dataset.reduce(tf.constant(0, tf.int64), lambda total, n: total + n))
 
 
-def count_train_examples(data_dir: str, train_positions: str, max_sequences: int = 0) -> int:
-    """Number of training samples one epoch yields (for the progress bar and step budgets)."""
-    lengths = _train_lengths(data_dir, max_sequences)
+def count_train_examples(
+    data_dir: str, train_positions: str, max_sequences: int = 0, users: np.ndarray | None = None
+) -> int:
+    """Number of training samples one epoch yields (for the progress bar and step budgets); ``users``: as
+    `train_user_indices`."""
+    lengths = _train_lengths(data_dir, max_sequences, users)
     if train_positions == "all":
         return _total(lengths.map(lambda n: tf.cast(n >= 2, tf.int64)))
     return _total(lengths.map(lambda n: tf.maximum(n - 1, 0)))
 
 
-def count_trained_positions(data_dir: str, train_positions: str, max_len: int, max_sequences: int = 0) -> int:
+def count_trained_positions(
+    data_dir: str, train_positions: str, max_len: int, max_sequences: int = 0, users: np.ndarray | None = None
+) -> int:
     """Number of positions with a target (``target_ids != 0``) one epoch trains: a sequence of n items trains
     min(n - 1, max_len) positions with ``all`` (its last max_len inputs) and n - 1 prefixes of one position each
     with ``last``."""
-    lengths = _train_lengths(data_dir, max_sequences)
+    lengths = _train_lengths(data_dir, max_sequences, users)
     if train_positions == "all":
         return _total(lengths.map(lambda n: tf.clip_by_value(n - 1, 0, max_len)))
     return _total(lengths.map(lambda n: tf.maximum(n - 1, 0)))
@@ -122,8 +176,9 @@ def train_dataset(
     cfg: DataConfig, seed: int, *, shuffle_buffer: int | None = None, epoch: tf.Variable | None = None
 ) -> tf.data.Dataset:
     """Shuffled, batched training elements (`mdcns_tf.batch`) of ``cfg``: the records in ``cfg.dir`` (the first
-    ``cfg.max_train_sequences``, all when 0), as ``cfg.train_positions``, ``cfg.max_len``, ``cfg.batch_size`` and
-    ``cfg.bucket_by_length`` say; one pass over the data per iteration (Keras epochs).
+    ``cfg.max_train_sequences``, all when 0; of ``cfg.train_users`` only when set), as ``cfg.train_positions``,
+    ``cfg.max_len``, ``cfg.batch_size`` and ``cfg.bucket_by_length`` say; one pass over the data per iteration
+    (Keras epochs).
 
     ``shuffle_buffer`` (default ``cfg.shuffle_buffer``) overrides the buffer only: 1 gives the records' order,
     which counts the batches of an epoch without paying for a shuffle (`mdcns_tf.training.batches`).
@@ -140,9 +195,7 @@ def train_dataset(
     """
     max_len = cfg.max_len
     buffer = cfg.shuffle_buffer if shuffle_buffer is None else shuffle_buffer
-    records = read_records(cfg.dir, "train")
-    if cfg.max_train_sequences:
-        records = records.take(cfg.max_train_sequences)
+    records = _train_records(cfg.dir, cfg.max_train_sequences, train_user_indices(cfg))
     records = records.filter(lambda r: tf.shape(r[features.ITEM_IDS])[0] >= 2)
     if cfg.train_positions == "all":
         samples = records.map(lambda r: _all_positions(r, max_len), num_parallel_calls=tf.data.AUTOTUNE)

@@ -56,6 +56,14 @@ LOCK_FILE = ".mdcns.lock"
 FINGERPRINT_ALGORITHM = "sha256"
 
 
+def read_keys(path: str) -> list[str]:
+    """The keys of an ``items.txt`` / ``users.txt``, one a line (``[k_1, ..., k_n]``: the key of id (index) i at
+    index i - 1)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        keys = f.read().split("\n")
+    return keys[:-1] if keys and keys[-1] == "" else keys
+
+
 def feature_spec() -> dict[str, Any]:
     """`tf.io.parse_single_example` spec for one record."""
     import tensorflow as tf

@@ -90,7 +90,9 @@ def _train(config: Config, start: Start) -> dict[str, Any]:
     keras.backend.experimental.enable_tf_random_generator()
 
     cfg = config.data
-    steps = data.count_train_examples(cfg.dir, cfg.train_positions, cfg.max_train_sequences)
+    users = data.train_user_indices(cfg)  # None: every user
+    record.update(data.train_users_record(cfg, users))
+    steps = data.count_train_examples(cfg.dir, cfg.train_positions, cfg.max_train_sequences, users)
     train_ds, steps_per_epoch, shuffle_epoch = train_input(config, start.first_epoch)
     valid_ds = shard_by_data(eval_split(config, "valid"))
     # eval.valid_users: model selection on a fixed sample of the validation users (the final valid on every one).
@@ -105,7 +107,9 @@ def _train(config: Config, start: Start) -> dict[str, Any]:
         record.update(warm_start(model, config, start))  # before BackupAndRestore restores a resumed run
 
     if resolved_reduction(config) == "epoch":
-        positions = data.count_trained_positions(cfg.dir, cfg.train_positions, cfg.max_len, cfg.max_train_sequences)
+        positions = data.count_trained_positions(
+            cfg.dir, cfg.train_positions, cfg.max_len, cfg.max_train_sequences, users
+        )
         # The mean trained positions of a full batch: every trained position then has weight 1 / this in its step.
         model.positions_per_batch = positions / max(steps, 1) * cfg.batch_size
         log.info("loss.reduction epoch: a step's loss is its positions' sum / %.1f", model.positions_per_batch)

@@ -41,3 +41,13 @@ def test_catch_up_threshold_and_ratio() -> None:
 def test_curve_counts_seconds_from_launch() -> None:
     metrics = {"history": [{"epoch": 1, "wall_time": 105.04, "val_ndcg_20": 0.1}, {"epoch": 2, "wall_time": 110.0}]}
     assert daily_replay.curve(metrics, 100.0) == [{"epoch": 1, "seconds": 5.0, "value": 0.1}]
+
+
+def test_the_increment_is_the_users_of_the_events_between_the_two_training_cuts(tmp_path):
+    log = tmp_path / "u.data"
+    log.write_text("1\t10\t5\t10\n2\t11\t5\t20\n3\t12\t5\t30\n2\t13\t5\t35\n4\t12\t5\t40\n")
+    dest = tmp_path / "d" / "increment.txt"
+    assert daily_replay.increment_users(str(log), 0, 3, 20, 40, str(dest)) == 2  # t in [20, 40): users 2 and 3
+    assert dest.read_text() == "2\n3\n"
+    variant = daily_replay.WARM_VARIANTS["increment"]
+    assert [s.format(increment_users=str(dest)) for s in variant] == [f"data.train_users={dest}"]

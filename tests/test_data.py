@@ -12,7 +12,7 @@ from conftest import write_loo_dataset
 import mdcns_tf  # noqa: F401
 from mdcns_tf import data
 from mdcns_tf.batch import EVAL_KEYS, EXCLUSION_IDS, HISTORY_IDS, INPUT_IDS, TARGET, TARGET_IDS, TRAIN_KEYS
-from mdcns_tf.config import DataConfig
+from mdcns_tf.config import ConfigError, DataConfig
 
 
 def train_batches(data_dir: str, **data_config: Any) -> list[dict[str, tf.Tensor]]:
@@ -108,3 +108,26 @@ def test_autotune_is_off_unless_asked_and_batches_are_the_same(tmp_path, bucket_
     evaluation = data.eval_dataset(str(tmp_path), "test", 6, 8, bucket_by_length=bucket_by_length)
     assert evaluation.options().autotune.enabled is False
     assert data.eval_dataset(str(tmp_path), "test", 6, 8, autotune=True).options().autotune.enabled is True
+
+
+def test_train_users_restrict_training_to_the_listed_keys(tmp_path):
+    # Users 1..3 ("ann", "bob", "cy"): training sequences [5, 6, 7, 8], [1, 2, 3, 4, 5, 6], [2, 3, 4].
+    write_loo_dataset(str(tmp_path), [[5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8], [2, 3, 4, 5, 6]], n_items=10)
+    (tmp_path / "users.txt").write_text("ann\nbob\ncy\n")
+    (tmp_path / "grew.txt").write_text("cy\nann\nzed\n")  # zed: no user of this data (skipped)
+    cfg = DataConfig(dir=str(tmp_path), max_len=4, batch_size=8, train_users=str(tmp_path / "grew.txt"))
+    users = data.train_user_indices(cfg)
+    np.testing.assert_array_equal(users, [1, 3])
+    (batch,) = list(data.train_dataset(cfg, seed=0))
+    assert sorted(batch[TARGET_IDS].numpy()[:, -1].tolist()) == [4, 8]  # ann's and cy's last training targets
+    assert data.count_train_examples(str(tmp_path), "all", users=users) == 2
+    assert data.count_trained_positions(str(tmp_path), "all", 4, users=users) == 3 + 2
+    assert data.count_trained_positions(str(tmp_path), "all", 4) == 3 + 4 + 2  # everyone without the list
+    record = data.train_users_record(cfg, users)["train_users"]
+    assert record["users"] == 2 and len(record["sha256"]) == 64
+    assert data.train_user_indices(DataConfig(dir=str(tmp_path))) is None
+    (tmp_path / "none.txt").write_text("zed\n")
+    with pytest.raises(ConfigError, match="none of the 1 keys of .* is a user of"):
+        data.train_user_indices(DataConfig(dir=str(tmp_path), train_users=str(tmp_path / "none.txt")))
+    with pytest.raises(ConfigError, match="data.train_users: .*No such file"):
+        data.train_user_indices(DataConfig(dir=str(tmp_path), train_users=str(tmp_path / "missing.txt")))

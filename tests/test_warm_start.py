@@ -26,7 +26,7 @@ import mdcns_tf  # noqa: F401
 from mdcns_tf import train
 from mdcns_tf.config import Config, ConfigError
 from mdcns_tf.config_loader import load_config
-from mdcns_tf.savedmodel.assets import read_keys
+from mdcns_tf.features import read_keys
 from mdcns_tf.training import callbacks, finished_run
 from pipeline import run as pipeline_run
 

@@ -10,17 +10,11 @@ import numpy as np
 import tensorflow as tf
 
 from mdcns_tf import features
+from mdcns_tf.features import read_keys
 from mdcns_tf.savedmodel.signatures import VOCABULARY_FILE
 
 # The export's log lines carry the command's name, whichever module writes them.
 log = logging.getLogger("mdcns_tf.export")
-
-
-def read_keys(path: str) -> list[str]:
-    """The keys of an ``items.txt``, one a line (``[k_1, ..., k_n]``: the key of id i at index i - 1)."""
-    with open(path, encoding="utf-8", newline="") as f:
-        keys = f.read().split("\n")
-    return keys[:-1] if keys and keys[-1] == "" else keys
 
 
 def read_vocabulary(export_dir: str) -> list[str]:

@@ -42,9 +42,9 @@ from mdcns_tf import features
 from mdcns_tf.backbones import Backbone
 from mdcns_tf.config import Config, ConfigError
 from mdcns_tf.config_loader import flatten
+from mdcns_tf.features import read_keys
 from mdcns_tf.runs import lineage
 from mdcns_tf.runs import state as run_state
-from mdcns_tf.savedmodel.assets import read_keys
 from mdcns_tf.training import finished_run
 from mdcns_tf.training.retrieval_model import RetrievalModel
 
