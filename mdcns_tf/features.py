@@ -57,11 +57,9 @@ FINGERPRINT_ALGORITHM = "sha256"
 
 
 def read_keys(path: str) -> list[str]:
-    """The keys of an ``items.txt`` / ``users.txt``, one a line (``[k_1, ..., k_n]``: the key of id (index) i at
-    index i - 1)."""
+    """The keys of an ``items.txt`` / ``users.txt``, one a line: the key of id (user index) i at index i - 1."""
     with open(path, encoding="utf-8", newline="") as f:
-        keys = f.read().split("\n")
-    return keys[:-1] if keys and keys[-1] == "" else keys
+        return [] if not (text := f.read()) else text.removesuffix("\n").split("\n")
 
 
 def feature_spec() -> dict[str, Any]:
@@ -196,11 +194,6 @@ def file_sha256(path: str) -> str:
         return sha256_stream(f)
 
 
-def _line_count(path: str) -> int:
-    with open(path, "rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
-
-
 def verify_records(data_dir: str, metadata: Metadata, scan_ids: bool | None = None) -> None:
     """Checks that ``data_dir``'s records and vocabularies are the ones ``metadata`` was written with.
 
@@ -241,7 +234,7 @@ def _check_vocabulary_sizes(data_dir: str, metadata: Metadata) -> None:
     """``n_items`` / ``n_users`` are the line counts of ``items.txt`` / ``users.txt`` (when present)."""
     for name, key in ((ITEMS_FILE, "n_items"), (USERS_FILE, "n_users")):
         path = os.path.join(data_dir, name)
-        if os.path.isfile(path) and (lines := _line_count(path)) != getattr(metadata, key):
+        if os.path.isfile(path) and (lines := len(read_keys(path))) != getattr(metadata, key):
             raise _edited(
                 os.path.join(data_dir, METADATA_FILE), f"{key} is {getattr(metadata, key)} but {name} has {lines} lines"
             )
