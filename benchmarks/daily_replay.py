@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -103,7 +104,10 @@ WARM_VARIANTS: dict[str, tuple[str, ...]] = {
     # Fine-tuning on the increment: only the users with an event that day 2 trains on and day 1 did not (their whole
     # sequences); {increment_users} is the file `Replay.days` writes (`increment_users`).
     "increment": ("data.train_users={increment_users}",),
+    # The increment plus a seeded sample of REPLAY_FRACTION of the other users (replay against forgetting).
+    "increment_replay": ("data.train_users={increment_replay_users}",),
 }
+REPLAY_FRACTION = 0.25
 
 
 def read_timestamps(path: str, column: int) -> list[int]:
@@ -147,21 +151,31 @@ def write_day(source: str, column: int, end: int, dest: str) -> dict[str, int]:
     return {"events": kept, "min_t": low, "max_t": high, "end": end}
 
 
-def increment_users(source: str, user_column: int, ts_column: int, start: int, end: int, dest: str) -> int:
-    """Writes to ``dest`` the keys of the users with an event at ``start <= t < end``, one a line, sorted; their
-    count."""
-    users = set()
+def increment_users(source: str, user_column: int, ts_column: int, start: int, end: int) -> tuple[set, set]:
+    """``(users with an event at start <= t < end, the other users with an event before end)`` of a log."""
+    grew, before = set(), set()
     with open(source) as f:
         for line in f:
             if line.strip():
                 fields = _fields(line)
-                if start <= int(float(fields[ts_column])) < end:
-                    users.add(fields[user_column])
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    with open(dest + ".tmp", "w") as out:
-        out.writelines(f"{user}\n" for user in sorted(users))
-    os.replace(dest + ".tmp", dest)
-    return len(users)
+                t = int(float(fields[ts_column]))
+                if t < end:
+                    (grew if t >= start else before).add(fields[user_column])
+    return grew, before - grew
+
+
+def replay_sample(users: set, fraction: float, seed: int = 0) -> list[str]:
+    """A seeded sample of ``fraction`` of ``users`` (sorted first, so the sample depends on the set only)."""
+    ordered = sorted(users)
+    return random.Random(seed).sample(ordered, round(fraction * len(ordered)))
+
+
+def write_keys(path: str, keys: Sequence[str]) -> None:
+    """``keys`` sorted, one a line, written atomically."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as out:
+        out.writelines(f"{key}\n" for key in sorted(keys))
+    os.replace(path + ".tmp", path)
 
 
 def cutoff_quantile(low: int, high: int, boundary: int) -> float:
@@ -241,7 +255,7 @@ class Replay:
     ) -> None:
         self.ds, self.data_root, self.lock, self.rerun = dataset, data_root, lock, rerun
         self.recipe, self.warm = recipe, tuple(warm)
-        self.files: dict[str, str] = {}  # files a warm variant names ({increment_users})
+        self.files: dict[str, str] = {}  # files a warm variant names ({increment_users}, ...)
         self.scratch = os.path.join(SCRATCH, dataset.name)
         name = dataset.name if recipe == DEFAULT_RECIPE else f"{dataset.name}_{recipe}"
         self.runs_dir = os.path.join(self.scratch, "runs" if recipe == DEFAULT_RECIPE else f"runs_{recipe}")
@@ -281,11 +295,13 @@ class Replay:
         stamps = read_timestamps(source, self.ds.ts_column)
         ends = {d: time_cut(stamps, q) for d, q in DAY_END.items()}
         # Day 1 trains on t < ends[0], day 2 on t < ends[1]: the users of the events in between grew.
-        self.files["increment_users"] = os.path.join(self.scratch, "data", "increment_users.txt")
-        count = increment_users(
-            source, self.ds.user_column, self.ds.ts_column, ends[0], ends[1], self.files["increment_users"]
-        )
-        self.result["increment_users"] = {"from": ends[0], "to": ends[1], "users": count}
+        grew, others = increment_users(source, self.ds.user_column, self.ds.ts_column, ends[0], ends[1])
+        replayed = replay_sample(others, REPLAY_FRACTION)
+        for name, keys in (("increment_users", grew), ("increment_replay_users", [*grew, *replayed])):
+            self.files[name] = os.path.join(self.scratch, "data", f"{name}.txt")
+            write_keys(self.files[name], list(keys))
+        self.result["increment_users"] = {"from": ends[0], "to": ends[1], "users": len(grew)}
+        self.result["replayed_users"] = {"fraction": REPLAY_FRACTION, "of": len(others), "users": len(replayed)}
         folders = {}
         for day in (1, 2):
             data = os.path.join(self.scratch, "data", f"day{day}")

@@ -45,9 +45,13 @@ def test_curve_counts_seconds_from_launch() -> None:
 
 def test_the_increment_is_the_users_of_the_events_between_the_two_training_cuts(tmp_path):
     log = tmp_path / "u.data"
-    log.write_text("1\t10\t5\t10\n2\t11\t5\t20\n3\t12\t5\t30\n2\t13\t5\t35\n4\t12\t5\t40\n")
+    log.write_text("1\t10\t5\t10\n2\t11\t5\t20\n3\t12\t5\t30\n2\t13\t5\t35\n4\t12\t5\t40\n5\t1\t5\t15\n")
+    grew, others = daily_replay.increment_users(str(log), 0, 3, 20, 40)
+    assert grew == {"2", "3"} and others == {"1", "5"}  # t in [20, 40); 4 comes later
+    assert daily_replay.replay_sample(others, 0.5) == daily_replay.replay_sample({"5", "1"}, 0.5)  # seeded
+    assert len(daily_replay.replay_sample(others, 0.5)) == 1 and daily_replay.replay_sample(others, 0.0) == []
     dest = tmp_path / "d" / "increment.txt"
-    assert daily_replay.increment_users(str(log), 0, 3, 20, 40, str(dest)) == 2  # t in [20, 40): users 2 and 3
+    daily_replay.write_keys(str(dest), ["3", "2"])
     assert dest.read_text() == "2\n3\n"
     variant = daily_replay.WARM_VARIANTS["increment"]
     assert [s.format(increment_users=str(dest)) for s in variant] == [f"data.train_users={dest}"]
