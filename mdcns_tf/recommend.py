@@ -47,7 +47,7 @@ def item_keys(version_dir: str, data_dir: str | None) -> list[str] | None:
     if data_dir:
         path = os.path.join(data_dir, features.ITEMS_FILE)
         try:
-            differs = assets.read_keys(path) != keys
+            differs = features.read_keys(path) != keys
         except (OSError, UnicodeDecodeError) as e:
             print(f"warning: cannot read {path} ({e}); showing the export's keys", file=sys.stderr)
         else:

@@ -10,7 +10,6 @@ import numpy as np
 import tensorflow as tf
 
 from mdcns_tf import features
-from mdcns_tf.features import read_keys
 from mdcns_tf.savedmodel.signatures import VOCABULARY_FILE
 
 # The export's log lines carry the command's name, whichever module writes them.
@@ -18,8 +17,8 @@ log = logging.getLogger("mdcns_tf.export")
 
 
 def read_vocabulary(export_dir: str) -> list[str]:
-    """The item keys an export serves (see `read_keys`), from its own assets."""
-    return read_keys(os.path.join(export_dir, VOCABULARY_FILE))
+    """The item keys an export serves (see `mdcns_tf.features.read_keys`), from its own assets."""
+    return features.read_keys(os.path.join(export_dir, VOCABULARY_FILE))
 
 
 def vocabulary_path(data_dir: str | None) -> str | None:
@@ -40,7 +39,7 @@ def write_vocabulary(path: str, vocabulary_file: str | None, n_items: int) -> li
         log.warning("no %s beside the data: serve_keys will use the decimal item ids as keys", features.ITEMS_FILE)
         keys = [str(i) for i in range(1, n_items + 1)]
     else:
-        keys = read_keys(vocabulary_file)
+        keys = features.read_keys(vocabulary_file)
         if len(keys) != n_items:
             raise ValueError(f"{vocabulary_file} has {len(keys)} keys, the model has n_items={n_items}")
         bad = [i + 1 for i, key in enumerate(keys) if not key or "\r" in key]
