@@ -3,6 +3,7 @@
     python -m benchmarks.daily_replay --dataset ml100k --lock /tmp/heavy.lock
     python -m benchmarks.daily_replay --dataset synthetic_drift --lock /tmp/heavy.lock
     python -m benchmarks.daily_replay --dataset synthetic_drift --recipe ssm100 --warm shrink_perturb --lock FILE
+    python -m benchmarks.daily_replay --dataset synthetic_drift_mild --recipe ssm100 --warm increment_replay --lock FILE
 
 Days: day d's log is the events of the whole log before its ``DAY_END[d]`` event-time quantile (day 1: 0.8, day 2:
 0.9; `time_cut`), written to ``benchmarks/results/scratch/daily_replay/<dataset>/day<d>.tsv`` (git-ignored; rows
@@ -85,6 +86,18 @@ DATASETS = {
         ("data.max_len=50", "eval.valid_users=2000", "train.max_minutes=6", "train.patience=10"),
         generate=("--users", "10000", "--items", "20000", "--events", "1000000", "--seed", "7", "--drift", "0.5"),
         why="1M events: models selected on 2,000 sampled validation users, 6 minutes a run at most",
+    ),
+    # The same generator with a fifth of the drift: the catalogue grows 10% over the span instead of 100%, so the
+    # items day 2 adds are ~200, not ~800 (how much of day 2 a warm start already knows: synthetic_drift's strong
+    # drift leaves 58% of its validation targets items that day 1 never trained on).
+    "synthetic_drift_mild": Dataset(
+        "synthetic_drift_mild",
+        "synthetic_drift_mild.tsv",
+        2,
+        tuple(TRAINING),
+        ("data.max_len=50", "eval.valid_users=2000", "train.max_minutes=6", "train.patience=10"),
+        generate=("--users", "10000", "--items", "20000", "--events", "1000000", "--seed", "7", "--drift", "0.1"),
+        why="1M events, drift 0.1: models selected on 2,000 sampled validation users",
     ),
 }
 
@@ -182,6 +195,25 @@ def cutoff_quantile(low: int, high: int, boundary: int) -> float:
     """``--cutoff_quantile`` Q whose cut ``low + Q (high - low)`` (`pipeline.timesplit.cutoff_info`) lies half a
     unit before the integer ``boundary``: events at ``t < boundary`` train, whatever the float rounding."""
     return (boundary - 0.5 - low) / (high - low)
+
+
+def unseen_targets(day1: str, day2: str) -> dict[str, Any]:
+    """Of day 2's validation targets, those day 1 never trained on: a training count of 0 in day 1's ``metadata.json``
+    (``item_counts``) or an id day 1 did not have (ids stay put between the days). What a warm start cannot know
+    yet, however good day 1's model."""
+    import tensorflow as tf
+
+    from mdcns_tf import features
+
+    with open(os.path.join(day1, features.METADATA_FILE)) as f:
+        counts = json.load(f)["item_counts"]
+    files = tf.io.gfile.glob(features.split_pattern(day2, "valid"))
+    spec = {features.TARGET: features.feature_spec()[features.TARGET]}
+    targets: list[int] = []
+    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096):
+        targets.extend(tf.io.parse_example(batch, spec)[features.TARGET].numpy().tolist())
+    unseen = sum(1 for t in targets if t >= len(counts) or counts[t] == 0)
+    return {"valid_targets": len(targets), "never_trained_on": unseen, "share": unseen / max(1, len(targets))}
 
 
 def curve(metrics: dict[str, Any], launched: float) -> list[dict[str, float]]:
@@ -383,6 +415,9 @@ class Replay:
             )
             return 0
         folders = self.days(source)
+        if "unseen_targets" not in self.result:
+            self.result["unseen_targets"] = unseen_targets(folders["day1"], folders["day2"])
+            self.save()
         day1 = self.train("day1_scratch", folders["day1"])
         self.train("day2_scratch", folders["day2"])
         warm = {"day2_warm": ()} | {
@@ -450,6 +485,12 @@ def write_markdown(result: dict[str, Any], path: str) -> None:
             f"{DAY_END[int(day[-1]) - 1]} quantile on), {info['n_users']:,} users, {info['n_items']:,} items"
             + (f" ({info['new_items']:,} new)" if info.get("new_items") is not None else "")
             + f", records {info['records']}"
+        )
+    unseen = result.get("unseen_targets")
+    if unseen:
+        lines.append(
+            f"- day 2's validation targets that day 1 never trained on (a new item, or no training event on day 1): "
+            f"{unseen['never_trained_on']:,} of {unseen['valid_targets']:,} ({100 * unseen['share']:.0f}%)"
         )
     lines += ["", *table(result), "", common.machine_line(result), "", f"Updated {common.measured_at(result)}.", ""]
     with open(path, "w") as f:

@@ -40,8 +40,7 @@ import os
 import sys
 from typing import Any
 
-import yaml
-
+from mdcns_tf import config_loader
 from mdcns_tf.config import is_safe_model_name
 
 BUDGET_KEYS = ("train.epochs", "train.patience", "train.monitor", "train.steps_per_epoch", "train.validation_freq")
@@ -146,7 +145,7 @@ class GridSpec:
             self.methods[cell.method],
             {"seed": cell.seed, "data.dir": data_dir, "output_dir": output_dir},
         ]
-        # JSON is valid YAML, and load_config parses each value with yaml.safe_load: strings stay strings.
+        # JSON is valid YAML, and load_config parses each value with config_loader.load_yaml: strings stay strings.
         return [f"{key}={json.dumps(value)}" for layer in layers for key, value in layer.items()]
 
     def config_files(self, cell: Cell) -> list[str]:
@@ -184,7 +183,7 @@ def load_grid(path: str) -> GridSpec:
     if not os.path.exists(path):
         raise GridError(f"grid file not found: {path}")
     with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+        raw = config_loader.load_yaml(f) or {}
     known = {
         "name",
         "description",

@@ -31,6 +31,23 @@ _MONITOR = re.compile(r"mrr|(?:ndcg|recall)@([1-9][0-9]*)")
 _MAX_SEED = 2**32 - 1
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as `yaml.safe_load` reads it, but exponents without a dot are floats as in YAML 1.2 and JSON: PyYAML
+    reads ``1e-4`` (``learning_rate: 1e-4``, ``--set train.learning_rate=1e-4``) as the string "1e-4"."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(stream: Any) -> Any:
+    """`yaml.safe_load` with `_Loader`'s floats: every config and grid file and override value is read by this."""
+    return yaml.load(stream, Loader=_Loader)
+
+
 def _deep_merge(base: dict, override: dict) -> dict:
     merged = dict(base)
     for key, value in override.items():
@@ -49,7 +66,7 @@ def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
+            raw = load_yaml(f) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -84,7 +101,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r} must look like dotted.key=value")
     key, value = text.split("=", 1)
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = load_yaml(value) if value.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: the value is not valid YAML: {e}") from None
     return key.strip().split("."), parsed

@@ -26,6 +26,18 @@ def test_layered_yaml_and_overrides(tmp_path):
     assert config.model.dim == 32 and config.model.dropout == 0.1
 
 
+def test_exponent_floats_without_a_dot_are_floats_in_files_and_overrides(tmp_path):
+    # PyYAML alone reads 1e-4 as the string "1e-4", which the strict schema then refused.
+    path = write(tmp_path / "c.yaml", "train: {learning_rate: 1e-4, weight_decay: 5E-5}\n")
+    config = load_config(path, ["model.dropout=2.5e-1"])
+    assert (config.train.learning_rate, config.train.weight_decay, config.model.dropout) == (1e-4, 5e-5, 0.25)
+    assert load_config(path, ["train.learning_rate=1e-9"]).train.learning_rate == 1e-9
+    with pytest.raises(ConfigError, match="expected float, got str '1e'"):
+        load_config(path, ["train.learning_rate=1e"])
+    with pytest.raises(ConfigError, match="expected int, got float"):
+        load_config(path, ["train.epochs=1e3"])
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
