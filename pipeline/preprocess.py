@@ -78,6 +78,7 @@ class Preprocess(beam.PTransform):
         inputs: list[tuple[int, str, int]],
         split_file: SplitFile | None = None,
         parent: ParentVocabulary | None = None,
+        workers: int = 1,
     ) -> None:
         super().__init__()
         # Workers (Dask worker processes, remote machines) write the files: never rely on the launcher's cwd.
@@ -86,7 +87,7 @@ class Preprocess(beam.PTransform):
         self.split_file = split_file
         self.parent = parent
         self.run_id = uuid.uuid4().hex[:16]  # names the sinks' temporary folders
-        self.num_blocks = blocks.block_count(sum(size * _expansion(path) for _, path, size in inputs))
+        self.num_blocks = blocks.block_count(sum(size * _expansion(path) for _, path, size in inputs), workers)
 
     def expand(self, root: beam.pvalue.PBegin) -> beam.PCollection:
         config = self.config

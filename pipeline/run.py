@@ -147,7 +147,7 @@ def execute(
     LOG.info("pipeline: %d input file(s), runner %s, %s", len(inputs), options.view_as(StandardOptions).runner, config)
     start = time.monotonic()
     runners.guard_local_data_plane(options)
-    graph = preprocess.Preprocess(config, inputs, split_file, vocabulary_parent)
+    graph = preprocess.Preprocess(config, inputs, split_file, vocabulary_parent, runners.local_workers(options))
     runners.cap_dask_partitions(options, max(len(inputs), graph.num_blocks))
     p = beam.Pipeline(options=options)
     _ = p | "Preprocess" >> graph

@@ -113,6 +113,15 @@ def cap_dask_partitions(options: PipelineOptions, most: int) -> None:
     transform_evaluator.TRANSLATIONS[overrides._GroupByKeyOnly] = GroupByKey
 
 
+def local_workers(options: PipelineOptions) -> int:
+    """How many workers the local runner deals a shuffle's keys to in turn (Beam 2.77's ``FnApiRunner``:
+    ``--direct_num_workers``, 0 for one per core, and ``_GroupingBuffer.partition``); 1 on other runners, whose
+    partitioning is their own."""
+    if not (options.view_as(StandardOptions).runner or "").endswith(DEFAULT_RUNNER):
+        return 1
+    return options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
+
+
 def beam_options(beam_args: Sequence[str], input_bytes: int = 0) -> PipelineOptions:
     """`PipelineOptions` of ``beam_args`` with the defaults above (``input_bytes``: the size of the input, for the
     local parallelism). Raises ValueError for a direct-runner worker count out of range: each worker is a Python

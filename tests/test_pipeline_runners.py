@@ -51,6 +51,16 @@ def test_a_large_log_runs_one_worker_process_per_core_by_default() -> None:
     assert runner.view_as(DirectOptions).direct_running_mode == "in_memory"
 
 
+def test_blocks_are_dealt_evenly_to_the_local_workers(monkeypatch) -> None:
+    monkeypatch.setattr(runners.os, "cpu_count", lambda: 2)
+    large = [(0, "gs://bucket/logs/a.csv", runners.LOCAL_PARALLEL_BYTES)]
+    assert runners.local_workers(run.parse_args(OURS, large)[1]) == 2  # the default: one worker per core
+    assert runners.local_workers(run.parse_args([*OURS, "--direct_num_workers=3"], large)[1]) == 3
+    assert runners.local_workers(run.parse_args(OURS)[1]) == 1  # a small log: in memory, one worker
+    dask = run.parse_args([*OURS, "--runner=apache_beam.runners.dask.dask_runner.DaskRunner"], large)[1]
+    assert runners.local_workers(dask) == 1  # Dask partitions its own way
+
+
 def test_worker_processes_run_without_the_time_based_flush_that_drops_data(monkeypatch) -> None:
     # docs/beam_multiprocess_loss: the runner's timed flush races with its writes and loses bytes
     from apache_beam.runners.portability.fn_api_runner import worker_handlers

@@ -203,7 +203,7 @@ def test_a_block_is_written_only_when_it_arrived_whole_and_once() -> None:
     joined = {
         "block": [pack(block)],
         "ids": [pack({"a": 10, "b": 11}), pack({"c": 12, "d": 13})],
-        "users": [[("u", 7, None), ("v", 8, None)]],
+        "users": [records.pack_users(["u", "v"], [7, 8], None)],
     }
     out = list(records.records_of_block((0, joined), "loo", num_blocks=2))
     written = {value[0]: value[1] for tag, value in out if tag == records.RECORDS}
@@ -221,6 +221,14 @@ def test_a_block_is_written_only_when_it_arrived_whole_and_once() -> None:
         list(records.records_of_block((0, {**joined, "block": []}), "loo", 2))
     with pytest.raises(ValueError, match=r"1 sequences but 2 vocabulary users"):
         list(records.records_of_block((0, {**joined, "block": [pack(block[:1])]}), "loo", 2))
+    with pytest.raises(ValueError, match=r"2 sequences but 3 vocabulary users"):
+        list(
+            records.records_of_block(
+                (0, {**joined, "users": [*joined["users"], records.pack_users(["u"], [7], None)]}), "loo", 2
+            )
+        )
+    with pytest.raises(ValueError, match=r"2 sequences but 2 vocabulary users"):
+        list(records.records_of_block((0, {**joined, "block": [pack([block[0], block[0]])]}), "loo", 2))
     with pytest.raises(ValueError, match=r"'u': item 'c' reached its block without an id"):
         list(records.records_of_block((0, {**joined, "ids": [pack({"a": 10, "b": 11})]}), "loo", 2))
 
@@ -237,8 +245,31 @@ def test_blocks_follow_the_input_size_and_payloads_round_trip() -> None:
     assert blocks.block_count(0) == blocks.MIN_BLOCKS
     assert blocks.block_count(30 * blocks.BLOCK_BYTES + 1) == 31
     assert blocks.block_count(1 << 60) == blocks.MAX_BLOCKS
+    # A multiple of the local runner's workers, which it deals the blocks to in turn: each gets as many.
+    assert blocks.block_count(30 * blocks.BLOCK_BYTES + 1, workers=2) == 32
+    assert blocks.block_count(0, workers=3) == 9
+    assert blocks.block_count(1 << 60, workers=3) == blocks.MAX_BLOCKS - 1
     # a key's block is the same in every process (not Python's salted hash) and in range
     assert [blocks.block_of(key, 7) for key in ("u1", "u2", "ü")] == [5, 1, 4]  # crc32 of the UTF-8 bytes, mod 7
     batch = (3, ["u", "v"], [("a",), ("b", "c")], [1, 2.5], [10, 11])
     assert blocks.unpack(blocks.pack(batch)) == batch
     assert len(blocks.pack(["1234567"] * 1000)) < 1000  # compressed
+
+
+@pytest.mark.parametrize("protocol", ["loo", "user"])
+def test_user_splits_give_each_block_its_users_with_their_vocabulary_index(protocol) -> None:
+    vocabulary = [f"user{i}" for i in range(1, 41)]
+    present = vocabulary[::3]  # --vocabulary_from: the parent keeps users this log does not have
+    for element, users in ((vocabulary, vocabulary), ((vocabulary, present), present)):
+        parts = dict(records.UserSplits(protocol, 0, 0.25, 0.25, num_blocks=5).process(element))
+        # Expected by hand: index = position in the vocabulary + 1, block = blocks.block_of, vocabulary order kept.
+        expected = {}
+        for key in users:
+            expected.setdefault(blocks.block_of(key, 5), []).append((key, vocabulary.index(key) + 1))
+        got = {b: [(k, i) for k, (i, _) in records.unpack_users(p).items()] for b, p in parts.items()}
+        assert got == expected
+        split_of = [s for p in parts.values() for _, s in records.unpack_users(p).values()]
+        if protocol == "loo":
+            assert set(split_of) == {None}
+        else:
+            assert set(split_of) <= {"train", "valid", "test"} and split_of.count("train") >= len(users) // 3
