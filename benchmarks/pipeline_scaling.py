@@ -20,7 +20,10 @@ launcher process of ``python -m pipeline.run --input <log> --input_format intera
 - ``dask``: ``--runner=...DaskRunner --dask_client_address=...`` against a fresh ``distributed.LocalCluster`` of 2
   single-threaded worker processes (the scheduler runs in this benchmark process);
 - ``columnar``: ``python -m benchmarks.columnar_reference`` (pyarrow + numpy, one process): the floor, NOT the
-  product (no rejected rows, no accounting, one machine; see its docstring).
+  product (no rejected rows, no accounting, one machine; see its docstring);
+- ``ceiling1``, ``ceiling2``: ``python -m benchmarks.parallel_ceiling --processes 1|2``, NOT the pipeline: the same
+  plain-Python work in one process and split over two; ``wall ceiling2 / ceiling1`` is this machine's own
+  two-process ratio in the same rounds, the bound for the pipeline's ``default / direct1``.
 
 Per run (a row):
 
@@ -76,7 +79,10 @@ from typing import Any
 from benchmarks import common
 
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
-RUNNERS = ("direct1", "direct2", "default", "dask", "columnar")
+RUNNERS = ("direct1", "direct2", "default", "dask", "columnar", "ceiling1", "ceiling2")
+# Not the pipeline: the machine's own one- and two-process times of the same pure-Python work
+# (`benchmarks.parallel_ceiling`), compared with each other only.
+CEILING = ("ceiling1", "ceiling2")
 ALIASES = {"direct": "direct2"}
 PIPELINE = ["-m", "pipeline.run", "--input_format=interactions", "--split=loo"]
 RUNNER_FLAGS = {
@@ -281,6 +287,8 @@ def canonical(runner: str) -> str:
 
 
 def command(runner: str, log_dir: str, output: str, dask_address: str | None = None) -> list[str]:
+    if runner in CEILING:
+        return [sys.executable, "-m", "benchmarks.parallel_ceiling", f"--input={log_dir}", f"--processes={runner[-1]}"]
     if runner == "columnar":
         return [sys.executable, "-m", "benchmarks.columnar_reference", f"--input={log_dir}", f"--output={output}"]
     args = [sys.executable, *PIPELINE, f"--input={log_dir}", f"--output={output}"]
@@ -424,7 +432,8 @@ def run_once(runner: str, log_dir: str, output: str, timeout: float, events: int
     with open(log_path, "rb") as f:
         log_text = f.read().decode(errors="replace")
     reported = re.search(r"input file\(s\), runner (\S+?),", log_text)
-    metadata, problems = read_metadata(output, events) if process.returncode == 0 else (None, [])
+    done = process.returncode == 0 and runner not in CEILING
+    metadata, problems = read_metadata(output, events) if done else (None, [])
     row: dict[str, Any] = {
         "ok": process.returncode == 0 and not problems and not timed_out.is_set(),
         "exit_code": process.returncode,
@@ -460,17 +469,17 @@ def median_of(per_runner: dict[str, Any], runner: str, key: str) -> float | None
     return found[0].get(key) if found else None
 
 
-def round_ratios(rows: list[dict[str, Any]], events: int, runner: str) -> list[float]:
-    """``runner``'s wall seconds over direct1's, one ratio per repeat round in which both ran ok (side by side)."""
+def round_ratios(rows: list[dict[str, Any]], events: int, runner: str, base: str = "direct1") -> list[float]:
+    """``runner``'s wall seconds over ``base``'s, one ratio per repeat round in which both ran ok (side by side)."""
     seconds: dict[tuple[str, int], float] = {
         (row["runner"], row["repeat"]): row["seconds"]
         for row in rows
         if row["events"] == events and row.get("ok", True) and row.get("seconds") and row.get("repeat")
     }
     return [
-        round(seconds[(runner, repeat)] / seconds[("direct1", repeat)], 3)
+        round(seconds[(runner, repeat)] / seconds[(base, repeat)], 3)
         for runner_, repeat in sorted(seconds)
-        if runner_ == runner and ("direct1", repeat) in seconds
+        if runner_ == runner and (base, repeat) in seconds
     ]
 
 
@@ -490,20 +499,21 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             per_runner[runner] = entry
         ratios: dict[str, float] = {}
 
-        one = median_of(per_runner, "direct1", "seconds")
-        for runner in per_runner:
-            if one and runner != "direct1" and per_runner[runner].get("seconds"):
-                ratios[f"wall {runner} / direct1"] = round(per_runner[runner]["seconds"] / one, 3)
-                by_round = round_ratios(rows, events, runner)
+        pairs = [(runner, "direct1") for runner in per_runner if runner not in ("direct1", *CEILING)]
+        for runner, base in [*pairs, ("ceiling2", "ceiling1")]:
+            one = median_of(per_runner, base, "seconds")
+            if one and runner in per_runner and per_runner[runner].get("seconds"):
+                ratios[f"wall {runner} / {base}"] = round(per_runner[runner]["seconds"] / one, 3)
+                by_round = round_ratios(rows, events, runner, base)
                 if by_round:
-                    ratios[f"wall {runner} / direct1, round by round"] = by_round
+                    ratios[f"wall {runner} / {base}, round by round"] = by_round
         dask = median_of(per_runner, "dask", "events_per_s")
         for other in ("direct2", "default"):
             if dask and median_of(per_runner, other, "events_per_s"):
                 ratios[f"events_per_s dask / {other}"] = round(dask / median_of(per_runner, other, "events_per_s"), 3)
         floor = median_of(per_runner, "columnar", "cpu_seconds")
         for runner in per_runner:
-            if floor and runner != "columnar" and per_runner[runner].get("cpu_seconds"):
+            if floor and runner not in ("columnar", *CEILING) and per_runner[runner].get("cpu_seconds"):
                 ratios[f"cpu {runner} / columnar"] = round(per_runner[runner]["cpu_seconds"] / floor, 2)
         out[str(events)] = {"runners": per_runner, "ratios": ratios}
     return out
@@ -604,6 +614,10 @@ def main(argv: list[str] | None = None) -> int:
             "processes=True)> (scheduler in the benchmark process, counted in cpu.scheduler)",
             "columnar": "python -m benchmarks.columnar_reference: pyarrow + numpy in one process, the floor (no "
             "rejected rows, no accounting, one machine), not the product",
+            "ceiling1": "python -m benchmarks.parallel_ceiling --processes=1: the log's first 8 files grouped by user "
+            "in plain Python, one process; not the pipeline",
+            "ceiling2": "the same split over 2 forked processes: ceiling2 / ceiling1 is the machine's own two-process "
+            "ratio in the same minutes",
         },
         "events_per_file": args.events_per_file,
         "seed": args.seed,

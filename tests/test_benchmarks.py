@@ -6,8 +6,10 @@ import argparse
 import glob
 import json
 import os
+import pickle
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -885,6 +887,35 @@ def test_pipeline_scaling_runner_names_and_ratios() -> None:
     ratios = scaling.summarize(rounds)["10"]["ratios"]
     assert ratios["wall default / direct1, round by round"] == [0.6, 0.55]
     assert ratios["wall default / direct1"] == round(7.0 / 15.0, 3)  # medians of the ok runs
+    # The machine's own ceiling is compared with itself, never with the pipeline.
+    ceiling = [
+        {"events": 10, "runner": runner, "repeat": 1, "ok": True, "seconds": seconds, "events_per_s": 1}
+        for runner, seconds in (("direct1", 10.0), ("ceiling1", 4.0), ("ceiling2", 2.2))
+    ]
+    ratios = scaling.summarize(ceiling)["10"]["ratios"]
+    assert ratios == {"wall ceiling2 / ceiling1": 0.55, "wall ceiling2 / ceiling1, round by round": [0.55]}
+
+
+def test_parallel_ceiling_splits_the_same_work_over_processes(tmp_path) -> None:
+    from benchmarks import parallel_ceiling
+    from benchmarks import pipeline_scaling as scaling
+
+    log, files = scaling.cached_log(str(tmp_path), 400, 100, 0)[:2]
+    # By hand for one file: its users' groups, each sorted by time, as pickle + zlib.
+    groups: dict = {}
+    with open(files[0], encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        user, item, ts = line.split()
+        groups.setdefault(user, []).append((int(ts), item))
+    expected = len(zlib.compress(pickle.dumps({u: sorted(v) for u, v in groups.items()}, protocol=5), 1))
+    assert parallel_ceiling.group_file(files[0]) == expected
+    each = sum(map(parallel_ceiling.group_file, files))
+    assert parallel_ceiling.run(files, 2) == parallel_ceiling.run(files, 1) == each
+    row = scaling.run_once("ceiling2", log, str(tmp_path / "out"), timeout=120, events=400)
+    assert row["ok"] and row["metadata"] is None, row.get("log_tail")
+    with pytest.raises(SystemExit):
+        parallel_ceiling.main(["--input", log, "--processes", "3", "--files", "4"])  # 4 files do not split in 3
 
 
 def test_pipeline_scaling_dask_counts_the_cluster(tmp_path) -> None:
