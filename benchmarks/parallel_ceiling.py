@@ -1,9 +1,9 @@
 """The machine's own ceiling for N processes: the same pure-Python work in one process and split evenly over N.
 
-    python -m benchmarks.parallel_ceiling --input LOG_DIR --processes 2 [--files 8]
+    python -m benchmarks.parallel_ceiling --input LOG_DIR --processes 2 [--files N]
 
-The work is the pipeline's per-event work without Beam: each of the first ``--files`` files of a
-`benchmarks.pipeline_scaling` log is read line by line, its rows grouped by user, each user's events sorted by time,
+The work is the pipeline's per-event work without Beam: each file of a `benchmarks.pipeline_scaling` log (or the
+first ``--files N``) is read line by line, its rows grouped by user, each user's events sorted by time,
 and the groups pickled and compressed (`pipeline.blocks.pack`'s format). With ``--processes N`` the files are dealt to
 N forked processes (``files[i::N]``) that share nothing and send back one integer. The wall time of N processes over
 that of one is the most any N-process run of this kind of work can gain here: the cores, their shared cache and
@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.parallel_ceiling", description=__doc__.split("\n")[0])
     parser.add_argument("--input", required=True, help="a benchmarks.pipeline_scaling log folder (*.tsv files)")
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--files", type=int, default=8, help="how many of its files (sorted by name)")
+    parser.add_argument("--files", type=int, default=0, help="only the first N of its files (sorted by name); 0: all")
     args = parser.parse_args(argv)
-    paths = sorted(glob.glob(os.path.join(args.input, "*.tsv")))[: args.files]
+    paths = sorted(glob.glob(os.path.join(args.input, "*.tsv")))[: args.files or None]
     if args.processes < 1 or not paths:
         parser.error(f"need --processes >= 1 and *.tsv files in {args.input}")
     if len(paths) % args.processes:

@@ -614,8 +614,8 @@ def main(argv: list[str] | None = None) -> int:
             "processes=True)> (scheduler in the benchmark process, counted in cpu.scheduler)",
             "columnar": "python -m benchmarks.columnar_reference: pyarrow + numpy in one process, the floor (no "
             "rejected rows, no accounting, one machine), not the product",
-            "ceiling1": "python -m benchmarks.parallel_ceiling --processes=1: the log's first 8 files grouped by user "
-            "in plain Python, one process; not the pipeline",
+            "ceiling1": "python -m benchmarks.parallel_ceiling --processes=1: each file of the log grouped by user in "
+            "plain Python, one process; not the pipeline",
             "ceiling2": "the same split over 2 forked processes: ceiling2 / ceiling1 is the machine's own two-process "
             "ratio in the same minutes",
         },
