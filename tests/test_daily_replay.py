@@ -55,3 +55,24 @@ def test_the_increment_is_the_users_of_the_events_between_the_two_training_cuts(
     assert dest.read_text() == "2\n3\n"
     variant = daily_replay.WARM_VARIANTS["increment"]
     assert [s.format(increment_users=str(dest)) for s in variant] == [f"data.train_users={dest}"]
+
+
+def test_unseen_targets_are_day_2_validation_targets_without_a_day_1_training_event(tmp_path) -> None:
+    import json
+
+    import tensorflow as tf
+
+    from mdcns_tf import features
+
+    day1, day2 = tmp_path / "day1", tmp_path / "day2"
+    day1.mkdir()
+    (day2 / "valid").mkdir(parents=True)
+    # Day 1 trained on items 1 and 3; day 2 appended item 4 (ids stay put).
+    (day1 / features.METADATA_FILE).write_text(json.dumps({"item_counts": [0, 3, 0, 1]}))
+    path = str(day2 / "valid" / f"part-0{features.TFRECORD_SUFFIX}")
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for user, target in enumerate([1, 2, 3, 4, 1]):
+            writer.write(features.make_example(user, [1, 3], target))
+    # By hand: targets 2 (no training event on day 1) and 4 (not in day 1's vocabulary) are unseen.
+    expected = {"valid_targets": 5, "never_trained_on": 2, "share": 0.4}
+    assert daily_replay.unseen_targets(str(day1), str(day2)) == expected
