@@ -110,15 +110,19 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "ssm100": ("sampler.num_negatives=100", "loss.name=sampled_softmax", "train.max_minutes=12"),
 }
 DEFAULT_RECIPE = "bce1"
+# Ash & Adams (NeurIPS 2020): 0.5 x the parent's weights + 0.1 x a fresh initialisation.
+SHRINK_PERTURB = ("train.warm_start_shrink=0.5", "train.warm_start_perturb=0.1")
+# The increment plus a seeded sample of REPLAY_FRACTION of the other users (replay against forgetting).
+INCREMENT_REPLAY = ("data.train_users={increment_replay_users}",)
 # Warm-start variants (``--warm``): overrides of the day-2 warm run, each a run ``day2_warm_<name>``.
 WARM_VARIANTS: dict[str, tuple[str, ...]] = {
-    # Ash & Adams (NeurIPS 2020): 0.5 x the parent's weights + 0.1 x a fresh initialisation.
-    "shrink_perturb": ("train.warm_start_shrink=0.5", "train.warm_start_perturb=0.1"),
+    "shrink_perturb": SHRINK_PERTURB,
     # Fine-tuning on the increment: only the users with an event that day 2 trains on and day 1 did not (their whole
     # sequences); {increment_users} is the file `Replay.days` writes (`increment_users`).
     "increment": ("data.train_users={increment_users}",),
-    # The increment plus a seeded sample of REPLAY_FRACTION of the other users (replay against forgetting).
-    "increment_replay": ("data.train_users={increment_replay_users}",),
+    "increment_replay": INCREMENT_REPLAY,
+    # Both: shrink and perturb's quality with the replayed increment's cheaper epochs.
+    "shrink_perturb_increment_replay": (*SHRINK_PERTURB, *INCREMENT_REPLAY),
 }
 REPLAY_FRACTION = 0.25
 
