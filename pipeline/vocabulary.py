@@ -8,7 +8,6 @@ each list extends a previous output's (`pipeline.parent`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -32,21 +31,13 @@ def vocabulary_order(keys: Any) -> list[str]:
     keys = set(keys)
     # The common case first: canonical decimal keys (no sign, no leading zero) below 10**18, whose order is the
     # numeric one and for which ``int`` is a sort key 4x faster than `_integer_order` (0.4 against 1.7 s for 500k
-    # keys, a serial step of a 10M-event run). One regex over the joined keys checks them all (a newline inside a
-    # key shows as an extra separator).
-    joined = "\n".join(keys)
-    if keys and joined.count("\n") == len(keys) - 1 and _ALL_CANONICAL.fullmatch(joined):
-        return sorted(keys, key=int)
+    # keys, a serial step of a 10M-event run).
     canonical = [key for key in keys if key.isdigit() and key.isascii() and _is_short_canonical(key)]
     rest = keys.difference(canonical) if len(canonical) < len(keys) else set()
     others = sorted(key for key in rest if not formats.is_integer_key(key))
     if len(canonical) + len(others) == len(keys):
         return sorted(canonical, key=int) + others
     return sorted((key for key in keys if formats.is_integer_key(key)), key=_integer_order) + others
-
-
-_CANONICAL = "(?:0|[1-9][0-9]{0,17})"
-_ALL_CANONICAL = re.compile(f"{_CANONICAL}(?:\n{_CANONICAL})*")
 
 
 def _is_short_canonical(digits: str) -> bool:
