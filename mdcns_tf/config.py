@@ -116,6 +116,10 @@ class TrainConfig:
     # starts at shrink x the parent's + perturb x this run's fresh initial value (new item rows: fresh). 1 / 0: a copy.
     warm_start_shrink: float = 1.0
     warm_start_perturb: float = 0.0
+    # Rows of items the parent did not have. "fresh": this run's random init. "context": a new item that is a next-item
+    # target in this run's training data gets e_j = m_j L / |m_j|^2, m_j the mean warm-started state before it, L the
+    # mean positive logit of the parent's items (mdcns_tf/training/new_item_rows.py). Needs train.warm_start.
+    warm_start_new_items: Literal["fresh", "context"] = "fresh"
 
 
 @dataclasses.dataclass

@@ -277,6 +277,11 @@ def validate(config: Config) -> Config:
         raise ConfigError("mdcns.top_m must not exceed mdcns.pool_size")
     if not 0.0 < config.train.warm_start_shrink <= 1.0:
         raise ConfigError(f"train.warm_start_shrink: must be in (0, 1], got {config.train.warm_start_shrink}")
+    if config.train.warm_start_new_items != "fresh" and not config.train.warm_start:
+        raise ConfigError(
+            f"train.warm_start_new_items: {config.train.warm_start_new_items!r} initialises the rows of items a parent "
+            "run did not have, and needs train.warm_start (the parent's output_dir); set it or leave the key at fresh"
+        )
     if not 0.0 <= config.loss.gbce_t <= 1.0:
         raise ConfigError(f"loss.gbce_t: must be in [0, 1], got {config.loss.gbce_t}")
     if not config.mdcns.tau > 0:

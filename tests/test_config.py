@@ -76,6 +76,8 @@ def test_every_shipped_config_loads():
         (["train.warm_start_shrink=0.0"], r"train.warm_start_shrink: must be in \(0, 1\], got"),
         (["train.warm_start_shrink=1.5"], r"train.warm_start_shrink: must be in \(0, 1\], got"),
         (["train.warm_start_perturb=-0.1"], "train.warm_start_perturb: must be 0 or more"),
+        (["train.warm_start_new_items=context"], r"train.warm_start_new_items: 'context' .*needs train\.warm_start"),
+        (["train.warm_start_new_items=zero", "train.warm_start=x"], "'zero' is not one of"),
         (["train.jit_compile=true"], "train.jit_compile: sampler 'uniform' draws by rejection"),
         (["train.jit_compile=true", "sampler.name=autosample"], "use train.jit_compile=false, loss.name=softmax"),
         (["train.jit_compile=true", "trainer=mdcns"], "train.jit_compile: the mdcns trainer draws its candidate"),

@@ -23,7 +23,7 @@ import tensorflow as tf
 from conftest import REPO
 
 import mdcns_tf  # noqa: F401
-from mdcns_tf import train
+from mdcns_tf import data, train
 from mdcns_tf.config import Config, ConfigError
 from mdcns_tf.config_loader import load_config
 from mdcns_tf.features import read_keys
@@ -322,3 +322,98 @@ def test_a_resumed_run_keeps_its_backup_and_its_record_without_the_parent(data_d
     assert result["epochs_run"] == 2
     assert result["provenance"]["warm_start"] == stored
     assert not os.path.exists(tmp_path / "run" / "backup" / "warm_start.json")
+
+
+def train_sequences(data_dir: str) -> dict[str, np.ndarray]:
+    """{user key: training sequence} of a data folder."""
+    users = read_keys(os.path.join(data_dir, "users.txt"))
+    records = data.read_records(data_dir, "train").as_numpy_iterator()
+    return {users[r["user_index"] - 1]: r["item_ids"] for r in records}
+
+
+def context_rows(backbone: Any, sequences: list[np.ndarray], mapped: np.ndarray, max_len: int = 8) -> dict:
+    """By hand: every (input, target) position of the sequences as the training uses them (the last ``max_len``),
+    the backbone's states at them, and for each new item j a target, m_j L / |m_j|^2 (numpy, float64)."""
+
+    def pad(ids: np.ndarray) -> np.ndarray:
+        return np.pad(ids[-max_len:], (max_len - len(ids[-max_len:]), 0))
+
+    inputs = np.stack([pad(s[:-1]) for s in sequences if len(s) >= 2])
+    targets = np.stack([pad(s[1:]) for s in sequences if len(s) >= 2]).ravel()
+    states = backbone(tf.constant(inputs, tf.int32), training=False).numpy().reshape(-1, backbone.dim)
+    states, targets = states[targets != 0].astype(np.float64), targets[targets != 0]
+    table = backbone.item_embeddings.numpy().astype(np.float64)
+    known = mapped[targets]
+    mean_logit = np.mean(np.sum(states[known] * table[targets[known]], axis=1))
+    rows = {}
+    for j in sorted(set(targets[~known].tolist())):
+        m = states[targets == j].mean(axis=0)
+        rows[j] = m * mean_logit / (m @ m)
+    new_positions = int(np.sum(~known))
+    return {"rows": rows, "mean_logit": mean_logit, "positions": len(targets), "new": new_positions, "table": table}
+
+
+def test_context_init_sets_new_items_rows_from_the_states_before_them(data_dirs, parents, tmp_path):
+    child_ids, parent_ids = vocabulary(data_dirs["child"]), vocabulary(data_dirs["parent"])
+    mapped = np.zeros(len(child_ids) + 1, bool)
+    mapped[[0, *(i for key, i in child_ids.items() if key in parent_ids)]] = True
+    new = np.flatnonzero(~mapped)
+    # Train on the users that never go to the first new item (data.train_users): it is then no target, and stays fresh.
+    sequences = train_sequences(data_dirs["child"])
+    unseen = int(new[0])
+    users = sorted(user for user, s in sequences.items() if unseen not in s[1:])
+    assert 10 < len(users) < len(sequences)
+    (tmp_path / "users.txt").write_text("\n".join(users) + "\n")
+    sets = ("train.epochs=1", f"train.warm_start={parents['single']}", f"data.train_users={tmp_path / 'users.txt'}")
+    expected_from = [sequences[user] for user in users]
+    with at_first_step(lambda model: context_rows(model.encoder, expected_from, mapped)) as fresh:
+        fresh_result = train.run(config_for(data_dirs["child"], tmp_path / "fresh", *sets))
+    with at_first_step(lambda model: model.encoder.item_embeddings.numpy().copy()) as context:
+        result = train.run(
+            config_for(data_dirs["child"], tmp_path / "context", *sets, "train.warm_start_new_items=context")
+        )
+    expected, table, before = fresh[0]["rows"], context[0], fresh[0]["table"]
+
+    assert unseen not in expected and len(expected) == len(new) - 1, "every other new item is a target"
+    for j, row in expected.items():
+        np.testing.assert_allclose(table[j], row, rtol=1e-4, atol=1e-6, err_msg=f"item {j}")
+        assert not np.allclose(table[j], before[j])
+    np.testing.assert_array_equal(table[unseen], before[unseen])  # never a target: the fresh row
+    np.testing.assert_array_equal(table[mapped], before[mapped])  # parent's rows (and padding) unchanged
+    # On average a new item scores against its contexts as a known item against its own.
+    assert fresh[0]["mean_logit"] > 0
+
+    record = result["provenance"]["warm_start"]
+    assert record["new_items"]["init"] == "context"
+    assert record["new_items"]["encoder"] == {
+        "from_contexts": len(expected),
+        "positions": fresh[0]["positions"],
+        "new_item_positions": fresh[0]["new"],
+        "mean_positive_logit": pytest.approx(fresh[0]["mean_logit"], rel=1e-5),
+    }
+    assert 0 < fresh[0]["new"] < fresh[0]["positions"]
+    assert "new_items" not in fresh_result["provenance"]["warm_start"]  # fresh: the record as before
+    assert {k: v for k, v in record.items() if k != "new_items"} == fresh_result["provenance"]["warm_start"]
+
+
+def test_context_init_under_mdcns_sets_both_students_before_the_ema_teacher_copies_the_self_model(
+    data_dirs, parents, tmp_path
+):
+    child_ids, parent_ids = vocabulary(data_dirs["child"]), vocabulary(data_dirs["parent"])
+    new = [child_ids[key] for key in CHILD_KEYS if key not in parent_ids]
+    sets = ("train.epochs=1", *MDCNS, "mdcns.teacher=ema", f"train.warm_start={parents['mdcns']}")
+    runs = {}
+    for init in ("fresh", "context"):
+        with at_first_step(lambda model: snapshot(model, child_ids)) as seen:
+            result = train.run(
+                config_for(data_dirs["child"], tmp_path / init, *sets, f"train.warm_start_new_items={init}")
+            )
+        runs[init] = (seen[0], result["provenance"]["warm_start"])
+    (fresh, _), (context, record) = runs["fresh"], runs["context"]
+    for name in ("encoder", "peer"):
+        assert record["new_items"][name]["from_contexts"] == len(new), name
+        assert not np.allclose(context[name]["table"][new], fresh[name]["table"][new]), name
+        old = [i for i in range(len(child_ids) + 1) if i not in new]
+        np.testing.assert_array_equal(context[name]["table"][old], fresh[name]["table"][old], err_msg=name)
+    for teacher, own in zip(context["teacher"], context["self_weights"], strict=True):
+        np.testing.assert_array_equal(teacher, own)

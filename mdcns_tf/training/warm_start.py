@@ -6,8 +6,10 @@ path of each weight inside its backbone (attribute names: ``blocks/0/ffn_in/kern
 
 - item-indexed weights (`Backbone.item_indexed_weights`: the item table) are mapped by item KEY through the parent's
   vocabulary (the ``items.txt`` of its ``data.dir``, checked against the data fingerprint the run recorded) and this
-  run's: a key in both gets the parent's row, a new key keeps the row a fresh model with this run's seed gives it,
-  and padding row 0 is the parent's (id 0 is padding in both);
+  run's: a key in both gets the parent's row, a new key keeps the row a fresh model with this run's seed gives it
+  (with ``train.warm_start_new_items: context`` a new item's item-table row is set from the states of the training
+  positions it follows: `mdcns_tf.training.new_item_rows`), and padding row 0 is the parent's (id 0 is padding in
+  both);
 - every other backbone weight is copied whole; a weight missing on either side or of another shape (another
   backbone, ``model.dim``, ``num_layers``, ``data.max_len`` of a position table) stops the run with a `ConfigError`.
 
@@ -45,7 +47,7 @@ from mdcns_tf.config_loader import flatten
 from mdcns_tf.features import read_keys
 from mdcns_tf.runs import lineage
 from mdcns_tf.runs import state as run_state
-from mdcns_tf.training import finished_run
+from mdcns_tf.training import finished_run, new_item_rows
 from mdcns_tf.training.retrieval_model import RetrievalModel
 
 log = logging.getLogger("mdcns_tf.train")
@@ -142,8 +144,10 @@ def check(config: Config, restart: bool = False) -> Parent | None:
 def apply(model: RetrievalModel, config: Config, start: Any) -> dict[str, Any]:
     """Loads ``start.warm_start`` (a `Parent` from `check`, or None) into ``model``, built and not yet trained; returns
     ``{"warm_start": record}`` for the run's provenance (``{}`` when off): the parent's identity, and ``items``:
-    rows ``mapped`` by key, ``new`` (fresh), ``parent_only`` (keys this data no longer has). ``start``: the run's
-    `preflight.Start` (its ``metadata`` and ``chief`` too)."""
+    rows ``mapped`` by key, ``new`` (fresh), ``parent_only`` (keys this data no longer has), and with
+    ``train.warm_start_new_items: context`` ``new_items``: per warm-started student what
+    `new_item_rows.set_from_contexts` set. ``start``: the run's `preflight.Start` (its ``metadata`` and ``chief``
+    too)."""
     parent: Parent | None = getattr(start, "warm_start", None)
     if parent is None:
         return {}
@@ -159,7 +163,10 @@ def apply(model: RetrievalModel, config: Config, start: Any) -> dict[str, Any]:
         raise ConfigError(f"{KEY}: the selected weights {prefix} cannot be read ({run_state.unreadable(e)})") from None
     keys = item_keys(config.data.dir, start.metadata.n_items)
     rows = row_map(parent.keys, keys)
-    students = {}
+    is_mapped = np.zeros(len(keys) + 1, bool)
+    is_mapped[rows[0]] = True
+    contexts = new_item_rows.training_batches(config) if config.train.warm_start_new_items == "context" else None
+    students, new_items = {}, {}
     for name in STUDENTS:
         backbone = getattr(model, name, None)
         if backbone is None:
@@ -170,6 +177,9 @@ def apply(model: RetrievalModel, config: Config, start: Any) -> dict[str, Any]:
             continue
         _copy(backbone, stored or {}, reader, rows, len(parent.keys), f"{name} of {prefix}", config, parent.config)
         students[name] = name
+    if contexts is not None:  # train.warm_start_new_items: context, once every student is copied
+        for name in [name for name, source in students.items() if source != "fresh"]:
+            new_items[name] = new_item_rows.set_from_contexts(getattr(model, name), contexts, is_mapped, name)
     teacher = getattr(model, "teacher", None)
     if getattr(teacher, "mode", None) == "ema":
         for target, value in zip(teacher.backbone.weights, model.encoder.weights, strict=True):
@@ -180,6 +190,8 @@ def apply(model: RetrievalModel, config: Config, start: Any) -> dict[str, Any]:
         "students": students,
         "items": {"mapped": mapped, "new": len(keys) - mapped, "parent_only": len(parent.keys) - mapped},
     }
+    if contexts is not None:
+        record["new_items"] = {"init": "context", **new_items}
     if start.chief and config.train.backup_and_restore:
         _write_record(record_path(config), record)
     log.info(
