@@ -114,6 +114,7 @@ DEFAULT_RECIPE = "bce1"
 SHRINK_PERTURB = ("train.warm_start_shrink=0.5", "train.warm_start_perturb=0.1")
 # The increment plus a seeded sample of REPLAY_FRACTION of the other users (replay against forgetting).
 INCREMENT_REPLAY = ("data.train_users={increment_replay_users}",)
+NEW_ITEMS_FROM_CONTEXTS = ("train.warm_start_new_items=context",)
 # Warm-start variants (``--warm``): overrides of the day-2 warm run, each a run ``day2_warm_<name>``.
 WARM_VARIANTS: dict[str, tuple[str, ...]] = {
     "shrink_perturb": SHRINK_PERTURB,
@@ -123,6 +124,10 @@ WARM_VARIANTS: dict[str, tuple[str, ...]] = {
     "increment_replay": INCREMENT_REPLAY,
     # Both: shrink and perturb's quality with the replayed increment's cheaper epochs.
     "shrink_perturb_increment_replay": (*SHRINK_PERTURB, *INCREMENT_REPLAY),
+    # New items' rows from the contexts they follow (most of day 2's targets are new items, whose random rows grow
+    # no faster warm than cold), on the full data and on the replayed increment.
+    "context": NEW_ITEMS_FROM_CONTEXTS,
+    "context_increment_replay": (*NEW_ITEMS_FROM_CONTEXTS, *INCREMENT_REPLAY),
 }
 REPLAY_FRACTION = 0.25
 

@@ -12,7 +12,6 @@ is `pipeline.splits`; `serialize_record` gives a record's bytes.
 from __future__ import annotations
 
 import array
-import operator
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -77,11 +76,13 @@ def unpack_users(payload: bytes) -> dict[str, tuple[int, str | None]]:
 
 
 class UserSplits(beam.DoFn):
-    """The user vocabulary -> ``(user block, pack_users(...))`` for every user (index = position + 1), a part per
-    user block (`pipeline.blocks`, ``num_blocks``).
+    """The user vocabulary -> ``(user block, pack_users(...))`` for every user of this log (index = position in the
+    vocabulary + 1), a part per user block (`pipeline.blocks`, ``num_blocks``).
 
-    The element is the vocabulary, or ``(vocabulary, users of this log)`` with ``--vocabulary_from`` (whose
-    vocabulary keeps users this log does not have: they get no record, and no share of a split).
+    The element is ``(vocabulary, {user block: [user K, ...]})``, this log's users by block
+    (`pipeline.vocabulary.ordered_users`; with ``--vocabulary_from`` the vocabulary also keeps parent users this log
+    does not have: they get no record, and no share of a split), or the vocabulary alone (every user of it present,
+    its blocks hashed here).
     The split is ``None`` for the loo protocol (every user in every split) and the time protocol (whose held-out
     users join separately, `pipeline.timesplit.HeldOut`); for the user protocol it comes from ``split_file``
     (``{user key: split}`` read from ``--split_file``, checked against the users by `splits.file_split_assignment`,
@@ -106,20 +107,24 @@ class UserSplits(beam.DoFn):
         self.split_file = split_file
         self.num_blocks = num_blocks
 
-    def process(self, element: list[str] | tuple[list[str], list[str]]) -> Iterator[tuple[int, bytes]]:
-        user_vocab, present = element if isinstance(element, tuple) else (element, element)
+    def process(self, element: list[str] | tuple[list[str], dict[int, list[str]]]) -> Iterator[tuple[int, bytes]]:
+        if isinstance(element, tuple):
+            user_vocab, user_blocks = element
+        else:
+            user_vocab, user_blocks = element, blocks.by_block(element, self.num_blocks)
         if self.protocol in ("loo", "time"):
             assignment: dict[str, str] | None = None
-        elif self.split_file is not None:
-            assignment = splits.file_split_assignment(present, self.split_file)
         else:
-            assignment = splits.user_split_assignment(present, self.seed, self.valid_fraction, self.test_fraction)
-        wanted = None if present is user_vocab else set(present)
-        users = ((key, index) for index, key in enumerate(user_vocab, start=1) if wanted is None or key in wanted)
-        for block, part in blocks.by_block(users, self.num_blocks, key=operator.itemgetter(0)).items():
-            keys = [key for key, _ in part]
+            present = [user for users in user_blocks.values() for user in users]
+            assignment = (
+                splits.file_split_assignment(present, self.split_file)
+                if self.split_file is not None
+                else splits.user_split_assignment(present, self.seed, self.valid_fraction, self.test_fraction)
+            )
+        index_of = {key: index for index, key in enumerate(user_vocab, start=1)}
+        for block, keys in user_blocks.items():
             split_of = None if assignment is None else [assignment[key] for key in keys]
-            yield block, pack_users(keys, [index for _, index in part], split_of)
+            yield block, pack_users(keys, [index_of[key] for key in keys], split_of)
 
 
 def _records(protocol: str, user_index: int, ids: list[int], split: str | None) -> dict[str, splits.Record]:

@@ -86,20 +86,63 @@ def extend_parent(present: list[str], parent: ParentVocabulary, name: str) -> li
     return kept + vocabulary_order(key for key in present if key not in known)
 
 
-def _users_with_present(present: list[str], parent: ParentVocabulary) -> tuple[list[str], list[str]]:
-    return extend_parent(present, parent, features.USERS_FILE), present
-
-
-def _users_written(user_vocab: list[str]) -> tuple[str, int]:
-    return "users_written", len(user_vocab)
+def _users_written(user_indices: tuple[list[str], dict[int, list[str]]]) -> tuple[str, int]:
+    return "users_written", sum(len(users) for users in user_indices[1].values())
 
 
 def _first(pair: tuple[Any, Any]) -> Any:
     return pair[0]
 
 
-def _block_users(block: tuple[int, list[tuple[str, Any]]]) -> list[list[str]]:
-    return [[user for user, _ in block[1]]] if block[1] else []
+def _block_users(block: tuple[int, list[tuple[str, Any]]]) -> list[tuple[int, list[str]]]:
+    return [(block[0], [user for user, _ in block[1]])] if block[1] else []
+
+
+class UserBlocks(beam.CombineFn):
+    """Combines ``(user block, [user K, ...])`` parts into ``{user block: [user K, ...]}``: a user is in one block
+    only, so the users stay grouped by block and `pipeline.records.UserSplits` gives each block its part without
+    hashing every key again in the one worker that holds the vocabulary. Ignores an empty marker (``()``,
+    `pipeline.portable.combine_globally`)."""
+
+    def create_accumulator(self) -> dict[int, list[str]]:
+        return {}
+
+    def add_input(self, acc: dict[int, list[str]], part: tuple[int, list[str]] | tuple[()]) -> dict[int, list[str]]:
+        if part:
+            _add_block(acc, *part)
+        return acc
+
+    def merge_accumulators(self, accumulators: Iterable[dict[int, list[str]]]) -> dict[int, list[str]]:
+        merged: dict[int, list[str]] = {}
+        for acc in accumulators:
+            for block, users in acc.items():
+                _add_block(merged, block, users)
+        return merged
+
+    def extract_output(self, acc: dict[int, list[str]]) -> dict[int, list[str]]:
+        return acc
+
+
+def _add_block(acc: dict[int, list[str]], block: int, users: list[str]) -> None:
+    if block in acc:
+        raise ValueError(
+            f"user block {block} reached the user vocabulary twice: the runner repeated elements in a shuffle "
+            "(docs/beam_multiprocess_loss); rerun, or use --direct_num_workers 1"
+        )
+    acc[block] = users
+
+
+def ordered_users(user_blocks: dict[int, list[str]]) -> tuple[list[str], dict[int, list[str]]]:
+    """``{user block: [user K]}`` -> ``(user vocabulary, the same blocks)`` for `pipeline.records.UserSplits`."""
+    return vocabulary_order(user for users in user_blocks.values() for user in users), user_blocks
+
+
+def extended_users(
+    user_blocks: dict[int, list[str]], parent: ParentVocabulary
+) -> tuple[list[str], dict[int, list[str]]]:
+    """As `ordered_users`, the vocabulary extending ``parent``'s (`extend_parent`)."""
+    present = [user for users in user_blocks.values() for user in users]
+    return extend_parent(present, parent, features.USERS_FILE), user_blocks
 
 
 def _distinct_items(element: tuple[int, Iterable[tuple[int, bytes]]]) -> set[str]:
@@ -110,14 +153,14 @@ def _distinct_items(element: tuple[int, Iterable[tuple[int, bytes]]]) -> set[str
 class BuildVocabularies(beam.PTransform):
     """``{"sequences": blocks of (user K, [item K, ...]), "item_uses": (item block, (user block, packed [item K,
     ...]))}`` (`pipeline.records.item_uses`) -> ``{"item_vocab": [item K, ...], "user_vocab": [user K, ...], "stats":
-    ("users_written", n)}``, one list each in `vocabulary_order`; without defaults: with no user left neither has an
-    element (read as empty by `pipeline.preprocess.Finish`).
+    ("users_written", n), "user_indices": (user_vocab, {user block: [user K, ...]})}``, each list in
+    `vocabulary_order`, ``user_indices`` for `pipeline.records.UserSplits`; without defaults: with no user left
+    none has an element (read as empty by `pipeline.preprocess.Finish`).
 
     An item's uses meet in its item block first, so the global combine gets each item once (a global combine is
-    one group, which the Dask runner materialises whole in one worker); a user is in one block only.
-    With ``parent`` (``--vocabulary_from``) each list is the parent's followed by this log's new keys (always one
-    element, the parent's keys at least), and ``"user_indices"`` is ``(user_vocab, users of this log)`` for
-    `pipeline.records.UserSplits`.
+    one group, which the Dask runner materialises whole in one worker); a user is in one block only, and its
+    block's part reaches the combine whole (`UserBlocks`). With ``parent`` (``--vocabulary_from``) each list is the
+    parent's followed by this log's new keys (always one element, the parent's keys at least).
     """
 
     def __init__(self, parent: ParentVocabulary | None = None) -> None:
@@ -131,17 +174,18 @@ class BuildVocabularies(beam.PTransform):
         users = inputs["sequences"] | "BlockUsers" >> beam.FlatMap(_block_users)
         if self.parent is None:
             item_vocab = items | "ItemVocab" >> beam.CombineGlobally(Vocabulary()).without_defaults()
-            user_vocab = users | "UserVocab" >> beam.CombineGlobally(Vocabulary()).without_defaults()
-            stats = user_vocab | "UsersWritten" >> beam.Map(_users_written)
-            return {"item_vocab": item_vocab, "user_vocab": user_vocab, "stats": stats}
-        # An empty log still writes the parent's vocabularies: a later run extending this output keeps its ids.
-        present_items = portable.combine_globally(items, Vocabulary(), (), "ItemVocab")
-        present_users = portable.combine_globally(users, Vocabulary(), (), "UserVocab")
-        item_vocab = present_items | "ExtendItems" >> beam.Map(extend_parent, self.parent, features.ITEMS_FILE)
-        user_indices = present_users | "ExtendUsers" >> beam.Map(_users_with_present, self.parent)
+            user_blocks = users | "UserVocab" >> beam.CombineGlobally(UserBlocks()).without_defaults()
+            user_indices = user_blocks | "OrderUsers" >> beam.Map(ordered_users)
+        else:
+            # An empty log still writes the parent's vocabularies: a later run extending this output keeps its ids.
+            present_items = portable.combine_globally(items, Vocabulary(), (), "ItemVocab")
+            item_vocab = present_items | "ExtendItems" >> beam.Map(extend_parent, self.parent, features.ITEMS_FILE)
+            user_blocks = portable.combine_globally(users, UserBlocks(), (), "UserVocab")
+            user_indices = user_blocks | "ExtendUsers" >> beam.Map(extended_users, self.parent)
+        user_vocab = user_indices | "UserVocabList" >> beam.Map(_first)
         return {
             "item_vocab": item_vocab,
-            "user_vocab": user_indices | "UserVocabList" >> beam.Map(_first),
+            "user_vocab": user_vocab,
             "user_indices": user_indices,
-            "stats": present_users | "UsersWritten" >> beam.Map(_users_written),
+            "stats": user_indices | "UsersWritten" >> beam.Map(_users_written),
         }

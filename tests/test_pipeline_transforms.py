@@ -145,6 +145,16 @@ def test_vocabulary_ordering() -> None:
         assert_that(strings, equal_to([["10", "a", "b"]]), label="strings")
 
 
+def test_user_blocks_keep_each_blocks_users_and_refuse_a_repeated_block() -> None:
+    combine = vocabulary.UserBlocks()
+    parts = [combine.add_input(combine.create_accumulator(), part) for part in ((2, ["u7", "u1"]), (0, ["u3"]), ())]
+    merged = combine.extract_output(combine.merge_accumulators(parts))
+    assert merged == {2: ["u7", "u1"], 0: ["u3"]}
+    assert vocabulary.ordered_users(merged) == (["u1", "u3", "u7"], merged)
+    with pytest.raises(ValueError, match="user block 2 reached the user vocabulary twice"):
+        combine.merge_accumulators([merged, {2: ["u9"]}])
+
+
 def make_records(protocol: str, user_sequences: list, seed: int = 42, num_blocks: int = 3) -> dict[str, list]:
     items = vocabulary.vocabulary_order(i for _, s in user_sequences for i in s)
     users = vocabulary.vocabulary_order(u for u, _ in user_sequences)
@@ -260,13 +270,20 @@ def test_blocks_follow_the_input_size_and_payloads_round_trip() -> None:
 def test_user_splits_give_each_block_its_users_with_their_vocabulary_index(protocol) -> None:
     vocabulary = [f"user{i}" for i in range(1, 41)]
     present = vocabulary[::3]  # --vocabulary_from: the parent keeps users this log does not have
-    for element, users in ((vocabulary, vocabulary), ((vocabulary, present), present)):
+    # this log's users by block, as the vocabulary stage gives them (a block's users in any order)
+    present_blocks = {0: present[:4][::-1], 3: present[4:]}
+    for element, users in ((vocabulary, vocabulary), ((vocabulary, present_blocks), present)):
         parts = dict(records.UserSplits(protocol, 0, 0.25, 0.25, num_blocks=5).process(element))
-        # Expected by hand: index = position in the vocabulary + 1, block = blocks.block_of, vocabulary order kept.
+        # Expected by hand: index = position in the vocabulary + 1; the vocabulary alone: block = blocks.block_of.
         expected = {}
         for key in users:
-            expected.setdefault(blocks.block_of(key, 5), []).append((key, vocabulary.index(key) + 1))
-        got = {b: [(k, i) for k, (i, _) in records.unpack_users(p).items()] for b, p in parts.items()}
+            block = (
+                blocks.block_of(key, 5)
+                if element is vocabulary
+                else next(b for b, keys in present_blocks.items() if key in keys)
+            )
+            expected.setdefault(block, {})[key] = vocabulary.index(key) + 1
+        got = {b: {k: i for k, (i, _) in records.unpack_users(p).items()} for b, p in parts.items()}
         assert got == expected
         split_of = [s for p in parts.values() for _, s in records.unpack_users(p).values()]
         if protocol == "loo":
