@@ -437,13 +437,16 @@ class Replay:
                 self.train(name, folders["day2"], [f"train.warm_start={day1['output_dir']}", *sets])
         runs = self.result["runs"]
         if "day2_scratch" in runs:
+            # Every warm run of this result, those of earlier invocations too (a result keeps their runs).
             self.result["catch_up"] = {
-                name: catch_up(runs["day2_scratch"]["curve"], runs[name]["curve"]) for name in warm if name in runs
+                name: catch_up(runs["day2_scratch"]["curve"], run["curve"])
+                for name, run in runs.items()
+                if name.startswith("day2_warm")
             }
         self.save()
         write_markdown(self.result, self.path[: -len(".json")] + ".md")
         plot(self.result, self.path[: -len(".json")] + ".png")
-        return 0 if len(runs) == 2 + len(warm) else 1
+        return 0 if all(name in runs for name in ("day1_scratch", "day2_scratch", *warm)) else 1
 
 
 def _f(value: Any, digits: int = 4) -> str:

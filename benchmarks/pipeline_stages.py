@@ -7,8 +7,10 @@ Runs `pipeline.run` in this process with a timer around each bundle Beam 2.77's 
 private ``_execute_bundle``: a measurement aid pinned to that version, never used by the product). A stage is
 serial when one bundle does its work, whatever the number of worker processes; comparing a run of the default
 (one worker process per core) with ``--direct_num_workers=1`` stage by stage shows which stages spread and what
-stays serial. The JSON holds per stage the start (seconds since ``run_stages`` began), the seconds and the
-transforms fused into it (Beam's stage name), and the seconds before and after the stages.
+stays serial. The JSON holds per stage the start (seconds since ``run_stages`` began), the seconds, the CPU seconds
+of the launcher (the runner and its data plane: in a multi-process run it shares the cores with the workers) and of
+the worker processes, and the transforms fused into it (Beam's stage name), and the seconds before and after the
+stages.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import runpy
 import sys
 import time
 from typing import Any
+
+import psutil
 
 from benchmarks import common
 
@@ -32,6 +36,19 @@ def short_name(stage_name: str) -> str:
     return " + ".join(p for p in parts if p)[:STAGE_NAME_CHARS]
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds so far of this process (the launcher: the runner, its data plane) and of its live child processes
+    (the worker processes of a multi-process run)."""
+    children = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:  # exited between the listing and the read
+            continue
+        children += times.user + times.system
+    return time.process_time(), children
+
+
 def timed_run(pipeline_args: list[str]) -> tuple[int, dict[str, Any]]:
     """``python -m pipeline.run PIPELINE_ARGS`` in this process, each executed bundle timed: ``(exit code,
     timeline)``."""
@@ -43,14 +60,17 @@ def timed_run(pipeline_args: list[str]) -> tuple[int, dict[str, Any]]:
     execute_bundle, run_stages = fn_runner.FnApiRunner._execute_bundle, fn_runner.FnApiRunner.run_stages
 
     def timed_bundle(self: Any, context: Any, bundle_context: Any, bundle_input: Any) -> Any:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), _cpu_seconds()
         try:
             return execute_bundle(self, context, bundle_context, bundle_input)
         finally:
+            after = _cpu_seconds()
             stages.append(
                 {
                     "start_s": round(began - bounds["run_stages_start"], 2),
                     "seconds": round(time.perf_counter() - began, 2),
+                    "launcher_cpu_s": round(after[0] - cpu[0], 2),
+                    "workers_cpu_s": round(after[1] - cpu[1], 2),
                     "stage": short_name(bundle_context.stage.name),
                 }
             )
