@@ -123,7 +123,7 @@ class UserSplits(beam.DoFn):
             )
         # dict(zip) and list(map): 0.2 s against 0.44 s of comprehensions (0.6 s with an array filled from the map)
         # for 500k users, in the run's one serial worker.
-        index_of = dict(zip(user_vocab, range(1, len(user_vocab) + 1)))
+        index_of = dict(zip(user_vocab, range(1, len(user_vocab) + 1), strict=True))
         for block, keys in user_blocks.items():
             split_of = None if assignment is None else [assignment[key] for key in keys]
             yield block, pack_users(keys, list(map(index_of.__getitem__, keys)), split_of)
