@@ -17,6 +17,7 @@ Modules, in the order a run goes through them:
     columns       a line's delimiter, fields and ``interactions`` column layout
     fields        one field's text: numbers (timestamps, ratings) and keys
     blocks        the unit the graph shuffles: users (or items) by a hash of their key, and packed payloads
+    spill         the two large shuffles' payloads kept in files by the worker that made them, references shuffled
     sequences     per-user chronological sequences, dedupe, k-core, minimum length
     vocabulary    the order of ``items.txt`` / ``users.txt`` and the stage that builds them
     parent        ``--vocabulary_from``: a previous output whose ids a run keeps, checked and read

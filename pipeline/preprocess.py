@@ -7,6 +7,7 @@ items, whose key hashes to one of ``n`` buckets, `pipeline.blocks`):
 
     ReadFiles          (file_ordinal, path, size_bytes)
                          -> (ROWS, (block, batch of rows)) | (REJECTED, [line]) | (COUNTS, dict)  `pipeline.reading`
+    (SpillRows)        local runners: the batches left in spill files, (block, reference) shuffled  `pipeline.spill`
     BuildSequences     batches grouped per user block -> (block, [(user K, [item K, ...]), ...])  `pipeline.sequences`
     (TimeCut)          --split time: the events up to each user's target (the first at/after the cut)
                          -> blocks of ((user K, target K | None), [item K, ...])                `pipeline.timesplit`
@@ -14,7 +15,8 @@ items, whose key hashes to one of ``n`` buckets, `pipeline.blocks`):
     (HeldOut)          --split time: -> blocks of (user K, [item K, ...]) + (block, [(user K, split)])
     ItemUses           -> (item block, (user block, [item K, ...])): each block's distinct items  `pipeline.records`
     BuildVocabularies  -> {"item_vocab": [item K, ...], "user_vocab": [user K, ...]}          `pipeline.vocabulary`
-    MakeRecords        blocks + vocabularies -> (split, [record bytes]) per block, train item counts, stats
+    MakeRecords        blocks (spilled again on local runners) + vocabularies -> (split, [record bytes]) per block,
+                         train item counts, stats
     WriteOutputFiles   rejected lines, records -> (sink, temporary path) per file                    `pipeline.sinks`
     Finish             all of the above in one group -> files renamed, vocabularies, metadata.json, manifest
 
@@ -49,6 +51,7 @@ from pipeline import (
     records,
     sequences,
     sinks,
+    spill,
     timesplit,
     vocabulary,
 )
@@ -69,7 +72,9 @@ class Preprocess(beam.PTransform):
     directory must have been made ready (`outputs.prepare_output`). ``split_file`` (the loaded ``--split_file``)
     travels with the `records.UserSplits` DoFn: a paper's split is a few thousand lines; a split of millions of
     users would rather be joined like the vocabularies. ``parent``: the checked ``--vocabulary_from``
-    (`pipeline.parent.load_parent`).
+    (`pipeline.parent.load_parent`). ``workers``: the local runner's processes (`pipeline.runners.local_workers`);
+    ``spill_shuffles``: keep the rows and the blocks in spill files between the steps that make and read them
+    (`pipeline.spill`; `pipeline.runners.spills_shuffles` decides).
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class Preprocess(beam.PTransform):
         split_file: SplitFile | None = None,
         parent: ParentVocabulary | None = None,
         workers: int = 1,
+        spill_shuffles: bool = False,
     ) -> None:
         super().__init__()
         # Workers (Dask worker processes, remote machines) write the files: never rely on the launcher's cwd.
@@ -88,6 +94,7 @@ class Preprocess(beam.PTransform):
         self.parent = parent
         self.run_id = uuid.uuid4().hex[:16]  # names the sinks' temporary folders
         self.num_blocks = blocks.block_count(sum(size * _expansion(path) for _, path, size in inputs), workers)
+        self.spill_dir = spill.spill_dir(self.config.output, self.run_id) if spill_shuffles else None
 
     def expand(self, root: beam.pvalue.PBegin) -> beam.PCollection:
         config = self.config
@@ -105,7 +112,11 @@ class Preprocess(beam.PTransform):
             )
         )
         time_split = config.split == "time"
-        built = portable.select(parsed, reading.ROWS, "Rows") | "BuildSequences" >> sequences.BuildSequences(
+        spill_dir = self.spill_dir
+        rows = portable.select(parsed, reading.ROWS, "Rows")
+        if spill_dir is not None:
+            rows = rows | "SpillRows" >> beam.ParDo(spill.SpillPayloads(spill_dir))
+        built = rows | "BuildSequences" >> sequences.BuildSequences(
             has_timestamps=config.input_format == "interactions", dedupe=config.dedupe, with_times=time_split
         )
         if time_split:
@@ -137,7 +148,8 @@ class Preprocess(beam.PTransform):
                 config.test_fraction,
                 self.split_file.assignment if self.split_file is not None else None,
                 num_blocks,
-            )
+            ),
+            spill_dir,
         )
         split_records = portable.select(made, records.RECORDS, "SplitRecords")
         temp_files = {
@@ -271,6 +283,7 @@ def finish(
         for sink in sinks.SINKS
         for path in sinks.finalize_sink(sink, temp_paths[sink], config.output, run_id, config.num_shards)
     ]
+    spill.remove(config.output, run_id)  # every step that reads the spill files ran before this one
     return outputs.write_metadata(
         config=config,
         files=files,

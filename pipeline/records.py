@@ -19,7 +19,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline import blocks, encoding, splits
+from pipeline import blocks, encoding, spill, splits
 
 RECORDS, STATS, ITEM_COUNTS, EVAL_TARGETS = "records", "stats", "item_counts", "eval_targets"
 
@@ -150,9 +150,9 @@ def _one(values: list[Any], what: str, block: int) -> Any:
 def records_of_block(
     element: tuple[int, dict[str, list[Any]]], protocol: str, num_blocks: int
 ) -> Iterator[tuple[str, Any]]:
-    """A user block's joined ``{"block": [packed sequences], "ids": [packed {item K: id}, ...], "users": [`pack_users`
-    part]}`` (time protocol: also ``"held_out": [[(user K, split), ...]]``) -> its records and their
-    stats, item counts and evaluation targets (module docstring).
+    """A user block's joined ``{"block": [packed sequences, or a `pipeline.spill` reference], "ids": [packed {item K:
+    id}, ...], "users": [`pack_users` part]}`` (time protocol: also ``"held_out": [[(user K, split), ...]]``) -> its
+    records and their stats, item counts and evaluation targets (module docstring).
 
     Fails loudly unless the block arrived exactly once, its users are exactly the users the vocabulary gave this
     block, and every item has an id: a mismatch is not bad input but a runner that lost or repeated elements.
@@ -160,7 +160,8 @@ def records_of_block(
     block, joined = element
     parts = [unpack_users(part) for part in joined["users"]]
     user_of = {user: value for part in parts for user, value in part.items()}
-    packed = _one(list(joined["block"]), "copies of its sequences", block) if joined["block"] or user_of else None
+    copies = list(spill.payloads(joined["block"]))
+    packed = _one(copies, "copies of its sequences", block) if copies or user_of else None
     sequences = blocks.unpack(packed) if packed is not None else []
     n_users = sum(len(part) for part in parts)
     if n_users != len(sequences) or len(user_of) != n_users or {u for u, _ in sequences} != user_of.keys():
@@ -224,12 +225,14 @@ class MakeRecords(beam.PTransform):
     event; no vocabulary is broadcast as a side input, which the Dask runner recomputes per task
     (`pipeline.portable`). ``user_splits`` assigns each user its split (and with it the protocol), from
     ``user_indices`` (``(vocabulary, users of this log)``, with ``--vocabulary_from``) when given, else
-    ``user_vocab``.
+    ``user_vocab``. With ``spill_dir`` the packed blocks stay in spill files and the join moves references to them
+    (`pipeline.spill`).
     """
 
-    def __init__(self, user_splits: UserSplits) -> None:
+    def __init__(self, user_splits: UserSplits, spill_dir: str | None = None) -> None:
         super().__init__()
         self.user_splits = user_splits
+        self.spill_dir = spill_dir
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
         num_blocks = self.user_splits.num_blocks
@@ -241,8 +244,11 @@ class MakeRecords(beam.PTransform):
         )
         users = inputs.get("user_indices", inputs["user_vocab"]) | "UserSplits" >> beam.ParDo(self.user_splits)
         held_out = {"held_out": inputs["held_out"]} if "held_out" in inputs else {}
+        packed = inputs["sequences"] | "PackBlocks" >> beam.Map(_packed)
+        if self.spill_dir is not None:
+            packed = packed | "SpillBlocks" >> beam.ParDo(spill.SpillPayloads(self.spill_dir))
         return (
-            {"block": inputs["sequences"] | "PackBlocks" >> beam.Map(_packed), "ids": ids, "users": users, **held_out}
+            {"block": packed, "ids": ids, "users": users, **held_out}
             | "JoinUsers" >> beam.CoGroupByKey()
             | "Records" >> beam.FlatMap(records_of_block, protocol=self.user_splits.protocol, num_blocks=num_blocks)
         )

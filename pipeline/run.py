@@ -32,7 +32,19 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 import mdcns_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from mdcns_tf import cli
-from pipeline import formats, inputfiles, outputs, parent, portable, preprocess, reading, runners, splits, timesplit
+from pipeline import (
+    formats,
+    inputfiles,
+    outputs,
+    parent,
+    portable,
+    preprocess,
+    reading,
+    runners,
+    spill,
+    splits,
+    timesplit,
+)
 from pipeline.config import PipelineConfig
 
 LOG = logging.getLogger("pipeline")
@@ -147,7 +159,8 @@ def execute(
     LOG.info("pipeline: %d input file(s), runner %s, %s", len(inputs), options.view_as(StandardOptions).runner, config)
     start = time.monotonic()
     runners.guard_local_data_plane(options)
-    graph = preprocess.Preprocess(config, inputs, split_file, vocabulary_parent, runners.local_workers(options))
+    workers, spills = runners.local_workers(options), runners.spills_shuffles(options)
+    graph = preprocess.Preprocess(config, inputs, split_file, vocabulary_parent, workers, spills)
     runners.cap_dask_partitions(options, max(len(inputs), graph.num_blocks))
     p = beam.Pipeline(options=options)
     _ = p | "Preprocess" >> graph
@@ -156,6 +169,7 @@ def execute(
         result = p.run()
         result.wait_until_finish()
     finally:
+        spill.remove(config.output, graph.run_id)  # a failed run's too (a finished one's last step removed it)
         outputs.release_output(config.output)  # taken by `prepare`
         # Beam's Dask runner opens a `distributed.Client` per run and never closes it: closed here, else it keeps
         # reconnecting (and logging tracebacks) once the cluster is gone.

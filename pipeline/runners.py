@@ -113,6 +113,15 @@ def cap_dask_partitions(options: PipelineOptions, most: int) -> None:
     transform_evaluator.TRANSLATIONS[overrides._GroupByKeyOnly] = GroupByKey
 
 
+def spills_shuffles(options: PipelineOptions) -> bool:
+    """Whether the graph keeps the payloads of its two large shuffles in spill files (`pipeline.spill`): on the local
+    runners (``FnApiRunner``, ``DirectRunner``, Dask), whose shuffles move every byte through one process; not on a
+    service runner (Dataflow, Flink, Spark), whose shuffle is built for it and for which the spill files would be
+    objects in the output bucket."""
+    runner = options.view_as(StandardOptions).runner or ""
+    return runner.endswith((DEFAULT_RUNNER, "DirectRunner", DASK_RUNNER_SUFFIX))
+
+
 def local_workers(options: PipelineOptions) -> int:
     """How many workers the local runner deals a shuffle's keys to in turn (Beam 2.77's ``FnApiRunner``:
     ``--direct_num_workers``, 0 for one per core, and ``_GroupingBuffer.partition``); 1 on other runners, whose

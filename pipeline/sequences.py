@@ -16,7 +16,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline import accounting, blocks
+from pipeline import accounting, blocks, spill
 
 UserSequence = tuple[str, list[str]]
 # `KCore` rounds are unrolled into the graph, 5 steps each: beyond ~300 rounds Beam's graph optimiser overflows
@@ -59,12 +59,13 @@ def build_sequence(
 
 
 def build_block(
-    element: tuple[int, Iterable[bytes]], has_timestamps: bool, dedupe: bool, with_times: bool = False
+    element: tuple[int, Iterable[bytes | spill.Ref]], has_timestamps: bool, dedupe: bool, with_times: bool = False
 ) -> blocks.Block:
-    """A block's packed row batches (`pipeline.blocks.pack`) -> the block's sequences (`build_sequence` per user)."""
+    """A block's packed row batches (`pipeline.blocks.pack`), or references to them in spill files
+    (`pipeline.spill`) -> the block's sequences (`build_sequence` per user)."""
     block, batches = element
     values: dict[str, list[Any]] = {}
-    for payload in batches:
+    for payload in spill.payloads(batches):
         ordinal, users, items, times, lines = blocks.unpack(payload)
         for user, keys, timestamp, line in zip(users, items, times, lines, strict=True):
             user_values = values.get(user)

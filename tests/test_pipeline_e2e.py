@@ -91,6 +91,8 @@ def test_loo_end_to_end_leaks_nothing(tmp_path: Path) -> None:
     assert meta.split["protocol"] == "loo" and meta.source["format"] == "interactions"
     users = readback.read_vocab(str(tmp_path / "out"), features.USERS_FILE)
     assert users == sorted(users)  # "user10" < "user2": non-integer keys sort lexicographically
+    # no temporary folder left: the sinks' and the spill files' (`pipeline.spill`) are gone
+    assert not [p for p in (tmp_path / "out").rglob(".temp-*")]
 
 
 def test_user_split_end_to_end(tmp_path: Path) -> None:
@@ -190,6 +192,7 @@ def test_two_worker_processes_match_one(tmp_path: Path, monkeypatch: pytest.Monk
         "--direct_running_mode=multi_processing",
     )
     check_accounting(two, tmp_path / "two")
+    assert not [p for p in (tmp_path / "two").rglob(".temp-*")]
     assert (two.counts, two.records, two.item_counts) == (one.counts, one.records, one.item_counts)
     for split in features.SPLITS:
         assert readback.read_split(str(tmp_path / "two"), split) == readback.read_split(str(tmp_path / "one"), split)

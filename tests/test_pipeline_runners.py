@@ -61,6 +61,20 @@ def test_blocks_are_dealt_evenly_to_the_local_workers(monkeypatch) -> None:
     assert runners.local_workers(dask) == 1  # Dask partitions its own way
 
 
+@pytest.mark.parametrize(
+    ("flags", "spills"),
+    [
+        ([], True),  # the default FnApiRunner
+        (["--runner=DirectRunner"], True),
+        (["--runner=apache_beam.runners.dask.dask_runner.DaskRunner"], True),
+        (["--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/t"], False),
+        (["--runner=FlinkRunner"], False),
+    ],
+)
+def test_the_local_runners_spill_the_large_shuffles_and_service_runners_do_not(flags: list, spills: bool) -> None:
+    assert runners.spills_shuffles(run.parse_args([*OURS, *flags])[1]) is spills
+
+
 def test_worker_processes_run_without_the_time_based_flush_that_drops_data(monkeypatch) -> None:
     # docs/beam_multiprocess_loss: the runner's timed flush races with its writes and loses bytes
     from apache_beam.runners.portability.fn_api_runner import worker_handlers
