@@ -12,6 +12,7 @@ is `pipeline.splits`; `serialize_record` gives a record's bytes.
 from __future__ import annotations
 
 import array
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -80,7 +81,7 @@ class UserSplits(beam.DoFn):
     vocabulary + 1), a part per user block (`pipeline.blocks`, ``num_blocks``).
 
     The element is ``(vocabulary, {user block: [user K, ...]})``, this log's users by block
-    (`pipeline.vocabulary.ordered_users`; with ``--vocabulary_from`` the vocabulary also keeps parent users this log
+    (`pipeline.vocabulary.indexed_users`; with ``--vocabulary_from`` the vocabulary also keeps parent users this log
     does not have: they get no record, and no share of a split), or the vocabulary alone (every user of it present,
     its blocks hashed here).
     The split is ``None`` for the loo protocol (every user in every split) and the time protocol (whose held-out
@@ -115,7 +116,7 @@ class UserSplits(beam.DoFn):
         if self.protocol in ("loo", "time"):
             assignment: dict[str, str] | None = None
         else:
-            present = [user for users in user_blocks.values() for user in users]
+            present = list(itertools.chain.from_iterable(user_blocks.values()))
             assignment = (
                 splits.file_split_assignment(present, self.split_file)
                 if self.split_file is not None
@@ -224,9 +225,9 @@ class MakeRecords(beam.PTransform):
     time protocol's ``held_out`` join by user block too. Only blocks and distinct keys cross a shuffle, never an
     event; no vocabulary is broadcast as a side input, which the Dask runner recomputes per task
     (`pipeline.portable`). ``user_splits`` assigns each user its split (and with it the protocol), from
-    ``user_indices`` (``(vocabulary, users of this log)``, with ``--vocabulary_from``) when given, else
-    ``user_vocab``. With ``spill_dir`` the packed blocks stay in spill files and the join moves references to them
-    (`pipeline.spill`).
+    ``user_indices`` (``(vocabulary, {user block: [user K, ...]})``, `pipeline.vocabulary.indexed_users`) when
+    given, else ``user_vocab``. With ``spill_dir`` the packed blocks stay in spill files and the join moves
+    references to them (`pipeline.spill`).
     """
 
     def __init__(self, user_splits: UserSplits, spill_dir: str | None = None) -> None:

@@ -8,6 +8,7 @@ each list extends a previous output's (`pipeline.parent`).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -132,17 +133,15 @@ def _add_block(acc: dict[int, list[str]], block: int, users: list[str]) -> None:
     acc[block] = users
 
 
-def ordered_users(user_blocks: dict[int, list[str]]) -> tuple[list[str], dict[int, list[str]]]:
-    """``{user block: [user K]}`` -> ``(user vocabulary, the same blocks)`` for `pipeline.records.UserSplits`."""
-    return vocabulary_order(user for users in user_blocks.values() for user in users), user_blocks
-
-
-def extended_users(
-    user_blocks: dict[int, list[str]], parent: ParentVocabulary
+def indexed_users(
+    user_blocks: dict[int, list[str]], parent: ParentVocabulary | None = None
 ) -> tuple[list[str], dict[int, list[str]]]:
-    """As `ordered_users`, the vocabulary extending ``parent``'s (`extend_parent`)."""
-    present = [user for users in user_blocks.values() for user in users]
-    return extend_parent(present, parent, features.USERS_FILE), user_blocks
+    """``{user block: [user K]}`` -> ``(user vocabulary, the same blocks)`` for `pipeline.records.UserSplits`; with
+    ``parent`` the vocabulary extends the parent's (`extend_parent`)."""
+    present = itertools.chain.from_iterable(user_blocks.values())
+    if parent is None:
+        return vocabulary_order(present), user_blocks
+    return extend_parent(list(present), parent, features.USERS_FILE), user_blocks
 
 
 def _distinct_items(element: tuple[int, Iterable[tuple[int, bytes]]]) -> set[str]:
@@ -175,13 +174,13 @@ class BuildVocabularies(beam.PTransform):
         if self.parent is None:
             item_vocab = items | "ItemVocab" >> beam.CombineGlobally(Vocabulary()).without_defaults()
             user_blocks = users | "UserVocab" >> beam.CombineGlobally(UserBlocks()).without_defaults()
-            user_indices = user_blocks | "OrderUsers" >> beam.Map(ordered_users)
+            user_indices = user_blocks | "OrderUsers" >> beam.Map(indexed_users)
         else:
             # An empty log still writes the parent's vocabularies: a later run extending this output keeps its ids.
             present_items = portable.combine_globally(items, Vocabulary(), (), "ItemVocab")
             item_vocab = present_items | "ExtendItems" >> beam.Map(extend_parent, self.parent, features.ITEMS_FILE)
             user_blocks = portable.combine_globally(users, UserBlocks(), (), "UserVocab")
-            user_indices = user_blocks | "ExtendUsers" >> beam.Map(extended_users, self.parent)
+            user_indices = user_blocks | "ExtendUsers" >> beam.Map(indexed_users, self.parent)
         user_vocab = user_indices | "UserVocabList" >> beam.Map(_first)
         return {
             "item_vocab": item_vocab,

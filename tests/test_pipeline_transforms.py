@@ -150,7 +150,7 @@ def test_user_blocks_keep_each_blocks_users_and_refuse_a_repeated_block() -> Non
     parts = [combine.add_input(combine.create_accumulator(), part) for part in ((2, ["u7", "u1"]), (0, ["u3"]), ())]
     merged = combine.extract_output(combine.merge_accumulators(parts))
     assert merged == {2: ["u7", "u1"], 0: ["u3"]}
-    assert vocabulary.ordered_users(merged) == (["u1", "u3", "u7"], merged)
+    assert vocabulary.indexed_users(merged) == (["u1", "u3", "u7"], merged)
     with pytest.raises(ValueError, match="user block 2 reached the user vocabulary twice"):
         combine.merge_accumulators([merged, {2: ["u9"]}])
 

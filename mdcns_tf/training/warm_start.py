@@ -163,8 +163,6 @@ def apply(model: RetrievalModel, config: Config, start: Any) -> dict[str, Any]:
         raise ConfigError(f"{KEY}: the selected weights {prefix} cannot be read ({run_state.unreadable(e)})") from None
     keys = item_keys(config.data.dir, start.metadata.n_items)
     rows = row_map(parent.keys, keys)
-    is_mapped = np.zeros(len(keys) + 1, bool)
-    is_mapped[rows[0]] = True
     contexts = new_item_rows.training_batches(config) if config.train.warm_start_new_items == "context" else None
     students, new_items = {}, {}
     for name in STUDENTS:
@@ -178,6 +176,8 @@ def apply(model: RetrievalModel, config: Config, start: Any) -> dict[str, Any]:
         _copy(backbone, stored or {}, reader, rows, len(parent.keys), f"{name} of {prefix}", config, parent.config)
         students[name] = name
     if contexts is not None:  # train.warm_start_new_items: context, once every student is copied
+        is_mapped = np.zeros(len(keys) + 1, bool)
+        is_mapped[rows[0]] = True
         for name in [name for name, source in students.items() if source != "fresh"]:
             new_items[name] = new_item_rows.set_from_contexts(getattr(model, name), contexts, is_mapped, name)
     teacher = getattr(model, "teacher", None)
